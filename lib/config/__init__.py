@@ -1,0 +1,237 @@
+"""Config loading: defaults + YAML file + KEY VALUE overrides, checked once and frozen.
+
+Usage in a script::
+
+    cfg = load_config(parse_args())
+
+`get_cfg()` returns a fresh, unfrozen copy of the defaults (lib/config/defaults.py documents every key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import os
+from typing import Any, Iterable, Sequence
+
+import yaml
+from yacs.config import CfgNode
+
+from lib.utils.errors import UserError
+
+from .defaults import _C
+
+__all__ = ["get_cfg", "load_config", "parse_args", "merge_file", "merge_list", "check_cfg", "REPO_ROOT"]
+
+# The repository root: relative DATADIR / OUTPUT_ROOT / checkpoint paths are resolved against it.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DATASETS = ("cub", "aircraft")
+KDTYPES = ("kd", "at", "sp", "ickd", "dkd")
+PIPELINES = ("tensor", "pil")
+AMP_MODES = ("none", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+LESSEN_TYPES = (0, 1, 2, 3, 4, 5)
+
+
+def get_cfg() -> CfgNode:
+    """Return a fresh, unfrozen copy of the default config."""
+    return _C.clone()
+
+
+def parse_args(argv: Sequence[str] | None = None, description: str = "") -> argparse.Namespace:
+    """Parse `--config_file FILE [KEY VALUE ...]`, the original release's command-line form."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config_file", type=str, required=True, help="YAML config file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SOLVER.START_LR 0.01")
+    return parser.parse_args(argv)
+
+
+def load_config(args: argparse.Namespace) -> CfgNode:
+    """Merge the YAML file and the overrides into the defaults, check the result, and freeze it."""
+    cfg = get_cfg()
+    merge_file(cfg, args.config_file)
+    merge_list(cfg, args.opts or [])
+    check_cfg(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def resolve_path(path: str) -> str:
+    """Resolve a config path: absolute paths stay, relative ones are taken from the repository root."""
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+
+
+def merge_file(cfg: CfgNode, filename: str) -> None:
+    """Merge a YAML file into `cfg`; every key must exist in the schema."""
+    if not os.path.isfile(filename):
+        raise UserError(f"config file not found: {filename}")
+    try:
+        with open(filename) as f:
+            loaded = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"config file {filename} is not valid YAML: {first}") from None
+    if loaded is None:
+        return
+    if not isinstance(loaded, dict):
+        raise UserError(f"config file {filename} must hold a mapping of sections, got {type(loaded).__name__}")
+    for full_key, value in _flatten(loaded):
+        _set(cfg, full_key, value, source=f"in {filename}")
+
+
+def merge_list(cfg: CfgNode, opts: Sequence[str]) -> None:
+    """Merge `KEY VALUE` pairs; values are Python literals, or plain strings when they do not parse."""
+    if len(opts) % 2:
+        raise UserError(
+            f"overrides come in KEY VALUE pairs; '{opts[-1]}' has no value "
+            f"(got {len(opts)} words: {' '.join(opts)})"
+        )
+    for key, raw in zip(opts[0::2], opts[1::2]):
+        _set(cfg, key, _parse_literal(raw), source="on the command line")
+
+
+def _flatten(tree: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in tree.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _flatten(value, full + ".")
+        else:
+            yield full, value
+
+
+def _parse_literal(raw: str) -> Any:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return raw
+
+
+def _all_keys(node: CfgNode, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        keys.extend(_all_keys(value, full + ".") if isinstance(value, CfgNode) else [full])
+    return keys
+
+
+def _unknown_key(cfg: CfgNode, full_key: str, source: str) -> UserError:
+    close = difflib.get_close_matches(full_key, _all_keys(cfg), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see lib/config/defaults.py for every key"
+    return UserError(f"unknown config key {full_key} {source}{hint}")
+
+
+def _set(cfg: CfgNode, full_key: str, value: Any, source: str) -> None:
+    node = cfg
+    parts = full_key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, CfgNode):
+            raise _unknown_key(cfg, full_key, source)
+        node = child
+    leaf = parts[-1]
+    if leaf not in node or isinstance(node[leaf], CfgNode):
+        raise _unknown_key(cfg, full_key, source)
+    node[leaf] = _coerce(node[leaf], value, full_key, source)
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a bool", int: "an int", float: "a float", str: "a string", list: "a list"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
+    """Return `value` converted to the type of `default`, or raise a UserError naming the key."""
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        # 50 is accepted where a float is expected (the original rejected it).
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, list):
+        if isinstance(value, list):
+            if default and value:
+                return [_coerce(default[0], item, key, source) for item in value]
+            return value
+    else:
+        return value
+    raise UserError(f"config key {key} {source} expects {_type_name(default)}, got {value!r} ({_type_name(value)})")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def check_cfg(cfg: CfgNode) -> None:
+    """Check allowed values once, after merging (architectures are checked when models are built)."""
+    data = cfg.DATA
+    _require(data.DATASET in DATASETS, f"DATA.DATASET must be one of {', '.join(DATASETS)}, got {data.DATASET!r}")
+    _require(data.DATADIR != "", "DATA.DATADIR is empty; set it to the dataset folder (see data/README.md)")
+    _require(data.NUM_CLASSES > 0, f"DATA.NUM_CLASSES must be positive, got {data.NUM_CLASSES}")
+    _require(data.CROP_SIZE > 0 and data.RESIZE_SIZE > 0, "DATA.CROP_SIZE and DATA.RESIZE_SIZE must be positive")
+    _require(data.RESIZE_SIZE >= data.CROP_SIZE, f"DATA.RESIZE_SIZE ({data.RESIZE_SIZE}) must be >= DATA.CROP_SIZE ({data.CROP_SIZE})")
+    _require(data.LESSEN_RATIO >= 1.0, f"DATA.LESSEN_RATIO must be >= 1, got {data.LESSEN_RATIO}")
+    _require(data.LESSEN_TYPE in LESSEN_TYPES, f"DATA.LESSEN_TYPE must be one of {LESSEN_TYPES} (PIL codes), got {data.LESSEN_TYPE}")
+    _require(data.PIPELINE in PIPELINES, f"DATA.PIPELINE must be one of {', '.join(PIPELINES)}, got {data.PIPELINE!r}")
+    _require(
+        data.PIPELINE == "pil" or data.LESSEN_TYPE in (0, 2, 3, 4),
+        f"DATA.LESSEN_TYPE {data.LESSEN_TYPE} (lanczos/hamming) has no batched equivalent; use DATA.PIPELINE 'pil'",
+    )
+    _require(len(data.IMAGE_MEAN) == 3 and len(data.IMAGE_STD) == 3, "DATA.IMAGE_MEAN and DATA.IMAGE_STD need 3 values")
+    _require(cfg.MODEL.KDTYPE in KDTYPES, f"MODEL.KDTYPE must be one of {', '.join(KDTYPES)}, got {cfg.MODEL.KDTYPE!r}")
+    _require(cfg.BASIC.DEVICE in DEVICES, f"BASIC.DEVICE must be one of {', '.join(DEVICES)}, got {cfg.BASIC.DEVICE!r}")
+    _require(cfg.BASIC.NUM_RUNS >= 1, f"BASIC.NUM_RUNS must be >= 1, got {cfg.BASIC.NUM_RUNS}")
+    _require(cfg.BASIC.NUM_WORKERS >= 0, f"BASIC.NUM_WORKERS must be >= 0, got {cfg.BASIC.NUM_WORKERS}")
+    _require(cfg.TRAIN.AMP in AMP_MODES, f"TRAIN.AMP must be one of {', '.join(AMP_MODES)}, got {cfg.TRAIN.AMP!r}")
+    _require(cfg.TRAIN.BATCH_SIZE > 0 and cfg.TEST.BATCH_SIZE > 0, "TRAIN.BATCH_SIZE and TEST.BATCH_SIZE must be positive")
+    _require(cfg.SOLVER.NUM_EPOCHS > 0, f"SOLVER.NUM_EPOCHS must be positive, got {cfg.SOLVER.NUM_EPOCHS}")
+    _require(cfg.SOLVER.START_LR > 0, f"SOLVER.START_LR must be positive, got {cfg.SOLVER.START_LR}")
+    _require(cfg.DKD.WARMUP >= 0, f"DKD.WARMUP must be >= 0, got {cfg.DKD.WARMUP}")
+    _require(cfg.KD.TEMP > 0 and cfg.DKD.TEMP > 0, "KD.TEMP and DKD.TEMP must be positive")
+
+
+def small_crop_size(cfg: CfgNode) -> int:
+    """The student's training crop: CROP_SIZE / LESSEN_RATIO (truncated, as the original)."""
+    return int(cfg.DATA.CROP_SIZE / cfg.DATA.LESSEN_RATIO)
+
+
+def small_resize_size(cfg: CfgNode) -> int:
+    """The student's test resize (shorter side): RESIZE_SIZE / LESSEN_RATIO (truncated, as the original)."""
+    return int(cfg.DATA.RESIZE_SIZE / cfg.DATA.LESSEN_RATIO)
+
+
+def diff_cfg(saved: CfgNode, requested: CfgNode, ignore: Iterable[str] = ()) -> list[str]:
+    """Keys whose values differ between two configs (e.g. a saved experiment and the requested one)."""
+    ignore = set(ignore)
+    out = []
+    for key in _all_keys(requested):
+        if key in ignore:
+            continue
+        a, b = _get(saved, key), _get(requested, key)
+        if a != b:
+            out.append(f"{key} ({a!r} -> {b!r})")
+    return out
+
+
+def _get(cfg: CfgNode, full_key: str) -> Any:
+    node: Any = cfg
+    for part in full_key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            return None
+        node = node[part]
+    return node

@@ -1,0 +1,224 @@
+"""The one config schema: every key, its meaning, unit and allowed values.
+
+Every key of the original release (gyguo/PixelDistillation, lib/config/default.py) is here under the same
+name and default, so its YAML files load unchanged; keys marked "new" are this project's.
+Keys the original declared but never used are kept (so old files load) and say so.
+"""
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+
+# ---------------------------------------------------------------------------------------------------------------
+# Basic options: devices, workers, seeds, outputs
+# ---------------------------------------------------------------------------------------------------------------
+_C.BASIC = CN()
+# Unused; the original stamped the start time here. Output directories carry no timestamps (they must chain).
+_C.BASIC.TIME = ""
+# CUDA device ids. [0] -> cuda:0; several ids spread the independent runs of an experiment over the GPUs
+# (one run per GPU at a time). Without CUDA the run falls back to the CPU after a one-line warning.
+_C.BASIC.GPU_ID = [0]
+# new. "auto": CUDA when available (GPU_ID picks the card), else CPU. "cpu": always the CPU. "cuda": CUDA or fail.
+_C.BASIC.DEVICE = "auto"
+# DataLoader worker processes (0 = load in the main process). Capped at the number of CPU cores.
+_C.BASIC.NUM_WORKERS = 10
+# Print a progress line every DISP_FREQ training steps (when stdout is not a terminal).
+_C.BASIC.DISP_FREQ = 10
+# Seed of the first run; run i of an experiment uses SEED + i.
+_C.BASIC.SEED = 0
+# Unused (the experiment directory is derived, see lib.engine.setup.experiment_dir); kept for old YAML files.
+_C.BASIC.SAVE_DIR = ""
+# Unused (paths are resolved against the repository root); kept for old YAML files.
+_C.BASIC.ROOT_DIR = ""
+# Unused (config.yaml and the git commit are recorded instead of copying code); kept for old YAML files.
+_C.BASIC.BACKUP_CODES = True
+# Unused, see BACKUP_CODES.
+_C.BASIC.BACKUP_LIST = ["lib", "tools"]
+# new. Root of all outputs: <OUTPUT_ROOT>/<dataset>/<experiment>/. Relative to the repository root or absolute.
+_C.BASIC.OUTPUT_ROOT = "ckpt"
+# new. Number of independent runs of a multi-run script (train_*_5runs.py). The teacher script always runs one.
+_C.BASIC.NUM_RUNS = 5
+# new. True: ignore (and replace) whatever an earlier attempt left in the experiment directory.
+# False: resume an interrupted experiment, or print the results of a finished one.
+_C.BASIC.FRESH_START = False
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model options
+# ---------------------------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# Informational tag of the original configs ("1runs", "5runs"); the number of runs comes from the script.
+_C.MODEL.TYPE = ""
+# Architecture of a single-network run (teacher / student baseline), see lib.models.model_builder.ARCHS.
+# ViTs carry their input size: vit_{tiny,small,base}_patch16_<S>, e.g. vit_tiny_patch16_56.
+_C.MODEL.ARCH = ""
+# Start MODEL.ARCH from ImageNet weights (torchvision / timm weight APIs, or PRETRAIN_FILE).
+_C.MODEL.PRETRAIN = False
+# new. Local file with ImageNet weights for MODEL.ARCH (a torchvision / timm state dict); "" uses the weight APIs.
+_C.MODEL.PRETRAIN_FILE = ""
+# One-stage distillation method of tools_1_ts/train_kd_5runs.py: kd | at | sp | ickd | dkd.
+_C.MODEL.KDTYPE = "kd"
+# Teacher architecture (sees DATA.CROP_SIZE images).
+_C.MODEL.ARCH_T = ""
+# Teacher checkpoint (a model_best.pth written by the teacher script, or by the original release).
+_C.MODEL.MODELDICT_T = ""
+# Initialise the teacher from ImageNet weights before MODELDICT_T (only useful without MODELDICT_T).
+_C.MODEL.PRETRAIN_T = False
+# new. Local ImageNet weight file for the teacher, see PRETRAIN_FILE.
+_C.MODEL.PRETRAIN_FILE_T = ""
+# Assistant architecture (two-stage distillation).
+_C.MODEL.ARCH_A = ""
+# Assistant checkpoint (two-stage distillation).
+_C.MODEL.MODELDICT_A = ""
+# Initialise the assistant from ImageNet weights.
+_C.MODEL.PRETRAIN_A = False
+# Student architecture (sees DATA.CROP_SIZE / DATA.LESSEN_RATIO images).
+_C.MODEL.ARCH_S = ""
+# Student checkpoint to start from ("" = none).
+_C.MODEL.MODELDICT_S = ""
+# Initialise the student from ImageNet weights.
+_C.MODEL.PRETRAIN_S = False
+# new. Local ImageNet weight file for the student, see PRETRAIN_FILE.
+_C.MODEL.PRETRAIN_FILE_S = ""
+# Distil features before their last ReLU (feature methods AT, SP, ICKD).
+_C.MODEL.PRERELU = False
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distillation losses
+# ---------------------------------------------------------------------------------------------------------------
+_C.KD = CN()
+# Softmax temperature T of logit KD (Hinton et al.); the KL term is scaled by T^2.
+_C.KD.TEMP = 4
+# Weight of the KD term; CE gets (1 - ALPHA).
+_C.KD.ALPHA = 0.9
+
+_C.AT = CN()
+# Weight of attention transfer (Zagoruyko & Komodakis), summed over the four ResNet stages.
+_C.AT.BETA = 1000.0
+
+_C.SP = CN()
+# Weight of similarity-preserving KD (Tung & Mori) on the last stage.
+_C.SP.BETA = 3000.0
+
+_C.ICKD = CN()
+# Weight of inter-channel correlation KD (Liu et al., ICCV 2021) on the last stage.
+_C.ICKD.BETA = 2.5
+# Unused: feature channels are read off the models. Kept so the original YAML files load.
+_C.ICKD.FEATDIM_T = [512]
+# Unused, see FEATDIM_T.
+_C.ICKD.FEATDIM_S = [512]
+# new. True: the student-side embedding (1x1 conv + BN) is trained. False reproduces the original release,
+# which never handed the embedding to the optimiser (it stayed at its random initialisation).
+_C.ICKD.TRAIN_EMBED = True
+
+_C.DKD = CN()
+# Weight of target-class KD (TCKD) in decoupled KD (Zhao et al., CVPR 2022).
+_C.DKD.ALPHA = 1.0
+# Weight of non-target-class KD (NCKD).
+_C.DKD.BETA = 8.0
+# DKD temperature.
+_C.DKD.TEMP = 4
+# Epochs over which the DKD weight ramps linearly from 0 to 1.
+_C.DKD.WARMUP = 20
+
+# ISRD (input spatial representation distillation) and the original's experimental super-resolution keys.
+_C.FSR = CN()
+# Unused experimental weight of the original release.
+_C.FSR.BETA = 0.0
+# Unused experimental weight of the original release.
+_C.FSR.GAMMA = 0.0
+# Weight eta of the ISRD L1 reconstruction loss (release: 50 CUB@56, 10 CUB@112, 20 Aircraft@56).
+_C.FSR.ETA = 0.0
+# Unused experimental weight of the original release.
+_C.FSR.BETA1 = 0.0
+# Unused experimental weight of the original release.
+_C.FSR.BETA2 = 0.0
+# Unused experimental switch of the original release.
+_C.FSR.RESIDUAL = False
+# Index into the student's feature list that ISRD decodes; 0 = the input module (conv1 / patch embedding).
+_C.FSR.POSITION = 0
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data options
+# ---------------------------------------------------------------------------------------------------------------
+_C.DATA = CN()
+# Dataset: cub (CUB-200-2011) | aircraft (FGVC-Aircraft, variant level).
+_C.DATA.DATASET = ""
+# Dataset folder in its official layout (see data/README.md); relative to the repository root or absolute.
+_C.DATA.DATADIR = ""
+# Number of classes (200 for CUB, 100 for Aircraft); checked against the dataset.
+_C.DATA.NUM_CLASSES = 200
+# Test images are resized (shorter side) to RESIZE_SIZE / LESSEN_RATIO, then center-cropped.
+_C.DATA.RESIZE_SIZE = 256
+# Large (teacher) crop in pixels; the student sees CROP_SIZE / LESSEN_RATIO.
+_C.DATA.CROP_SIZE = 224
+# K: the student's image is the teacher's crop made K times smaller (2 -> 112 px, 4 -> 56 px from 224).
+_C.DATA.LESSEN_RATIO = 1.0
+# Interpolation of the large -> small resize, PIL's codes as the original passed them to torchvision:
+# 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming. (The original's comment said
+# "1 Nearest 2 Bilinear 3 Bicubic 4 Antialias", which is not what torchvision does with these codes.)
+# PIL's bilinear/bicubic are antialiased when shrinking; the tensor pipeline uses antialias=True to match.
+# The tensor pipeline supports 0, 2, 3 and 4; 1 and 5 need DATA.PIPELINE "pil".
+_C.DATA.LESSEN_TYPE = 2
+# Normalisation mean (RGB, 0..1 scale).
+_C.DATA.IMAGE_MEAN = [0.485, 0.456, 0.406]
+# Normalisation std (RGB, 0..1 scale).
+_C.DATA.IMAGE_STD = [0.229, 0.224, 0.225]
+# new. Input pipeline. "tensor": JPEGs are decoded once into a cache of uint8 images (shorter side
+# CACHE_SIZE), workers only crop/flip them, and the second-scale resize and normalisation run batched on the
+# device. "pil": the original per-sample PIL decode + two resizes in loader workers.
+_C.DATA.PIPELINE = "tensor"
+# new. Shorter side (pixels) of the decoded-image cache of the tensor pipeline; 0 = RESIZE_SIZE.
+_C.DATA.CACHE_SIZE = 0
+# new. When DATADIR does not exist, generate a small synthetic dataset there in the official layout of
+# DATA.DATASET (demo configs only). The number of images per class of that generated set:
+_C.DATA.GENERATE_IF_MISSING = False
+# new. Images per class (train and test each) of a generated dataset.
+_C.DATA.GENERATE_PER_CLASS = 6
+
+# ---------------------------------------------------------------------------------------------------------------
+# Solver options
+# ---------------------------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+# Initial learning rate of SGD.
+_C.SOLVER.START_LR = 0.1
+# Epochs at which the learning rate is multiplied by LR_DECAY_FACTOR (MultiStepLR, stepped per epoch).
+_C.SOLVER.LR_STEPS = [60, 120, 160]
+# Learning-rate decay factor.
+_C.SOLVER.LR_DECAY_FACTOR = 0.1
+# Number of training epochs.
+_C.SOLVER.NUM_EPOCHS = 140
+# L2 weight decay of SGD.
+_C.SOLVER.WEIGHT_DECAY = 5e-4
+# SGD momentum (the original's spelling is part of its public interface).
+_C.SOLVER.MUMENTUM = 0.9
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training options
+# ---------------------------------------------------------------------------------------------------------------
+_C.TRAIN = CN()
+# Training batch size (per process).
+_C.TRAIN.BATCH_SIZE = 32
+# new. Mixed precision: "none" (fp32) | "bf16" | "fp16" (with a gradient scaler). CUDA only for fp16.
+_C.TRAIN.AMP = "none"
+# new. Use the channels_last memory format for the networks and images.
+_C.TRAIN.CHANNELS_LAST = False
+# new. Wrap the student step in torch.compile.
+_C.TRAIN.COMPILE = False
+
+# ---------------------------------------------------------------------------------------------------------------
+# Testing options
+# ---------------------------------------------------------------------------------------------------------------
+_C.TEST = CN()
+# Test batch size.
+_C.TEST.BATCH_SIZE = 32
+
+# ---------------------------------------------------------------------------------------------------------------
+# cuDNN options
+# ---------------------------------------------------------------------------------------------------------------
+_C.CUDNN = CN()
+# torch.backends.cudnn.benchmark (autotuning; non-deterministic).
+_C.CUDNN.BENCHMARK = False
+# Deterministic algorithms (cuDNN, and torch.use_deterministic_algorithms on the CPU); makes resume exact.
+_C.CUDNN.DETERMINISTIC = True
+# torch.backends.cudnn.enabled.
+_C.CUDNN.ENABLE = True

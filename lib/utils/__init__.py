@@ -1,0 +1,1 @@
+"""Small utilities shared by the library and the entry scripts."""

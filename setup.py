@@ -1,0 +1,22 @@
+"""Installs the `lib` package so scripts import it without sys.path tricks (`pip install -e .`)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="pixel-distillation",
+    version="0.1.0",
+    description="Pixel Distillation: cost-flexible distillation across image sizes and heterogeneous networks",
+    packages=find_packages(include=["lib", "lib.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "timm>=0.9",
+        "yacs>=0.1.8",
+        "PyYAML>=6.0",
+        "numpy>=1.24",
+        "Pillow>=9.0",
+        "tensorboard>=2.12",
+        "tqdm>=4.60",
+    ],
+)
