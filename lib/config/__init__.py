@@ -13,7 +13,8 @@ import argparse
 import ast
 import difflib
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import yaml
 from yacs.config import CfgNode

@@ -170,10 +170,12 @@ _C.DATA.PIPELINE = "tensor"
 # new. Shorter side (pixels) of the decoded-image cache of the tensor pipeline; 0 = RESIZE_SIZE.
 _C.DATA.CACHE_SIZE = 0
 # new. When DATADIR does not exist, generate a small synthetic dataset there in the official layout of
-# DATA.DATASET (demo configs only). The number of images per class of that generated set:
+# DATA.DATASET (demo and benchmark configs).
 _C.DATA.GENERATE_IF_MISSING = False
 # new. Images per class (train and test each) of a generated dataset.
 _C.DATA.GENERATE_PER_CLASS = 6
+# new. [width, height] in pixels of the generated images (the benchmark uses CUB-like 500 x 375).
+_C.DATA.GENERATE_IMAGE_SIZE = [80, 60]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Solver options
@@ -211,6 +213,9 @@ _C.TRAIN.COMPILE = False
 _C.TEST = CN()
 # Test batch size.
 _C.TEST.BATCH_SIZE = 32
+# new. Checkpoint evaluated by tools/eval.py (a model_best.pth); the network is MODEL.ARCH_S, else MODEL.ARCH,
+# at the student's test size (RESIZE_SIZE / LESSEN_RATIO, CROP_SIZE / LESSEN_RATIO).
+_C.TEST.CHECKPOINT = ""
 
 # ---------------------------------------------------------------------------------------------------------------
 # cuDNN options

@@ -1,0 +1,49 @@
+"""Analysis tools: evaluate a checkpoint, measure deployment cost, summarise experiments, prepare the datasets.
+
+Modules (each behind a thin script in tools/):
+    evaluate  tools/eval.py          top-1 / top-5 / mean per-class accuracy, per-class report, confusion matrix
+    cost      tools/cost.py          parameters, FLOPs, activation memory, latency, input pixels and bytes
+    summary   tools/summarize.py     every results.json under an output root in the paper's table, and plots
+    prepare   tools/prepare_data.py  download, verify and extract CUB-200-2011 and FGVC-Aircraft
+
+This file holds the small report writers they share (no submodule is imported here).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["markdown_table", "write_text", "write_csv"]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; numbers right-aligned, text left-aligned."""
+    cells = [[str(c) for c in row] for row in rows]
+    numeric = [all(_is_number(row[i]) for row in rows) and bool(rows) for i in range(len(headers))]
+    align = ["---:" if num else "---" for num in numeric]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a text file, creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_csv(path: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Write a CSV file with a header row, creating its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(headers)
+        writer.writerows(rows)

@@ -1,0 +1,285 @@
+"""Collect every experiment under an output root into the paper's table, and plot accuracy against cost.
+
+An experiment is a folder holding results.json and config.yaml (what run_experiment writes). Its networks, sizes
+and dataset are read from config.yaml; only the distillation method, which the config does not record for ISRD
+(tools_1_ts/train_isrd_5runs.py ignores MODEL.KDTYPE), is read from the folder name
+<n>runs_<method>_<teacher>_... . Folders moved aside by BASIC.FRESH_START (<name>.old<k>) are skipped.
+
+Rows: dataset, teacher@size -> student@size, one per distillation pair. Columns: the student baseline (the
+single-network experiment of the student's architecture at the student's size, same dataset), then KD, AT, SP,
+ICKD, DKD and ISRD; each cell is the mean ± std over runs of the best and of the last-epoch test top-1 (%).
+Single-network experiments that are no pair's student baseline (teachers, unpaired baselines) get rows of their
+own, without a teacher. When several experiments fill one cell (other seeds or learning rates), the one with the
+most runs, then the newest results.json, is shown and the others are listed on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from yacs.config import CfgNode
+
+from lib.config import small_crop_size
+from lib.engine.checkpoint import load_json
+from lib.utils.errors import UserError
+
+from . import markdown_table, write_csv, write_text
+from .cost import flops_of, input_cost
+
+__all__ = ["METHODS", "Experiment", "Row", "find_experiments", "build_rows", "format_markdown", "write_summary",
+           "plot_accuracy_vs_cost", "summarize"]
+
+# Table columns in the paper's order; "student" is the student's own single-network baseline.
+METHODS = ("student", "kd", "at", "sp", "ickd", "dkd", "isrd")
+METHOD_LABELS = {"student": "baseline", "kd": "KD", "at": "AT", "sp": "SP", "ickd": "ICKD", "dkd": "DKD",
+                 "isrd": "ISRD"}
+_DISTILL_NAME = re.compile(r"\d+runs_(kd|at|sp|ickd|dkd|isrd)_")
+_MOVED_ASIDE = re.compile(r".*\.old\d+")
+
+
+@dataclass
+class Experiment:
+    """One experiment folder: what it trained and its results.json."""
+
+    path: str
+    method: str  # "single" or a distillation method
+    dataset: str
+    arch: str  # the student (or the single network)
+    size: int
+    teacher: str | None
+    teacher_size: int | None
+    num_classes: int
+    results: dict
+    mtime: float
+
+    @property
+    def runs(self) -> int:
+        """Number of finished runs."""
+        return len(self.results.get("runs", []))
+
+
+@dataclass
+class Row:
+    """One table row: a teacher -> student pair (teacher None for a lone single-network experiment)."""
+
+    dataset: str
+    arch: str
+    size: int
+    teacher: str | None = None
+    teacher_size: int | None = None
+    teacher_result: Experiment | None = None
+    cells: dict[str, Experiment] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """Classifier outputs of the student (from any of its experiments)."""
+        return next(iter(self.cells.values())).num_classes
+
+
+def _read_experiment(folder: str) -> Experiment:
+    """Read results.json and config.yaml of one experiment folder (UserError if unreadable)."""
+    results_path, config_path = os.path.join(folder, "results.json"), os.path.join(folder, "config.yaml")
+    if not os.path.isfile(config_path):
+        raise UserError(f"{folder} has results.json but no config.yaml")
+    try:
+        results = load_json(results_path)
+        with open(config_path) as f:
+            cfg = CfgNode.load_cfg(f)
+        match = _DISTILL_NAME.match(os.path.basename(folder))
+        distill = bool(match and cfg.MODEL.ARCH_T and cfg.MODEL.ARCH_S)
+        return Experiment(
+            path=folder,
+            method=match.group(1) if distill else "single",
+            dataset=cfg.DATA.DATASET,
+            arch=cfg.MODEL.ARCH_S if distill else cfg.MODEL.ARCH,
+            size=small_crop_size(cfg),
+            teacher=cfg.MODEL.ARCH_T if distill else None,
+            teacher_size=cfg.DATA.CROP_SIZE if distill else None,
+            num_classes=cfg.DATA.NUM_CLASSES,
+            results=results,
+            mtime=os.path.getmtime(results_path),
+        )
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
+        raise UserError(f"cannot read the experiment in {folder} ({type(err).__name__}: {err})") from None
+
+
+def find_experiments(root: str, warn=None) -> list[Experiment]:
+    """Every experiment (folder with results.json) under `root`; unreadable ones are reported through `warn`."""
+    warn = warn or (lambda message: print(message, file=sys.stderr))
+    if not os.path.isdir(root):
+        raise UserError(f"output root {root} does not exist or is not a folder (--root)")
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not _MOVED_ASIDE.fullmatch(d))
+        if "results.json" not in files:
+            continue
+        dirs[:] = []  # an experiment's own subfolders (ckpt/, log/) hold no experiments
+        try:
+            experiment = _read_experiment(folder)
+        except UserError as err:
+            warn(f"skipped: {err}")
+            continue
+        if not all("best_acc_mean" in experiment.results and key in experiment.results
+                   for key in ("best_acc_std", "last_acc_mean", "last_acc_std")):
+            warn(f"skipped: {folder}/results.json lacks best_acc_mean/std or last_acc_mean/std")
+            continue
+        found.append(experiment)
+    return found
+
+
+def _pick(candidates: list[Experiment], what: str, warn) -> Experiment:
+    """The experiment with the most runs, then the newest; the others are reported."""
+    best = max(candidates, key=lambda e: (e.runs, e.mtime))
+    others = [e.path for e in candidates if e is not best]
+    if others:
+        warn(f"note: {len(candidates)} experiments for {what}; showing {best.path}, not {', '.join(others)}")
+    return best
+
+
+def build_rows(experiments: list[Experiment], warn=None) -> list[Row]:
+    """Group experiments into table rows (see the module docstring)."""
+    warn = warn or (lambda message: print(message, file=sys.stderr))
+    singles: dict[tuple, list[Experiment]] = defaultdict(list)
+    pairs: dict[tuple, dict[str, list[Experiment]]] = defaultdict(lambda: defaultdict(list))
+    for e in experiments:
+        if e.method == "single":
+            singles[(e.dataset, e.arch, e.size)].append(e)
+        else:
+            pairs[(e.dataset, e.teacher, e.teacher_size, e.arch, e.size)][e.method].append(e)
+    single = {key: _pick(group, f"{key[1]}@{key[2]} on {key[0]}", warn) for key, group in singles.items()}
+
+    rows, used = [], set()
+    for (dataset, teacher, teacher_size, arch, size), methods in pairs.items():
+        row = Row(dataset, arch, size, teacher, teacher_size, single.get((dataset, teacher, teacher_size)))
+        what = f"{teacher}@{teacher_size} -> {arch}@{size} on {dataset}"
+        row.cells = {m: _pick(group, f"{METHOD_LABELS[m]} {what}", warn) for m, group in methods.items()}
+        if (dataset, arch, size) in single:
+            row.cells["student"] = single[(dataset, arch, size)]
+            used.add((dataset, arch, size))
+        rows.append(row)
+    for (dataset, arch, size), experiment in single.items():
+        if (dataset, arch, size) not in used:
+            rows.append(Row(dataset, arch, size, cells={"student": experiment}))
+    rows.sort(key=lambda r: (r.dataset, r.teacher is None, r.teacher or "", -(r.teacher_size or 0), r.arch, -r.size))
+    return rows
+
+
+def _cell(e: Experiment | None) -> str:
+    if e is None:
+        return "–"
+    r = e.results
+    return (f"{r['best_acc_mean']:.2f} ± {r['best_acc_std']:.2f} / {r['last_acc_mean']:.2f} ± "
+            f"{r['last_acc_std']:.2f} ({e.runs})")
+
+
+def format_markdown(rows: list[Row]) -> str:
+    """The table as markdown, with a line saying how to read a cell."""
+    headers = ["dataset", "teacher", "teacher top-1", "student", *(METHOD_LABELS[m] for m in METHODS)]
+    table = []
+    for r in rows:
+        teacher = f"{r.teacher}@{r.teacher_size}" if r.teacher else "–"
+        teacher_acc = f"{r.teacher_result.results['best_acc_mean']:.2f}" if r.teacher_result else "–"
+        table.append([r.dataset, teacher, teacher_acc, f"{r.arch}@{r.size}", *(_cell(r.cells.get(m)) for m in METHODS)])
+    return (markdown_table(headers, table)
+            + "\nEach cell: best test top-1 mean ± std / last-epoch test top-1 mean ± std (number of runs), in %. "
+              "'baseline' is the student trained alone at its size (the single-network experiment).\n")
+
+
+def _csv_rows(rows: list[Row], root: str, flops: dict) -> tuple[list[str], list[list[Any]]]:
+    headers = ["dataset", "teacher_arch", "teacher_size", "teacher_best_acc_mean", "student_arch", "student_size",
+               "student_flops", "student_input_pixels", "student_input_bytes"]
+    for m in METHODS:
+        headers += [f"{m}_best_mean", f"{m}_best_std", f"{m}_last_mean", f"{m}_last_std", f"{m}_runs",
+                    f"{m}_experiment"]
+    lines = []
+    for r in rows:
+        pixels, nbytes = input_cost(r.size)
+        line: list[Any] = [r.dataset, r.teacher or "", r.teacher_size or "",
+                           r.teacher_result.results["best_acc_mean"] if r.teacher_result else "",
+                           r.arch, r.size, flops.get((r.arch, r.size, r.num_classes), ""), pixels, nbytes]
+        for m in METHODS:
+            e = r.cells.get(m)
+            if e is None:
+                line += [""] * 6
+            else:
+                res = e.results
+                line += [res["best_acc_mean"], res["best_acc_std"], res["last_acc_mean"], res["last_acc_std"],
+                         e.runs, os.path.relpath(e.path, root)]
+        lines.append(line)
+    return headers, lines
+
+
+def plot_accuracy_vs_cost(rows: list[Row], flops: dict, path: str, x_axis: str) -> None:
+    """Best top-1 (mean ± std) of every cell against the student's FLOPs or input pixels, one panel per dataset."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    datasets = sorted({r.dataset for r in rows})
+    fig = Figure(figsize=(6.5 * len(datasets), 5))
+    FigureCanvasAgg(fig)
+    markers = dict(zip(METHODS, "osD^v<>"))
+    colors = {m: f"C{i}" for i, m in enumerate(METHODS)}  # the same colour for a method in every panel
+    for i, dataset in enumerate(datasets):
+        ax = fig.add_subplot(1, len(datasets), i + 1)
+        named = set()
+        for method in METHODS:
+            xs, ys, errs = [], [], []
+            for r in (r for r in rows if r.dataset == dataset and method in r.cells):
+                x = flops.get((r.arch, r.size, r.num_classes)) if x_axis == "flops" else input_cost(r.size)[0]
+                if x is None:
+                    continue
+                res = r.cells[method].results
+                xs.append(x / 1e9 if x_axis == "flops" else x)
+                ys.append(res["best_acc_mean"])
+                errs.append(res["best_acc_std"])
+                if (r.arch, r.size) not in named:  # name each student once per panel
+                    named.add((r.arch, r.size))
+                    ax.annotate(f"{r.arch}@{r.size}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, -10),
+                                fontsize=7)
+            if xs:
+                ax.errorbar(xs, ys, yerr=errs, fmt=markers[method], color=colors[method], capsize=3,
+                            label=METHOD_LABELS[method])
+        ax.set_xscale("log")
+        ax.set_xlabel("student GFLOPs (multiply-add = 2)" if x_axis == "flops" else "student input pixels")
+        ax.set_ylabel("best test top-1 (%)")
+        ax.set_title(dataset)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_summary(rows: list[Row], root: str, out_dir: str) -> list[str]:
+    """Write summary.md, summary.csv, acc_vs_flops.png and acc_vs_pixels.png; returns their paths."""
+    flops = {}
+    for r in rows:
+        key = (r.arch, r.size, r.num_classes)
+        if key not in flops:
+            try:
+                flops[key] = flops_of(*key)
+            except UserError as err:  # an architecture this version cannot build: no FLOPs, still a row
+                print(f"note: no FLOPs for {r.arch}@{r.size} ({err})", file=sys.stderr)
+    paths = [os.path.join(out_dir, name) for name in
+             ("summary.md", "summary.csv", "acc_vs_flops.png", "acc_vs_pixels.png")]
+    write_text(paths[0], format_markdown(rows))
+    write_csv(paths[1], *_csv_rows(rows, root, flops))
+    plot_accuracy_vs_cost(rows, flops, paths[2], "flops")
+    plot_accuracy_vs_cost(rows, flops, paths[3], "pixels")
+    return paths
+
+
+def summarize(root: str, out_dir: str) -> list[Row]:
+    """Find every experiment under `root`, print the table, write it and the plots into `out_dir`."""
+    experiments = find_experiments(root)
+    if not experiments:
+        raise UserError(f"no experiment (a folder with results.json and config.yaml) under {root}")
+    rows = build_rows(experiments)
+    paths = write_summary(rows, root, out_dir)
+    print(format_markdown(rows))
+    print(f"{len(experiments)} experiments, {len(rows)} rows; wrote {', '.join(paths)}")
+    return rows

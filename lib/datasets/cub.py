@@ -1,0 +1,88 @@
+"""CUB-200-2011 (Wah et al. 2011), official train/test split, read from the archive's own annotation files."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from yacs.config import CfgNode
+
+from lib.config import resolve_path
+from lib.utils.errors import UserError
+
+from .transforms import TwoScaleDataset
+
+__all__ = ["CUBDataset"]
+
+
+class CUBDataset(TwoScaleDataset):
+    """CUB-200-2011 at the teacher's and the student's scale, items of DATA.PIPELINE (see transforms.py).
+
+    DATA.DATADIR is the extracted CUB_200_2011 folder; labels are 0-based (the files count from 1); class names
+    are the image folder names ("001.Black_footed_Albatross"). bounding_boxes.txt is not needed.
+    """
+
+    name = "CUB"
+    layout = (
+        "the CUB_200_2011 folder holding images.txt, image_class_labels.txt, train_test_split.txt and "
+        "images/<class folder>/<image>.jpg"
+    )
+
+    def __init__(self, cfg: CfgNode, is_train: bool):
+        root = resolve_path(cfg.DATA.DATADIR)
+        self.require_dir(root)
+        paths = self._read_id_file(os.path.join(root, "images.txt"), "'<image id> <relative path>'", _any)
+        labels = self._read_id_file(os.path.join(root, "image_class_labels.txt"), "'<image id> <class 1..N>'", _label)
+        split_file = os.path.join(root, "train_test_split.txt")
+        splits = self._read_id_file(split_file, "'<image id> <1 train | 0 test>'", _split)
+        for table, filename in ((labels, "image_class_labels.txt"), (splits, "train_test_split.txt")):
+            unlisted = [image_id for image_id in paths if image_id not in table]
+            if unlisted:
+                raise UserError(
+                    f"annotation file {os.path.join(root, filename)} has no line for image id {unlisted[0]} of "
+                    f"images.txt ({len(unlisted)} ids missing); expected {self.layout} (see data/README.md)"
+                )
+
+        if not paths:
+            images_file = os.path.join(root, "images.txt")
+            raise UserError(f"annotation file {images_file} lists no images; expected {self.layout}")
+        num_classes = max(int(labels[image_id]) for image_id in paths)
+        classes = [str(c + 1) for c in range(num_classes)]
+        for image_id, rel_path in paths.items():
+            # The folder of an image names its class, as in the official archive.
+            folder = os.path.dirname(rel_path)
+            if folder:
+                classes[int(labels[image_id]) - 1] = folder
+        wanted = "1" if is_train else "0"
+        samples = [
+            (os.path.join(root, "images", rel_path), int(labels[image_id]) - 1)
+            for image_id, rel_path in paths.items()
+            if splits[image_id] == wanted
+        ]
+        super().__init__(cfg, is_train, root, samples, classes)
+
+    def _read_id_file(self, path: str, expected: str, valid: Callable[[str], bool]) -> dict[str, str]:
+        """'<id> <value>' lines -> {id: value}; a line without two fields or with a bad value is a UserError."""
+        table: dict[str, str] = {}
+        for line_no, line in self.read_annotation(path):
+            fields = line.strip().split(maxsplit=1)
+            if len(fields) != 2 or not _is_int(fields[0]) or not valid(fields[1]) or fields[0] in table:
+                raise self.malformed(path, line_no, line, expected + " with unique ids")
+            table[fields[0]] = fields[1].strip()
+        return table
+
+
+def _any(value: str) -> bool:
+    return bool(value.strip())
+
+
+def _is_int(value: str) -> bool:
+    return value.isascii() and value.isdigit()
+
+
+def _label(value: str) -> bool:
+    return _is_int(value) and int(value) >= 1
+
+
+def _split(value: str) -> bool:
+    return value in ("0", "1")

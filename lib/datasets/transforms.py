@@ -1,0 +1,340 @@
+"""The two input pipelines (DATA.PIPELINE) and the dataset base class that serves both.
+
+"pil" is the original release's path: per sample, RandomResizedCrop + flip on the decoded PIL image gives the
+teacher's crop, PIL resizes that crop K times smaller for the student, both are normalised in the worker.
+"tensor" decodes every image once into a uint8 cache (lib/datasets/cache.py); workers only crop and flip the
+cached tensor, and BatchPreparer makes the student's image (F.interpolate) and normalises, batched on the device.
+
+Dataset items (the default collate turns them into batch dicts):
+    pil    train  {"image": float (3, s, s), "image_large": float (3, c, c), "target": int}
+    tensor train  {"image_large": uint8 (3, c, c), "target": int}
+    pil    test   {"image": float (3, s, s), "target": int}
+    tensor test   {"image": uint8 (3, s, s), "target": int}
+with c = DATA.CROP_SIZE and s = small_crop_size(cfg). BatchPreparer gives both pipelines the same output:
+    train  {"image": float (B, 3, s, s), "image_large": float (B, 3, c, c), "target": long (B,)}
+    test   {"image": float (B, 3, s, s), "target": long (B,)}
+
+Tensor vs PIL student image from the same 224 px crop, in 0..255 levels: mean / max |difference| over 60
+RandomResizedCrops of three natural photos (matplotlib's grace_hopper.jpg, scikit-learn's china.jpg and
+flower.jpg), measured with pil_vs_tensor_small_image_difference (CPU; CUDA within 0.05 of the means, same maxima):
+    LESSEN_TYPE 2 bilinear   224->112: 0.17 / 1    224->56: 0.10 / 1
+    LESSEN_TYPE 3 bicubic    224->112: 0.15 / 3    224->56: 0.11 / 7
+    LESSEN_TYPE 0 nearest    224->112: 0    / 0    224->56: 0    / 0    (224->74, K=3: 0.21 / 179)
+    LESSEN_TYPE 4 box        224->112: 0.45 / 1    224->56: 0.24 / 1    (224->74, K=3: 3.4 / 71)
+PIL works in fixed point and rounds to uint8 between its horizontal and vertical passes, torch stays in float
+until the final quantisation: hence the +-1 level. Bicubic's larger maxima are rare pixels (fewer than 0.03%
+differ by more than 1 level).
+At non-integer ratios torch's "nearest-exact" and "area" pick slightly different source pixels than PIL's
+nearest and box; K = 2 and 4 (the paper's) are exact up to rounding.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+from yacs.config import CfgNode
+
+from lib.config import small_crop_size, small_resize_size
+from lib.utils.errors import UserError
+
+from .cache import ShorterSideResize, build_cache, load_rgb, read_all, verify_image
+
+__all__ = [
+    "TENSOR_INTERPOLATION",
+    "check_tensor_lessen_type",
+    "normalize",
+    "to_unit",
+    "uint8_to_normalized",
+    "downscale",
+    "pil_vs_tensor_small_image_difference",
+    "PilTrainTransform",
+    "PilTestTransform",
+    "tensor_train_transform",
+    "small_test_geometry",
+    "TwoScaleDataset",
+    "BatchPreparer",
+]
+
+# DATA.LESSEN_TYPE (PIL resample codes) -> F.interpolate mode of the tensor pipeline. PIL's nearest samples pixel
+# centres, which is torch's "nearest-exact"; PIL's box filter is an area average. Lanczos (1) and hamming (5)
+# have no F.interpolate equivalent and need DATA.PIPELINE "pil".
+TENSOR_INTERPOLATION = {0: "nearest-exact", 2: "bilinear", 3: "bicubic", 4: "area"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pixel operations shared by both pipelines
+# ---------------------------------------------------------------------------------------------------------------
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / std with x in 0..1 (torchvision's Normalize, same operations so results agree bit for bit)."""
+    return x.sub(mean).div(std)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 levels (any dtype) -> float in 0..1 exactly as ToTensor computes it (x / 255, correctly rounded)."""
+    # The divisor is a 0-dim tensor on x's device, not a Python number: CUDA turns division by a CPU scalar into
+    # a multiplication by its reciprocal, which differs from ToTensor's x / 255 in the last bit.
+    x = x.float()
+    return x.div(x.new_full((), 255.0))
+
+
+def uint8_to_normalized(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 image(s) -> normalised float, as ToTensor (divide by 255) + Normalize."""
+    return normalize(to_unit(x), mean, std)
+
+
+def check_tensor_lessen_type(lessen_type: int) -> None:
+    """Raise a UserError unless the tensor pipeline can make the student's image with this LESSEN_TYPE."""
+    if lessen_type not in TENSOR_INTERPOLATION:
+        raise UserError(
+            f"DATA.LESSEN_TYPE {lessen_type} has no batched equivalent (the tensor pipeline supports "
+            f"{sorted(TENSOR_INTERPOLATION)}); set DATA.PIPELINE pil or another DATA.LESSEN_TYPE"
+        )
+
+
+def downscale(x: torch.Tensor, size: int, lessen_type: int) -> torch.Tensor:
+    """Batched twin of PIL's resize to (size, size): (B, 3, H, W) in 0..1 -> (B, 3, size, size) on uint8 levels."""
+    check_tensor_lessen_type(lessen_type)
+    mode = TENSOR_INTERPOLATION[lessen_type]
+    if mode in ("bilinear", "bicubic"):
+        # PIL's bilinear/bicubic widen their kernel when shrinking; antialias=True is the same filter (a=-0.5
+        # cubic, as PIL), without it a 4x shrink aliases.
+        small = F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=True)
+    else:
+        small = F.interpolate(x, size=(size, size), mode=mode)
+    # PIL's student image is uint8: quantise to the same 256 levels (this also clips bicubic overshoot).
+    return to_unit(small.mul(255).round().clamp(0, 255))
+
+
+def pil_vs_tensor_small_image_difference(large: Image.Image, size: int, lessen_type: int) -> tuple[float, float]:
+    """Mean and max |tensor - PIL| (0..255 levels) of the student image made from the same large crop."""
+    pil_small = torch.from_numpy(np.array(large.convert("RGB").resize((size, size), resample=lessen_type)))
+    pil_small = pil_small.permute(2, 0, 1).float()  # (3, size, size)
+    x = to_unit(TF.pil_to_tensor(large.convert("RGB")))[None]  # (1, 3, H, W)
+    tensor_small = downscale(x, size, lessen_type)[0].mul(255).round()
+    diff = (tensor_small - pil_small).abs()
+    return diff.mean().item(), diff.max().item()
+
+
+def _mean_std(cfg: CfgNode) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(cfg.DATA.IMAGE_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(cfg.DATA.IMAGE_STD, dtype=torch.float32).view(3, 1, 1)
+    return mean, std
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-sample transforms
+# ---------------------------------------------------------------------------------------------------------------
+def small_test_geometry(cfg: CfgNode) -> v2.Compose:
+    """The student's test view on a PIL image: Resize(RESIZE_SIZE / K) + CenterCrop(CROP_SIZE / K)."""
+    return v2.Compose([v2.Resize(small_resize_size(cfg)), v2.CenterCrop(small_crop_size(cfg))])
+
+
+def tensor_train_transform(cfg: CfgNode) -> v2.Compose:
+    """The teacher's training crop taken from a cached uint8 tensor (3, H, W) -> (3, CROP_SIZE, CROP_SIZE)."""
+    return v2.Compose([v2.RandomResizedCrop(cfg.DATA.CROP_SIZE, antialias=True), v2.RandomHorizontalFlip()])
+
+
+class PilTrainTransform:
+    """The original release's training item: a PIL crop for the teacher, the same crop PIL-resized for the student."""
+
+    def __init__(self, cfg: CfgNode):
+        self.large = v2.Compose([v2.RandomResizedCrop(cfg.DATA.CROP_SIZE), v2.RandomHorizontalFlip()])
+        self.small_size = small_crop_size(cfg)
+        self.lessen_type = cfg.DATA.LESSEN_TYPE
+        self.same_scale = cfg.DATA.LESSEN_RATIO == 1
+        self.mean, self.std = _mean_std(cfg)
+
+    def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        large = self.large(image)
+        image_large = uint8_to_normalized(TF.pil_to_tensor(large), self.mean, self.std)  # (3, c, c)
+        if self.same_scale:
+            return {"image": image_large, "image_large": image_large}
+        small = large.resize((self.small_size, self.small_size), resample=self.lessen_type)
+        return {"image": uint8_to_normalized(TF.pil_to_tensor(small), self.mean, self.std), "image_large": image_large}
+
+
+class PilTestTransform:
+    """The original release's test item: Resize + CenterCrop at the student's size, normalised."""
+
+    def __init__(self, cfg: CfgNode):
+        self.geometry = small_test_geometry(cfg)
+        self.mean, self.std = _mean_std(cfg)
+
+    def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
+        return {"image": uint8_to_normalized(TF.pil_to_tensor(self.geometry(image)), self.mean, self.std)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The dataset base: CUB and Aircraft only parse their annotations, this serves the items of either pipeline
+# ---------------------------------------------------------------------------------------------------------------
+class TwoScaleDataset(Dataset):
+    """(image path, label) samples served as items of DATA.PIPELINE; subclasses parse the annotation files."""
+
+    # Dataset name and its expected layout, for error messages.
+    name = ""
+    layout = ""
+
+    def __init__(self, cfg: CfgNode, is_train: bool, root: str, samples: list[tuple[str, int]], classes: list[str]):
+        self.root = root
+        self.samples = samples
+        self.classes = classes
+        self.is_train = is_train
+        self.pipeline = cfg.DATA.PIPELINE
+        if len(classes) != cfg.DATA.NUM_CLASSES:
+            raise UserError(
+                f"{self.name} dataset {root} has {len(classes)} classes but DATA.NUM_CLASSES is "
+                f"{cfg.DATA.NUM_CLASSES}; set DATA.NUM_CLASSES {len(classes)} (or point DATA.DATADIR at the right "
+                f"folder, see data/README.md)"
+            )
+        if not samples:
+            raise UserError(f"{self.name} dataset {root} has no {self.split} images; expected {self.layout}")
+        self._check_files_exist()
+
+        paths = [path for path, _ in samples]
+        workers = cfg.BASIC.NUM_WORKERS
+        self.cache: Optional[list[torch.Tensor]] = None
+        self.transform = None
+        if self.pipeline == "tensor":
+            if is_train:
+                short_side = cfg.DATA.CACHE_SIZE or cfg.DATA.RESIZE_SIZE
+                self.cache = build_cache(paths, ShorterSideResize(short_side), workers, f"caching {self.split}")
+                self.transform = tensor_train_transform(cfg)
+            else:
+                # The final test crop, the same PIL operations as PilTestTransform (identical test inputs).
+                self.cache = build_cache(paths, small_test_geometry(cfg), workers, f"caching {self.split}")
+        elif self.pipeline == "pil":
+            # Decoding happens per sample during training: find unreadable files now, not mid-training.
+            read_all(paths, verify_image, workers, f"checking {self.split}")
+            self.transform = PilTrainTransform(cfg) if is_train else PilTestTransform(cfg)
+        else:
+            raise UserError(f"DATA.PIPELINE must be one of tensor, pil, got {self.pipeline!r}")
+
+    @property
+    def split(self) -> str:
+        """Human-readable split name for messages."""
+        return "training" if self.is_train else "test"
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Memory held by the decoded-image cache (0 for the pil pipeline)."""
+        return sum(t.numel() for t in self.cache) if self.cache is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Union[torch.Tensor, int]]:
+        path, target = self.samples[index]
+        if self.cache is not None:
+            image = self.cache[index]  # uint8 (3, H, W)
+            if self.is_train:
+                return {"image_large": self.transform(image), "target": target}
+            return {"image": image, "target": target}
+        try:
+            image = load_rgb(path)
+        except Exception as err:  # a file that passed verify() but fails to decode (e.g. truncated)
+            raise UserError(f"cannot read image {path} ({type(err).__name__}: {err}); see data/README.md") from None
+        item = self.transform(image)
+        item["target"] = target
+        return item
+
+    def _check_files_exist(self) -> None:
+        missing = [path for path, _ in self.samples if not os.path.isfile(path)]
+        if missing:
+            raise UserError(
+                f"{len(missing)} of {len(self.samples)} {self.split} images named in the annotations of {self.root} "
+                f"are missing, the first is {missing[0]}; expected {self.layout} (see data/README.md)"
+            )
+
+    # Annotation helpers for the subclasses ------------------------------------------------------------------
+    @classmethod
+    def require_dir(cls, path: str, what: str = "DATA.DATADIR") -> None:
+        """Raise a UserError naming `path` unless it is a folder."""
+        if not os.path.isdir(path):
+            raise UserError(
+                f"{what} {path} does not exist or is not a folder; expected {cls.layout} (see data/README.md)"
+            )
+
+    @classmethod
+    def read_annotation(cls, path: str) -> list[tuple[int, str]]:
+        """Non-blank lines of an annotation file as (line number, text without the line ending)."""
+        if not os.path.isfile(path):
+            raise UserError(f"annotation file {path} is missing; expected {cls.layout} (see data/README.md)")
+        try:
+            with open(path, encoding="utf-8") as f:
+                return [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1) if line.strip()]
+        except UnicodeDecodeError:
+            raise UserError(
+                f"annotation file {path} is not a text file; expected {cls.layout} (see data/README.md)"
+            ) from None
+
+    @classmethod
+    def malformed(cls, path: str, line_no: int, line: str, expected: str) -> UserError:
+        """The UserError for a bad annotation line: file, line number, the line, and the expected form."""
+        return UserError(
+            f"annotation file {path} line {line_no} is malformed: {line.strip()!r}, expected {expected} "
+            f"(see data/README.md)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The batched device step
+# ---------------------------------------------------------------------------------------------------------------
+class BatchPreparer:
+    """Collated batch -> network inputs on `device`: normalised "image" (student), "image_large", long "target".
+
+    Tensor pipeline: the uint8 teacher crop is normalised on the device and the student's image is made from it
+    with F.interpolate (DATA.LESSEN_TYPE), quantised to uint8 levels like PIL's output. PIL pipeline: the worker
+    already made both, so batches are only moved. Test batches have no "image_large".
+    """
+
+    def __init__(self, cfg: CfgNode, device: Union[str, torch.device], channels_last: bool = False):
+        self.device = torch.device(device)
+        self.pipeline = cfg.DATA.PIPELINE
+        self.small_size = small_crop_size(cfg)
+        self.lessen_type = cfg.DATA.LESSEN_TYPE
+        self.same_scale = cfg.DATA.LESSEN_RATIO == 1
+        self.channels_last = channels_last
+        self.mean = torch.tensor(cfg.DATA.IMAGE_MEAN, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.DATA.IMAGE_STD, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        if self.pipeline == "tensor" and not self.same_scale and self.lessen_type not in TENSOR_INTERPOLATION:
+            check_tensor_lessen_type(self.lessen_type)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True)
+
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
+        return uint8_to_normalized(self._to_device(x), self.mean, self.std)
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.pipeline == "pil":
+            out["image"] = self._to_device(batch["image"])
+            if "image_large" in batch:
+                out["image_large"] = self._to_device(batch["image_large"])
+        elif "image_large" in batch:
+            large01 = to_unit(self._to_device(batch["image_large"]))  # (B, 3, c, c)
+            image_large = normalize(large01, self.mean, self.std)
+            if self.same_scale:
+                out["image"] = image_large
+            else:
+                out["image"] = normalize(downscale(large01, self.small_size, self.lessen_type), self.mean, self.std)
+            out["image_large"] = image_large
+        else:
+            out["image"] = self._normalized(batch["image"])  # (B, 3, s, s)
+        if self.channels_last:
+            # At LESSEN_RATIO 1 "image" and "image_large" are one tensor: convert it once.
+            converted: dict[int, torch.Tensor] = {}
+            for key, x in out.items():
+                if id(x) not in converted:
+                    converted[id(x)] = x.contiguous(memory_format=torch.channels_last)
+                out[key] = converted[id(x)]
+        out["target"] = self._to_device(batch["target"]).long()
+        return out

@@ -1,0 +1,116 @@
+"""Build the distiller of a method from the config: single (no teacher), kd, at, sp, ickd, dkd, isrd."""
+
+from __future__ import annotations
+
+from torch import nn
+from yacs.config import CfgNode
+
+from lib.config import resolve_path, small_crop_size
+from lib.engine.checkpoint import load_weights
+from lib.losses import ATLoss, ICKDLoss, SPLoss, build_decoder
+from lib.models.model_builder import build_model, check_input_size, feature_shapes, is_vit
+from lib.utils.errors import UserError
+
+from .base import Distiller, Vanilla
+from .methods import DKD, ISRD, KD, FeatureKD
+
+__all__ = ["Distiller", "Vanilla", "KD", "DKD", "FeatureKD", "ISRD", "build_distiller", "build_teacher",
+           "METHODS", "method_archs"]
+
+METHODS = ("single", "kd", "at", "sp", "ickd", "dkd", "isrd")
+
+
+def method_archs(cfg: CfgNode, method: str) -> tuple[str | None, str]:
+    """(teacher arch or None, student arch) of a method."""
+    if method == "single":
+        return None, cfg.MODEL.ARCH
+    return cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_S
+
+
+def check_archs(cfg: CfgNode, method: str) -> None:
+    """Refuse impossible architecture / input-size combinations before anything is built or written."""
+    arch_t, arch_s = method_archs(cfg, method)
+    if not arch_s:
+        key = "MODEL.ARCH" if method == "single" else "MODEL.ARCH_S"
+        raise UserError(f"{key} is empty; name an architecture, e.g. {key} resnet18")
+    if method != "single" and not arch_t:
+        raise UserError("MODEL.ARCH_T is empty; name the teacher's architecture, e.g. MODEL.ARCH_T resnet50")
+    check_input_size(arch_s, small_crop_size(cfg))
+    if arch_t:
+        check_input_size(arch_t, cfg.DATA.CROP_SIZE)
+    if method == "at" and is_vit(arch_s) != is_vit(arch_t):
+        raise UserError(
+            f"AT pairs the teacher's and the student's stage features, which do not line up between {arch_t} and "
+            f"{arch_s} (CNN stages vs ViT blocks); use a logit method (kd, dkd) or ISRD for this pair"
+        )
+
+
+def build_teacher(cfg: CfgNode):
+    """The teacher network with MODEL.MODELDICT_T loaded (checked against ARCH_T and NUM_CLASSES)."""
+    if not cfg.MODEL.MODELDICT_T:
+        raise UserError("MODEL.MODELDICT_T is empty; train a teacher with tools_0_base/train_teacher_1run.py "
+                        "and pass its ckpt/.../model_best.pth")
+    teacher = build_model(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, cfg.MODEL.PRETRAIN_T,
+                          _weights_file(cfg.MODEL.PRETRAIN_FILE_T))
+    load_weights(teacher, resolve_path(cfg.MODEL.MODELDICT_T), "teacher checkpoint MODEL.MODELDICT_T",
+                 cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES)
+    return teacher
+
+
+def _weights_file(path: str) -> str:
+    return resolve_path(path) if path else ""
+
+
+def _build_student(cfg: CfgNode, method: str):
+    if method == "single":
+        return build_model(cfg.MODEL.ARCH, cfg.DATA.NUM_CLASSES, cfg.MODEL.PRETRAIN,
+                           _weights_file(cfg.MODEL.PRETRAIN_FILE))
+    student = build_model(cfg.MODEL.ARCH_S, cfg.DATA.NUM_CLASSES, cfg.MODEL.PRETRAIN_S,
+                          _weights_file(cfg.MODEL.PRETRAIN_FILE_S))
+    if cfg.MODEL.MODELDICT_S:
+        load_weights(student, resolve_path(cfg.MODEL.MODELDICT_S), "student checkpoint MODEL.MODELDICT_S",
+                     cfg.MODEL.ARCH_S, cfg.DATA.NUM_CLASSES)
+    return student
+
+
+def build_distiller(cfg: CfgNode, method: str, teacher: nn.Module | None = None) -> Distiller:
+    """Build the student (and teacher, losses, decoder) of `method` on the CPU.
+
+    Args:
+        cfg: the frozen config.
+        method: one of METHODS; "single" trains MODEL.ARCH alone (teacher and student baselines).
+        teacher: a ready teacher network (the benchmark's random-weight stand-in); default: build_teacher(cfg).
+    Returns:
+        A Distiller whose get_learnable_parameters() lists everything the optimiser must update.
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    check_archs(cfg, method)
+    if method == "single":
+        return Vanilla(_build_student(cfg, method))
+    teacher = teacher if teacher is not None else build_teacher(cfg)
+    student = _build_student(cfg, method)
+    small = small_crop_size(cfg)
+    if method == "kd":
+        return KD(student, teacher, cfg.KD.TEMP, cfg.KD.ALPHA)
+    if method == "dkd":
+        return DKD(student, teacher, cfg.DKD.ALPHA, cfg.DKD.BETA, cfg.DKD.TEMP, cfg.DKD.WARMUP)
+    if method == "isrd":
+        shapes = feature_shapes(student, small)
+        if not 0 <= cfg.FSR.POSITION < len(shapes):
+            raise UserError(f"FSR.POSITION {cfg.FSR.POSITION} is out of range: {cfg.MODEL.ARCH_S} has "
+                            f"{len(shapes)} features (0 = its input module)")
+        decoder = build_decoder(cfg, shapes[cfg.FSR.POSITION])
+        return ISRD(student, teacher, cfg.KD.TEMP, cfg.KD.ALPHA, decoder, cfg.FSR.ETA, cfg.FSR.POSITION)
+    # Feature methods: AT pairs every stage after the input module, SP and ICKD the last feature.
+    shapes_s = feature_shapes(student, small)
+    shapes_t = feature_shapes(teacher, cfg.DATA.CROP_SIZE)
+    if method == "at":
+        if len(shapes_s) != len(shapes_t):
+            raise UserError(f"AT needs as many features in the student ({cfg.MODEL.ARCH_S}: {len(shapes_s)}) as in "
+                            f"the teacher ({cfg.MODEL.ARCH_T}: {len(shapes_t)}); use kd, dkd or ISRD for this pair")
+        return FeatureKD(student, teacher, ATLoss(cfg), "at", cfg.AT.BETA, slice(1, None), cfg.MODEL.PRERELU)
+    if method == "sp":
+        return FeatureKD(student, teacher, SPLoss(cfg), "sp", cfg.SP.BETA, slice(-1, None), cfg.MODEL.PRERELU)
+    criterion = ICKDLoss(cfg, shapes_s[-1][0], shapes_t[-1][0])
+    return FeatureKD(student, teacher, criterion, "ickd", cfg.ICKD.BETA, slice(-1, None), cfg.MODEL.PRERELU)

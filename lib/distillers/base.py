@@ -1,0 +1,59 @@
+"""The distiller abstraction: a student, optionally a frozen teacher, and named loss terms."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Distiller(nn.Module):
+    """Owns a student trained on the small image and, optionally, a frozen teacher run on the large one.
+
+    `forward_train` returns the student's logits and a dict of named, already-weighted loss terms; the
+    trainer sums and logs them. `get_learnable_parameters` is the one place that decides what the optimiser
+    sees. The plain student baseline is this class without a teacher.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+
+    def train(self, mode: bool = True) -> Distiller:
+        """Set train/eval mode; the teacher always stays in eval (its BN statistics are frozen)."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def get_learnable_parameters(self) -> list[nn.Parameter]:
+        """Every parameter the optimiser must update (the student's, plus method-specific modules)."""
+        return list(self.student.parameters())
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Training-only modules saved beside the student (e.g. the ISRD decoder), by name."""
+        return {}
+
+    def forward_test(self, image: Tensor) -> Tensor:
+        """Logits of the plain student (what is deployed)."""
+        return self.student(image)
+
+    @torch.no_grad()
+    def teacher_forward(self, image_large: Tensor, return_feat: bool = False, pre_relu: bool = False):
+        """Run the frozen teacher on the large image without gradients."""
+        if return_feat:
+            return self.teacher(image_large, return_feat=True, preReLU=pre_relu)
+        return self.teacher(image_large)
+
+    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
+        """Return (student logits, {"loss_<term>": weighted loss}); `epoch` counts from 1."""
+        logits = self.student(image)
+        return logits, {"loss_ce": F.cross_entropy(logits, target)}
+
+
+# The student baseline: the same machinery without a teacher.
+Vanilla = Distiller

@@ -1,0 +1,115 @@
+"""One-stage pixel distillation methods: logit KD, DKD, the feature baselines, and ISRD (the paper's)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lib.losses import ATLoss, ICKDLoss, SPLoss, build_decoder, dkd_loss, isrd_loss, kd_loss
+
+from .base import Distiller
+
+
+class KD(Distiller):
+    """Hinton et al.: (1 - alpha) CE + alpha T^2 KL(teacher || student) on the logits."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float, alpha: float):
+        super().__init__(student, teacher)
+        self.temperature = temperature
+        self.alpha = alpha
+
+    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
+        """Student logits and the weighted CE and KD terms."""
+        logits_s = self.student(image)
+        logits_t = self.teacher_forward(image_large)
+        return logits_s, {
+            "loss_ce": (1.0 - self.alpha) * F.cross_entropy(logits_s, target),
+            "loss_kd": self.alpha * kd_loss(logits_s, logits_t, self.temperature),
+        }
+
+
+class DKD(Distiller):
+    """Zhao et al., CVPR 2022: CE + min(epoch / warmup, 1) T^2 (alpha TCKD + beta NCKD)."""
+
+    def __init__(self, student, teacher, alpha: float, beta: float, temperature: float, warmup: int):
+        super().__init__(student, teacher)
+        self.alpha, self.beta, self.temperature, self.warmup = alpha, beta, temperature, warmup
+
+    def forward_train(self, image, image_large, target, epoch):
+        """Student logits and the CE and warmed-up DKD terms."""
+        logits_s = self.student(image)
+        logits_t = self.teacher_forward(image_large)
+        # The release passed epoch + 1 with a 1-based epoch (one epoch ahead of its own warm-up); here the
+        # factor is epoch / warmup with epoch counted from 1, as in the DKD paper's code.
+        warm = min(epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
+        return logits_s, {
+            "loss_ce": F.cross_entropy(logits_s, target),
+            "loss_dkd": warm * dkd_loss(logits_s, logits_t, target, self.alpha, self.beta, self.temperature),
+        }
+
+
+class FeatureKD(Distiller):
+    """CE + beta * sum of a feature loss over chosen layers (AT: the stages; SP and ICKD: the last one)."""
+
+    def __init__(self, student, teacher, criterion: nn.Module, name: str, beta: float, layers: slice,
+                 pre_relu: bool):
+        super().__init__(student, teacher)
+        self.criterion = criterion
+        self.name = name
+        self.beta = beta
+        self.layers = layers
+        self.pre_relu = pre_relu
+
+    def get_learnable_parameters(self):
+        """The student's parameters, plus a trained ICKD embedding."""
+        params = super().get_learnable_parameters()
+        if hasattr(self.criterion, "learnable_parameters"):
+            params += list(self.criterion.learnable_parameters())
+        return params
+
+    def extra_modules(self):
+        """The ICKD embedding (when the criterion has parameters)."""
+        return {"criterion": self.criterion} if any(True for _ in self.criterion.parameters()) else {}
+
+    def forward_train(self, image, image_large, target, epoch):
+        """Student logits and the CE and weighted feature terms."""
+        logits_s, feats_s = self.student(image, return_feat=True, preReLU=self.pre_relu)
+        _, feats_t = self.teacher_forward(image_large, return_feat=True, pre_relu=self.pre_relu)
+        losses = self.criterion(feats_s[self.layers], feats_t[self.layers])
+        return logits_s, {
+            "loss_ce": F.cross_entropy(logits_s, target),
+            f"loss_{self.name}": self.beta * sum(losses),
+        }
+
+
+class ISRD(KD):
+    """The paper's method: logit KD + eta * L1(decoder(student input feature), large image)."""
+
+    def __init__(self, student, teacher, temperature: float, alpha: float, decoder: nn.Module, eta: float,
+                 position: int):
+        super().__init__(student, teacher, temperature, alpha)
+        self.decoder = decoder
+        self.eta = eta
+        self.position = position
+
+    def get_learnable_parameters(self):
+        """The student's and the decoder's parameters."""
+        return super().get_learnable_parameters() + list(self.decoder.parameters())
+
+    def extra_modules(self):
+        """The decoder, trained with the student and saved beside it."""
+        return {"decoder": self.decoder}
+
+    def forward_train(self, image, image_large, target, epoch):
+        """Student logits and the weighted CE, KD and ISRD terms."""
+        logits_s, feats_s = self.student(image, return_feat=True)
+        logits_t = self.teacher_forward(image_large)
+        decoded = self.decoder(feats_s[self.position])  # (B, 3, CROP, CROP)
+        return logits_s, {
+            "loss_ce": (1.0 - self.alpha) * F.cross_entropy(logits_s, target),
+            "loss_kd": self.alpha * kd_loss(logits_s, logits_t, self.temperature),
+            "loss_isrd": self.eta * isrd_loss(decoded, image_large),
+        }
+
+
+__all__ = ["KD", "DKD", "FeatureKD", "ISRD", "ATLoss", "SPLoss", "ICKDLoss", "build_decoder"]

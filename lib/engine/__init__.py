@@ -1,0 +1,1 @@
+"""Training machinery shared by every script: setup, checkpoints, the one trainer."""

@@ -1,0 +1,193 @@
+"""Throughput benchmark of the training step: end to end, model only, teacher only, loader only.
+
+Each figure is images per second after a warm-up. "model only" runs the full training step (forward, losses,
+backward, SGD) on batches already on the device: the compute bound that the input pipeline should reach.
+"end to end" is the trainer's own train_epoch over the real loader. Both input pipelines (DATA.PIPELINE
+"tensor" and the original's "pil") are measured in one call so they can be compared.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import resource
+import time
+
+import torch
+from torch.utils.data import Subset
+from yacs.config import CfgNode
+
+from lib.config import resolve_path
+from lib.datasets import BatchPreparer, build_dataset
+from lib.distillers import build_distiller
+from lib.models.model_builder import build_model
+
+from .setup import configure_backends, get_logger, seed_everything, select_device
+from .trainer import build_loader, train_epoch
+
+
+def benchmark_method(cfg: CfgNode) -> str:
+    """The method a config describes: single (no teacher), isrd (FSR.ETA > 0), else MODEL.KDTYPE."""
+    if not cfg.MODEL.ARCH_T:
+        return "single"
+    return "isrd" if cfg.FSR.ETA > 0 else cfg.MODEL.KDTYPE
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _with_pipeline(cfg: CfgNode, pipeline: str) -> CfgNode:
+    out = cfg.clone()
+    out.defrost()
+    out.DATA.PIPELINE = pipeline
+    out.BASIC.DISP_FREQ = 10**9  # no progress lines inside timed loops
+    out.freeze()
+    return out
+
+
+def _build(cfg: CfgNode, method: str):
+    """The distiller; a random-weight teacher stands in when MODEL.MODELDICT_T is not there (speed only)."""
+    teacher = None
+    if method != "single" and not os.path.isfile(resolve_path(cfg.MODEL.MODELDICT_T or "/nonexistent")):
+        teacher = build_model(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, False)
+    return build_distiller(cfg, method, teacher=teacher)
+
+
+def _time_loop(fn, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds for `steps` calls of fn(i), after `warmup` untimed calls."""
+    for i in range(warmup):
+        fn(i)
+    _sync(device)
+    tic = time.perf_counter()
+    for i in range(steps):
+        fn(warmup + i)
+    _sync(device)
+    return time.perf_counter() - tic
+
+
+def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int) -> dict:
+    """All four figures (img/s) and peak memory for one input pipeline."""
+    log = get_logger()
+    device = select_device(cfg)
+    bs = cfg.TRAIN.BATCH_SIZE
+    tic = time.perf_counter()
+    train_set = build_dataset(cfg, is_train=True)
+    setup_s = time.perf_counter() - tic
+    seed_everything(cfg.BASIC.SEED)
+    distiller = _build(cfg, method).to(device)
+    if cfg.TRAIN.CHANNELS_LAST:
+        distiller.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=cfg.SOLVER.START_LR,
+                                momentum=cfg.SOLVER.MUMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.AMP == "fp16")
+    prep = BatchPreparer(cfg, device, channels_last=cfg.TRAIN.CHANNELS_LAST)
+    step_fn = torch.compile(distiller.forward_train) if cfg.TRAIN.COMPILE else None
+    out = {"setup_s": round(setup_s, 2), "train_images": len(train_set)}
+
+    def batches(seed: int):
+        for epoch in itertools.count():
+            yield from build_loader(cfg, train_set, True, device, seed + epoch)
+
+    # Loader alone (including the device-side batch preparation).
+    it = batches(1)
+    seconds = _time_loop(lambda i: prep(next(it)), steps, warmup, device)
+    out["loader_only_img_s"] = steps * bs / seconds
+    del it
+
+    # Model alone: the whole training step on batches already on the device (the compute bound).
+    it = batches(2)
+    resident = [prep(next(it)) for _ in range(min(steps, 4))]
+    del it
+    distiller.train()
+    _reset_peak(device)
+
+    def model_step(i: int) -> None:
+        b = resident[i % len(resident)]
+        with _autocast(cfg, device):
+            _, losses = (step_fn or distiller.forward_train)(b["image"], b["image_large"], b["target"], 1)
+            loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    seconds = _time_loop(model_step, steps, warmup, device)
+    out["model_only_img_s"] = steps * bs / seconds
+    out["peak_memory_mb"] = round(_peak_memory_mb(device), 1)
+
+    # Teacher forward alone (no gradients), on the large images.
+    if distiller.teacher is not None:
+        def teacher_step(i: int) -> None:
+            with _autocast(cfg, device):
+                distiller.teacher_forward(resident[i % len(resident)]["image_large"])
+
+        seconds = _time_loop(teacher_step, steps, warmup, device)
+        out["teacher_forward_img_s"] = steps * bs / seconds
+
+    # End to end: the trainer's own train_epoch over the real loader (workers, copies, prep and all).
+    subset = lambda n, offset: Subset(train_set, [(offset + k) % len(train_set) for k in range(n * bs)])  # noqa: E731
+    train_epoch(distiller, build_loader(cfg, subset(warmup, 0), True, device, 3), prep, optimizer, scaler, cfg,
+                device, 1, "warm-up", step_fn)
+    _sync(device)
+    tic = time.perf_counter()
+    train_epoch(distiller, build_loader(cfg, subset(steps, warmup * bs), True, device, 4), prep, optimizer, scaler,
+                cfg, device, 1, "bench", step_fn)
+    _sync(device)
+    out["end_to_end_img_s"] = steps * bs / (time.perf_counter() - tic)
+    out["end_to_end_vs_model_only"] = out["end_to_end_img_s"] / out["model_only_img_s"]
+    log.info(f"  {cfg.DATA.PIPELINE}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                                     for k, v in out.items()))
+    return out
+
+
+def _autocast(cfg: CfgNode, device: torch.device):
+    from .trainer import _autocast as autocast
+
+    return autocast(cfg, device)
+
+
+def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3, pipelines: tuple[str, ...] = ("tensor", "pil")
+                  ) -> dict:
+    """Measure every pipeline of `pipelines`; the "tensor" figures are also given at the top level."""
+    configure_backends(cfg)
+    device = select_device(cfg)
+    method = benchmark_method(cfg)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    result: dict = {
+        "device": name, "method": method, "batch_size": cfg.TRAIN.BATCH_SIZE, "amp": cfg.TRAIN.AMP,
+        "channels_last": cfg.TRAIN.CHANNELS_LAST, "compile": cfg.TRAIN.COMPILE,
+        "num_workers": min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1), "steps": steps, "warmup": warmup,
+        "torch": torch.__version__, "pipelines": {},
+    }
+    for pipeline in pipelines:
+        result["pipelines"][pipeline] = measure_pipeline(_with_pipeline(cfg, pipeline), method, steps, warmup)
+    top = result["pipelines"].get("tensor") or next(iter(result["pipelines"].values()))
+    result.update({k: v for k, v in top.items() if k.endswith("_img_s") or k in ("peak_memory_mb",)})
+    return result
+
+
+def format_benchmark(result: dict) -> str:
+    """A table of the figures, one row per pipeline."""
+    keys = ["end_to_end_img_s", "model_only_img_s", "teacher_forward_img_s", "loader_only_img_s",
+            "end_to_end_vs_model_only", "peak_memory_mb", "setup_s"]
+    lines = [f"device: {result['device']}  method: {result['method']}  batch {result['batch_size']}  "
+             f"amp {result['amp']}  channels_last {result['channels_last']}  compile {result['compile']}  "
+             f"workers {result['num_workers']}",
+             "pipeline  " + "  ".join(f"{k:>24}" for k in keys)]
+    for pipeline, row in result["pipelines"].items():
+        cells = [f"{row[k]:>24.3g}" if k in row else f"{'-':>24}" for k in keys]
+        lines.append(f"{pipeline:<8}  " + "  ".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""Checkpoints: atomic writes, resumable run state, and loading model weights with clear errors."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lib.models.model_builder import clean_state_dict
+from lib.utils.errors import UserError
+
+
+def _atomic_write(path: str, write_fn) -> None:
+    """Write through a temporary file in the same folder, fsync it, then rename over `path`.
+
+    A kill at any instant leaves either the old file or the new one, never a torn one (rename is atomic on
+    POSIX within a file system). Out of disk space: the temporary file is removed, the old file stays, and the
+    user gets one line naming the path.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        _remove_quietly(tmp)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left on the device while writing {path}; the previous file is intact. "
+                            "Free some space and re-run the same command to resume") from None
+        raise
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    # Make the rename itself durable.
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def save_checkpoint(obj: Any, path: str) -> None:
+    """torch.save `obj` to `path` atomically."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_json(obj: Any, path: str) -> None:
+    """Write `obj` as indented JSON to `path` atomically."""
+    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def load_json(path: str) -> Any:
+    """Read a JSON file."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def rng_state() -> dict:
+    """The RNG states of python, numpy, torch (CPU) and CUDA (when initialised)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes: int) -> dict:
+    """Load a model_best.pth-style checkpoint into `model`, or raise one clear UserError.
+
+    Args:
+        model: the freshly built network.
+        path: checkpoint file; a dict with "state_dict" (this project, the original release) or a bare
+            state dict. Keys of the original release (`module.` prefix, `fc_cls.*`) are converted.
+        what: how the user names this file, e.g. "teacher checkpoint MODEL.MODELDICT_T".
+        arch: the architecture the config asks for (named in the error message).
+        num_classes: the class count the config asks for (named in the error message).
+    Returns:
+        The loaded checkpoint dict (for its metadata).
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"{what} not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise UserError(f"{what} {path} could not be read ({type(err).__name__}: {err}); is it a torch checkpoint?") from None
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        state_dict = ckpt["state_dict"]
+    elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        state_dict, ckpt = ckpt, {}
+    else:
+        raise UserError(f"{what} {path} holds no state_dict")
+    saved_arch = ckpt.get("arch")
+    if saved_arch and saved_arch != arch:
+        raise UserError(f"{what} {path} was trained as {saved_arch}, but the config asks for {arch}")
+    state_dict = clean_state_dict(state_dict)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        raise UserError(
+            f"{what} {path} does not fit {arch}: {len(missing)} missing and {len(unexpected)} unexpected "
+            f"weights (e.g. {example}); it was trained with another architecture"
+        )
+    for key, value in state_dict.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            if value.ndim >= 1 and own[key].ndim >= 1 and value.shape[0] != own[key].shape[0] and key.endswith(
+                ("fc.weight", "fc.bias", "head.weight", "head.bias")
+            ):
+                raise UserError(
+                    f"{what} {path} has {value.shape[0]} classes, but DATA.NUM_CLASSES is {num_classes}"
+                )
+            raise UserError(
+                f"{what} {path} does not fit {arch}: {key} has shape {tuple(value.shape)}, "
+                f"expected {tuple(own[key].shape)}"
+            )
+    model.load_state_dict(state_dict, strict=True)
+    return ckpt

@@ -1,0 +1,140 @@
+"""Run bookkeeping in one place: device, seeds, backends, experiment directory, logging, environment."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from yacs.config import CfgNode
+
+from lib.config import REPO_ROOT, resolve_path, small_crop_size
+from lib.utils.errors import UserError
+
+LOGGER_NAME = "pixel_distill"
+
+
+def select_device(cfg: CfgNode, slot: int = 0) -> torch.device:
+    """The device of a run: cuda:GPU_ID[slot] when CUDA is there (and wanted), else the CPU with a warning."""
+    wanted = cfg.BASIC.DEVICE
+    if wanted == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if wanted == "cuda":
+            raise UserError("BASIC.DEVICE is 'cuda' but CUDA is not available on this machine; use 'auto' or 'cpu'")
+        if cfg.BASIC.GPU_ID:
+            logging.getLogger(LOGGER_NAME).warning("warning: CUDA is not available; running on the CPU")
+        return torch.device("cpu")
+    if not cfg.BASIC.GPU_ID:
+        return torch.device("cuda", torch.cuda.current_device())
+    count = torch.cuda.device_count()
+    for gpu in cfg.BASIC.GPU_ID:
+        if not 0 <= gpu < count:
+            raise UserError(f"BASIC.GPU_ID {list(cfg.BASIC.GPU_ID)} names GPU {gpu}, but this machine has {count} "
+                            f"CUDA device(s) (ids 0..{count - 1})")
+    return torch.device("cuda", cfg.BASIC.GPU_ID[slot % len(cfg.BASIC.GPU_ID)])
+
+
+def configure_backends(cfg: CfgNode) -> None:
+    """Apply the CUDNN keys; DETERMINISTIC also asks torch for deterministic algorithms."""
+    torch.backends.cudnn.enabled = cfg.CUDNN.ENABLE
+    torch.backends.cudnn.benchmark = cfg.CUDNN.BENCHMARK and not cfg.CUDNN.DETERMINISTIC
+    torch.backends.cudnn.deterministic = cfg.CUDNN.DETERMINISTIC
+    if cfg.CUDNN.DETERMINISTIC:
+        # cuBLAS needs this workspace setting for deterministic results (documented by PyTorch).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def experiment_name(cfg: CfgNode, method: str, num_runs: int) -> str:
+    """The experiment folder's name; no timestamps, so the published commands chain.
+
+    Single network (teacher, student baseline): <n>runs_<arch>_<crop>_seed<seed>_<lr>, e.g.
+    1runs_resnet50_224_seed0_0.01 (the path the distillation configs name as MODEL.MODELDICT_T).
+    Distillation: <n>runs_<method>_<teacher>_<crop>_<student>_<small crop>_seed<seed>_<lr>.
+    """
+    seed, lr = cfg.BASIC.SEED, _fmt(cfg.SOLVER.START_LR)
+    if method == "single":
+        return f"{num_runs}runs_{cfg.MODEL.ARCH}_{small_crop_size(cfg)}_seed{seed}_{lr}"
+    return (f"{num_runs}runs_{method}_{cfg.MODEL.ARCH_T}_{cfg.DATA.CROP_SIZE}_{cfg.MODEL.ARCH_S}_"
+            f"{small_crop_size(cfg)}_seed{seed}_{lr}")
+
+
+def experiment_dir(cfg: CfgNode, method: str, num_runs: int) -> str:
+    """<OUTPUT_ROOT>/<dataset>/<experiment_name>."""
+    return os.path.join(resolve_path(cfg.BASIC.OUTPUT_ROOT), cfg.DATA.DATASET, experiment_name(cfg, method, num_runs))
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time of each record (it may be replaced, e.g. by pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def get_logger() -> logging.Logger:
+    """The project logger, printing plain lines to stdout."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not logger.handlers:
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def add_log_file(path: str) -> logging.FileHandler:
+    """Also append the log to `path` (with timestamps); returns the handler so it can be removed."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    get_logger().addHandler(handler)
+    return handler
+
+
+def git_commit() -> str:
+    """The repository's git commit (with '-dirty' when modified), or 'unknown'."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (commit + ("-dirty" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment_lines() -> list[str]:
+    """Versions, git commit and command line, for the top of the log."""
+    import timm
+    import torchvision
+
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return [
+        f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}",
+        f"git commit: {git_commit()}",
+        f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"timm {timm.__version__}, numpy {np.__version__}",
+        f"cuda device: {cuda}",
+    ]

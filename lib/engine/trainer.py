@@ -1,0 +1,446 @@
+"""The one trainer: train_epoch, test_epoch, train_run, and run_experiment (a loop over seeded runs).
+
+Every script (teacher, student baseline, KD family, ISRD) calls run_experiment with a method name; the
+method only changes which Distiller is built. Each run saves a resumable state every epoch, so re-running
+the same command after a kill continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from yacs.config import CfgNode
+
+from lib.config import diff_cfg, small_crop_size
+from lib.datasets import BatchPreparer, build_dataset
+from lib.distillers import Distiller, build_distiller, check_archs, method_archs
+from lib.utils.errors import UserError
+
+from .checkpoint import load_json, rng_state, save_checkpoint, save_json, set_rng_state
+from .setup import (
+    add_log_file,
+    configure_backends,
+    environment_lines,
+    experiment_dir,
+    get_logger,
+    seed_everything,
+    select_device,
+)
+
+# Keys that change how fast or where a run goes, not what it learns: a resumed or re-run experiment may differ
+# in these from the saved config.
+RUNTIME_KEYS = ("BASIC.GPU_ID", "BASIC.DEVICE", "BASIC.NUM_WORKERS", "BASIC.DISP_FREQ", "BASIC.FRESH_START",
+                "BASIC.TIME", "BASIC.BACKUP_CODES", "BASIC.BACKUP_LIST", "BASIC.SAVE_DIR", "BASIC.ROOT_DIR",
+                "TEST.BATCH_SIZE", "MODEL.TYPE")
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Experiment:
+    """What a run needs to know about its experiment."""
+
+    cfg: CfgNode
+    method: str
+    exp_dir: str
+    multi_run: bool  # runs live in ckpt/run<i>/ and log/run<i>/ (False: the teacher's ckpt/ and log/)
+    train_set: Dataset
+    test_set: Dataset
+
+    def run_dir(self, kind: str, run: int) -> str:
+        """ckpt/ or log/ folder of a run."""
+        return os.path.join(self.exp_dir, kind, f"run{run}") if self.multi_run else os.path.join(self.exp_dir, kind)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data loading
+# ---------------------------------------------------------------------------------------------------------------
+def _seed_worker(worker_id: int) -> None:
+    """Seed numpy and python in a loader worker from torch's per-worker seed."""
+    import random
+
+    import numpy as np
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def epoch_seed(run_seed: int, epoch: int) -> int:
+    """The data-order seed of an epoch: a function of (run seed, epoch) only, so a resumed run sees the same data."""
+    return run_seed * 1_000_003 + epoch
+
+
+def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.device, seed: int = 0) -> DataLoader:
+    """A DataLoader; training loaders shuffle with a generator seeded by `seed` (see epoch_seed)."""
+    workers = min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1)
+    generator = torch.Generator().manual_seed(seed) if is_train else None
+    return DataLoader(
+        dataset,
+        batch_size=cfg.TRAIN.BATCH_SIZE if is_train else cfg.TEST.BATCH_SIZE,
+        shuffle=is_train,
+        drop_last=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_seed_worker,
+        generator=generator,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One epoch
+# ---------------------------------------------------------------------------------------------------------------
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite."""
+
+
+class FiniteCheck:
+    """Checks each step's loss terms for NaN/inf without stalling the GPU.
+
+    On CUDA the terms are copied to pinned host memory asynchronously and checked one step later (after the
+    next step is queued); on the CPU they are checked at once.
+    """
+
+    def __init__(self, device: torch.device, where: str):
+        self.device = device
+        self.where = where
+        self.pending = None
+
+    def push(self, losses: dict, epoch: int, step: int) -> None:
+        """Queue this step's terms and check the previous step's."""
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        if self.device.type == "cuda":
+            host = values.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self.flush()
+            self.pending = (host, event, list(losses), epoch, step)
+        else:
+            self.pending = (values, None, list(losses), epoch, step)
+            self.flush()
+
+    def flush(self) -> None:
+        """Check whatever is pending."""
+        if self.pending is None:
+            return
+        values, event, names, epoch, step = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        if not torch.isfinite(values).all():
+            terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values.tolist()))
+            raise NonFiniteLoss(f"the loss is not finite in {self.where}, epoch {epoch}, step {step} ({terms}); "
+                                "the last good checkpoint is kept. Lower SOLVER.START_LR or a loss weight, "
+                                "or check the data, then re-run")
+
+
+def _autocast(cfg: CfgNode, device: torch.device):
+    if cfg.TRAIN.AMP == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[cfg.TRAIN.AMP])
+
+
+def train_epoch(distiller: Distiller, loader: DataLoader, prep: BatchPreparer, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, cfg: CfgNode, device: torch.device, epoch: int, where: str,
+                step_fn=None) -> dict:
+    """Train one epoch; returns the mean of every loss term, their sum ("loss") and the train top-1 (%)."""
+    log = get_logger()
+    distiller.train()
+    step_fn = step_fn or distiller.forward_train
+    check = FiniteCheck(device, where)
+    totals, correct, seen = None, torch.zeros((), device=device), 0
+    names: list[str] = []
+    steps = len(loader)
+    use_bar = sys.stdout.isatty()
+    iterator = loader
+    if use_bar:
+        from tqdm import tqdm
+
+        iterator = tqdm(loader, desc=f"{where} epoch {epoch}", leave=False, dynamic_ncols=True)
+    start = time.time()
+    for step, batch in enumerate(iterator, 1):
+        batch = prep(batch)
+        with _autocast(cfg, device):
+            logits, losses = step_fn(batch["image"], batch["image_large"], batch["target"], epoch)
+            loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        check.push(losses, epoch, step)
+
+        n = batch["target"].shape[0]
+        values = torch.stack([v.detach().float() for v in losses.values()]) * n
+        totals = values if totals is None else totals + values
+        names = list(losses)
+        correct += (logits.detach().argmax(1) == batch["target"]).sum()
+        seen += n
+        if not use_bar and (step % cfg.BASIC.DISP_FREQ == 0 or step == steps):
+            mean = (totals / seen).tolist()
+            terms = " ".join(f"{k} {v:.4f}" for k, v in zip(names, mean))
+            log.info(f"{where} epoch {epoch} [{step}/{steps}] loss {sum(mean):.4f} ({terms}) "
+                     f"lr {optimizer.param_groups[0]['lr']:.6g} {seen / (time.time() - start):.1f} img/s")
+    check.flush()
+    mean = (totals / max(seen, 1)).tolist() if totals is not None else []
+    stats = dict(zip(names, mean))
+    stats["loss"] = sum(mean)
+    stats["train_top1"] = 100.0 * correct.item() / max(seen, 1)
+    return stats
+
+
+@torch.no_grad()
+def test_epoch(distiller: Distiller, loader: DataLoader, prep: BatchPreparer, cfg: CfgNode,
+               device: torch.device) -> dict:
+    """Top-1 and top-5 accuracy (%) and the mean CE of the plain student on the test split."""
+    distiller.eval()
+    top1 = torch.zeros((), device=device)
+    top5 = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device)
+    seen = 0
+    for batch in loader:
+        batch = prep(batch)
+        with _autocast(cfg, device):
+            logits = distiller.forward_test(batch["image"])
+        target = batch["target"]
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices  # (B, k)
+        hits = topk == target[:, None]
+        top1 += hits[:, 0].sum()
+        top5 += hits.any(dim=1).sum()
+        loss += F.cross_entropy(logits.float(), target, reduction="sum")
+        seen += target.shape[0]
+    return {"test_top1": 100.0 * top1.item() / seen, "test_top5": 100.0 * top5.item() / seen,
+            "test_loss": loss.item() / seen}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One run
+# ---------------------------------------------------------------------------------------------------------------
+def _state_dict(module: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def best_checkpoint(exp: Experiment, distiller: Distiller, epoch: int, best_acc: float) -> dict:
+    """The model_best.pth dict: the plain student's state_dict (loads into build_model(arch, n, False))."""
+    _, arch = method_archs(exp.cfg, exp.method)
+    ckpt = {"epoch": epoch, "state_dict": _state_dict(distiller.student), "best_acc": best_acc, "arch": arch,
+            "num_classes": exp.cfg.DATA.NUM_CLASSES, "input_size": small_crop_size(exp.cfg)}
+    for name, module in distiller.extra_modules().items():
+        ckpt[name] = _state_dict(module)  # e.g. the ISRD decoder, saved beside the student
+    return ckpt
+
+
+def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distiller | None = None) -> dict:
+    """Train (or resume) run `run` of the experiment to the end; returns its result row."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg, log = exp.cfg, get_logger()
+    seed = cfg.BASIC.SEED + run
+    where = f"run {run}" if exp.multi_run else "run"
+    ckpt_dir, log_dir = exp.run_dir("ckpt", run), exp.run_dir("log", run)
+    last_path = os.path.join(ckpt_dir, "last.pth")
+    if distiller is None:
+        seed_everything(seed)
+        distiller = build_distiller(cfg, exp.method)
+    distiller.to(device)
+    if cfg.TRAIN.CHANNELS_LAST:
+        distiller.to(memory_format=torch.channels_last)
+    params = distiller.get_learnable_parameters()
+    optimizer = torch.optim.SGD(params, lr=cfg.SOLVER.START_LR, momentum=cfg.SOLVER.MUMENTUM,
+                                weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.SOLVER.LR_STEPS),
+                                                     gamma=cfg.SOLVER.LR_DECAY_FACTOR)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.AMP == "fp16")
+    step_fn = torch.compile(distiller.forward_train) if cfg.TRAIN.COMPILE else None
+
+    start_epoch, best_acc, best_epoch, history = 0, 0.0, 0, []
+    if os.path.isfile(last_path):
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        distiller.student.load_state_dict(state["student"])
+        for name, module in distiller.extra_modules().items():
+            module.load_state_dict(state["extra"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_acc, best_epoch, history = (state["epoch"], state["best_acc"], state["best_epoch"],
+                                                      state["history"])
+        set_rng_state(state["rng"])
+        log.info(f"{where}: resuming after epoch {start_epoch} from {last_path}")
+    else:
+        seed_everything(seed)  # the same RNG state at epoch 1 whether or not the distiller was prebuilt
+
+    os.makedirs(ckpt_dir, exist_ok=True)
+    writer = SummaryWriter(log_dir, purge_step=start_epoch + 1 if start_epoch else None)
+    prep = BatchPreparer(cfg, device, channels_last=cfg.TRAIN.CHANNELS_LAST)
+    test_loader = build_loader(cfg, exp.test_set, False, device)
+    try:
+        for epoch in range(start_epoch + 1, cfg.SOLVER.NUM_EPOCHS + 1):
+            lr = optimizer.param_groups[0]["lr"]
+            train_loader = build_loader(cfg, exp.train_set, True, device, epoch_seed(seed, epoch))
+            tic = time.time()
+            stats = train_epoch(distiller, train_loader, prep, optimizer, scaler, cfg, device, epoch, where, step_fn)
+            scheduler.step()
+            stats.update(test_epoch(distiller, test_loader, prep, cfg, device))
+            stats.update(epoch=epoch, lr=lr, time_s=round(time.time() - tic, 3))
+            if stats["test_top1"] > best_acc:
+                best_acc, best_epoch = stats["test_top1"], epoch
+                save_checkpoint(best_checkpoint(exp, distiller, epoch, best_acc), os.path.join(ckpt_dir, "model_best.pth"))
+            stats.update(best_acc=best_acc, best_epoch=best_epoch)
+            history.append(stats)
+            save_checkpoint({
+                "epoch": epoch, "student": _state_dict(distiller.student),
+                "extra": {k: _state_dict(m) for k, m in distiller.extra_modules().items()},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "best_acc": best_acc, "best_epoch": best_epoch,
+                "history": history, "rng": rng_state(), "seed": seed,
+            }, last_path)
+            _write_epoch_logs(writer, log_dir, history, stats)
+            log.info(f"{where} epoch {epoch}/{cfg.SOLVER.NUM_EPOCHS}: loss {stats['loss']:.4f} "
+                     f"train top1 {stats['train_top1']:.2f} test top1 {stats['test_top1']:.2f} "
+                     f"top5 {stats['test_top5']:.2f} best {best_acc:.2f} (epoch {best_epoch}) "
+                     f"[{stats['time_s']:.1f}s]")
+    finally:
+        writer.close()
+    last_acc = history[-1]["test_top1"] if history else 0.0
+    result = {"run": run, "seed": seed, "best_acc": best_acc, "best_epoch": best_epoch, "last_acc": last_acc}
+    save_json(result, os.path.join(ckpt_dir, "result.json"))
+    return result
+
+
+def _write_epoch_logs(writer, log_dir: str, history: list[dict], stats: dict) -> None:
+    """Tensorboard scalars of this epoch, and the whole history as JSON lines (rewritten atomically)."""
+    epoch = stats["epoch"]
+    for key, value in stats.items():
+        if key.startswith("loss"):
+            writer.add_scalar(f"train/{key}", value, epoch)
+    writer.add_scalar("train/top1", stats["train_top1"], epoch)
+    writer.add_scalar("test/top1", stats["test_top1"], epoch)
+    writer.add_scalar("test/top5", stats["test_top5"], epoch)
+    writer.add_scalar("test/loss", stats["test_loss"], epoch)
+    writer.add_scalar("lr", stats["lr"], epoch)
+    writer.flush()
+    lines = "".join(json.dumps(h) + "\n" for h in history)
+    from .checkpoint import _atomic_write
+
+    _atomic_write(os.path.join(log_dir, "stats.jsonl"), lambda f: f.write(lines.encode()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# An experiment: several seeded runs
+# ---------------------------------------------------------------------------------------------------------------
+def summarize(rows: list[dict]) -> dict:
+    """results.json: the runs, and mean / std (sample std, 0 for one run) of the best and last accuracy."""
+    out: dict = {"runs": rows}
+    for key in ("best_acc", "last_acc"):
+        values = [r[key] for r in rows]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        out[f"{key}_mean"], out[f"{key}_std"] = mean, std
+    return out
+
+
+def format_table(results: dict) -> str:
+    """The results as a small text table."""
+    lines = ["run  seed  best_acc  best_epoch  last_acc"]
+    for r in results["runs"]:
+        lines.append(f"{r['run']:>3}  {r['seed']:>4}  {r['best_acc']:>8.2f}  {r['best_epoch']:>10}  {r['last_acc']:>8.2f}")
+    lines.append(f"best_acc {results['best_acc_mean']:.2f} ± {results['best_acc_std']:.2f}   "
+                 f"last_acc {results['last_acc_mean']:.2f} ± {results['last_acc_std']:.2f}   "
+                 f"({len(results['runs'])} run{'s' if len(results['runs']) > 1 else ''})")
+    return "\n".join(lines)
+
+
+def _check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
+    saved_path = os.path.join(exp_dir, "config.yaml")
+    with open(saved_path) as f:
+        saved = CfgNode.load_cfg(f)
+    differing = diff_cfg(saved, cfg, ignore=RUNTIME_KEYS)
+    if differing:
+        raise UserError(f"{exp_dir} holds an experiment with another config: {'; '.join(differing)}. "
+                        "Re-run with the same settings to resume, or add BASIC.FRESH_START True to start over")
+
+
+def _move_aside(exp_dir: str) -> str:
+    n = 1
+    while os.path.exists(f"{exp_dir}.old{n}"):
+        n += 1
+    shutil.move(exp_dir, f"{exp_dir}.old{n}")
+    return f"{exp_dir}.old{n}"
+
+
+def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = True) -> dict:
+    """Train `num_runs` seeded runs of `method` (resuming what an earlier attempt left) and write results.json.
+
+    Args:
+        cfg: the frozen config.
+        method: "single" (MODEL.ARCH alone) or a distillation method (kd, at, sp, ickd, dkd, isrd).
+        num_runs: number of independent runs; run i uses seed BASIC.SEED + i.
+        multi_run: keep runs in ckpt/run<i>/ and log/run<i>/ (False: one run in ckpt/ and log/, the teacher's).
+    Returns:
+        The results.json content.
+    """
+    log = get_logger()
+    check_archs(cfg, method)
+    exp_dir = experiment_dir(cfg, method, num_runs)
+    results_path = os.path.join(exp_dir, "results.json")
+    exists = os.path.isfile(os.path.join(exp_dir, "config.yaml"))
+    if exists and not cfg.BASIC.FRESH_START:
+        _check_saved_config(cfg, exp_dir)
+        if os.path.isfile(results_path):
+            results = load_json(results_path)
+            log.info(f"{exp_dir} is finished; its results:\n{format_table(results)}")
+            return results
+
+    # Everything that can be checked is checked before anything is written: data, models, checkpoints.
+    configure_backends(cfg)
+    device = select_device(cfg)
+    train_set, test_set = build_dataset(cfg, is_train=True), build_dataset(cfg, is_train=False)
+    exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set)
+    fresh = exists and cfg.BASIC.FRESH_START
+    pending = [r for r in range(num_runs)
+               if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
+    first = None
+    if pending:
+        seed_everything(cfg.BASIC.SEED + pending[0])
+        first = build_distiller(cfg, method)
+
+    if fresh:
+        log.info(f"BASIC.FRESH_START: the earlier attempt was moved to {_move_aside(exp_dir)}")
+        exists = False
+    os.makedirs(exp_dir, exist_ok=True)
+    handler = add_log_file(os.path.join(exp_dir, "train.log"))
+    try:
+        if not exists:
+            with open(os.path.join(exp_dir, "config.yaml"), "w") as f:
+                f.write(cfg.dump())
+        for line in environment_lines():
+            log.info(line)
+        log.info(f"experiment: {exp_dir} ({method}, {num_runs} run(s), device {device}, "
+                 f"{len(train_set)} train / {len(test_set)} test images)")
+        rows = []
+        for run in range(num_runs):
+            result_path = os.path.join(exp.run_dir("ckpt", run), "result.json")
+            if run not in pending:
+                rows.append(load_json(result_path))
+                log.info(f"run {run} already finished: best {rows[-1]['best_acc']:.2f}")
+                continue
+            rows.append(train_run(exp, run, device, first if run == pending[0] else None))
+        results = summarize(rows)
+        save_json(results, results_path)
+        log.info(f"results ({results_path}):\n{format_table(results)}")
+        return results
+    finally:
+        get_logger().removeHandler(handler)
+        handler.close()

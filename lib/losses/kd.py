@@ -1,0 +1,41 @@
+"""Logit knowledge distillation (Hinton et al., "Distilling the Knowledge in a Neural Network", 2015)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from yacs.config import CfgNode
+
+__all__ = ["kd_loss", "KDLoss"]
+
+
+def kd_loss(logits_s: Tensor, logits_t: Tensor, temperature: float) -> Tensor:
+    """Temperature-scaled KL(teacher || student) of the softened class distributions.
+
+    Args:
+        logits_s: student logits, (B, K).
+        logits_t: teacher logits, (B, K); treated as a constant (the teacher is frozen).
+        temperature: softmax temperature T.
+
+    Returns:
+        Scalar T^2 * KL(softmax(t/T) || softmax(s/T)), summed over classes and averaged over the batch. The T^2
+        keeps the gradient magnitude independent of T (Hinton et al., section 2).
+    """
+    log_p_s = F.log_softmax(logits_s / temperature, dim=1)  # (B, K)
+    log_p_t = F.log_softmax(logits_t.detach() / temperature, dim=1)  # (B, K)
+    # log_target=True: p_t * (log p_t - log p_s) stays finite even where p_t underflows to 0.
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+
+
+class KDLoss(nn.Module):
+    """(1 - KD.ALPHA) * CE(student, label) + KD.ALPHA * kd_loss, the release's KD objective."""
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__()
+        self.alpha = cfg.KD.ALPHA
+        self.temperature = cfg.KD.TEMP
+
+    def forward(self, logits_s: Tensor, logits_t: Tensor, target: Tensor) -> Tensor:
+        """Return the weighted sum of cross-entropy and KD for student logits (B, K) and labels (B,)."""
+        loss_ce = F.cross_entropy(logits_s, target)
+        return (1 - self.alpha) * loss_ce + self.alpha * kd_loss(logits_s, logits_t, self.temperature)

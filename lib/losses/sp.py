@@ -1,0 +1,45 @@
+"""Similarity-preserving KD (Tung & Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from yacs.config import CfgNode
+
+__all__ = ["sp_loss", "SPLoss"]
+
+
+def _similarity(f: Tensor) -> Tensor:
+    """Row-normalised batch x batch Gram matrix of flattened features (Tung & Mori, Eq. 2)."""
+    f = f.flatten(1)  # (B, C*H*W)
+    return F.normalize(f @ f.t(), dim=1)  # (B, B)
+
+
+def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """Squared Frobenius distance between the student's and teacher's similarity matrices.
+
+    Args:
+        f_s: student feature, (B, ...); any size, only the batch dimension must match.
+        f_t: teacher feature, (B, ...); treated as a constant (the teacher is frozen).
+
+    Returns:
+        Scalar ||G_t - G_s||_F^2 / B^2 (Tung & Mori, Eq. 4).
+    """
+    b = f_s.shape[0]
+    diff = _similarity(f_t.detach()) - _similarity(f_s)  # (B, B)
+    return diff.pow(2).sum() / (b * b)
+
+
+class SPLoss(nn.Module):
+    """One unweighted SP loss per (student, teacher) feature pair; the caller weights them by SP.BETA."""
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__()
+
+    def forward(self, feats_s: Sequence[Tensor], feats_t: Sequence[Tensor]) -> list[Tensor]:
+        """Return [sp_loss(f_s, f_t) for each pair of layers]."""
+        if len(feats_s) != len(feats_t):
+            raise ValueError(f"SP needs as many student as teacher features, got {len(feats_s)} and {len(feats_t)}")
+        return [sp_loss(f_s, f_t) for f_s, f_t in zip(feats_s, feats_t)]

@@ -1,0 +1,89 @@
+"""Shared fixtures: tiny generated datasets in the official layouts, tiny configs, and script runners."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lib.config import REPO_ROOT
+
+# Tiny but real: teacher at 64 px, student at 32 px (LESSEN_RATIO 2), 4 classes, a few images each.
+TINY = {
+    "BASIC": {"SEED": 0, "GPU_ID": [0], "NUM_WORKERS": 0, "DISP_FREQ": 1, "NUM_RUNS": 2},
+    "DATA": {"DATASET": "cub", "NUM_CLASSES": 4, "RESIZE_SIZE": 72, "CROP_SIZE": 64, "LESSEN_RATIO": 1.0},
+    "TRAIN": {"BATCH_SIZE": 8},
+    "TEST": {"BATCH_SIZE": 16},
+    "SOLVER": {"START_LR": 0.01, "LR_STEPS": [1], "NUM_EPOCHS": 2, "WEIGHT_DECAY": 0.0005, "MUMENTUM": 0.9},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in extra.items():
+        if isinstance(value, dict):
+            out[key] = _merge(out.get(key, {}), value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cub(tmp_path_factory) -> str:
+    """A CUB-layout dataset: 4 classes, 4 train + 4 test images each, 48x40 JPEGs (some grayscale)."""
+    from lib.datasets.synthetic import make_cub
+
+    root = str(tmp_path_factory.mktemp("data") / "cub")
+    make_cub(root, num_classes=4, per_class=4, image_size=(48, 40), seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_aircraft(tmp_path_factory) -> str:
+    """An FGVC-Aircraft-layout dataset: 4 variants (names with spaces and slashes), 4 + 4 images each."""
+    from lib.datasets.synthetic import make_aircraft
+
+    root = str(tmp_path_factory.mktemp("data") / "fgvc-aircraft-2013b")
+    make_aircraft(root, num_classes=4, per_class=4, image_size=(48, 40), seed=0)
+    return root
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a tiny YAML config (TINY merged with `extra`) into tmp_path and return its path."""
+    counter = {"n": 0}
+
+    def write(extra: dict, datadir: str, output_root: str | None = None) -> str:
+        counter["n"] += 1
+        cfg = _merge(TINY, extra)
+        cfg["DATA"]["DATADIR"] = datadir
+        cfg["BASIC"]["OUTPUT_ROOT"] = output_root or str(tmp_path / "ckpt")
+        path = tmp_path / f"config{counter['n']}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return str(path)
+
+    return write
+
+
+def run_script(script: str, config: str, *opts: str, check: bool = True, timeout: int = 600):
+    """Run a training script as a subprocess (the way users run it); returns the CompletedProcess."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, script), "--config_file", config, *opts],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_in_process(script: str, config: str, *opts: str, monkeypatch) -> int:
+    """Run a script's main() in this process (fast, for error cases); returns its exit status."""
+    monkeypatch.setattr(sys, "argv", [script, "--config_file", config, *opts])
+    try:
+        runpy.run_path(os.path.join(REPO_ROOT, script), run_name="__main__")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0

@@ -1,0 +1,300 @@
+"""tools/eval.py, tools/cost.py and tools/summarize.py on tiny generated data and hand-written experiment trees."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import statistics
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from lib.analysis.cost import LiveTensorBytes, count_flops, expand_archs, flops_of
+from lib.analysis.evaluate import classification_report
+from lib.config import get_cfg
+from lib.engine.setup import LOGGER_NAME
+from lib.models.model_builder import CNN_MIN_INPUT_SIZE, build_model
+from lib.utils.errors import UserError
+
+from .conftest import run_in_process
+
+EVAL = "tools/eval.py"
+COST = "tools/cost.py"
+SUMMARIZE = "tools/summarize.py"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TOO_SMALL = CNN_MIN_INPUT_SIZE - 1  # an input size no CNN of the builder takes
+
+
+@pytest.fixture
+def fresh_log(monkeypatch):
+    """Let the project logger write to this test's captured stdout (it keeps the stream it was created with)."""
+    monkeypatch.setattr(logging.getLogger(LOGGER_NAME), "handlers", [])
+
+
+def _run(script: str, *args: str, monkeypatch) -> int:
+    """Run a flag-style tool's main() in this process; returns its exit status."""
+    import runpy
+    import sys
+
+    from lib.config import REPO_ROOT
+
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    try:
+        runpy.run_path(os.path.join(REPO_ROOT, script), run_name="__main__")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tools/eval.py
+# ---------------------------------------------------------------------------------------------------------------
+STUDENT = {"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18"}, "DATA": {"LESSEN_RATIO": 2.0}}
+
+
+def _checkpoint(path, arch="resnet18", classes=4) -> str:
+    torch.manual_seed(0)
+    torch.save({"epoch": 1, "state_dict": build_model(arch, classes, False).state_dict(), "best_acc": 0.0}, path)
+    return str(path)
+
+
+def test_eval_reports_a_real_checkpoint_at_the_student_size(tiny_cub, write_config, tmp_path, monkeypatch, capsys,
+                                                            fresh_log):
+    ckpt_dir = tmp_path / "exp" / "ckpt" / "run0"
+    ckpt_dir.mkdir(parents=True)
+    ckpt = _checkpoint(ckpt_dir / "model_best.pth")
+    config = write_config(STUDENT, tiny_cub)
+    assert run_in_process(EVAL, config, "TEST.CHECKPOINT", ckpt, monkeypatch=monkeypatch) == 0
+    out = capsys.readouterr().out
+    out_dir = ckpt_dir / "eval" / "model_best_32px"  # 64 px crop / LESSEN_RATIO 2
+    for word in ("top-1", "top-5", "mean per-class", str(out_dir)):
+        assert word in out, (word, out)
+
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert (metrics["arch"], metrics["input_size"], metrics["num_images"], metrics["num_classes"]) == ("resnet18", 32, 16, 4)
+    with open(out_dir / "confusion_matrix.csv") as f:
+        rows = list(csv.reader(f))
+    confusion = np.array([[int(v) for v in row[1:]] for row in rows[1:]])
+    assert confusion.shape == (4, 4) and confusion.sum() == 16 and confusion.sum(1).tolist() == [4, 4, 4, 4]
+    assert metrics["top1"] == pytest.approx(100.0 * np.trace(confusion) / 16)
+    assert metrics["mean_per_class_acc"] == pytest.approx(np.mean(np.diag(confusion) / 4) * 100.0)
+    assert metrics["top5"] == 100.0  # 4 classes: the top 5 hold every class
+    with open(out_dir / "per_class.csv") as f:
+        per_class = list(csv.DictReader(f))
+    assert [r["class_name"] for r in per_class] == [row[0] for row in rows[1:]]
+    assert [int(r["correct"]) for r in per_class] == np.diag(confusion).tolist()
+    assert (out_dir / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
+
+    # The same predictions as the network run by hand on the test split at 32 px.
+    from lib.config import load_config, parse_args
+    from lib.datasets import BatchPreparer, build_dataset
+
+    cfg = load_config(parse_args(["--config_file", config]))
+    model = build_model("resnet18", 4, False).eval()
+    model.load_state_dict(torch.load(ckpt)["state_dict"])
+    prep = BatchPreparer(cfg, "cpu")
+    test_set = build_dataset(cfg, is_train=False)
+    batch = prep(torch.utils.data.default_collate([test_set[i] for i in range(len(test_set))]))
+    assert batch["image"].shape[-1] == 32
+    with torch.no_grad():
+        correct = (model(batch["image"]).argmax(1) == batch["target"]).float().mean().item() * 100.0
+    assert metrics["top1"] == pytest.approx(correct)
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "other class count"])
+def test_eval_checkpoint_mistakes_are_one_line(case, tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    config = write_config(STUDENT, tiny_cub)
+    opts = {"empty": [], "missing": ["TEST.CHECKPOINT", str(tmp_path / "none.pth")],
+            "other class count": ["TEST.CHECKPOINT", _checkpoint(tmp_path / "c9.pth", classes=9)]}[case]
+    words = {"empty": ["TEST.CHECKPOINT is empty"], "missing": ["none.pth", "not found"],
+             "other class count": ["9 classes", "DATA.NUM_CLASSES is 4"]}[case]
+    assert run_in_process(EVAL, config, *opts, monkeypatch=monkeypatch) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert all(word in line for word in words), line
+    assert not (tmp_path / "eval").exists()
+
+
+def test_classification_report_golden():
+    # 3 classes; class 2 has no test image. Rows: true 0, 0, 1, 1, 1.
+    scores = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [1.0, 3.0, 2.0], [3.0, 1.0, 2.0], [1.0, 2.0, 3.0]])
+    targets = torch.tensor([0, 0, 1, 1, 1])
+    report = classification_report(scores, targets, ["a", "b", "c"])
+    assert report["confusion"].tolist() == [[1, 1, 0], [1, 1, 1], [0, 0, 0]]
+    assert report["top1"] == pytest.approx(40.0)
+    assert report["top5"] == 100.0
+    assert report["mean_per_class_acc"] == pytest.approx((50.0 + 100.0 / 3) / 2)  # class c has no images
+    a, b, c = report["per_class"]
+    assert (a["support"], a["correct"], a["accuracy"], a["most_confused_with"]) == (2, 1, 50.0, "b")
+    assert b["precision"] == pytest.approx(50.0) and c["accuracy"] is None and c["support"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tools/cost.py
+# ---------------------------------------------------------------------------------------------------------------
+def test_cost_tool_writes_markdown_csv_json(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cost"
+    args = ["--archs", "resnet18", "vit_tiny_patch16", "--sizes", "32", "--batch-sizes", "1", "2", "--repeats", "1",
+            "--warmup", "0", "--device", "cpu", "--num-classes", "4", "--out", str(out)]
+    assert _run(COST, *args, monkeypatch=monkeypatch) == 0
+    data = json.loads((out / "cost.json").read_text())
+    rows = {r["arch"]: r for r in data["rows"]}
+    assert set(rows) == {"resnet18", "vit_tiny_patch16_32"} and data["meta"]["device"] == "cpu"
+    for arch, row in rows.items():
+        model = build_model(arch, 4, False)
+        assert row["params"] == sum(p.numel() for p in model.parameters())
+        assert row["flops"] == count_flops(model, 32) and row["macs"] == row["flops"] // 2
+        assert (row["input_pixels"], row["input_bytes"]) == (1024, 3072)
+        assert row["latency_ms_b1"] > 0 and row["latency_ms_b2"] > 0
+        assert 0 < row["peak_mem_mb_b1"] < row["peak_mem_mb_b2"]
+    with open(out / "cost.csv") as f:
+        assert [r["arch"] for r in csv.DictReader(f)] == ["resnet18", "vit_tiny_patch16_32"]
+    markdown = (out / "cost.md").read_text()
+    assert "| resnet18 | 32 |" in markdown and "LiveTensorBytes" in markdown
+
+
+def test_cost_flag_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
+    cases = ((["--archs", "resnet19"], "resnet19"),
+             (["--archs", "resnet18", "--sizes", str(TOO_SMALL)], f"{CNN_MIN_INPUT_SIZE} px"),
+             (["--archs", "resnet18", "--sizes", "32", "--batch-sizes", "0"], "--batch-sizes"))
+    for args, word in cases:
+        assert _run(COST, *args, "--out", str(tmp_path / "c"), monkeypatch=monkeypatch) == 2
+        assert word in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "c").exists()
+
+
+def test_flops_golden_values():
+    # A conv and a linear layer: 2 FLOPs per multiply-add.
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    assert count_flops(model, 4) == 2 * (8 * 3 * 9 * 4 * 4) + 2 * (8 * 4 * 4 * 5)
+    # ViT-Tiny/16 at 32 px: 5 tokens of 192 dims, 12 blocks (12 D^2 MACs per token in linears, 2 N^2 D in
+    # attention), the patch embedding (4 patches x 192 x 768) and the head; the attention products are counted.
+    n, d, classes = 5, 192, 200
+    macs = 12 * (12 * d * d * n + 2 * n * n * d) + 4 * d * 768 + d * classes
+    assert flops_of("vit_tiny_patch16_32", 32, classes) == 2 * macs
+    # ResNet-18 at 224 px: torchvision's published operation count (its "GFLOPS" are multiply-adds).
+    from torchvision.models import ResNet18_Weights
+
+    published = ResNet18_Weights.IMAGENET1K_V1.meta["_ops"] * 1e9  # 1.814
+    assert flops_of("resnet18", 224, 1000) / 2 == pytest.approx(published, rel=1e-3)
+
+
+def test_live_tensor_bytes_tracks_the_peak_and_frees():
+    x = torch.ones(1000)  # made before: not counted
+    with torch.no_grad(), LiveTensorBytes() as tracker:
+        a = x + 1  # 4000 bytes
+        b = a * 2  # 8000 live
+        view = b.view(10, 100)  # shares b's storage: nothing new
+        del a  # 4000 live
+        c = view.sum()  # 4 bytes
+        weight_view = x.view(10, 100)  # a view of an outside storage: not counted
+    assert tracker.peak == 8000 and tracker.live == 4004
+    del b, view, c, weight_view
+    assert tracker.live == 0
+
+
+def test_expand_archs():
+    pairs = expand_archs(["resnet18", "vit_tiny_patch16", "vit_small_patch16_56"], [112, 56])
+    assert pairs == [("resnet18", 112), ("resnet18", 56), ("vit_tiny_patch16_112", 112), ("vit_tiny_patch16_56", 56),
+                     ("vit_small_patch16_56", 56)]
+    with pytest.raises(UserError, match=f"at least {CNN_MIN_INPUT_SIZE} px"):
+        expand_archs(["resnet18"], [TOO_SMALL])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tools/summarize.py
+# ---------------------------------------------------------------------------------------------------------------
+def _experiment(root, dataset, name, accs, *, config=True, **keys):
+    """A finished experiment folder: config.yaml (the full config) and results.json of runs with `accs`."""
+    cfg = get_cfg()
+    cfg.DATA.DATASET, cfg.DATA.DATADIR, cfg.DATA.NUM_CLASSES = dataset, "data/x", 4
+    for key, value in keys.items():
+        section, leaf = key.split("__")
+        cfg[section][leaf] = value
+    folder = root / dataset / name
+    folder.mkdir(parents=True)
+    if config:
+        (folder / "config.yaml").write_text(cfg.dump())
+    runs = [{"run": i, "seed": i, "best_acc": a, "best_epoch": 3, "last_acc": a - 1.0} for i, a in enumerate(accs)]
+    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    results = {"runs": runs, "best_acc_mean": statistics.mean(accs), "best_acc_std": std,
+               "last_acc_mean": statistics.mean(accs) - 1.0, "last_acc_std": std}
+    (folder / "results.json").write_text(json.dumps(results))
+    (folder / "ckpt" / "run0").mkdir(parents=True)
+    return folder
+
+
+DISTILL = {"MODEL__ARCH_T": "resnet50", "MODEL__ARCH_S": "resnet18", "DATA__CROP_SIZE": 64, "DATA__RESIZE_SIZE": 72,
+           "DATA__LESSEN_RATIO": 2.0}
+
+
+@pytest.fixture
+def experiment_tree(tmp_path):
+    root = tmp_path / "ckpt"
+    _experiment(root, "cub", "1runs_resnet50_64_seed0_0.01", [80.0], MODEL__ARCH="resnet50", DATA__CROP_SIZE=64)
+    _experiment(root, "cub", "2runs_resnet18_32_seed0_0.01", [50.0, 52.0], MODEL__ARCH="resnet18", DATA__CROP_SIZE=32)
+    _experiment(root, "cub", "1runs_resnet18_32_seed0_0.1", [10.0], MODEL__ARCH="resnet18", DATA__CROP_SIZE=32)
+    _experiment(root, "cub", "2runs_kd_resnet50_64_resnet18_32_seed0_0.01", [55.0, 57.0], **DISTILL)
+    _experiment(root, "cub", "2runs_isrd_resnet50_64_resnet18_32_seed0_0.01", [58.0, 60.0], **DISTILL)
+    # Moved aside by BASIC.FRESH_START, and a folder without config.yaml: both skipped.
+    _experiment(root, "cub", "2runs_dkd_resnet50_64_resnet18_32_seed0_0.01.old1", [1.0, 2.0], **DISTILL)
+    _experiment(root, "cub", "2runs_sp_resnet50_64_resnet18_32_seed0_0.01", [3.0, 4.0], config=False, **DISTILL)
+    _experiment(root, "aircraft", "2runs_at_resnet50_64_vit_tiny_patch16_32_seed0_0.01", [40.0, 41.0],
+                **{**DISTILL, "MODEL__ARCH_S": "vit_tiny_patch16_32"})
+    return root
+
+
+def test_summarize_builds_the_paper_table_and_plots(experiment_tree, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "summary"
+    assert _run(SUMMARIZE, "--root", str(experiment_tree), "--out", str(out), monkeypatch=monkeypatch) == 0
+    captured = capsys.readouterr()
+    assert "sp_resnet50" in captured.err and "no config.yaml" in captured.err  # the skipped folder is named
+    assert "1runs_resnet18_32_seed0_0.1" in captured.err  # the baseline not shown (fewer runs) is named
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dataset"], r["teacher_arch"], r["student_arch"], r["student_size"]) for r in rows] == [
+        ("aircraft", "resnet50", "vit_tiny_patch16_32", "32"), ("cub", "resnet50", "resnet18", "32"),
+        ("cub", "", "resnet50", "64")]
+    pair = rows[1]
+    assert float(pair["teacher_best_acc_mean"]) == 80.0 and pair["teacher_size"] == "64"
+    assert float(pair["student_best_mean"]) == 51.0 and pair["student_runs"] == "2"  # the 2-run baseline
+    assert float(pair["kd_best_mean"]) == 56.0 and float(pair["kd_last_mean"]) == 55.0
+    assert float(pair["isrd_best_mean"]) == 59.0 and float(pair["isrd_best_std"]) == pytest.approx(2**0.5)
+    assert pair["dkd_best_mean"] == "" and pair["sp_best_mean"] == ""  # .old1 and config-less folders skipped
+    assert int(pair["student_flops"]) == flops_of("resnet18", 32, 4)
+    assert (pair["student_input_pixels"], pair["student_input_bytes"]) == ("1024", "3072")
+    assert float(rows[0]["at_best_mean"]) == 40.5 and rows[0]["student_best_mean"] == ""
+    markdown = (out / "summary.md").read_text()
+    assert "| cub | resnet50@64 | 80.00 | resnet18@32 | 51.00 ± 1.41 / 50.00 ± 1.41 (2) |" in markdown
+    assert markdown in captured.out
+    for name in ("acc_vs_flops.png", "acc_vs_pixels.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_summarize_without_results_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty").mkdir()
+    assert _run(SUMMARIZE, "--root", str(tmp_path / "empty"), monkeypatch=monkeypatch) == 2
+    assert "no experiment" in _one_error_line(capsys.readouterr().err)
+    assert _run(SUMMARIZE, "--root", str(tmp_path / "nowhere"), monkeypatch=monkeypatch) == 2
+    assert "does not exist" in _one_error_line(capsys.readouterr().err)
+
+
+def test_experiment_config_is_read_not_the_name(tmp_path, monkeypatch, capsys):
+    # A renamed single-network folder: the architecture and size come from config.yaml.
+    root = tmp_path / "ckpt"
+    _experiment(root, "cub", "my_baseline", [33.0], MODEL__ARCH="resnet34", DATA__CROP_SIZE=64, DATA__LESSEN_RATIO=2.0)
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    with open(root / "summary" / "summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["student_arch"], row["student_size"], row["student_best_mean"]) == ("resnet34", "32", "33.0")
+    assert yaml.safe_load((root / "cub" / "my_baseline" / "config.yaml").read_text())["MODEL"]["ARCH"] == "resnet34"

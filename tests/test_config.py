@@ -1,0 +1,125 @@
+"""Config schema, merging, overrides and their errors."""
+
+import argparse
+import glob
+import os
+
+import pytest
+
+from lib.config import REPO_ROOT, diff_cfg, get_cfg, load_config, merge_file, merge_list, small_crop_size
+from lib.utils.errors import UserError
+
+ALL_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.yaml"), recursive=True))
+
+# Every key of the original release's schema, with its default (gyguo/PixelDistillation lib/config/default.py).
+RELEASE_DEFAULTS = {
+    "BASIC.GPU_ID": [0], "BASIC.NUM_WORKERS": 10, "BASIC.DISP_FREQ": 10, "BASIC.SEED": 0, "BASIC.SAVE_DIR": "",
+    "BASIC.ROOT_DIR": "", "BASIC.BACKUP_CODES": True, "BASIC.BACKUP_LIST": ["lib", "tools"],
+    "MODEL.TYPE": "", "MODEL.ARCH": "", "MODEL.PRETRAIN": False, "MODEL.KDTYPE": "kd", "MODEL.ARCH_T": "",
+    "MODEL.MODELDICT_T": "", "MODEL.PRETRAIN_T": False, "MODEL.ARCH_A": "", "MODEL.MODELDICT_A": "",
+    "MODEL.PRETRAIN_A": False, "MODEL.ARCH_S": "", "MODEL.MODELDICT_S": "", "MODEL.PRETRAIN_S": False,
+    "MODEL.PRERELU": False, "KD.TEMP": 4, "KD.ALPHA": 0.9, "AT.BETA": 1000.0, "SP.BETA": 3000.0,
+    "ICKD.BETA": 2.5, "ICKD.FEATDIM_T": [512], "ICKD.FEATDIM_S": [512], "DKD.ALPHA": 1.0, "DKD.BETA": 8.0,
+    "DKD.TEMP": 4, "DKD.WARMUP": 20, "FSR.BETA": 0.0, "FSR.GAMMA": 0.0, "FSR.ETA": 0.0, "FSR.BETA1": 0.0,
+    "FSR.BETA2": 0.0, "FSR.RESIDUAL": False, "FSR.POSITION": 0, "DATA.DATASET": "", "DATA.DATADIR": "",
+    "DATA.NUM_CLASSES": 200, "DATA.RESIZE_SIZE": 256, "DATA.CROP_SIZE": 224, "DATA.LESSEN_RATIO": 1.0,
+    "DATA.LESSEN_TYPE": 2, "DATA.IMAGE_MEAN": [0.485, 0.456, 0.406], "DATA.IMAGE_STD": [0.229, 0.224, 0.225],
+    "SOLVER.START_LR": 0.1, "SOLVER.LR_STEPS": [60, 120, 160], "SOLVER.LR_DECAY_FACTOR": 0.1,
+    "SOLVER.NUM_EPOCHS": 140, "SOLVER.WEIGHT_DECAY": 5e-4, "SOLVER.MUMENTUM": 0.9, "TRAIN.BATCH_SIZE": 32,
+    "TEST.BATCH_SIZE": 32, "CUDNN.BENCHMARK": False, "CUDNN.DETERMINISTIC": True, "CUDNN.ENABLE": True,
+}
+
+
+def _get(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def test_schema_holds_every_release_key_with_its_default():
+    cfg = get_cfg()
+    for key, value in RELEASE_DEFAULTS.items():
+        assert _get(cfg, key) == value, key
+
+
+def test_get_cfg_returns_a_fresh_unfrozen_copy():
+    a, b = get_cfg(), get_cfg()
+    a.SOLVER.START_LR = 123.0
+    assert b.SOLVER.START_LR == 0.1 and not a.is_frozen()
+
+
+def test_overrides_parse_python_literals_and_accept_ints_for_floats():
+    cfg = get_cfg()
+    merge_list(cfg, ["FSR.ETA", "50", "MODEL.ARCH_T", "'resnet50'", "MODEL.ARCH_S", "resnet18",
+                     "BASIC.GPU_ID", "[0, 1]", "DATA.LESSEN_RATIO", "4.0", "SOLVER.LR_STEPS", "[30, 60]"])
+    assert cfg.FSR.ETA == 50.0 and isinstance(cfg.FSR.ETA, float)
+    assert cfg.MODEL.ARCH_T == "resnet50" and cfg.MODEL.ARCH_S == "resnet18"
+    assert cfg.BASIC.GPU_ID == [0, 1] and cfg.DATA.LESSEN_RATIO == 4.0 and cfg.SOLVER.LR_STEPS == [30, 60]
+
+
+@pytest.mark.parametrize("opts, words", [
+    (["SOLVER.MOMENTUM", "0.9"], ["SOLVER.MOMENTUM", "SOLVER.MUMENTUM"]),
+    (["NOSECTION.KEY", "1"], ["NOSECTION.KEY"]),
+    (["SOLVER.NUM_EPOCHS", "abc"], ["SOLVER.NUM_EPOCHS", "int"]),
+    (["MODEL.PRETRAIN", "1"], ["MODEL.PRETRAIN", "bool"]),
+    (["BASIC.GPU_ID", "[0"], ["BASIC.GPU_ID", "list"]),
+    (["SOLVER.START_LR"], ["KEY VALUE"]),
+])
+def test_bad_overrides_name_the_key(opts, words):
+    with pytest.raises(UserError) as err:
+        merge_list(get_cfg(), opts)
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+def test_missing_and_malformed_config_files_name_the_file(tmp_path):
+    with pytest.raises(UserError, match="config file not found: .*nope.yaml"):
+        merge_file(get_cfg(), str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("SOLVER:\n  START_LR: [0.1\n")
+    with pytest.raises(UserError, match="bad.yaml is not valid YAML"):
+        merge_file(get_cfg(), str(bad))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("SOLVER:\n  START_LRR: 0.1\n")
+    with pytest.raises(UserError, match="unknown config key SOLVER.START_LRR in .*did you mean SOLVER.START_LR"):
+        merge_file(get_cfg(), str(unknown))
+
+
+def test_loaded_config_is_frozen():
+    args = argparse.Namespace(config_file=os.path.join(REPO_ROOT, "configs/base/cub/cub_resnet_single_224.yaml"),
+                              opts=["BASIC.SEED", "3"])
+    cfg = load_config(args)
+    assert cfg.is_frozen() and cfg.BASIC.SEED == 3
+    with pytest.raises(AttributeError):
+        cfg.BASIC.SEED = 4
+
+
+@pytest.mark.parametrize("opts, key", [
+    (["DATA.DATASET", "imagenet"], "DATA.DATASET"),
+    (["MODEL.KDTYPE", "fitnet"], "MODEL.KDTYPE"),
+    (["DATA.LESSEN_RATIO", "0.5"], "DATA.LESSEN_RATIO"),
+    (["TRAIN.AMP", "fp8"], "TRAIN.AMP"),
+    (["DATA.LESSEN_TYPE", "1"], "DATA.PIPELINE"),
+])
+def test_invalid_values_are_refused_after_merging(opts, key):
+    args = argparse.Namespace(config_file=os.path.join(REPO_ROOT, "configs/ts/cub/cub_resnet50_resnet_kd.yaml"),
+                              opts=opts)
+    with pytest.raises(UserError, match=key):
+        load_config(args)
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[os.path.relpath(p, REPO_ROOT) for p in ALL_CONFIGS])
+def test_every_shipped_config_loads(path):
+    cfg = load_config(argparse.Namespace(config_file=path, opts=[]))
+    assert cfg.DATA.DATASET in ("cub", "aircraft")
+    assert small_crop_size(cfg) >= 16
+
+
+def test_diff_cfg_names_differing_keys():
+    a, b = get_cfg(), get_cfg()
+    b.SOLVER.START_LR = 0.5
+    b.BASIC.NUM_WORKERS = 0
+    assert diff_cfg(a, b, ignore=["BASIC.NUM_WORKERS"]) == ["SOLVER.START_LR (0.1 -> 0.5)"]

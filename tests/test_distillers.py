@@ -1,0 +1,176 @@
+"""Distillers: the frozen teacher, parameter registration, loss terms, and every method through the scripts."""
+
+import json
+
+import pytest
+import torch
+
+from lib.config import get_cfg
+from lib.distillers import ISRD, FeatureKD, build_distiller
+from lib.models.model_builder import build_model
+from lib.utils.errors import UserError
+
+from .conftest import run_in_process, run_script
+
+KD_SCRIPT = "tools_1_ts/train_kd_5runs.py"
+ISRD_SCRIPT = "tools_1_ts/train_isrd_5runs.py"
+
+
+def _save_teacher(path, arch, num_classes=4, seed=0, **extra):
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes, False)
+    torch.save({"epoch": 1, "state_dict": model.state_dict(), "best_acc": 0.0, **extra}, path)
+    return model
+
+
+def _cfg(teacher_path, arch_t="resnet18", arch_s="resnet18", kdtype="kd", crop=64, ratio=2.0):
+    cfg = get_cfg()
+    cfg.DATA.DATASET, cfg.DATA.DATADIR, cfg.DATA.NUM_CLASSES = "cub", "unused", 4
+    cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE, cfg.DATA.LESSEN_RATIO = crop, crop + 8, ratio
+    cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_S, cfg.MODEL.MODELDICT_T, cfg.MODEL.KDTYPE = arch_t, arch_s, teacher_path, kdtype
+    cfg.FSR.ETA = 10.0
+    return cfg
+
+
+@pytest.mark.parametrize("method", ["kd", "at", "sp", "ickd", "dkd", "isrd"])
+def test_every_learnable_parameter_reaches_the_optimiser_and_the_teacher_stays_bit_identical(tmp_path, method):
+    teacher_path = str(tmp_path / "t.pth")
+    _save_teacher(teacher_path, "resnet18")
+    distiller = build_distiller(_cfg(teacher_path, kdtype=method), method)
+    learnable = {id(p) for p in distiller.get_learnable_parameters()}
+    for name, p in distiller.named_parameters():
+        if p.requires_grad:
+            assert id(p) in learnable, f"{name} requires grad but is not optimised"
+        if name.startswith("teacher."):
+            assert not p.requires_grad and id(p) not in learnable
+    before = {k: v.clone() for k, v in distiller.teacher.state_dict().items()}
+    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=0.1, momentum=0.9)
+    distiller.train()
+    assert not distiller.teacher.training
+    for epoch in (1, 2):
+        logits, losses = distiller.forward_train(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 64, 64),
+                                                 torch.tensor([0, 1, 2, 3]), epoch)
+        assert logits.shape == (4, 4) and all(k.startswith("loss_") for k in losses)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    after = distiller.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "teacher weights or BN statistics changed"
+
+
+def test_ickd_embedding_is_trained_unless_the_release_switch_is_set(tmp_path):
+    teacher_path = str(tmp_path / "t.pth")
+    _save_teacher(teacher_path, "resnet18")
+    cfg = _cfg(teacher_path, kdtype="ickd")
+    trained = build_distiller(cfg, "ickd")
+    assert isinstance(trained, FeatureKD)
+    embed = {id(p) for p in trained.criterion.parameters()}
+    assert embed and embed <= {id(p) for p in trained.get_learnable_parameters()}
+    cfg.ICKD.TRAIN_EMBED = False
+    release = build_distiller(cfg, "ickd")
+    assert not {id(p) for p in release.criterion.parameters()} & {id(p) for p in release.get_learnable_parameters()}
+
+
+def test_isrd_decodes_the_vit_patch_embedding_into_the_large_image(tmp_path):
+    teacher_path = str(tmp_path / "t.pth")
+    _save_teacher(teacher_path, "resnet18")
+    cfg = _cfg(teacher_path, arch_s="vit_tiny_patch16_32", crop=64, ratio=2.0)
+    distiller = build_distiller(cfg, "isrd")
+    assert isinstance(distiller, ISRD)
+    # ViT-Tiny@32: a 192x2x2 patch embedding; s = ceil(64 / 2) = 32 -> 3x64x64.
+    assert distiller.decoder.conv.in_channels == 192 and distiller.decoder.scale == 32
+    _, losses = distiller.forward_train(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64),
+                                        torch.tensor([0, 1]), 1)
+    assert set(losses) == {"loss_ce", "loss_kd", "loss_isrd"}
+
+
+def test_feature_methods_refuse_layers_that_do_not_line_up(tmp_path):
+    teacher_path = str(tmp_path / "t.pth")
+    _save_teacher(teacher_path, "resnet18")
+    with pytest.raises(UserError, match="AT .*do not line up"):
+        build_distiller(_cfg(teacher_path, arch_s="vit_tiny_patch16_32", kdtype="at"), "at")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arch": "resnet34"}, "does not fit resnet18.*another architecture"),
+    ({"classes": 7}, "7 classes, but DATA.NUM_CLASSES is 4"),
+    ({"missing": True}, "not found"),
+])
+def test_teacher_checkpoint_mismatches_name_the_file_and_the_difference(tmp_path, change, message):
+    teacher_path = str(tmp_path / "t.pth")
+    if not change.get("missing"):
+        torch.save({"state_dict": build_model(change.get("arch", "resnet18"), change.get("classes", 4),
+                                              False).state_dict()}, teacher_path)
+    with pytest.raises(UserError, match=message) as err:
+        build_distiller(_cfg(teacher_path), "kd")
+    assert "t.pth" in str(err.value)
+
+
+def test_release_teacher_checkpoints_with_module_prefix_and_fc_cls_load(tmp_path):
+    teacher_path = str(tmp_path / "release.pth")
+    model = build_model("resnet18", 4, False)
+    release = {"module." + k.replace("fc.", "fc_cls."): v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 3, "state_dict": release, "best_acc": 1.0}, teacher_path)
+    distiller = build_distiller(_cfg(teacher_path), "kd")
+    assert torch.equal(distiller.teacher.fc.weight, model.fc.weight)
+
+
+# --- through the scripts, with the teacher from a real tiny teacher run --------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_teacher(tiny_cub, tmp_path_factory):
+    """A resnet18@64 teacher trained for one epoch by the teacher script; returns its model_best.pth."""
+    import yaml
+
+    from .conftest import TINY, _merge
+
+    root = tmp_path_factory.mktemp("teacher")
+    cfg = _merge(TINY, {"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}})
+    cfg["DATA"]["DATADIR"], cfg["BASIC"]["OUTPUT_ROOT"] = tiny_cub, str(root)
+    path = root / "teacher.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run_script("tools_0_base/train_teacher_1run.py", str(path))
+    return str(root / "cub" / "1runs_resnet18_64_seed0_0.01" / "ckpt" / "model_best.pth")
+
+
+def _distill_config(write_config, tiny_cub, teacher, arch_s="resnet18"):
+    return write_config({"MODEL": {"ARCH_T": "resnet18", "MODELDICT_T": teacher, "ARCH_S": arch_s},
+                         "DATA": {"LESSEN_RATIO": 2.0}, "FSR": {"ETA": 10.0},
+                         "BASIC": {"NUM_RUNS": 1}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+
+
+@pytest.mark.parametrize("kdtype", ["kd", "at", "sp", "ickd", "dkd"])
+def test_every_kdtype_trains_through_the_published_script(tiny_cub, tiny_teacher, write_config, tmp_path,
+                                                          monkeypatch, kdtype):
+    config = _distill_config(write_config, tiny_cub, tiny_teacher)
+    assert run_in_process(KD_SCRIPT, config, "MODEL.KDTYPE", f"'{kdtype}'", "MODEL.ARCH_S", "'resnet18'",
+                          "DATA.LESSEN_RATIO", "2.0", "BASIC.GPU_ID", "[0]", monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / f"1runs_{kdtype}_resnet18_64_resnet18_32_seed0_0.01"
+    results = json.loads((exp / "results.json").read_text())
+    assert len(results["runs"]) == 1
+    stats = json.loads((exp / "log" / "run0" / "stats.jsonl").read_text().splitlines()[-1])
+    assert "loss_ce" in stats and any(k.startswith("loss_") and k != "loss_ce" for k in stats)
+    best = torch.load(exp / "ckpt" / "run0" / "model_best.pth", weights_only=False)
+    build_model("resnet18", 4, False).load_state_dict(best["state_dict"])
+
+
+@pytest.mark.parametrize("arch_s", ["resnet18", "vit_tiny_patch16_32"])
+def test_isrd_trains_cnn_and_vit_students_and_saves_the_decoder_beside_the_plain_student(
+        tiny_cub, tiny_teacher, write_config, tmp_path, arch_s):
+    config = _distill_config(write_config, tiny_cub, tiny_teacher, arch_s)
+    run_script(ISRD_SCRIPT, config, "MODEL.ARCH_S", arch_s, "FSR.ETA", "10.0", "BASIC.GPU_ID", "[0]")
+    exp = tmp_path / "ckpt" / "cub" / f"1runs_isrd_resnet18_64_{arch_s}_32_seed0_0.01"
+    best = torch.load(exp / "ckpt" / "run0" / "model_best.pth", weights_only=False)
+    build_model(arch_s, 4, False).load_state_dict(best["state_dict"])
+    assert "conv.weight" in best["decoder"]
+    stats = json.loads((exp / "log" / "run0" / "stats.jsonl").read_text().splitlines()[-1])
+    assert {"loss_ce", "loss_kd", "loss_isrd"} <= set(stats)
+
+
+def test_a_vit_teacher_distils_into_a_cnn_student_with_kd(tiny_cub, write_config, tmp_path, monkeypatch):
+    teacher_path = str(tmp_path / "vit_teacher.pth")
+    _save_teacher(teacher_path, "vit_tiny_patch16_64")
+    config = write_config({"MODEL": {"ARCH_T": "vit_tiny_patch16_64", "MODELDICT_T": teacher_path,
+                                     "ARCH_S": "resnet18", "KDTYPE": "dkd"},
+                           "DATA": {"LESSEN_RATIO": 2.0}, "BASIC": {"NUM_RUNS": 1},
+                           "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(KD_SCRIPT, config, monkeypatch=monkeypatch) == 0

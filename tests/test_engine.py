@@ -1,0 +1,93 @@
+"""The trainer through the published scripts: output layout, results, seeds, re-runs and config clashes."""
+
+import glob
+import json
+import os
+
+import torch
+
+from lib.engine.trainer import format_table, summarize
+from lib.models.model_builder import build_model
+
+from .conftest import run_in_process, run_script
+
+TEACHER = "tools_0_base/train_teacher_1run.py"
+STUDENT = "tools_0_base/train_student_5runs.py"
+
+
+def test_teacher_run_writes_the_checkpoint_path_the_distillation_configs_name(tiny_cub, write_config, tmp_path):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub)
+    proc = run_script(TEACHER, config, "BASIC.SEED", "0", "BASIC.GPU_ID", "[0]")
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    best = torch.load(exp / "ckpt" / "model_best.pth", map_location="cpu", weights_only=False)
+    assert {"epoch", "state_dict", "best_acc"} <= set(best)
+    build_model("resnet18", 4, False).load_state_dict(best["state_dict"])
+    for name in ("config.yaml", "train.log", "results.json"):
+        assert (exp / name).is_file(), name
+    assert glob.glob(str(exp / "log" / "events.out.tfevents.*"))
+    stats = [json.loads(line) for line in (exp / "log" / "stats.jsonl").read_text().splitlines()]
+    assert [s["epoch"] for s in stats] == [1, 2]
+    results = json.loads((exp / "results.json").read_text())
+    assert [r["seed"] for r in results["runs"]] == [0]
+    assert results["best_acc_mean"] == results["runs"][0]["best_acc"] == best["best_acc"]
+    assert "best_acc" in proc.stdout and "±" in proc.stdout
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in proc.stdout + proc.stderr
+
+
+def test_student_runs_are_seeded_independently_and_summarised(tiny_cub, write_config, tmp_path):
+    config = write_config({"MODEL": {"ARCH": "vit_tiny_patch16_32"},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "BASIC": {"SEED": 5}}, tiny_cub)
+    run_script(STUDENT, config, "MODEL.ARCH", "vit_tiny_patch16_32", "BASIC.GPU_ID", "[0]")
+    exp = tmp_path / "ckpt" / "cub" / "2runs_vit_tiny_patch16_32_32_seed5_0.01"
+    results = json.loads((exp / "results.json").read_text())
+    assert [(r["run"], r["seed"]) for r in results["runs"]] == [(0, 5), (1, 6)]
+    for key in ("best_acc_mean", "best_acc_std", "last_acc_mean", "last_acc_std"):
+        assert key in results
+    for run in (0, 1):
+        assert (exp / "ckpt" / f"run{run}" / "model_best.pth").is_file()
+        assert glob.glob(str(exp / "log" / f"run{run}" / "events.out.tfevents.*"))
+    # Different seeds give different students.
+    w0 = torch.load(exp / "ckpt" / "run0" / "last.pth", weights_only=False)["student"]
+    w1 = torch.load(exp / "ckpt" / "run1" / "last.pth", weights_only=False)["student"]
+    assert not torch.equal(w0["head.weight"], w1["head.weight"])
+
+
+def test_rerunning_a_finished_experiment_prints_results_and_rewrites_nothing(tiny_cub, write_config, tmp_path,
+                                                                           monkeypatch, capsys):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    stamps = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(exp / "**" / "*"), recursive=True)}
+    capsys.readouterr()
+    assert run_in_process(TEACHER, config, "BASIC.NUM_WORKERS", "1", monkeypatch=monkeypatch) == 0
+    assert "is finished" in capsys.readouterr().out
+    assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(exp / "**" / "*"), recursive=True)} == stamps
+
+
+def test_a_different_config_in_the_same_directory_is_refused_naming_the_keys(tiny_cub, write_config, tmp_path,
+                                                                             monkeypatch, capsys):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    saved = (exp / "config.yaml").read_text()
+    capsys.readouterr()
+    assert run_in_process(TEACHER, config, "SOLVER.WEIGHT_DECAY", "0.001", monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "SOLVER.WEIGHT_DECAY" in err and "BASIC.FRESH_START" in err
+    assert (exp / "config.yaml").read_text() == saved
+    # FRESH_START moves the old attempt aside and starts over.
+    assert run_in_process(TEACHER, config, "SOLVER.WEIGHT_DECAY", "0.001", "BASIC.FRESH_START", "True",
+                          monkeypatch=monkeypatch) == 0
+    assert (tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01.old1" / "config.yaml").read_text() == saved
+    assert "WEIGHT_DECAY: 0.001" in (exp / "config.yaml").read_text()
+
+
+def test_summary_reports_mean_and_sample_std_of_best_and_last():
+    rows = [{"run": 0, "seed": 0, "best_acc": 50.0, "best_epoch": 3, "last_acc": 40.0},
+            {"run": 1, "seed": 1, "best_acc": 60.0, "best_epoch": 5, "last_acc": 50.0}]
+    results = summarize(rows)
+    assert results["best_acc_mean"] == 55.0 and results["last_acc_mean"] == 45.0
+    assert abs(results["best_acc_std"] - 7.0710678) < 1e-6
+    table = format_table(results)
+    assert "55.00 ± 7.07" in table and "45.00 ± 7.07" in table

@@ -1,0 +1,110 @@
+"""Every mistake a user can make gets one clear line, exit status 2, and nothing written (README's table)."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from lib.models.model_builder import build_model
+
+from .conftest import run_in_process
+
+KD_SCRIPT = "tools_1_ts/train_kd_5runs.py"
+TEACHER = "tools_0_base/train_teacher_1run.py"
+
+
+@pytest.fixture
+def broken_cub(tiny_cub, tmp_path):
+    """A private copy of the tiny CUB dataset that a test may break."""
+    root = tmp_path / "cub_copy"
+    shutil.copytree(tiny_cub, root)
+    return root
+
+
+def _first_image(root):
+    line = (root / "images.txt").read_text().splitlines()[0]
+    return root / "images" / line.split(" ", 1)[1]
+
+
+def _teacher(tmp_path, arch="resnet18", classes=4):
+    path = tmp_path / f"teacher_{arch}_{classes}.pth"
+    torch.save({"epoch": 1, "state_dict": build_model(arch, classes, False).state_dict(), "best_acc": 0.0}, path)
+    return str(path)
+
+
+# (case id, how to break things) -> (script, extra config, overrides, expected words in the one line)
+def _case(name, tmp_path, broken_cub, tiny_cub):
+    teacher = {"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18"}, "DATA": {"LESSEN_RATIO": 2.0}}
+    if name == "unknown key":
+        return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, ["SOLVER.LR", "0.1"], ["SOLVER.LR"], tiny_cub
+    if name == "wrong type":
+        return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, ["SOLVER.NUM_EPOCHS", "'ten'"], ["SOLVER.NUM_EPOCHS"], tiny_cub
+    if name == "unknown arch":
+        return TEACHER, {"MODEL": {"ARCH": "resnet19"}}, [], ["resnet19"], tiny_cub
+    if name == "unknown kdtype":
+        return KD_SCRIPT, teacher, ["MODEL.KDTYPE", "fitnet"], ["MODEL.KDTYPE", "fitnet"], tiny_cub
+    if name == "unknown dataset":
+        return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, ["DATA.DATASET", "imagenet"], ["DATA.DATASET"], tiny_cub
+    if name == "missing dataset folder":
+        return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, [], ["nowhere", "data/README.md"], str(tmp_path / "nowhere")
+    if name == "missing annotation file":
+        os.remove(broken_cub / "train_test_split.txt")
+        return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, [], ["train_test_split.txt"], str(broken_cub)
+    if name == "annotation names a missing image":
+        image = _first_image(broken_cub)
+        os.remove(image)
+        return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, [], [image.name], str(broken_cub)
+    if name == "corrupt image":
+        image = _first_image(broken_cub)
+        image.write_bytes(b"this is not a jpeg")
+        return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, [], [image.name], str(broken_cub)
+    if name == "teacher checkpoint missing":
+        extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": str(tmp_path / "none.pth")}}
+        return KD_SCRIPT, extra, [], ["none.pth", "not found"], tiny_cub
+    if name == "teacher of another architecture":
+        extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path, "resnet34")}}
+        return KD_SCRIPT, extra, [], ["teacher_resnet34_4.pth", "resnet18"], tiny_cub
+    if name == "teacher of another class count":
+        extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path, classes=9)}}
+        return KD_SCRIPT, extra, [], ["9 classes", "DATA.NUM_CLASSES is 4"], tiny_cub
+    if name == "student input too small":
+        extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path)}}
+        return KD_SCRIPT, extra, ["DATA.LESSEN_RATIO", "8.0"], ["8x8", "LESSEN_RATIO"], tiny_cub
+    raise KeyError(name)
+
+
+CASES = ["unknown key", "wrong type", "unknown arch", "unknown kdtype", "unknown dataset", "missing dataset folder",
+         "missing annotation file", "annotation names a missing image", "corrupt image", "teacher checkpoint missing",
+         "teacher of another architecture", "teacher of another class count", "student input too small"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_user_mistakes_get_one_line_exit_2_and_nothing_written(name, tmp_path, broken_cub, tiny_cub, write_config,
+                                                               monkeypatch, capsys):
+    script, extra, opts, words, datadir = _case(name, tmp_path, broken_cub, tiny_cub)
+    output_root = tmp_path / "out"
+    config = write_config(extra, datadir, output_root=str(output_root))
+    assert run_in_process(script, config, *opts, monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not output_root.exists(), "an error case wrote outputs"
+
+
+def test_missing_config_file_is_one_line(tmp_path, monkeypatch, capsys):
+    assert run_in_process(TEACHER, str(tmp_path / "missing.yaml"), monkeypatch=monkeypatch) == 2
+    assert capsys.readouterr().err.strip() == f"error: config file not found: {tmp_path / 'missing.yaml'}"
+
+
+def test_a_gpu_id_that_does_not_exist_is_refused(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub, output_root=str(tmp_path / "out"))
+    assert run_in_process(TEACHER, config, "BASIC.GPU_ID", "[3]", monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "BASIC.GPU_ID" in err and "1 CUDA device" in err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,155 @@
+"""tools/prepare_data.py against a local HTTP server (127.0.0.1) serving small generated archives; no internet."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import os
+import runpy
+import shutil
+import sys
+import tarfile
+import threading
+
+import pytest
+
+from lib.analysis.prepare import ARCHIVES
+from lib.config import REPO_ROOT
+from lib.datasets.synthetic import make_aircraft, make_cub
+
+SCRIPT = os.path.join(REPO_ROOT, "tools", "prepare_data.py")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep the test output clean
+        pass
+
+
+def _tar_gz(path, folder, arcname) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname=arcname)
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Serve generated archives in the official layouts: {"url": base URL, "md5": {file: md5}}."""
+    build, served = tmp_path_factory.mktemp("build"), tmp_path_factory.mktemp("served")
+    make_cub(str(build / "CUB_200_2011"), num_classes=4, per_class=2, image_size=(48, 40))
+    make_aircraft(str(build / "fgvc-aircraft-2013b"), num_classes=4, per_class=2, image_size=(48, 40))
+    md5 = {
+        "CUB_200_2011.tgz": _tar_gz(served / "CUB_200_2011.tgz", build / "CUB_200_2011", "CUB_200_2011"),
+        "fgvc-aircraft-2013b.tar.gz": _tar_gz(served / "fgvc-aircraft-2013b.tar.gz", build / "fgvc-aircraft-2013b",
+                                              "fgvc-aircraft-2013b"),
+        "wrong_top.tgz": _tar_gz(served / "wrong_top.tgz", build / "CUB_200_2011", "birds"),
+    }
+    data = (served / "CUB_200_2011.tgz").read_bytes()
+    (served / "truncated.tgz").write_bytes(data[: len(data) // 2])
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(_QuietHandler, directory=str(served)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield {"url": f"http://127.0.0.1:{httpd.server_address[1]}", "md5": md5, "build": build}
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _run(*args: str, monkeypatch) -> int:
+    monkeypatch.setattr(sys, "argv", [SCRIPT, *args])
+    try:
+        runpy.run_path(SCRIPT, run_name="__main__")
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def _left(root) -> list[str]:
+    return sorted(os.listdir(root)) if os.path.isdir(root) else []
+
+
+def test_download_verify_extract_both_datasets(server, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    # What a killed earlier run left: a partial download and a half-extracted folder.
+    (root / "CUB_200_2011.tgz.part").write_bytes(b"partial")
+    (root / ".cub.partial-abc").mkdir()
+    args = ["--root", str(root), "--url-cub", f"{server['url']}/CUB_200_2011.tgz",
+            "--md5-cub", server["md5"]["CUB_200_2011.tgz"],
+            "--url-aircraft", f"{server['url']}/fgvc-aircraft-2013b.tar.gz",
+            "--md5-aircraft", server["md5"]["fgvc-aircraft-2013b.tar.gz"]]
+    assert _run(*args, monkeypatch=monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert _left(root) == ["aircraft", "cub"]  # archives removed once extracted, leftovers cleaned
+    assert (root / "cub" / "images.txt").is_file() and (root / "cub" / "images").is_dir()
+    assert (root / "aircraft" / "data" / "images_variant_test.txt").is_file()
+    assert "MD5 " + server["md5"]["CUB_200_2011.tgz"] + " verified" in out
+    assert "training split 8 images of 4 classes, test split 8 images of 4 classes" in out
+    assert "differs from the official release" in out
+    # The extracted files are the archive's, byte for byte.
+    for rel in ("images.txt", "train_test_split.txt"):
+        assert (root / "cub" / rel).read_bytes() == (server["build"] / "CUB_200_2011" / rel).read_bytes()
+
+    # A second run downloads nothing and checks what is there; --verify-only checks both.
+    assert _run(*args, monkeypatch=monkeypatch) == 0
+    assert "is there already" in capsys.readouterr().out
+    assert _run("--root", str(root), "--verify-only", monkeypatch=monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert out.count("is complete") == 2
+
+
+def test_checksum_mismatch_leaves_nothing(server, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "data"
+    assert _run("--datasets", "cub", "--root", str(root), "--url-cub", f"{server['url']}/CUB_200_2011.tgz",
+                "--md5-cub", "0" * 32, monkeypatch=monkeypatch) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "checksum mismatch" in line and "0" * 32 in line and server["md5"]["CUB_200_2011.tgz"] in line
+    assert _left(root) == []
+
+
+def test_published_size_is_checked_before_downloading(server, tmp_path, monkeypatch, capsys):
+    # No --md5: the published MD5 and size apply, and the small archive's Content-Length already differs.
+    root = tmp_path / "data"
+    assert _run("--datasets", "aircraft", "--root", str(root), "--url-aircraft",
+                f"{server['url']}/fgvc-aircraft-2013b.tar.gz", monkeypatch=monkeypatch) == 2
+    assert f"{ARCHIVES['aircraft'].size:,} bytes" in _one_error_line(capsys.readouterr().err)
+    assert _left(root) == []
+
+
+@pytest.mark.parametrize("name, words", [("truncated.tgz", ["damaged", "deleted"]),
+                                         ("wrong_top.tgz", ["no CUB_200_2011/ folder", "birds", "deleted"]),
+                                         ("missing.tgz", ["HTTP 404"])])
+def test_bad_downloads_are_one_line_and_leave_no_dataset(name, words, server, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "data"
+    assert _run("--datasets", "cub", "--root", str(root), "--url-cub", f"{server['url']}/{name}", "--no-verify",
+                monkeypatch=monkeypatch) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert all(word in line for word in words), line
+    assert _left(root) == []  # no dataset, no archive, no .part file, no .cub.partial-* folder
+
+
+def test_verify_only_finds_missing_files(server, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(server["build"] / "CUB_200_2011", root / "cub")
+    first = (root / "cub" / "images.txt").read_text().splitlines()[0].split(" ", 1)[1]
+    os.remove(root / "cub" / "images" / first)
+    assert _run("--root", str(root), "--verify-only", monkeypatch=monkeypatch) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert os.path.basename(first) in line and "missing" in line  # the image of cub
+    assert "aircraft" in line and "does not exist" in line  # and the absent aircraft folder, in the same line
+
+
+def test_published_sources():
+    cub, aircraft = ARCHIVES["cub"], ARCHIVES["aircraft"]
+    assert cub.url.startswith("https://data.caltech.edu/records/") and cub.filename in cub.url
+    assert aircraft.url.startswith("https://www.robots.ox.ac.uk/~vgg/data/fgvc-aircraft/")
+    assert (cub.md5, cub.size) == ("97eceeb196236b17998738112f37df78", 1_150_585_339)
+    assert (aircraft.md5, aircraft.size) == ("d4acdd33327262359767eeaa97a4f732", 2_753_340_328)
+    assert (cub.target, cub.top_folder, aircraft.target, aircraft.top_folder) == (
+        "cub", "CUB_200_2011", "aircraft", "fgvc-aircraft-2013b")

@@ -1,0 +1,99 @@
+"""Exact resume after SIGKILL, non-finite losses, and a full disk."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lib.config import REPO_ROOT
+from lib.distillers.base import Distiller
+from lib.engine import checkpoint
+from lib.utils.errors import UserError
+
+from .conftest import run_in_process, run_script
+
+STUDENT = "tools_0_base/train_student_5runs.py"
+
+# Kill points, in order: each is a line prefix of the script's output (DISP_FREQ 1 prints every step); the
+# process is killed with SIGKILL the moment that line appears (mid-epoch, right after an epoch's checkpoint,
+# in the second run, ...). After the last kill the command is re-run to the end.
+KILL_AT = ["run 0 epoch 2 [1/", "run 0 epoch 3/3", "run 1 epoch 1 [2/", "run 1 epoch 2/3"]
+
+
+def _kill_when(config: str, marker: str) -> bool:
+    """Start the script, SIGKILL it as soon as `marker` is printed; False if it finished first."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.startswith(marker):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+        proc.wait()
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_run_killed_at_several_moments_resumes_to_exactly_the_uninterrupted_result(tiny_cub, write_config,
+                                                                                    tmp_path):
+    extra = {"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 3, "LR_STEPS": [2]},
+             "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "CUDNN": {"DETERMINISTIC": True}}
+    reference = write_config(extra, tiny_cub, output_root=str(tmp_path / "reference"))
+    run_script(STUDENT, reference, "BASIC.DEVICE", "cpu")
+    interrupted = write_config(extra, tiny_cub, output_root=str(tmp_path / "interrupted"))
+    for marker in KILL_AT:
+        assert _kill_when(interrupted, marker), f"the run finished before '{marker}'"
+    run_script(STUDENT, interrupted)
+
+    name = os.path.join("cub", "2runs_resnet18_32_seed0_0.01", "results.json")
+    expected = json.loads((tmp_path / "reference" / name).read_text())
+    got = json.loads((tmp_path / "interrupted" / name).read_text())
+    assert got == expected
+    stats = (tmp_path / "interrupted" / "cub" / "2runs_resnet18_32_seed0_0.01" / "log" / "run0" / "stats.jsonl")
+    assert [json.loads(line)["epoch"] for line in stats.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_non_finite_loss_stops_the_run_naming_where_and_keeps_the_last_good_checkpoint(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    original = Distiller.forward_train
+
+    def poisoned(self, image, image_large, target, epoch):
+        logits, losses = original(self, image, image_large, target, epoch)
+        if epoch == 2:
+            losses["loss_ce"] = losses["loss_ce"] * float("nan")
+        return logits, losses
+
+    monkeypatch.setattr(Distiller, "forward_train", poisoned)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 3},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the loss is not finite in run 0, epoch 2, step 1 (loss_ce=nan")
+    last = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01" / "ckpt" / "run0" / "last.pth"
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+
+
+def test_out_of_disk_space_while_saving_is_one_error_and_the_previous_checkpoint_survives(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pth")
+    checkpoint.save_checkpoint({"epoch": 1}, path)
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(UserError, match="no space left on the device while writing .*last.pth"):
+        checkpoint.save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {"epoch": 1}
+    assert os.listdir(tmp_path) == ["last.pth"], "the temporary file was left behind"

@@ -1,0 +1,37 @@
+"""Benchmark the training step: end to end, model only, teacher forward, loader; both input pipelines.
+
+python tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml [--steps N] [--warmup N] [KEY VALUE ...]
+Prints a table and writes benchmark.json into BASIC.OUTPUT_ROOT.
+"""
+
+import argparse
+import json
+import os
+
+from lib.config import load_config, resolve_path
+from lib.engine.benchmark import format_benchmark, run_benchmark
+from lib.engine.checkpoint import save_json
+from lib.utils.errors import cli_main
+
+
+@cli_main
+def main() -> None:
+    """Parse the arguments, measure, print and save."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config_file", required=True)
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per figure")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each figure")
+    parser.add_argument("--pipelines", default="tensor,pil", help="comma-separated DATA.PIPELINE values")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
+    args = parser.parse_args()
+    cfg = load_config(args)
+    result = run_benchmark(cfg, args.steps, args.warmup, tuple(args.pipelines.split(",")))
+    print(format_benchmark(result))
+    path = os.path.join(resolve_path(cfg.BASIC.OUTPUT_ROOT), "benchmark.json")
+    save_json(result, path)
+    print(f"wrote {path}")
+    print(json.dumps({k: v for k, v in result.items() if k.endswith("_img_s")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Evaluate the checkpoint TEST.CHECKPOINT on the test split at the student's resolution.
+
+Prints top-1, top-5 and mean per-class accuracy; writes a per-class report and the confusion matrix (CSV, JSON,
+PNG) into <checkpoint folder>/eval/<checkpoint name>_<size>px/. Usually run with the experiment's config.yaml:
+
+    python tools/eval.py --config_file ckpt/cub/<experiment>/config.yaml TEST.CHECKPOINT <.../model_best.pth>
+"""
+
+from lib.analysis.evaluate import evaluate_checkpoint
+from lib.config import load_config, parse_args
+from lib.utils.errors import cli_main
+
+
+@cli_main
+def main() -> None:
+    """Parse --config_file and KEY VALUE overrides, then evaluate."""
+    cfg = load_config(parse_args(description=__doc__))
+    evaluate_checkpoint(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Download CUB-200-2011 and FGVC-Aircraft, verify their checksums, and extract them into data/cub and data/aircraft
+(the layout the configs expect); or, with --verify-only, check the datasets already there.
+
+See lib/analysis/prepare.py for the checksums, where they come from, and what is checked."""
+
+import argparse
+
+from lib.analysis.prepare import ARCHIVES, prepare
+from lib.config import resolve_path
+from lib.utils.errors import cli_main
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--datasets", nargs="+", choices=list(ARCHIVES), default=list(ARCHIVES),
+                        help="datasets to prepare (default: both)")
+    parser.add_argument("--root", default="data", help="data folder (relative to the repository root; default data)")
+    parser.add_argument("--url-cub", default=None, help=f"CUB archive URL (default {ARCHIVES['cub'].url})")
+    parser.add_argument("--url-aircraft", default=None, help=f"Aircraft archive URL (default {ARCHIVES['aircraft'].url})")
+    parser.add_argument("--md5-cub", default=None, help=f"expected MD5 of the CUB archive (default {ARCHIVES['cub'].md5})")
+    parser.add_argument("--md5-aircraft", default=None,
+                        help=f"expected MD5 of the Aircraft archive (default {ARCHIVES['aircraft'].md5})")
+    parser.add_argument("--no-verify", action="store_true", help="skip the archives' size and MD5 checks")
+    parser.add_argument("--verify-only", action="store_true", help="only check the datasets already under --root")
+    return parser.parse_args()
+
+
+@cli_main
+def main() -> None:
+    """Parse the flags, then prepare or verify each dataset."""
+    args = parse_args()
+    prepare(args.datasets, resolve_path(args.root), urls={"cub": args.url_cub, "aircraft": args.url_aircraft},
+            md5s={"cub": args.md5_cub, "aircraft": args.md5_aircraft}, verify=not args.no_verify,
+            verify_only=args.verify_only)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Collect every results.json under an output root into the paper's table (markdown, CSV) and plot accuracy
+against the student's FLOPs and input pixels. See lib/analysis/summary.py for how rows and cells are formed."""
+
+import argparse
+import os
+
+from lib.analysis.summary import summarize
+from lib.config import resolve_path
+from lib.utils.errors import cli_main
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", default="ckpt", help="output root to search (BASIC.OUTPUT_ROOT; default ckpt)")
+    parser.add_argument("--out", default=None, help="output folder (default <root>/summary)")
+    return parser.parse_args()
+
+
+@cli_main
+def main() -> None:
+    """Parse the flags, then summarise."""
+    args = parse_args()
+    root = resolve_path(args.root)
+    summarize(root, resolve_path(args.out) if args.out else os.path.join(root, "summary"))
+
+
+if __name__ == "__main__":
+    main()

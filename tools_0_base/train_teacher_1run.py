@@ -1,0 +1,19 @@
+"""Train one network once (the teacher) at DATA.CROP_SIZE.
+
+Writes <OUTPUT_ROOT>/<dataset>/1runs_<arch>_<crop>_seed<seed>_<lr>/ckpt/model_best.pth, the file the
+distillation configs name as MODEL.MODELDICT_T."""
+
+from lib.config import load_config, parse_args
+from lib.engine.trainer import run_experiment
+from lib.utils.errors import cli_main
+
+
+@cli_main
+def main() -> None:
+    """Parse --config_file and KEY VALUE overrides, then train."""
+    cfg = load_config(parse_args(description=__doc__))
+    run_experiment(cfg, "single", num_runs=1, multi_run=False)
+
+
+if __name__ == "__main__":
+    main()
