@@ -38,6 +38,9 @@ _C.BASIC.BACKUP_LIST = ["lib", "tools"]
 _C.BASIC.OUTPUT_ROOT = "ckpt"
 # new. Number of independent runs of a multi-run script (train_*_5runs.py). The teacher script always runs one.
 _C.BASIC.NUM_RUNS = 5
+# new. Independent runs trained at the same time, one process each. 0 (auto): one per GPU listed in GPU_ID
+# on CUDA (GPU_ID [0,1,2,3,4] -> 5 runs at once), one at a time on the CPU. Under torchrun (DDP) runs are sequential.
+_C.BASIC.PARALLEL_RUNS = 0
 # new. True: ignore (and replace) whatever an earlier attempt left in the experiment directory.
 # False: resume an interrupted experiment, or print the results of a finished one.
 _C.BASIC.FRESH_START = False
@@ -227,3 +230,26 @@ _C.CUDNN.BENCHMARK = False
 _C.CUDNN.DETERMINISTIC = True
 # torch.backends.cudnn.enabled.
 _C.CUDNN.ENABLE = True
+
+# ---------------------------------------------------------------------------------------------------------------
+# new. Two-stage pixel distillation, TAS: teacher -> assistant -> student (tools_2_tas/, docs/tas.md).
+# Stage 1 (model compression at DATA.CROP_SIZE): teacher MODEL.ARCH_T -> assistant MODEL.ARCH_A.
+# Stage 2 (input compression): assistant MODEL.ARCH_A at CROP_SIZE -> student MODEL.ARCH_S (the same
+# architecture) at CROP_SIZE / LESSEN_RATIO, with logit KD (KD.TEMP, KD.ALPHA) + ISRD (FSR.ETA, FSR.POSITION) +
+# feature distillation (below). The paper's TAS code is unreleased: every choice here is this project's.
+# ---------------------------------------------------------------------------------------------------------------
+_C.TAS = CN()
+# Stage 1's one-stage method: kd | at | sp | ickd | dkd, set up by its own section (KD, AT, SP, ICKD, DKD).
+_C.TAS.STAGE1_KDTYPE = "kd"
+# Local ImageNet weight file for the assistant when MODEL.PRETRAIN_A (stage 1); "" uses the weight APIs.
+_C.TAS.PRETRAIN_FILE_A = ""
+# Stage 2: weight of the feature MSE of each (student, assistant) feature pair, in order: the four stages after
+# the input module of a CNN (ResNet layer1..layer4, ShuffleNetV2 stage2..4 and conv5), or the ViT blocks of
+# TAS.VIT_BLOCKS (one weight per block). 0 switches a pair off; all 0 leaves logit KD + ISRD.
+_C.TAS.FEAT_WEIGHTS = [1.0, 1.0, 1.0, 1.0]
+# Stage 2, ViT student and assistant: blocks (1-based, 1..depth) whose patch-token outputs (class token dropped,
+# before the final norm, as (B, D, S/16, S/16) maps) are distilled, one per TAS.FEAT_WEIGHTS entry.
+_C.TAS.VIT_BLOCKS = [3, 6, 9, 12]
+# Stage 2: how the student's features are resized to the assistant's spatial size before the MSE:
+# bilinear | bicubic | nearest (align_corners=False).
+_C.TAS.FEAT_INTERP = "bilinear"

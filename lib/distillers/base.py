@@ -49,6 +49,10 @@ class Distiller(nn.Module):
             return self.teacher(image_large, return_feat=True, preReLU=pre_relu)
         return self.teacher(image_large)
 
+    def forward(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
+        """The training step's forward (what DistributedDataParallel calls): see forward_train."""
+        return self.forward_train(image, image_large, target, epoch)
+
     def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
         """Return (student logits, {"loss_<term>": weighted loss}); `epoch` counts from 1."""
         logits = self.student(image)

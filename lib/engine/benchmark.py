@@ -105,12 +105,10 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int) -> dict
     it = batches(1)
     seconds = _time_loop(lambda i: prep(next(it)), steps, warmup, device)
     out["loader_only_img_s"] = steps * bs / seconds
-    del it
 
     # Model alone: the whole training step on batches already on the device (the compute bound).
     it = batches(2)
     resident = [prep(next(it)) for _ in range(min(steps, 4))]
-    del it
     distiller.train()
     _reset_peak(device)
 

@@ -17,7 +17,7 @@ from lib.models.model_builder import clean_state_dict
 from lib.utils.errors import UserError
 
 
-def _atomic_write(path: str, write_fn) -> None:
+def atomic_write(path: str, write_fn) -> None:
     """Write through a temporary file in the same folder, fsync it, then rename over `path`.
 
     A kill at any instant leaves either the old file or the new one, never a torn one (rename is atomic on
@@ -59,12 +59,12 @@ def _remove_quietly(path: str) -> None:
 
 def save_checkpoint(obj: Any, path: str) -> None:
     """torch.save `obj` to `path` atomically."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_json(obj: Any, path: str) -> None:
     """Write `obj` as indented JSON to `path` atomically."""
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def load_json(path: str) -> Any:

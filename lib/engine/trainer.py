@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from yacs.config import CfgNode
 
 from lib.config import diff_cfg, small_crop_size
@@ -26,7 +27,8 @@ from lib.datasets import BatchPreparer, build_dataset
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs
 from lib.utils.errors import UserError
 
-from .checkpoint import load_json, rng_state, save_checkpoint, save_json, set_rng_state
+from .checkpoint import atomic_write, load_json, rng_state, save_checkpoint, save_json, set_rng_state
+from .distributed import DistInfo, init_distributed, parallel_slots
 from .setup import (
     add_log_file,
     configure_backends,
@@ -44,6 +46,7 @@ RUNTIME_KEYS = ("BASIC.GPU_ID", "BASIC.DEVICE", "BASIC.NUM_WORKERS", "BASIC.DISP
                 "TEST.BATCH_SIZE", "MODEL.TYPE")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SINGLE_PROCESS = DistInfo()
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Experiment:
     multi_run: bool  # runs live in ckpt/run<i>/ and log/run<i>/ (False: the teacher's ckpt/ and log/)
     train_set: Dataset
     test_set: Dataset
+    dist: DistInfo = SINGLE_PROCESS
 
     def run_dir(self, kind: str, run: int) -> str:
         """ckpt/ or log/ folder of a run."""
@@ -81,14 +85,22 @@ def epoch_seed(run_seed: int, epoch: int) -> int:
     return run_seed * 1_000_003 + epoch
 
 
-def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.device, seed: int = 0) -> DataLoader:
-    """A DataLoader; training loaders shuffle with a generator seeded by `seed` (see epoch_seed)."""
+def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.device, seed: int = 0,
+                 dist: DistInfo = SINGLE_PROCESS) -> DataLoader:
+    """A DataLoader; training loaders shuffle with a generator seeded by `seed` (see epoch_seed).
+
+    Under DDP each rank reads its own shard of the shuffled training set (DistributedSampler, same seed).
+    """
     workers = min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1)
-    generator = torch.Generator().manual_seed(seed) if is_train else None
+    generator = torch.Generator().manual_seed(seed + dist.rank) if is_train else None
+    sampler = None
+    if is_train and dist.enabled:
+        sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
     return DataLoader(
         dataset,
         batch_size=cfg.TRAIN.BATCH_SIZE if is_train else cfg.TEST.BATCH_SIZE,
-        shuffle=is_train,
+        shuffle=is_train and sampler is None,
+        sampler=sampler,
         drop_last=False,
         num_workers=workers,
         pin_memory=device.type == "cuda",
@@ -263,7 +275,12 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.SOLVER.LR_STEPS),
                                                      gamma=cfg.SOLVER.LR_DECAY_FACTOR)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.AMP == "fp16")
-    step_fn = torch.compile(distiller.forward_train) if cfg.TRAIN.COMPILE else None
+    # The module called for each training step: the distiller, its DDP wrapper under torchrun, compiled or not.
+    step_module = distiller
+    if exp.dist.enabled:
+        step_module = DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None)
+    step_fn = torch.compile(step_module) if cfg.TRAIN.COMPILE else step_module
+    main = exp.dist.is_main
 
     start_epoch, best_acc, best_epoch, history = 0, 0.0, 0, []
     if os.path.isfile(last_path):
@@ -282,23 +299,27 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
         seed_everything(seed)  # the same RNG state at epoch 1 whether or not the distiller was prebuilt
 
     os.makedirs(ckpt_dir, exist_ok=True)
-    writer = SummaryWriter(log_dir, purge_step=start_epoch + 1 if start_epoch else None)
+    writer = SummaryWriter(log_dir, purge_step=start_epoch + 1 if start_epoch else None) if main else None
     prep = BatchPreparer(cfg, device, channels_last=cfg.TRAIN.CHANNELS_LAST)
     test_loader = build_loader(cfg, exp.test_set, False, device)
     try:
         for epoch in range(start_epoch + 1, cfg.SOLVER.NUM_EPOCHS + 1):
             lr = optimizer.param_groups[0]["lr"]
-            train_loader = build_loader(cfg, exp.train_set, True, device, epoch_seed(seed, epoch))
+            train_loader = build_loader(cfg, exp.train_set, True, device, epoch_seed(seed, epoch), exp.dist)
             tic = time.time()
             stats = train_epoch(distiller, train_loader, prep, optimizer, scaler, cfg, device, epoch, where, step_fn)
             scheduler.step()
             stats.update(test_epoch(distiller, test_loader, prep, cfg, device))
             stats.update(epoch=epoch, lr=lr, time_s=round(time.time() - tic, 3))
-            if stats["test_top1"] > best_acc:
+            improved = stats["test_top1"] > best_acc
+            if improved:
                 best_acc, best_epoch = stats["test_top1"], epoch
-                save_checkpoint(best_checkpoint(exp, distiller, epoch, best_acc), os.path.join(ckpt_dir, "model_best.pth"))
             stats.update(best_acc=best_acc, best_epoch=best_epoch)
             history.append(stats)
+            if not main:
+                continue
+            if improved:
+                save_checkpoint(best_checkpoint(exp, distiller, epoch, best_acc), os.path.join(ckpt_dir, "model_best.pth"))
             save_checkpoint({
                 "epoch": epoch, "student": _state_dict(distiller.student),
                 "extra": {k: _state_dict(m) for k, m in distiller.extra_modules().items()},
@@ -312,10 +333,12 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                      f"top5 {stats['test_top5']:.2f} best {best_acc:.2f} (epoch {best_epoch}) "
                      f"[{stats['time_s']:.1f}s]")
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     last_acc = history[-1]["test_top1"] if history else 0.0
     result = {"run": run, "seed": seed, "best_acc": best_acc, "best_epoch": best_epoch, "last_acc": last_acc}
-    save_json(result, os.path.join(ckpt_dir, "result.json"))
+    if main:
+        save_json(result, os.path.join(ckpt_dir, "result.json"))
     return result
 
 
@@ -332,9 +355,7 @@ def _write_epoch_logs(writer, log_dir: str, history: list[dict], stats: dict) ->
     writer.add_scalar("lr", stats["lr"], epoch)
     writer.flush()
     lines = "".join(json.dumps(h) + "\n" for h in history)
-    from .checkpoint import _atomic_write
-
-    _atomic_write(os.path.join(log_dir, "stats.jsonl"), lambda f: f.write(lines.encode()))
+    atomic_write(os.path.join(log_dir, "stats.jsonl"), lambda f: f.write(lines.encode()))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -405,9 +426,12 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
 
     # Everything that can be checked is checked before anything is written: data, models, checkpoints.
     configure_backends(cfg)
-    device = select_device(cfg)
+    info, device = init_distributed(cfg)
+    if not info.is_main:
+        log.setLevel("WARNING")
+    device = device or select_device(cfg)
     train_set, test_set = build_dataset(cfg, is_train=True), build_dataset(cfg, is_train=False)
-    exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set)
+    exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set, info)
     fresh = exists and cfg.BASIC.FRESH_START
     pending = [r for r in range(num_runs)
                if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
@@ -416,31 +440,93 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
         seed_everything(cfg.BASIC.SEED + pending[0])
         first = build_distiller(cfg, method)
 
-    if fresh:
-        log.info(f"BASIC.FRESH_START: the earlier attempt was moved to {_move_aside(exp_dir)}")
-        exists = False
-    os.makedirs(exp_dir, exist_ok=True)
-    handler = add_log_file(os.path.join(exp_dir, "train.log"))
-    try:
+    if info.is_main:
+        if fresh:
+            log.info(f"BASIC.FRESH_START: the earlier attempt was moved to {_move_aside(exp_dir)}")
+            exists = False
+        os.makedirs(exp_dir, exist_ok=True)
         if not exists:
             with open(os.path.join(exp_dir, "config.yaml"), "w") as f:
                 f.write(cfg.dump())
+    _barrier(info)
+    handler = add_log_file(os.path.join(exp_dir, "train.log")) if info.is_main else None
+    try:
         for line in environment_lines():
             log.info(line)
+        slots = 1 if info.enabled else parallel_slots(cfg, device, len(pending))
         log.info(f"experiment: {exp_dir} ({method}, {num_runs} run(s), device {device}, "
-                 f"{len(train_set)} train / {len(test_set)} test images)")
-        rows = []
+                 f"{len(train_set)} train / {len(test_set)} test images"
+                 + (f", {info.world_size} DDP processes" if info.enabled else "")
+                 + (f", {slots} runs at a time" if slots > 1 else "") + ")")
+        done = {}
         for run in range(num_runs):
-            result_path = os.path.join(exp.run_dir("ckpt", run), "result.json")
             if run not in pending:
-                rows.append(load_json(result_path))
-                log.info(f"run {run} already finished: best {rows[-1]['best_acc']:.2f}")
-                continue
-            rows.append(train_run(exp, run, device, first if run == pending[0] else None))
-        results = summarize(rows)
-        save_json(results, results_path)
-        log.info(f"results ({results_path}):\n{format_table(results)}")
+                done[run] = load_json(os.path.join(exp.run_dir("ckpt", run), "result.json"))
+                log.info(f"run {run} already finished: best {done[run]['best_acc']:.2f}")
+        if slots > 1:
+            del first
+            done.update(_train_in_parallel(exp, pending, slots, device))
+        else:
+            for run in pending:
+                done[run] = train_run(exp, run, device, first if run == pending[0] else None)
+        results = summarize([done[run] for run in range(num_runs)])
+        if info.is_main:
+            save_json(results, results_path)
+            log.info(f"results ({results_path}):\n{format_table(results)}")
         return results
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _slot_device(cfg: CfgNode, device: torch.device, slot: int) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    return f"cuda:{cfg.BASIC.GPU_ID[slot % len(cfg.BASIC.GPU_ID)]}" if cfg.BASIC.GPU_ID else str(device)
+
+
+def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: torch.device) -> dict[int, dict]:
+    """Train the pending runs in `slots` processes at once (one per GPU); run i goes to slot i % slots."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // slots) if device.type == "cpu" else 0
+    jobs = []
+    with ProcessPoolExecutor(slots, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for slot in range(slots):
+            runs = pending[slot::slots]
+            jobs.append(pool.submit(_parallel_worker, exp.cfg.dump(), exp.method, exp.exp_dir, exp.multi_run, runs,
+                                    _slot_device(exp.cfg, device, slot), threads))
+        results = {}
+        for job in jobs:
+            results.update(job.result())
+    return results
+
+
+def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, runs: list[int], device: str,
+                     threads: int) -> dict[int, dict]:
+    """One process of _train_in_parallel: rebuild the data and train its runs on its device."""
+    cfg = CfgNode.load_cfg(cfg_yaml)
+    cfg.freeze()
+    if threads:
+        torch.set_num_threads(threads)
+    configure_backends(cfg)
+    handler = add_log_file(os.path.join(exp_dir, "train.log"))
+    try:
+        exp = Experiment(cfg, method, exp_dir, multi_run, build_dataset(cfg, is_train=True),
+                         build_dataset(cfg, is_train=False))
+        target = torch.device(device)
+        if target.type == "cuda":
+            torch.cuda.set_device(target)
+        return {run: train_run(exp, run, target) for run in runs}
     finally:
         get_logger().removeHandler(handler)
         handler.close()

@@ -1,0 +1,72 @@
+"""Several processes: DDP for one run (launched by torchrun) and independent runs spread over GPUs.
+
+DDP: `torchrun --nproc_per_node N tools_1_ts/train_isrd_5runs.py --config_file ...` trains each run with N
+processes (one GPU each, or the CPU with gloo); TRAIN.BATCH_SIZE is per process; rank 0 alone writes files.
+Runs over GPUs: BASIC.GPU_ID [0, 1, 2, 3, 4] (or BASIC.PARALLEL_RUNS N) trains the independent runs of an
+experiment at the same time, one process per GPU, gathered into the same results.json.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from yacs.config import CfgNode
+
+from lib.utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        """True under torchrun with more than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes every file and log line."""
+        return self.rank == 0
+
+
+def dist_info() -> DistInfo:
+    """Read RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
+    """Join the torchrun process group (nccl on CUDA, gloo on the CPU); returns the info and this rank's device."""
+    info = dist_info()
+    if not info.enabled:
+        return info, None
+    use_cuda = torch.cuda.is_available() and cfg.BASIC.DEVICE != "cpu"
+    if use_cuda:
+        gpus = list(cfg.BASIC.GPU_ID) if len(cfg.BASIC.GPU_ID) >= info.world_size else list(
+            range(torch.cuda.device_count()))
+        if info.local_rank >= len(gpus):
+            raise UserError(f"torchrun started {info.world_size} processes per node but only {len(gpus)} GPUs "
+                            "are available; lower --nproc_per_node")
+        device = torch.device("cuda", gpus[info.local_rank])
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return info, device
+
+
+def parallel_slots(cfg: CfgNode, device: torch.device, pending: int) -> int:
+    """How many runs to train at once: BASIC.PARALLEL_RUNS, or (0 = auto) one per GPU of GPU_ID on CUDA."""
+    slots = cfg.BASIC.PARALLEL_RUNS
+    if slots == 0:
+        slots = len(cfg.BASIC.GPU_ID) if device.type == "cuda" else 1
+    return max(1, min(slots, pending))

@@ -1,0 +1,67 @@
+"""Several processes on the CPU: DDP under torchrun (gloo, 2 processes), runs in parallel, mixed precision."""
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from lib.config import REPO_ROOT, get_cfg
+from lib.distillers import build_distiller
+from lib.engine.trainer import _autocast
+from lib.models.model_builder import build_model
+
+from .conftest import run_script
+
+STUDENT = "tools_0_base/train_student_5runs.py"
+EXTRA = {"MODEL": {"ARCH": "resnet18"}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "BASIC": {"DEVICE": "cpu"}}
+
+
+def test_ddp_under_torchrun_with_gloo_trains_one_run_and_rank_0_alone_writes(tiny_cub, write_config, tmp_path):
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 1}}, tiny_cub)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
+    results = json.loads((exp / "results.json").read_text())
+    assert [r["seed"] for r in results["runs"]] == [0]
+    log = (exp / "train.log").read_text()
+    assert "2 DDP processes" in log
+    assert log.count("run 0 epoch 2/2") == 1, "a line was logged by more than one rank"
+    best = torch.load(exp / "ckpt" / "run0" / "model_best.pth", weights_only=False)
+    build_model("resnet18", 4, False).load_state_dict(best["state_dict"])
+
+
+def test_runs_trained_in_parallel_processes_are_gathered_into_one_results_file(tiny_cub, write_config, tmp_path):
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": 2}}, tiny_cub)
+    proc = run_script(STUDENT, config)
+    assert "2 runs at a time" in proc.stdout
+    exp = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01"
+    results = json.loads((exp / "results.json").read_text())
+    assert [(r["run"], r["seed"]) for r in results["runs"]] == [(0, 0), (1, 1)]
+    for run in (0, 1):
+        assert (exp / "ckpt" / f"run{run}" / "model_best.pth").is_file()
+
+
+def test_bf16_autocast_gives_the_fp32_losses_within_tolerance(tmp_path):
+    teacher = tmp_path / "t.pth"
+    torch.save({"state_dict": build_model("resnet18", 4, False).state_dict()}, teacher)
+    cfg = get_cfg()
+    cfg.DATA.DATASET, cfg.DATA.DATADIR, cfg.DATA.NUM_CLASSES = "cub", "unused", 4
+    cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE, cfg.DATA.LESSEN_RATIO, cfg.FSR.ETA = 64, 72, 2.0, 10.0
+    cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_S, cfg.MODEL.MODELDICT_T = "resnet18", "resnet18", str(teacher)
+    torch.manual_seed(0)
+    distiller = build_distiller(cfg, "isrd").train()
+    batch = (torch.randn(8, 3, 32, 32), torch.randn(8, 3, 64, 64), torch.arange(8) % 4, 1)
+    state = {k: v.clone() for k, v in distiller.state_dict().items()}
+    _, fp32 = distiller.forward_train(*batch)
+    distiller.load_state_dict(state)  # BN running statistics moved; start both from the same state
+    cfg.TRAIN.AMP = "bf16"
+    with _autocast(cfg, torch.device("cpu")):
+        _, bf16 = distiller.forward_train(*batch)
+    assert set(fp32) == set(bf16)
+    for name in fp32:
+        torch.testing.assert_close(bf16[name].float(), fp32[name], rtol=0.05, atol=0.02, msg=name)
