@@ -30,7 +30,9 @@ nearest and box; K = 2 and 4 (the paper's) are exact up to rounding.
 
 from __future__ import annotations
 
+import math
 import os
+import random
 from typing import Optional, Union
 
 import numpy as np
@@ -137,23 +139,69 @@ def small_test_geometry(cfg: CfgNode) -> v2.Compose:
     return v2.Compose([v2.Resize(small_resize_size(cfg)), v2.CenterCrop(small_crop_size(cfg))])
 
 
-def tensor_train_transform(cfg: CfgNode) -> v2.Compose:
-    """The teacher's training crop taken from a cached uint8 tensor (3, H, W) -> (3, CROP_SIZE, CROP_SIZE)."""
-    return v2.Compose([v2.RandomResizedCrop(cfg.DATA.CROP_SIZE, antialias=True), v2.RandomHorizontalFlip()])
+def sample_crop(height: int, width: int, rng: random.Random, scale: tuple[float, float] = (0.08, 1.0),
+                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int, bool]:
+    """RandomResizedCrop's box and RandomHorizontalFlip's coin, drawn from `rng`: (top, left, h, w, flip).
+
+    The same algorithm as torchvision's RandomResizedCrop (Szegedy et al., 2015: area fraction uniform in
+    `scale`, log aspect ratio uniform in `ratio`, ten tries, then a central crop), but drawn from a per-sample
+    generator: an item's augmentation is a function of (epoch seed, index) alone, whatever the worker, so
+    persistent loader workers and resumed runs see exactly the same crops.
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = rng.randint(0, height - h)
+            left = rng.randint(0, width - w)
+            return top, left, h, w, rng.random() < 0.5
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        w, h = round(height * ratio[1]), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w, rng.random() < 0.5
+
+
+class TensorTrainTransform:
+    """The teacher's training crop from a cached uint8 tensor (3, H, W) -> (3, CROP_SIZE, CROP_SIZE), antialiased."""
+
+    def __init__(self, cfg: CfgNode):
+        self.size = [cfg.DATA.CROP_SIZE, cfg.DATA.CROP_SIZE]
+
+    def __call__(self, image: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        top, left, h, w, flip = sample_crop(image.shape[-2], image.shape[-1], rng)
+        crop = TF.resize(image[:, top:top + h, left:left + w], self.size, antialias=True)
+        return crop.flip(-1) if flip else crop
+
+
+def tensor_train_transform(cfg: CfgNode) -> TensorTrainTransform:
+    """The tensor pipeline's training transform (see TensorTrainTransform)."""
+    return TensorTrainTransform(cfg)
 
 
 class PilTrainTransform:
     """The original release's training item: a PIL crop for the teacher, the same crop PIL-resized for the student."""
 
     def __init__(self, cfg: CfgNode):
-        self.large = v2.Compose([v2.RandomResizedCrop(cfg.DATA.CROP_SIZE), v2.RandomHorizontalFlip()])
+        self.crop_size = cfg.DATA.CROP_SIZE
         self.small_size = small_crop_size(cfg)
         self.lessen_type = cfg.DATA.LESSEN_TYPE
         self.same_scale = cfg.DATA.LESSEN_RATIO == 1
         self.mean, self.std = _mean_std(cfg)
 
-    def __call__(self, image: Image.Image) -> dict[str, torch.Tensor]:
-        large = self.large(image)
+    def __call__(self, image: Image.Image, rng: random.Random) -> dict[str, torch.Tensor]:
+        top, left, h, w, flip = sample_crop(image.height, image.width, rng)
+        # RandomResizedCrop on a PIL image: crop, then a bilinear resize (torchvision's default for it).
+        large = image.crop((left, top, left + w, top + h)).resize((self.crop_size, self.crop_size), Image.BILINEAR)
+        if flip:
+            large = large.transpose(Image.FLIP_LEFT_RIGHT)
         image_large = uint8_to_normalized(TF.pil_to_tensor(large), self.mean, self.std)  # (3, c, c)
         if self.same_scale:
             return {"image": image_large, "image_large": image_large}
@@ -230,18 +278,22 @@ class TwoScaleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Union[torch.Tensor, int]]:
+    def __getitem__(self, key: Union[int, tuple[int, int]]) -> dict[str, Union[torch.Tensor, int]]:
+        """Item `key`: an index, or (index, augmentation seed) as the trainer's sampler gives it."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        # Without a seed (plain DataLoader use) the augmentation draws its seed from torch's global RNG.
+        rng = random.Random(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
         path, target = self.samples[index]
         if self.cache is not None:
             image = self.cache[index]  # uint8 (3, H, W)
             if self.is_train:
-                return {"image_large": self.transform(image), "target": target}
+                return {"image_large": self.transform(image, rng), "target": target}
             return {"image": image, "target": target}
         try:
             image = load_rgb(path)
         except Exception as err:  # a file that passed verify() but fails to decode (e.g. truncated)
             raise UserError(f"cannot read image {path} ({type(err).__name__}: {err}); see data/README.md") from None
-        item = self.transform(image)
+        item = self.transform(image, rng) if self.is_train else self.transform(image)
         item["target"] = target
         return item
 

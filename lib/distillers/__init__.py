@@ -1,4 +1,4 @@
-"""Build the distiller of a method from the config: single (no teacher), kd, at, sp, ickd, dkd, isrd."""
+"""Build the distiller of a method from the config: single (no teacher), kd, at, sp, ickd, dkd, isrd, tas."""
 
 from __future__ import annotations
 
@@ -13,22 +13,29 @@ from lib.utils.errors import UserError
 
 from .base import Distiller, Vanilla
 from .methods import DKD, ISRD, KD, FeatureKD
+from .tas import TAS, build_assistant, build_tas, check_tas_archs
 
-__all__ = ["Distiller", "Vanilla", "KD", "DKD", "FeatureKD", "ISRD", "build_distiller", "build_teacher",
-           "METHODS", "method_archs"]
+__all__ = ["Distiller", "Vanilla", "KD", "DKD", "FeatureKD", "ISRD", "TAS", "build_distiller", "build_teacher",
+           "build_assistant", "METHODS", "method_archs"]
 
-METHODS = ("single", "kd", "at", "sp", "ickd", "dkd", "isrd")
+# "tas" is stage 2 of two-stage distillation (lib/distillers/tas.py): its teacher-side network is the assistant.
+METHODS = ("single", "kd", "at", "sp", "ickd", "dkd", "isrd", "tas")
 
 
 def method_archs(cfg: CfgNode, method: str) -> tuple[str | None, str]:
-    """(teacher arch or None, student arch) of a method."""
+    """(teacher arch or None, student arch) of a method; for "tas" the teacher side is the assistant."""
     if method == "single":
         return None, cfg.MODEL.ARCH
+    if method == "tas":
+        return cfg.MODEL.ARCH_A, cfg.MODEL.ARCH_S
     return cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_S
 
 
 def check_archs(cfg: CfgNode, method: str) -> None:
     """Refuse impossible architecture / input-size combinations before anything is built or written."""
+    if method == "tas":
+        check_tas_archs(cfg)
+        return
     arch_t, arch_s = method_archs(cfg, method)
     if not arch_s:
         key = "MODEL.ARCH" if method == "single" else "MODEL.ARCH_S"
@@ -78,8 +85,10 @@ def build_distiller(cfg: CfgNode, method: str, teacher: nn.Module | None = None)
 
     Args:
         cfg: the frozen config.
-        method: one of METHODS; "single" trains MODEL.ARCH alone (teacher and student baselines).
-        teacher: a ready teacher network (the benchmark's random-weight stand-in); default: build_teacher(cfg).
+        method: one of METHODS; "single" trains MODEL.ARCH alone (teacher and student baselines); "tas" is
+            stage 2 of two-stage distillation, the frozen assistant (MODEL.MODELDICT_A) in the teacher's place.
+        teacher: a ready teacher network (the benchmark's random-weight stand-in); default: build_teacher(cfg),
+            or build_assistant(cfg) for "tas".
     Returns:
         A Distiller whose get_learnable_parameters() lists everything the optimiser must update.
     """
@@ -88,6 +97,9 @@ def build_distiller(cfg: CfgNode, method: str, teacher: nn.Module | None = None)
     check_archs(cfg, method)
     if method == "single":
         return Vanilla(_build_student(cfg, method))
+    if method == "tas":
+        assistant = teacher if teacher is not None else build_assistant(cfg)
+        return build_tas(cfg, _build_student(cfg, method), assistant)
     teacher = teacher if teacher is not None else build_teacher(cfg)
     student = _build_student(cfg, method)
     small = small_crop_size(cfg)

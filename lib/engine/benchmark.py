@@ -14,7 +14,6 @@ import resource
 import time
 
 import torch
-from torch.utils.data import Subset
 from yacs.config import CfgNode
 
 from lib.config import resolve_path
@@ -97,18 +96,23 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int) -> dict
     step_fn = torch.compile(distiller.forward_train) if cfg.TRAIN.COMPILE else None
     out = {"setup_s": round(setup_s, 2), "train_images": len(train_set)}
 
+    loader = build_loader(cfg, train_set, True, device)
+
     def batches(seed: int):
         for epoch in itertools.count():
-            yield from build_loader(cfg, train_set, True, device, seed + epoch)
+            loader.sampler.set_epoch(seed + epoch)
+            yield from loader
 
     # Loader alone (including the device-side batch preparation).
     it = batches(1)
     seconds = _time_loop(lambda i: prep(next(it)), steps, warmup, device)
+    it.close()  # the persistent workers go idle once their prefetch queue is full
     out["loader_only_img_s"] = steps * bs / seconds
 
     # Model alone: the whole training step on batches already on the device (the compute bound).
     it = batches(2)
     resident = [prep(next(it)) for _ in range(min(steps, 4))]
+    it.close()
     distiller.train()
     _reset_peak(device)
 
@@ -135,15 +139,15 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int) -> dict
         seconds = _time_loop(teacher_step, steps, warmup, device)
         out["teacher_forward_img_s"] = steps * bs / seconds
 
-    # End to end: the trainer's own train_epoch over the real loader (workers, copies, prep and all).
-    subset = lambda n, offset: Subset(train_set, [(offset + k) % len(train_set) for k in range(n * bs)])  # noqa: E731
-    train_epoch(distiller, build_loader(cfg, subset(warmup, 0), True, device, 3), prep, optimizer, scaler, cfg,
-                device, 1, "warm-up", step_fn)
-    _sync(device)
-    tic = time.perf_counter()
-    train_epoch(distiller, build_loader(cfg, subset(steps, warmup * bs), True, device, 4), prep, optimizer, scaler,
-                cfg, device, 1, "bench", step_fn)
-    _sync(device)
+    # End to end: the trainer's own train_epoch over the real loader (persistent workers, copies, prep and all),
+    # a warm-up epoch of `warmup` steps, then a timed epoch of `steps` steps.
+    for name, n, seed in (("warm-up", warmup, 3), ("bench", steps, 4)):
+        loader.sampler.limit = n * bs
+        loader.sampler.set_epoch(seed)
+        _sync(device)
+        tic = time.perf_counter()
+        train_epoch(distiller, loader, prep, optimizer, scaler, cfg, device, 1, name, step_fn)
+        _sync(device)
     out["end_to_end_img_s"] = steps * bs / (time.perf_counter() - tic)
     out["end_to_end_vs_model_only"] = out["end_to_end_img_s"] / out["model_only_img_s"]
     log.info(f"  {cfg.DATA.PIPELINE}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"

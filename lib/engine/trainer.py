@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode
 
 from lib.config import diff_cfg, small_crop_size
 from lib.datasets import BatchPreparer, build_dataset
+from lib.datasets.sampler import EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs
 from lib.utils.errors import UserError
 
@@ -85,28 +86,25 @@ def epoch_seed(run_seed: int, epoch: int) -> int:
     return run_seed * 1_000_003 + epoch
 
 
-def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.device, seed: int = 0,
+def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.device,
                  dist: DistInfo = SINGLE_PROCESS) -> DataLoader:
-    """A DataLoader; training loaders shuffle with a generator seeded by `seed` (see epoch_seed).
+    """A DataLoader whose workers persist across epochs; call loader.sampler.set_epoch(seed) before each pass.
 
-    Under DDP each rank reads its own shard of the shuffled training set (DistributedSampler, same seed).
+    Training loaders draw their order and every item's augmentation from the epoch seed (EpochSampler), and
+    under DDP each rank reads its own shard.
     """
     workers = min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1)
-    generator = torch.Generator().manual_seed(seed + dist.rank) if is_train else None
-    sampler = None
-    if is_train and dist.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
+    sampler = EpochSampler(len(dataset), shuffle=is_train, rank=dist.rank if is_train else 0,
+                           world_size=dist.world_size if is_train else 1)
     return DataLoader(
         dataset,
         batch_size=cfg.TRAIN.BATCH_SIZE if is_train else cfg.TEST.BATCH_SIZE,
-        shuffle=is_train and sampler is None,
         sampler=sampler,
         drop_last=False,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=_seed_worker,
-        generator=generator,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )
 
@@ -118,44 +116,58 @@ class NonFiniteLoss(UserError):
     """The loss became NaN or infinite."""
 
 
-class FiniteCheck:
-    """Checks each step's loss terms for NaN/inf without stalling the GPU.
+class StepMonitor:
+    """Collects each step's loss terms on the host and stops on NaN/inf, without stalling the GPU.
 
-    On CUDA the terms are copied to pinned host memory asynchronously and checked one step later (after the
-    next step is queued); on the CPU they are checked at once.
+    On CUDA the terms are copied into pinned host memory asynchronously and read one step later (after the
+    next step is queued), so the trainer never waits for the GPU inside an epoch; on the CPU they are read at
+    once. The running sums serve the progress lines and the epoch means.
     """
 
     def __init__(self, device: torch.device, where: str):
         self.device = device
         self.where = where
         self.pending = None
+        self.names: list[str] = []
+        self.sums: list[float] = []
+        self.seen = 0
 
-    def push(self, losses: dict, epoch: int, step: int) -> None:
-        """Queue this step's terms and check the previous step's."""
+    def push(self, losses: dict, batch_size: int, epoch: int, step: int) -> None:
+        """Queue this step's terms and account for the previous step's."""
         values = torch.stack([v.detach().float() for v in losses.values()])
         if self.device.type == "cuda":
-            host = values.to("cpu", non_blocking=True)
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
             self.flush()
-            self.pending = (host, event, list(losses), epoch, step)
+            self.pending = (host, event, list(losses), batch_size, epoch, step)
         else:
-            self.pending = (values, None, list(losses), epoch, step)
+            self.pending = (values, None, list(losses), batch_size, epoch, step)
             self.flush()
 
     def flush(self) -> None:
-        """Check whatever is pending."""
+        """Account for whatever is pending; raise NonFiniteLoss if it is NaN or infinite."""
         if self.pending is None:
             return
-        values, event, names, epoch, step = self.pending
+        values, event, names, batch_size, epoch, step = self.pending
         self.pending = None
         if event is not None:
             event.synchronize()
-        if not torch.isfinite(values).all():
-            terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values.tolist()))
+        values = values.tolist()
+        if not all(math.isfinite(v) for v in values):
+            terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values))
             raise NonFiniteLoss(f"the loss is not finite in {self.where}, epoch {epoch}, step {step} ({terms}); "
                                 "the last good checkpoint is kept. Lower SOLVER.START_LR or a loss weight, "
                                 "or check the data, then re-run")
+        if not self.sums:
+            self.names, self.sums = names, [0.0] * len(values)
+        self.sums = [total + v * batch_size for total, v in zip(self.sums, values)]
+        self.seen += batch_size
+
+    def means(self) -> dict[str, float]:
+        """Mean of every term over the steps accounted for so far."""
+        return {n: total / max(self.seen, 1) for n, total in zip(self.names, self.sums)}
 
 
 def _autocast(cfg: CfgNode, device: torch.device):
@@ -171,9 +183,8 @@ def train_epoch(distiller: Distiller, loader: DataLoader, prep: BatchPreparer, o
     log = get_logger()
     distiller.train()
     step_fn = step_fn or distiller.forward_train
-    check = FiniteCheck(device, where)
-    totals, correct, seen = None, torch.zeros((), device=device), 0
-    names: list[str] = []
+    monitor = StepMonitor(device, where)
+    correct, seen = torch.zeros((), device=device), 0
     steps = len(loader)
     use_bar = sys.stdout.isatty()
     iterator = loader
@@ -191,23 +202,18 @@ def train_epoch(distiller: Distiller, loader: DataLoader, prep: BatchPreparer, o
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        check.push(losses, epoch, step)
-
         n = batch["target"].shape[0]
-        values = torch.stack([v.detach().float() for v in losses.values()]) * n
-        totals = values if totals is None else totals + values
-        names = list(losses)
+        monitor.push(losses, n, epoch, step)
         correct += (logits.detach().argmax(1) == batch["target"]).sum()
         seen += n
         if not use_bar and (step % cfg.BASIC.DISP_FREQ == 0 or step == steps):
-            mean = (totals / seen).tolist()
-            terms = " ".join(f"{k} {v:.4f}" for k, v in zip(names, mean))
-            log.info(f"{where} epoch {epoch} [{step}/{steps}] loss {sum(mean):.4f} ({terms}) "
+            mean = monitor.means()  # up to the previous step on CUDA: reading it never waits for the GPU
+            terms = " ".join(f"{k} {v:.4f}" for k, v in mean.items())
+            log.info(f"{where} epoch {epoch} [{step}/{steps}] loss {sum(mean.values()):.4f} ({terms}) "
                      f"lr {optimizer.param_groups[0]['lr']:.6g} {seen / (time.time() - start):.1f} img/s")
-    check.flush()
-    mean = (totals / max(seen, 1)).tolist() if totals is not None else []
-    stats = dict(zip(names, mean))
-    stats["loss"] = sum(mean)
+    monitor.flush()
+    stats = monitor.means()
+    stats["loss"] = sum(stats.values())
     stats["train_top1"] = 100.0 * correct.item() / max(seen, 1)
     return stats
 
@@ -302,10 +308,11 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     writer = SummaryWriter(log_dir, purge_step=start_epoch + 1 if start_epoch else None) if main else None
     prep = BatchPreparer(cfg, device, channels_last=cfg.TRAIN.CHANNELS_LAST)
     test_loader = build_loader(cfg, exp.test_set, False, device)
+    train_loader = build_loader(cfg, exp.train_set, True, device, exp.dist)
     try:
         for epoch in range(start_epoch + 1, cfg.SOLVER.NUM_EPOCHS + 1):
             lr = optimizer.param_groups[0]["lr"]
-            train_loader = build_loader(cfg, exp.train_set, True, device, epoch_seed(seed, epoch), exp.dist)
+            train_loader.sampler.set_epoch(epoch_seed(seed, epoch))
             tic = time.time()
             stats = train_epoch(distiller, train_loader, prep, optimizer, scaler, cfg, device, epoch, where, step_fn)
             scheduler.step()

@@ -9,6 +9,7 @@ from lib.utils.errors import UserError
 
 from .at import ATLoss, at_loss, attention_map
 from .dkd import DKDLoss, dkd_loss
+from .fkd import FKD_INTERP_MODES, FKDLoss, feature_distillation_loss
 from .ickd import ICKDLoss, ickd_loss
 from .isrd import SRDecoder, build_decoder, isrd_loss, isrd_scale
 from .kd import KDLoss, kd_loss
@@ -17,6 +18,8 @@ from .sp import SPLoss, sp_loss
 __all__ = [
     "ATLoss",
     "DKDLoss",
+    "FKDLoss",
+    "FKD_INTERP_MODES",
     "ICKDLoss",
     "KDLoss",
     "SPLoss",
@@ -26,6 +29,7 @@ __all__ = [
     "build_criterion",
     "build_decoder",
     "dkd_loss",
+    "feature_distillation_loss",
     "ickd_loss",
     "isrd_loss",
     "isrd_scale",

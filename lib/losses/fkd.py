@@ -1,0 +1,59 @@
+"""Feature distillation between two networks of the same architecture at two input sizes (TAS stage 2).
+
+The assistant sees the large image and the student the same crop K times smaller, so their features have the
+same channels but K times fewer positions in the student. The release's unused "feature distillation loss in
+input compression stage" upsampled the student's feature bilinearly to the assistant's size and took the MSE;
+the published loss is unknown, so this is that hint, made explicit (docs/tas.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["FKD_INTERP_MODES", "feature_distillation_loss", "FKDLoss"]
+
+# F.interpolate modes that upsample a feature map; align_corners=False where the mode has corners.
+FKD_INTERP_MODES = ("bilinear", "bicubic", "nearest")
+
+
+def feature_distillation_loss(f_s: Tensor, f_a: Tensor, mode: str = "bilinear") -> Tensor:
+    """MSE between the student's feature resized to the assistant's H x W and the assistant's feature.
+
+    Args:
+        f_s: student feature, (B, C, h, w), from the small image.
+        f_a: assistant feature, (B, C, H, W), from the large image; treated as a constant (the assistant is frozen).
+        mode: interpolation of f_s to (H, W), one of FKD_INTERP_MODES (align_corners=False for bilinear/bicubic).
+
+    Returns:
+        Scalar mean over batch, channels and the assistant's positions of (up(f_s) - f_a)^2.
+    """
+    if f_s.shape[:2] != f_a.shape[:2]:
+        raise ValueError(f"feature distillation pairs features of the same batch and channels, got student "
+                         f"{tuple(f_s.shape)} and assistant {tuple(f_a.shape)}")
+    if mode not in FKD_INTERP_MODES:
+        raise ValueError(f"unknown interpolation {mode!r}; valid: {', '.join(FKD_INTERP_MODES)}")
+    f_a = f_a.detach()
+    if f_s.shape[2:] != f_a.shape[2:]:
+        corners = False if mode in ("bilinear", "bicubic") else None
+        f_s = F.interpolate(f_s, size=f_a.shape[2:], mode=mode, align_corners=corners)  # (B, C, H, W)
+    return F.mse_loss(f_s, f_a)
+
+
+class FKDLoss(nn.Module):
+    """One unweighted feature distillation loss per (student, assistant) feature pair; TAS weights each one."""
+
+    def __init__(self, mode: str = "bilinear"):
+        super().__init__()
+        if mode not in FKD_INTERP_MODES:
+            raise ValueError(f"unknown interpolation {mode!r}; valid: {', '.join(FKD_INTERP_MODES)}")
+        self.mode = mode
+
+    def forward(self, feats_s: Sequence[Tensor], feats_a: Sequence[Tensor]) -> list[Tensor]:
+        """Return [feature_distillation_loss(f_s, f_a) for each pair of features]."""
+        if len(feats_s) != len(feats_a):
+            raise ValueError(f"feature distillation needs as many student as assistant features, got "
+                             f"{len(feats_s)} and {len(feats_a)}")
+        return [feature_distillation_loss(f_s, f_a, self.mode) for f_s, f_a in zip(feats_s, feats_a)]

@@ -1,0 +1,188 @@
+"""Two-stage pixel distillation (TAS): the feature loss, the stage-2 distiller, the stage configs and the scripts."""
+
+import argparse
+import glob
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from lib.config import REPO_ROOT, diff_cfg, get_cfg, load_config
+from lib.distillers import TAS, build_distiller
+from lib.distillers.tas import assistant_checkpoint, assistant_config, tas_config
+from lib.losses import feature_distillation_loss
+from lib.models.model_builder import build_model
+from lib.utils.errors import UserError
+
+from .conftest import run_in_process
+
+TWO_STAGES = "tools_2_tas/train_tas_2stages.py"
+STAGE2 = "tools_2_tas/train_tas_5runs.py"
+TAS_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "tas", "*", "*.yaml")))
+
+
+def _save_net(path, arch, num_classes=4):
+    """A model_best.pth-like checkpoint of a randomly initialised network (no training needed)."""
+    torch.save({"epoch": 1, "state_dict": build_model(arch, num_classes, False).state_dict(), "best_acc": 0.0}, path)
+    return str(path)
+
+
+def _cfg(assistant_path, arch_a="resnet18", arch_s="resnet18", crop=64, ratio=2.0):
+    cfg = get_cfg()
+    cfg.DATA.DATASET, cfg.DATA.DATADIR, cfg.DATA.NUM_CLASSES = "cub", "unused", 4
+    cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE, cfg.DATA.LESSEN_RATIO = crop, crop + 8, ratio
+    cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_A, cfg.MODEL.ARCH_S = "resnet50", arch_a, arch_s
+    cfg.MODEL.MODELDICT_A = assistant_path
+    cfg.FSR.ETA = 10.0
+    return cfg
+
+
+# --- the loss -------------------------------------------------------------------------------------------------------
+def test_feature_distillation_loss_golden_value():
+    f_s = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2).requires_grad_()
+    # Bilinear 2 -> 4, align_corners=False: rows [1, 1.25, 1.75, 2], [1.5, 1.75, 2.25, 2.5], [2.5, 2.75, 3.25, 3.5],
+    # [3, 3.25, 3.75, 4]; squares sum to 112.5 over 16 positions.
+    loss = feature_distillation_loss(f_s, torch.zeros(1, 1, 4, 4))
+    assert loss.item() == pytest.approx(7.03125, abs=1e-6)
+    loss.backward()
+    assert f_s.grad is not None and f_s.grad.abs().sum() > 0
+    same = torch.randn(2, 3, 5, 5)
+    assert feature_distillation_loss(same, same).item() == 0.0
+    with pytest.raises(ValueError, match="same batch and channels"):
+        feature_distillation_loss(torch.zeros(1, 2, 2, 2), torch.zeros(1, 3, 4, 4))
+
+
+# --- the stage-2 distiller ------------------------------------------------------------------------------------------
+def test_tas_trains_student_and_decoder_and_the_assistant_stays_bit_identical(tmp_path):
+    distiller = build_distiller(_cfg(_save_net(tmp_path / "a.pth", "resnet18")), "tas")
+    assert isinstance(distiller, TAS) and distiller.assistant is distiller.teacher
+    learnable = {id(p) for p in distiller.get_learnable_parameters()}
+    assert {id(p) for p in distiller.decoder.parameters()} <= learnable
+    assert not {id(p) for p in distiller.assistant.parameters()} & learnable
+    for name, p in distiller.named_parameters():
+        assert (id(p) in learnable) == p.requires_grad, name
+    before = {k: v.clone() for k, v in distiller.assistant.state_dict().items()}
+    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=0.1, momentum=0.9)
+    distiller.train()
+    assert not distiller.assistant.training
+    logits, losses = distiller.forward_train(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 64, 64),
+                                             torch.tensor([0, 1, 2, 3]), 1)
+    assert logits.shape == (4, 4) and set(losses) == {"loss_ce", "loss_kd", "loss_isrd", "loss_fkd"}
+    assert losses["loss_fkd"].item() > 0
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    after = distiller.assistant.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "assistant weights or BN statistics changed"
+
+
+def test_zero_feature_weights_leave_logit_kd_and_isrd(tmp_path):
+    cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
+    cfg.TAS.FEAT_WEIGHTS = [0.0, 0.0, 0.0, 0.0]
+    _, losses = build_distiller(cfg, "tas").forward_train(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64),
+                                                          torch.tensor([0, 1]), 1)
+    assert losses["loss_fkd"].item() == 0.0 and losses["loss_isrd"].item() > 0
+
+
+def test_a_vit_student_distils_from_a_vit_assistant_of_its_size_family(tmp_path):
+    cfg = _cfg(_save_net(tmp_path / "a.pth", "vit_tiny_patch16_64"), "vit_tiny_patch16_64", "vit_tiny_patch16_32")
+    distiller = build_distiller(cfg, "tas")
+    assert distiller.layers == [3, 6, 9, 12]  # TAS.VIT_BLOCKS: block b is feature b
+    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=0.01)
+    _, losses = distiller.forward_train(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64), torch.tensor([0, 1]), 1)
+    assert losses["loss_fkd"].item() > 0
+    sum(losses.values()).backward()
+    optimizer.step()
+    cfg.TAS.VIT_BLOCKS = [12, 13, 1, 2]
+    with pytest.raises(UserError, match=r"TAS.VIT_BLOCKS .*\[13\].*blocks 1..12"):
+        build_distiller(cfg, "tas")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arch_a": "resnet34"}, "MODEL.ARCH_A is resnet34 and MODEL.ARCH_S is resnet18; set MODEL.ARCH_A resnet18"),
+    ({"arch_a": "vit_small_patch16_64", "arch_s": "vit_tiny_patch16_32"}, "set MODEL.ARCH_A vit_tiny_patch16_64"),
+    ({"weights": [1.0, 1.0]}, "TAS.FEAT_WEIGHTS has 2 weights but resnet18 has 4 stages"),
+])
+def test_stage2_refuses_what_cannot_be_paired(tmp_path, change, message):
+    cfg = _cfg(str(tmp_path / "never_read.pth"), change.get("arch_a", "resnet18"), change.get("arch_s", "resnet18"))
+    cfg.TAS.FEAT_WEIGHTS = change.get("weights", cfg.TAS.FEAT_WEIGHTS)
+    with pytest.raises(UserError, match=re.escape(message)):
+        build_distiller(cfg, "tas")
+
+
+# --- the stage configs ----------------------------------------------------------------------------------------------
+def test_stage1_is_a_one_stage_run_at_the_large_size_that_ignores_stage2_keys():
+    cfg = _cfg("", arch_a="", arch_s="vit_tiny_patch16_32")
+    stage = assistant_config(cfg)
+    assert (stage.MODEL.ARCH_S, stage.DATA.LESSEN_RATIO, stage.MODEL.KDTYPE) == ("vit_tiny_patch16_64", 1.0, "kd")
+    other = cfg.clone()
+    other.TAS.FEAT_WEIGHTS, other.FSR.ETA, other.DATA.LESSEN_RATIO = [0.0, 2.0, 0.0, 2.0], 0.0, 4.0
+    other.MODEL.ARCH_S = "vit_tiny_patch16_16"
+    assert diff_cfg(stage, assistant_config(other)) == []
+    assert assistant_checkpoint(cfg) == os.path.join(
+        "ckpt", "cub", "1runs_kd_resnet50_64_vit_tiny_patch16_64_64_seed0_0.1", "ckpt", "model_best.pth")
+    assert tas_config(cfg).MODEL.MODELDICT_A == assistant_checkpoint(cfg)
+
+
+@pytest.mark.parametrize("path", TAS_CONFIGS, ids=[os.path.relpath(p, REPO_ROOT) for p in TAS_CONFIGS])
+def test_every_tas_config_names_the_folder_that_stage1_writes(path):
+    cfg = load_config(argparse.Namespace(config_file=path, opts=[]))
+    stage2 = tas_config(cfg)
+    assert stage2.MODEL.ARCH_A and stage2.MODEL.MODELDICT_A == assistant_checkpoint(cfg)
+    with open(path) as f:
+        named = re.search(r"Stage 1 writes (\S+);", f.read())
+    assert named and named.group(1) == assistant_checkpoint(cfg)
+
+
+# --- through the scripts --------------------------------------------------------------------------------------------
+def _tas_config(write_config, tiny_cub, teacher, **model):
+    return write_config({"MODEL": {"ARCH_T": "resnet18", "MODELDICT_T": teacher, "ARCH_A": "resnet18",
+                                   "ARCH_S": "resnet18", **model},
+                         "DATA": {"LESSEN_RATIO": 2.0}, "FSR": {"ETA": 10.0},
+                         "BASIC": {"NUM_RUNS": 1}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+
+
+def test_two_stage_command_trains_both_stages_then_skips_stage1(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    config = _tas_config(write_config, tiny_cub, _save_net(tmp_path / "teacher.pth", "resnet18"))
+    assert run_in_process(TWO_STAGES, config, monkeypatch=monkeypatch) == 0
+    first = capsys.readouterr().out
+    assistant = tmp_path / "ckpt" / "cub" / "1runs_kd_resnet18_64_resnet18_64_seed0_0.01" / "ckpt" / "model_best.pth"
+    stage2 = tmp_path / "ckpt" / "cub" / "1runs_tas_resnet18_64_resnet18_32_seed0_0.01"
+    assert "stage 1:" in first and assistant.is_file()
+    assert len(json.loads((stage2 / "results.json").read_text())["runs"]) == 1
+    stats = json.loads((stage2 / "log" / "run0" / "stats.jsonl").read_text().splitlines()[-1])
+    assert {"loss_ce", "loss_kd", "loss_isrd", "loss_fkd"} <= set(stats)
+    best = torch.load(stage2 / "ckpt" / "run0" / "model_best.pth", weights_only=False)
+    build_model("resnet18", 4, False).load_state_dict(best["state_dict"])
+    assert "conv.weight" in best["decoder"]
+
+    mtime = assistant.stat().st_mtime_ns
+    assert run_in_process(TWO_STAGES, config, monkeypatch=monkeypatch) == 0
+    assert "stage 1 skipped" in capsys.readouterr().out
+    assert assistant.stat().st_mtime_ns == mtime
+
+    # A stage 1 killed after writing its checkpoint but before finishing is resumed, not skipped.
+    os.remove(assistant.parent.parent / "results.json")
+    os.remove(assistant.parent / "result.json")
+    assert run_in_process(TWO_STAGES, config, monkeypatch=monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "stage 1 skipped" not in out and "resuming after epoch 1" in out
+    assert (assistant.parent.parent / "results.json").is_file()
+
+
+def test_stage2_with_another_family_exits_2_with_one_line(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    config = _tas_config(write_config, tiny_cub, "unused.pth", ARCH_A="resnet34",
+                         MODELDICT_A=_save_net(tmp_path / "a.pth", "resnet34"))
+    assert run_in_process(STAGE2, config, monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "MODEL.ARCH_A is resnet34" in err
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_stage2_without_its_assistant_says_how_to_train_it(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    config = _tas_config(write_config, tiny_cub, "unused.pth")
+    assert run_in_process(STAGE2, config, monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "1runs_kd_resnet18_64_resnet18_64_seed0_0.01" in err and "train_assistant_1run.py" in err

@@ -1,0 +1,18 @@
+"""TAS in one command: stage 1 (teacher -> assistant at DATA.CROP_SIZE) then stage 2 (assistant -> student at
+CROP_SIZE / LESSEN_RATIO). Stage 1 is skipped when its assistant checkpoint already exists; re-running the
+command resumes whichever stage was interrupted."""
+
+from lib.config import load_config, parse_args
+from lib.distillers.tas import train_two_stages
+from lib.utils.errors import cli_main
+
+
+@cli_main
+def main() -> None:
+    """Parse --config_file and KEY VALUE overrides, then run both stages."""
+    cfg = load_config(parse_args(description=__doc__))
+    train_two_stages(cfg)
+
+
+if __name__ == "__main__":
+    main()
