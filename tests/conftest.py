@@ -79,11 +79,23 @@ def run_script(script: str, config: str, *opts: str, check: bool = True, timeout
     return proc
 
 
-def run_in_process(script: str, config: str, *opts: str, monkeypatch) -> int:
-    """Run a script's main() in this process (fast, for error cases); returns its exit status."""
-    monkeypatch.setattr(sys, "argv", [script, "--config_file", config, *opts])
+def run_cli(script: str, *args: str, monkeypatch) -> int:
+    """Run a script (path relative to the repository root, or absolute) in this process; returns its exit status."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
     try:
         runpy.run_path(os.path.join(REPO_ROOT, script), run_name="__main__")
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
     return 0
+
+
+def run_in_process(script: str, config: str, *opts: str, monkeypatch) -> int:
+    """Run a training script's main() in this process (fast, for error cases); returns its exit status."""
+    return run_cli(script, "--config_file", config, *opts, monkeypatch=monkeypatch)
+
+
+def one_error_line(err: str) -> str:
+    """The single `error: ...` line a user mistake must produce (asserts there is exactly one, no traceback)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
-import os
 import statistics
 
 import numpy as np
@@ -17,11 +15,10 @@ from torch import nn
 from lib.analysis.cost import LiveTensorBytes, count_flops, expand_archs, flops_of
 from lib.analysis.evaluate import classification_report
 from lib.config import get_cfg
-from lib.engine.setup import LOGGER_NAME
 from lib.models.model_builder import CNN_MIN_INPUT_SIZE, build_model
 from lib.utils.errors import UserError
 
-from .conftest import run_in_process
+from .conftest import one_error_line, run_cli, run_in_process
 
 EVAL = "tools/eval.py"
 COST = "tools/cost.py"
@@ -30,31 +27,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TOO_SMALL = CNN_MIN_INPUT_SIZE - 1  # an input size no CNN of the builder takes
 
 
-@pytest.fixture
-def fresh_log(monkeypatch):
-    """Let the project logger write to this test's captured stdout (it keeps the stream it was created with)."""
-    monkeypatch.setattr(logging.getLogger(LOGGER_NAME), "handlers", [])
 
-
-def _run(script: str, *args: str, monkeypatch) -> int:
-    """Run a flag-style tool's main() in this process; returns its exit status."""
-    import runpy
-    import sys
-
-    from lib.config import REPO_ROOT
-
-    monkeypatch.setattr(sys, "argv", [script, *args])
-    try:
-        runpy.run_path(os.path.join(REPO_ROOT, script), run_name="__main__")
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    return 0
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
+_run = run_cli
+_one_error_line = one_error_line
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,8 +44,7 @@ def _checkpoint(path, arch="resnet18", classes=4) -> str:
     return str(path)
 
 
-def test_eval_reports_a_real_checkpoint_at_the_student_size(tiny_cub, write_config, tmp_path, monkeypatch, capsys,
-                                                            fresh_log):
+def test_eval_reports_a_real_checkpoint_at_the_student_size(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
     ckpt_dir = tmp_path / "exp" / "ckpt" / "run0"
     ckpt_dir.mkdir(parents=True)
     ckpt = _checkpoint(ckpt_dir / "model_best.pth")
@@ -298,3 +272,14 @@ def test_experiment_config_is_read_not_the_name(tmp_path, monkeypatch, capsys):
         (row,) = list(csv.DictReader(f))
     assert (row["student_arch"], row["student_size"], row["student_best_mean"]) == ("resnet34", "32", "33.0")
     assert yaml.safe_load((root / "cub" / "my_baseline" / "config.yaml").read_text())["MODEL"]["ARCH"] == "resnet34"
+
+
+def test_two_stage_tas_experiments_fill_their_own_column(tmp_path, monkeypatch):
+    root = tmp_path / "ckpt"
+    keys = dict(MODEL__ARCH_T="resnet50", MODEL__ARCH_S="resnet18", MODEL__ARCH_A="resnet18", DATA__CROP_SIZE=64,
+                DATA__LESSEN_RATIO=2.0)
+    _experiment(root, "cub", "2runs_tas_resnet50_64_resnet18_32_seed0_0.01", [61.0, 63.0], **keys)
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    with open(root / "summary" / "summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["teacher_arch"], row["student_arch"], row["tas_best_mean"]) == ("resnet50", "resnet18", "62.0")

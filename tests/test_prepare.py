@@ -6,9 +6,7 @@ import functools
 import hashlib
 import http.server
 import os
-import runpy
 import shutil
-import sys
 import tarfile
 import threading
 
@@ -17,6 +15,8 @@ import pytest
 from lib.analysis.prepare import ARCHIVES
 from lib.config import REPO_ROOT
 from lib.datasets.synthetic import make_aircraft, make_cub
+
+from .conftest import one_error_line, run_cli
 
 SCRIPT = os.path.join(REPO_ROOT, "tools", "prepare_data.py")
 
@@ -56,18 +56,10 @@ def server(tmp_path_factory):
 
 
 def _run(*args: str, monkeypatch) -> int:
-    monkeypatch.setattr(sys, "argv", [SCRIPT, *args])
-    try:
-        runpy.run_path(SCRIPT, run_name="__main__")
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    return 0
+    return run_cli(SCRIPT, *args, monkeypatch=monkeypatch)
 
 
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
+_one_error_line = one_error_line
 
 
 def _left(root) -> list[str]:

@@ -35,10 +35,10 @@ __all__ = ["METHODS", "Experiment", "Row", "find_experiments", "build_rows", "fo
            "plot_accuracy_vs_cost", "summarize"]
 
 # Table columns in the paper's order; "student" is the student's own single-network baseline.
-METHODS = ("student", "kd", "at", "sp", "ickd", "dkd", "isrd")
+METHODS = ("student", "kd", "at", "sp", "ickd", "dkd", "isrd", "tas")
 METHOD_LABELS = {"student": "baseline", "kd": "KD", "at": "AT", "sp": "SP", "ickd": "ICKD", "dkd": "DKD",
-                 "isrd": "ISRD"}
-_DISTILL_NAME = re.compile(r"\d+runs_(kd|at|sp|ickd|dkd|isrd)_")
+                 "isrd": "ISRD", "tas": "TAS"}
+_DISTILL_NAME = re.compile(r"\d+runs_(kd|at|sp|ickd|dkd|isrd|tas)_")
 _MOVED_ASIDE = re.compile(r".*\.old\d+")
 
 
@@ -222,7 +222,7 @@ def plot_accuracy_vs_cost(rows: list[Row], flops: dict, path: str, x_axis: str) 
     datasets = sorted({r.dataset for r in rows})
     fig = Figure(figsize=(6.5 * len(datasets), 5))
     FigureCanvasAgg(fig)
-    markers = dict(zip(METHODS, "osD^v<>"))
+    markers = dict(zip(METHODS, "osD^v<>P"))
     colors = {m: f"C{i}" for i, m in enumerate(METHODS)}  # the same colour for a method in every panel
     for i, dataset in enumerate(datasets):
         ax = fig.add_subplot(1, len(datasets), i + 1)

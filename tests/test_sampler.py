@@ -1,0 +1,41 @@
+"""EpochSampler: the training order and every item's augmentation follow from the epoch seed alone."""
+
+import random
+
+from lib.datasets.sampler import EpochSampler
+from lib.datasets.transforms import sample_crop
+
+
+def test_the_same_epoch_seed_gives_the_same_order_and_item_seeds():
+    a, b = EpochSampler(50), EpochSampler(50)
+    a.set_epoch(7)
+    b.set_epoch(7)
+    assert list(a) == list(b)
+    assert sorted(index for index, _ in a) == list(range(50))
+    b.set_epoch(8)
+    assert [i for i, _ in a] != [i for i, _ in b]
+
+
+def test_ddp_shards_cover_the_epoch_with_equal_lengths():
+    shards = [EpochSampler(10, rank=r, world_size=3) for r in range(3)]
+    for shard in shards:
+        shard.set_epoch(1)
+    items = [list(shard) for shard in shards]
+    assert [len(x) for x in items] == [4, 4, 4] == [len(s) for s in shards]
+    assert {index for shard in items for index, _ in shard} == set(range(10))
+
+
+def test_test_order_is_sequential_and_limit_cuts_or_repeats_the_epoch():
+    assert [i for i, _ in EpochSampler(5, shuffle=False)] == [0, 1, 2, 3, 4]
+    short = EpochSampler(5, limit=12)
+    assert len(list(short)) == 12 == len(short)
+
+
+def test_crop_boxes_follow_randomresizedcrop_bounds_and_are_reproducible():
+    for seed in range(200):
+        top, left, h, w, flip = sample_crop(60, 80, random.Random(seed))
+        assert 0 <= top <= 60 - h and 0 <= left <= 80 - w and h > 0 and w > 0
+        assert 0.08 * 0.9 <= h * w / (60 * 80) <= 1.0
+        assert (top, left, h, w, flip) == sample_crop(60, 80, random.Random(seed))
+    flips = [sample_crop(60, 80, random.Random(s))[4] for s in range(400)]
+    assert 150 < sum(flips) < 250
