@@ -123,3 +123,33 @@ def test_diff_cfg_names_differing_keys():
     b.SOLVER.START_LR = 0.5
     b.BASIC.NUM_WORKERS = 0
     assert diff_cfg(a, b, ignore=["BASIC.NUM_WORKERS"]) == ["SOLVER.START_LR (0.1 -> 0.5)"]
+
+
+_BUILT: dict = {}
+
+
+def _features(arch: str, num_classes: int, size: int):
+    """Build `arch` once per (arch, classes, size) for the whole session and return its feature shapes."""
+    from lib.models.model_builder import build_model, feature_shapes
+
+    key = (arch, num_classes, size)
+    if key not in _BUILT:
+        _BUILT[key] = feature_shapes(build_model(arch, num_classes, False), size)
+    return _BUILT[key]
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[os.path.relpath(p, REPO_ROOT) for p in ALL_CONFIGS])
+def test_every_shipped_config_builds_its_networks_at_their_input_sizes(path):
+    from lib.distillers import check_archs
+
+    cfg = load_config(argparse.Namespace(config_file=path, opts=[]))
+    if cfg.MODEL.ARCH_T:
+        method = "isrd" if cfg.FSR.ETA > 0 else cfg.MODEL.KDTYPE
+        check_archs(cfg, method)
+        assert _features(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, cfg.DATA.CROP_SIZE)
+        assert _features(cfg.MODEL.ARCH_S, cfg.DATA.NUM_CLASSES, small_crop_size(cfg))
+        if cfg.MODEL.ARCH_A:
+            assert _features(cfg.MODEL.ARCH_A, cfg.DATA.NUM_CLASSES, cfg.DATA.CROP_SIZE)
+    else:
+        check_archs(cfg, "single")
+        assert _features(cfg.MODEL.ARCH, cfg.DATA.NUM_CLASSES, small_crop_size(cfg))
