@@ -25,8 +25,15 @@ from .defaults import _C
 
 __all__ = ["get_cfg", "load_config", "parse_args", "merge_file", "merge_list", "check_cfg", "REPO_ROOT"]
 
-# The repository root: relative DATADIR / OUTPUT_ROOT / checkpoint paths are resolved against it.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def _repo_root() -> str:
+    """The checkout holding this `lib` (installed with `pip install -e .`), else the working directory."""
+    checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return checkout if os.path.isdir(os.path.join(checkout, "configs")) else os.getcwd()
+
+
+# The repository root: relative DATADIR / OUTPUT_ROOT / checkpoint paths are resolved against it, so the
+# published commands work from any directory. A non-editable install resolves them against the working directory.
+REPO_ROOT = _repo_root()
 
 DATASETS = ("cub", "aircraft")
 KDTYPES = ("kd", "at", "sp", "ickd", "dkd")
