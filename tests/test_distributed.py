@@ -9,7 +9,7 @@ import torch
 
 from lib.config import REPO_ROOT, get_cfg
 from lib.distillers import build_distiller
-from lib.engine.trainer import _autocast
+from lib.engine.trainer import autocast
 from lib.models.model_builder import build_model
 
 from .conftest import run_script
@@ -60,7 +60,7 @@ def test_bf16_autocast_gives_the_fp32_losses_within_tolerance(tmp_path):
     _, fp32 = distiller.forward_train(*batch)
     distiller.load_state_dict(state)  # BN running statistics moved; start both from the same state
     cfg.TRAIN.AMP = "bf16"
-    with _autocast(cfg, torch.device("cpu")):
+    with autocast(cfg, torch.device("cpu")):
         _, bf16 = distiller.forward_train(*batch)
     assert set(fp32) == set(bf16)
     for name in fp32:

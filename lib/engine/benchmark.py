@@ -22,7 +22,7 @@ from lib.distillers import build_distiller
 from lib.models.model_builder import build_model
 
 from .setup import configure_backends, get_logger, seed_everything, select_device
-from .trainer import build_loader, train_epoch
+from .trainer import autocast, build_loader, train_epoch
 
 
 def benchmark_method(cfg: CfgNode) -> str:
@@ -118,7 +118,7 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int) -> dict
 
     def model_step(i: int) -> None:
         b = resident[i % len(resident)]
-        with _autocast(cfg, device):
+        with autocast(cfg, device):
             _, losses = (step_fn or distiller.forward_train)(b["image"], b["image_large"], b["target"], 1)
             loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
@@ -133,7 +133,7 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int) -> dict
     # Teacher forward alone (no gradients), on the large images.
     if distiller.teacher is not None:
         def teacher_step(i: int) -> None:
-            with _autocast(cfg, device):
+            with autocast(cfg, device):
                 distiller.teacher_forward(resident[i % len(resident)]["image_large"])
 
         seconds = _time_loop(teacher_step, steps, warmup, device)
@@ -153,12 +153,6 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int) -> dict
     log.info(f"  {cfg.DATA.PIPELINE}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                                      for k, v in out.items()))
     return out
-
-
-def _autocast(cfg: CfgNode, device: torch.device):
-    from .trainer import _autocast as autocast
-
-    return autocast(cfg, device)
 
 
 def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3, pipelines: tuple[str, ...] = ("tensor", "pil")

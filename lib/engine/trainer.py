@@ -170,7 +170,8 @@ class StepMonitor:
         return {n: total / max(self.seen, 1) for n, total in zip(self.names, self.sums)}
 
 
-def _autocast(cfg: CfgNode, device: torch.device):
+def autocast(cfg: CfgNode, device: torch.device):
+    """The TRAIN.AMP autocast context on `device` (a no-op for "none")."""
     if cfg.TRAIN.AMP == "none":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[cfg.TRAIN.AMP])
@@ -195,7 +196,7 @@ def train_epoch(distiller: Distiller, loader: DataLoader, prep: BatchPreparer, o
     start = time.time()
     for step, batch in enumerate(iterator, 1):
         batch = prep(batch)
-        with _autocast(cfg, device):
+        with autocast(cfg, device):
             logits, losses = step_fn(batch["image"], batch["image_large"], batch["target"], epoch)
             loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
@@ -229,7 +230,7 @@ def test_epoch(distiller: Distiller, loader: DataLoader, prep: BatchPreparer, cf
     seen = 0
     for batch in loader:
         batch = prep(batch)
-        with _autocast(cfg, device):
+        with autocast(cfg, device):
             logits = distiller.forward_test(batch["image"])
         target = batch["target"]
         k = min(5, logits.shape[1])
