@@ -21,7 +21,7 @@ EXTRA = {"MODEL": {"ARCH": "resnet18"}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE":
 def test_ddp_under_torchrun_with_gloo_trains_one_run_and_rank_0_alone_writes(tiny_cub, write_config, tmp_path):
     config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 1}}, tiny_cub)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
