@@ -12,12 +12,13 @@ def test_benchmark_measures_both_pipelines_and_writes_benchmark_json(tiny_cub, w
     # No teacher checkpoint: the benchmark stands in a random-weight teacher (speed only).
     config = write_config({"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18"}, "FSR": {"ETA": 10.0},
                            "DATA": {"LESSEN_RATIO": 2.0}, "BASIC": {"DEVICE": "cpu"}}, tiny_cub)
-    assert run_cli("tools/benchmark.py", "--config_file", config, "--steps", "2", "--warmup", "1",
+    assert run_cli("tools/benchmark.py", "--config_file", config, "--steps", "2", "--warmup", "1", "--repeats", "2",
                    monkeypatch=monkeypatch) == 0
     result = json.loads((tmp_path / "ckpt" / "benchmark.json").read_text())
     assert result["method"] == "isrd" and result["device"].startswith("cpu")
     for pipeline in ("tensor", "pil"):
         row = result["pipelines"][pipeline]
         assert all(row[key] > 0 for key in KEYS), (pipeline, row)
+        assert len(row["repeats"]["end_to_end_img_s"]) == 2
     assert all(result[key] == result["pipelines"]["tensor"][key] for key in KEYS)
     assert "end_to_end_img_s" in capsys.readouterr().out

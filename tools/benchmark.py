@@ -1,6 +1,7 @@
 """Benchmark the training step: end to end, model only, teacher forward, loader; both input pipelines.
 
-python tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml [--steps N] [--warmup N] [KEY VALUE ...]
+python tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml [--steps N] [--warmup N] [--repeats N]
+    [--pipelines tensor,pil] [KEY VALUE ...]
 Prints a table and writes benchmark.json into BASIC.OUTPUT_ROOT.
 """
 
@@ -21,11 +22,13 @@ def main() -> None:
     parser.add_argument("--config_file", required=True)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per figure")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each figure")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating model-only / end-to-end measurements; their medians are reported")
     parser.add_argument("--pipelines", default="tensor,pil", help="comma-separated DATA.PIPELINE values")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args()
     cfg = load_config(args)
-    result = run_benchmark(cfg, args.steps, args.warmup, tuple(args.pipelines.split(",")))
+    result = run_benchmark(cfg, args.steps, args.warmup, tuple(args.pipelines.split(",")), args.repeats)
     print(format_benchmark(result))
     path = os.path.join(resolve_path(cfg.BASIC.OUTPUT_ROOT), "benchmark.json")
     save_json(result, path)

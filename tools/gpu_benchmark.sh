@@ -13,7 +13,7 @@ python tools_0_base/train_teacher_1run.py --config_file configs/demo/cub_demo_te
   TRAIN.AMP "'bf16'" TRAIN.CHANNELS_LAST True BASIC.OUTPUT_ROOT "'$out/demo'" 2>&1 | tail -4
 bench() {  # name, then overrides
   local name=$1; shift
-  python tools/benchmark.py --config_file configs/bench/gpu_isrd.yaml --steps 40 --warmup 5 "$@" \
+  python tools/benchmark.py --config_file configs/bench/gpu_isrd.yaml --steps 40 --warmup 5 --repeats 3 "$@" \
     BASIC.OUTPUT_ROOT "'$out/$name'" 2>&1 | grep -v "^warm-up\|^bench epoch"
   cp "$out/$name/benchmark.json" "$out/benchmark_$name.json" 2>/dev/null
 }

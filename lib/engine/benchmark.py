@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import resource
+import statistics
 import time
 
 import torch
@@ -77,7 +78,7 @@ def _time_loop(fn, steps: int, warmup: int, device: torch.device) -> float:
     return time.perf_counter() - tic
 
 
-def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int) -> dict:
+def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats: int = 3) -> dict:
     """All four figures (img/s) and peak memory for one input pipeline."""
     log = get_logger()
     device = select_device(cfg)
@@ -126,10 +127,6 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int) -> dict
         scaler.step(optimizer)
         scaler.update()
 
-    seconds = _time_loop(model_step, steps, warmup, device)
-    out["model_only_img_s"] = steps * bs / seconds
-    out["peak_memory_mb"] = round(_peak_memory_mb(device), 1)
-
     # Teacher forward alone (no gradients), on the large images.
     if distiller.teacher is not None:
         def teacher_step(i: int) -> None:
@@ -139,24 +136,38 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int) -> dict
         seconds = _time_loop(teacher_step, steps, warmup, device)
         out["teacher_forward_img_s"] = steps * bs / seconds
 
-    # End to end: the trainer's own train_epoch over the real loader (persistent workers, copies, prep and all),
-    # a warm-up epoch of `warmup` steps, then a timed epoch of `steps` steps.
-    for name, n, seed in (("warm-up", warmup, 3), ("bench", steps, 4)):
+    # End to end: the trainer's own train_epoch over the real loader (persistent workers, copies, prep and all)
+    # for `n` steps.
+    def end_to_end(seed: int, n: int) -> float:
         loader.sampler.limit = n * bs
         loader.sampler.set_epoch(seed)
         _sync(device)
         tic = time.perf_counter()
-        train_epoch(distiller, loader, prep, optimizer, scaler, cfg, device, 1, name, step_fn)
+        train_epoch(distiller, loader, prep, optimizer, scaler, cfg, device, 1, "bench", step_fn)
         _sync(device)
-    out["end_to_end_img_s"] = steps * bs / (time.perf_counter() - tic)
-    out["end_to_end_vs_model_only"] = out["end_to_end_img_s"] / out["model_only_img_s"]
+        return time.perf_counter() - tic
+
+    # Model only and end to end alternate `repeats` times (after one warm-up of each) and the medians are
+    # reported: short windows on a GPU vary with clocks, and alternating exposes both to the same drift.
+    _time_loop(model_step, 0, warmup, device)
+    end_to_end(3, warmup)
+    model_rates, e2e_rates = [], []
+    for r in range(repeats):
+        model_rates.append(steps * bs / _time_loop(model_step, steps, 0, device))
+        e2e_rates.append(steps * bs / end_to_end(4 + r, steps))
+    out["model_only_img_s"] = statistics.median(model_rates)
+    out["end_to_end_img_s"] = statistics.median(e2e_rates)
+    out["end_to_end_vs_model_only"] = statistics.median(e / m for e, m in zip(e2e_rates, model_rates))
+    out["peak_memory_mb"] = round(_peak_memory_mb(device), 1)
+    out["repeats"] = {"model_only_img_s": [round(v, 1) for v in model_rates],
+                      "end_to_end_img_s": [round(v, 1) for v in e2e_rates]}
     log.info(f"  {cfg.DATA.PIPELINE}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                                      for k, v in out.items()))
     return out
 
 
-def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3, pipelines: tuple[str, ...] = ("tensor", "pil")
-                  ) -> dict:
+def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3, pipelines: tuple[str, ...] = ("tensor", "pil"),
+                  repeats: int = 3) -> dict:
     """Measure every pipeline of `pipelines`; the "tensor" figures are also given at the top level."""
     configure_backends(cfg)
     device = select_device(cfg)
@@ -166,10 +177,11 @@ def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3, pipelines: tup
         "device": name, "method": method, "batch_size": cfg.TRAIN.BATCH_SIZE, "amp": cfg.TRAIN.AMP,
         "channels_last": cfg.TRAIN.CHANNELS_LAST, "compile": cfg.TRAIN.COMPILE,
         "num_workers": min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1), "steps": steps, "warmup": warmup,
+        "repeats": repeats,
         "torch": torch.__version__, "pipelines": {},
     }
     for pipeline in pipelines:
-        result["pipelines"][pipeline] = measure_pipeline(_with_pipeline(cfg, pipeline), method, steps, warmup)
+        result["pipelines"][pipeline] = measure_pipeline(_with_pipeline(cfg, pipeline), method, steps, warmup, repeats)
     top = result["pipelines"].get("tensor") or next(iter(result["pipelines"].values()))
     result.update({k: v for k, v in top.items() if k.endswith("_img_s") or k in ("peak_memory_mb",)})
     return result
