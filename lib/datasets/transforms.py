@@ -59,7 +59,7 @@ __all__ = [
     "pil_vs_tensor_small_image_difference",
     "PilTrainTransform",
     "PilTestTransform",
-    "tensor_train_transform",
+    "TensorTrainTransform",
     "small_test_geometry",
     "TwoScaleDataset",
     "BatchPreparer",
@@ -181,11 +181,6 @@ class TensorTrainTransform:
         return crop.flip(-1) if flip else crop
 
 
-def tensor_train_transform(cfg: CfgNode) -> TensorTrainTransform:
-    """The tensor pipeline's training transform (see TensorTrainTransform)."""
-    return TensorTrainTransform(cfg)
-
-
 class PilTrainTransform:
     """The original release's training item: a PIL crop for the teacher, the same crop PIL-resized for the student."""
 
@@ -254,7 +249,7 @@ class TwoScaleDataset(Dataset):
             if is_train:
                 short_side = cfg.DATA.CACHE_SIZE or cfg.DATA.RESIZE_SIZE
                 self.cache = build_cache(paths, ShorterSideResize(short_side), workers, f"caching {self.split}")
-                self.transform = tensor_train_transform(cfg)
+                self.transform = TensorTrainTransform(cfg)
             else:
                 # The final test crop, the same PIL operations as PilTestTransform (identical test inputs).
                 self.cache = build_cache(paths, small_test_geometry(cfg), workers, f"caching {self.split}")

@@ -7,12 +7,12 @@ from yacs.config import CfgNode
 
 from lib.config import resolve_path, small_crop_size
 from lib.engine.checkpoint import load_weights
-from lib.losses import ATLoss, ICKDLoss, SPLoss, build_decoder
+from lib.losses import ATLoss, ICKDLoss, SPLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes, is_vit
 from lib.utils.errors import UserError
 
 from .base import Distiller, Vanilla
-from .methods import DKD, ISRD, KD, FeatureKD
+from .methods import DKD, ISRD, KD, FeatureKD, build_isrd_decoder
 from .tas import TAS, build_assistant, build_tas, check_tas_archs
 
 __all__ = ["Distiller", "Vanilla", "KD", "DKD", "FeatureKD", "ISRD", "TAS", "build_distiller", "build_teacher",
@@ -108,11 +108,7 @@ def build_distiller(cfg: CfgNode, method: str, teacher: nn.Module | None = None)
     if method == "dkd":
         return DKD(student, teacher, cfg.DKD.ALPHA, cfg.DKD.BETA, cfg.DKD.TEMP, cfg.DKD.WARMUP)
     if method == "isrd":
-        shapes = feature_shapes(student, small)
-        if not 0 <= cfg.FSR.POSITION < len(shapes):
-            raise UserError(f"FSR.POSITION {cfg.FSR.POSITION} is out of range: {cfg.MODEL.ARCH_S} has "
-                            f"{len(shapes)} features (0 = its input module)")
-        decoder = build_decoder(cfg, shapes[cfg.FSR.POSITION])
+        decoder = build_isrd_decoder(cfg, student, cfg.MODEL.ARCH_S)
         return ISRD(student, teacher, cfg.KD.TEMP, cfg.KD.ALPHA, decoder, cfg.FSR.ETA, cfg.FSR.POSITION)
     # Feature methods: AT pairs every stage after the input module, SP and ICKD the last feature.
     shapes_s = feature_shapes(student, small)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from yacs.config import CfgNode
 
-from lib.losses import ATLoss, ICKDLoss, SPLoss, build_decoder, dkd_loss, isrd_loss, kd_loss
+from lib.config import small_crop_size
+from lib.losses import build_decoder, dkd_loss, isrd_loss, kd_loss
+from lib.models.model_builder import feature_shapes
+from lib.utils.errors import UserError
 
 from .base import Distiller
 
@@ -18,14 +22,17 @@ class KD(Distiller):
         self.temperature = temperature
         self.alpha = alpha
 
-    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
-        """Student logits and the weighted CE and KD terms."""
-        logits_s = self.student(image)
-        logits_t = self.teacher_forward(image_large)
-        return logits_s, {
+    def logit_terms(self, logits_s: Tensor, logits_t: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """The weighted CE and KD terms (shared by ISRD and TAS)."""
+        return {
             "loss_ce": (1.0 - self.alpha) * F.cross_entropy(logits_s, target),
             "loss_kd": self.alpha * kd_loss(logits_s, logits_t, self.temperature),
         }
+
+    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
+        """Student logits and the weighted CE and KD terms."""
+        logits_s = self.student(image)
+        return logits_s, self.logit_terms(logits_s, self.teacher_forward(image_large), target)
 
 
 class DKD(Distiller):
@@ -100,16 +107,25 @@ class ISRD(KD):
         """The decoder, trained with the student and saved beside it."""
         return {"decoder": self.decoder}
 
+    def isrd_term(self, feats_s: list[Tensor], image_large: Tensor) -> Tensor:
+        """eta * L1 between the decoded input feature (B, 3, CROP, CROP) and the large image."""
+        return self.eta * isrd_loss(self.decoder(feats_s[self.position]), image_large)
+
     def forward_train(self, image, image_large, target, epoch):
         """Student logits and the weighted CE, KD and ISRD terms."""
         logits_s, feats_s = self.student(image, return_feat=True)
-        logits_t = self.teacher_forward(image_large)
-        decoded = self.decoder(feats_s[self.position])  # (B, 3, CROP, CROP)
-        return logits_s, {
-            "loss_ce": (1.0 - self.alpha) * F.cross_entropy(logits_s, target),
-            "loss_kd": self.alpha * kd_loss(logits_s, logits_t, self.temperature),
-            "loss_isrd": self.eta * isrd_loss(decoded, image_large),
-        }
+        terms = self.logit_terms(logits_s, self.teacher_forward(image_large), target)
+        terms["loss_isrd"] = self.isrd_term(feats_s, image_large)
+        return logits_s, terms
 
 
-__all__ = ["KD", "DKD", "FeatureKD", "ISRD", "ATLoss", "SPLoss", "ICKDLoss", "build_decoder"]
+def build_isrd_decoder(cfg: CfgNode, student: nn.Module, arch: str) -> nn.Module:
+    """The ISRD decoder of the student's feature FSR.POSITION at its input size (a UserError when out of range)."""
+    shapes = feature_shapes(student, small_crop_size(cfg))
+    if not 0 <= cfg.FSR.POSITION < len(shapes):
+        raise UserError(f"FSR.POSITION {cfg.FSR.POSITION} is out of range: {arch} has "
+                        f"{len(shapes)} features (0 = its input module)")
+    return build_decoder(cfg, shapes[cfg.FSR.POSITION])
+
+
+__all__ = ["KD", "DKD", "FeatureKD", "ISRD", "build_isrd_decoder"]

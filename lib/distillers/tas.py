@@ -14,18 +14,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
 from lib.config import KDTYPES, check_cfg, get_cfg, resolve_path, small_crop_size
 from lib.engine.checkpoint import load_weights
 from lib.engine.setup import experiment_name, get_logger
-from lib.losses import FKD_INTERP_MODES, FKDLoss, build_decoder, isrd_loss, kd_loss
+from lib.losses import FKD_INTERP_MODES, FKDLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes, is_vit, parse_arch
 from lib.utils.errors import UserError
 
-from .methods import ISRD
+from .methods import ISRD, build_isrd_decoder
 
 __all__ = ["TAS", "assistant_arch", "assistant_checkpoint", "assistant_config", "build_assistant", "build_tas",
            "check_tas_archs", "tas_config", "tas_feature_layers", "train_assistant", "train_tas",
@@ -234,17 +233,14 @@ class TAS(ISRD):
         """Student logits and the weighted CE, KD, ISRD and feature distillation terms."""
         logits_s, feats_s = self.student(image, return_feat=True, preReLU=self.pre_relu)
         logits_a, feats_a = self.teacher_forward(image_large, return_feat=True, pre_relu=self.pre_relu)
-        decoded = self.decoder(feats_s[self.position])  # (B, 3, CROP, CROP)
         # Pairs weighted 0 are skipped, so an ablation costs nothing; loss_fkd stays in the log as 0.
         pairs = [(layer, w) for layer, w in zip(self.layers, self.weights) if w > 0]
         terms = self.criterion([feats_s[i] for i, _ in pairs], [feats_a[i] for i, _ in pairs])
         loss_fkd = sum((w * term for (_, w), term in zip(pairs, terms)), logits_s.new_zeros(()))
-        return logits_s, {
-            "loss_ce": (1.0 - self.alpha) * F.cross_entropy(logits_s, target),
-            "loss_kd": self.alpha * kd_loss(logits_s, logits_a, self.temperature),
-            "loss_isrd": self.eta * isrd_loss(decoded, image_large),
-            "loss_fkd": loss_fkd,
-        }
+        terms = self.logit_terms(logits_s, logits_a, target)
+        terms["loss_isrd"] = self.isrd_term(feats_s, image_large)
+        terms["loss_fkd"] = loss_fkd
+        return logits_s, terms
 
 
 def build_tas(cfg: CfgNode, student: nn.Module, assistant: nn.Module) -> TAS:
@@ -257,12 +253,8 @@ def build_tas(cfg: CfgNode, student: nn.Module, assistant: nn.Module) -> TAS:
     Returns:
         A TAS distiller; its learnable parameters are the student's and the ISRD decoder's.
     """
-    shapes = feature_shapes(student, small_crop_size(cfg))
-    if not 0 <= cfg.FSR.POSITION < len(shapes):
-        raise UserError(f"FSR.POSITION {cfg.FSR.POSITION} is out of range: {cfg.MODEL.ARCH_S} has "
-                        f"{len(shapes)} features (0 = its input module)")
+    decoder = build_isrd_decoder(cfg, student, cfg.MODEL.ARCH_S)
     layers = tas_feature_layers(cfg, student)
-    decoder = build_decoder(cfg, shapes[cfg.FSR.POSITION])
     return TAS(student, assistant, cfg.KD.TEMP, cfg.KD.ALPHA, decoder, cfg.FSR.ETA, cfg.FSR.POSITION,
                FKDLoss(cfg.TAS.FEAT_INTERP), layers, cfg.TAS.FEAT_WEIGHTS, cfg.MODEL.PRERELU)
 
@@ -301,8 +293,6 @@ def train_two_stages(cfg: CfgNode) -> dict:
     Everything stage 2 needs from the config is checked before stage 1 starts. MODEL.MODELDICT_A must be empty
     or name stage 1's output (to distil from another assistant, run train_tas_5runs.py).
     """
-    from lib.engine.trainer import run_experiment
-
     log = get_logger()
     stage1, stage2 = assistant_config(cfg), tas_config(cfg)
     ckpt = assistant_checkpoint(cfg)
@@ -321,7 +311,7 @@ def train_two_stages(cfg: CfgNode) -> dict:
     else:
         log.info(f"stage 1: {stage1.MODEL.ARCH_T}@{stage1.DATA.CROP_SIZE} -> assistant "
                  f"{stage1.MODEL.ARCH_S}@{stage1.DATA.CROP_SIZE} ({stage1.MODEL.KDTYPE})")
-        run_experiment(stage1, stage1.MODEL.KDTYPE, num_runs=1, multi_run=False)
+        train_assistant(cfg)
     log.info(f"stage 2: assistant {stage2.MODEL.ARCH_A}@{stage2.DATA.CROP_SIZE} -> student "
              f"{stage2.MODEL.ARCH_S}@{small_crop_size(stage2)} (tas, {stage2.BASIC.NUM_RUNS} runs)")
-    return run_experiment(stage2, "tas", num_runs=stage2.BASIC.NUM_RUNS, multi_run=True)
+    return train_tas(cfg)
