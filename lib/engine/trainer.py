@@ -495,12 +495,6 @@ def _barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def _slot_device(cfg: CfgNode, device: torch.device, slot: int) -> str:
-    if device.type != "cuda":
-        return "cpu"
-    return f"cuda:{cfg.BASIC.GPU_ID[slot % len(cfg.BASIC.GPU_ID)]}" if cfg.BASIC.GPU_ID else str(device)
-
-
 def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: torch.device) -> dict[int, dict]:
     """Train the pending runs in `slots` processes at once (one per GPU); run i goes to slot i % slots."""
     import multiprocessing
@@ -512,7 +506,7 @@ def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: 
         for slot in range(slots):
             runs = pending[slot::slots]
             jobs.append(pool.submit(_parallel_worker, exp.cfg.dump(), exp.method, exp.exp_dir, exp.multi_run, runs,
-                                    _slot_device(exp.cfg, device, slot), threads))
+                                    str(select_device(exp.cfg, slot)), threads))
         results = {}
         for job in jobs:
             results.update(job.result())
