@@ -506,7 +506,7 @@ def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: 
         for slot in range(slots):
             runs = pending[slot::slots]
             jobs.append(pool.submit(_parallel_worker, exp.cfg.dump(), exp.method, exp.exp_dir, exp.multi_run, runs,
-                                    str(select_device(exp.cfg, slot)), threads))
+                                    str(select_device(exp.cfg, slot)) if device.type == "cuda" else "cpu", threads))
         results = {}
         for job in jobs:
             results.update(job.result())
