@@ -6,13 +6,34 @@ import os
 
 import torch
 
-from lib.engine.trainer import format_table, summarize
+from lib.config import load_config
+from lib.datasets import build_dataset
+from lib.engine.trainer import build_loader, format_table, summarize
 from lib.models.model_builder import build_model
 
 from .conftest import run_in_process, run_script
 
 TEACHER = "tools_0_base/train_teacher_1run.py"
 STUDENT = "tools_0_base/train_student_5runs.py"
+
+
+def test_one_training_stream_serves_every_epoch_as_a_resumed_run_sees_it_and_leaves_the_global_rng(
+        tiny_cub, write_config):
+    import argparse
+
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "TRAIN": {"BATCH_SIZE": 5}}, tiny_cub)
+    cfg = load_config(argparse.Namespace(config_file=config, opts=["BASIC.NUM_WORKERS", 2]))
+    train_set = build_dataset(cfg, is_train=True)
+    loader = build_loader(cfg, train_set, True, torch.device("cpu"))
+    loader.batch_sampler.set_epochs([11, 12])
+    rng = torch.get_rng_state()
+    stream = list(loader)  # 16 images: batches of 5, 5, 5, 1 per epoch
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout in a resumed run draws what it would have drawn
+    assert [len(b["target"]) for b in stream] == [5, 5, 5, 1] * 2
+    resumed = build_loader(cfg, train_set, True, torch.device("cpu"))
+    resumed.batch_sampler.set_epochs([12])  # a run resumed after the first epoch
+    for a, b in zip(stream[4:], resumed, strict=True):
+        assert torch.equal(a["image_large"], b["image_large"]) and torch.equal(a["target"], b["target"])
 
 
 def test_teacher_run_writes_the_checkpoint_path_the_distillation_configs_name(tiny_cub, write_config, tmp_path):

@@ -39,3 +39,17 @@ def test_crop_boxes_follow_randomresizedcrop_bounds_and_are_reproducible():
         assert (top, left, h, w, flip) == sample_crop(60, 80, random.Random(seed))
     flips = [sample_crop(60, 80, random.Random(s))[4] for s in range(400)]
     assert 150 < sum(flips) < 250
+
+
+def test_epoch_batches_run_back_to_back_and_match_one_epoch_loaders():
+    from lib.datasets.sampler import EpochBatchSampler
+
+    batches = EpochBatchSampler(EpochSampler(10), batch_size=4)
+    batches.set_epochs([5, 6])
+    stream = list(batches)
+    assert batches.batches_per_epoch == 3 and len(batches) == 6 == len(stream)
+    assert [len(b) for b in stream] == [4, 4, 2, 4, 4, 2]  # each epoch ends with its own short batch
+    for seed, epoch in ((5, stream[:3]), (6, stream[3:])):
+        alone = EpochSampler(10)
+        alone.set_epoch(seed)
+        assert [item for batch in epoch for item in batch] == list(alone)

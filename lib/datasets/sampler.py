@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Optional
 
 import torch
@@ -33,10 +33,10 @@ class EpochSampler(Sampler):
         """Fix the order and augmentation seeds of the next pass."""
         self.seed = seed
 
-    def _order(self) -> list[int]:
+    def _order(self, seed: int) -> list[int]:
         if not self.shuffle:
             return list(range(self.num_items))
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(self.num_items, generator=generator).tolist()
         if self.world_size > 1:
             # Pad by wrapping around so every rank gets as many items (as DistributedSampler does).
@@ -44,14 +44,55 @@ class EpochSampler(Sampler):
             order = (order * (total // max(len(order), 1) + 1))[:total][self.rank::self.world_size]
         return order
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = self._order()
+    def epoch(self, seed: int) -> Iterator[tuple[int, int]]:
+        """The (index, item seed) pairs of the pass with epoch seed `seed` (set_epoch's seed is left alone)."""
+        order = self._order(seed)
         if self.limit is not None:
             order = [order[k % len(order)] for k in range(self.limit)]
         for index in order:
-            yield index, (self.seed * _MIX + index) % 2**63
+            yield index, (seed * _MIX + index) % 2**63
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return self.epoch(self.seed)
 
     def __len__(self) -> int:
         if self.limit is not None:
             return self.limit
         return -(-self.num_items // self.world_size) if self.world_size > 1 else self.num_items
+
+
+class EpochBatchSampler(Sampler):
+    """Batches of an EpochSampler's items for a sequence of epochs, back to back (the last batch of each may be short).
+
+    One loader iterator then serves a whole run: its workers prepare the next epoch's first batches while the
+    current epoch ends and the test pass runs, instead of starting cold at every epoch. The batches of an epoch
+    are those a loader over the EpochSampler alone would give for that epoch's seed, so resuming stays exact.
+    """
+
+    def __init__(self, sampler: EpochSampler, batch_size: int):
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.seeds: Sequence[int] = [0]
+
+    def set_epochs(self, seeds: Sequence[int]) -> None:
+        """The epoch seeds of the passes to serve, in order (a range works for long benchmark streams)."""
+        self.seeds = seeds
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Number of batches of one epoch."""
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for seed in self.seeds:
+            batch = []
+            for item in self.sampler.epoch(seed):
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch * len(self.seeds)

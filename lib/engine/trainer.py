@@ -8,12 +8,14 @@ the same command after a kill continues exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +26,7 @@ from yacs.config import CfgNode
 
 from lib.config import diff_cfg, small_crop_size
 from lib.datasets import BatchPreparer, build_dataset
-from lib.datasets.sampler import EpochSampler
+from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs
 from lib.utils.errors import UserError
 
@@ -88,23 +90,30 @@ def epoch_seed(run_seed: int, epoch: int) -> int:
 
 def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.device,
                  dist: DistInfo = SINGLE_PROCESS) -> DataLoader:
-    """A DataLoader whose workers persist across epochs; call loader.sampler.set_epoch(seed) before each pass.
+    """The loader of the training stream (is_train) or of the test split.
 
-    Training loaders draw their order and every item's augmentation from the epoch seed (EpochSampler), and
-    under DDP each rank reads its own shard.
+    Training: batches come from an EpochBatchSampler; call loader.batch_sampler.set_epochs(seeds) and iterate
+    once for the whole run (train_epoch takes batches_per_epoch of them per epoch), so the workers never start
+    cold at an epoch boundary. Every item's order and augmentation follow from its epoch's seed, and under DDP
+    each rank reads its own shard. Test: a plain sequential loader whose workers persist across epochs.
+    The loader has its own RNG, so creating an iterator never draws from the global torch RNG (which dropout
+    uses): a resumed run's RNG stream matches an uninterrupted one's.
     """
     workers = min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1)
     sampler = EpochSampler(len(dataset), shuffle=is_train, rank=dist.rank if is_train else 0,
                            world_size=dist.world_size if is_train else 1)
+    if is_train:
+        batching = {"batch_sampler": EpochBatchSampler(sampler, cfg.TRAIN.BATCH_SIZE)}
+    else:
+        batching = {"sampler": sampler, "batch_size": cfg.TEST.BATCH_SIZE, "drop_last": False}
     return DataLoader(
         dataset,
-        batch_size=cfg.TRAIN.BATCH_SIZE if is_train else cfg.TEST.BATCH_SIZE,
-        sampler=sampler,
-        drop_last=False,
+        **batching,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=_seed_worker,
-        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+        persistent_workers=workers > 0 and not is_train,  # a training stream lives for the whole run anyway
         prefetch_factor=4 if workers > 0 else None,
     )
 
@@ -177,22 +186,24 @@ def autocast(cfg: CfgNode, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[cfg.TRAIN.AMP])
 
 
-def train_epoch(distiller: Distiller, loader: DataLoader, prep: BatchPreparer, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler, cfg: CfgNode, device: torch.device, epoch: int, where: str,
-                step_fn=None) -> dict:
-    """Train one epoch; returns the mean of every loss term, their sum ("loss") and the train top-1 (%)."""
+def train_epoch(distiller: Distiller, batches: Iterator, steps: int, prep: BatchPreparer,
+                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, cfg: CfgNode, device: torch.device,
+                epoch: int, where: str, step_fn=None) -> dict:
+    """Train on the next `steps` batches of the stream `batches` (one epoch of the training loader).
+
+    Returns the mean of every loss term, their sum ("loss") and the train top-1 (%).
+    """
     log = get_logger()
     distiller.train()
     step_fn = step_fn or distiller.forward_train
     monitor = StepMonitor(device, where)
     correct, seen = torch.zeros((), device=device), 0
-    steps = len(loader)
     use_bar = sys.stdout.isatty()
-    iterator = loader
+    iterator = itertools.islice(batches, steps)
     if use_bar:
         from tqdm import tqdm
 
-        iterator = tqdm(loader, desc=f"{where} epoch {epoch}", leave=False, dynamic_ncols=True)
+        iterator = tqdm(iterator, total=steps, desc=f"{where} epoch {epoch}", leave=False, dynamic_ncols=True)
     start = time.time()
     for step, batch in enumerate(iterator, 1):
         batch = prep(batch)
@@ -310,12 +321,16 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     prep = BatchPreparer(cfg, device, channels_last=cfg.TRAIN.CHANNELS_LAST)
     test_loader = build_loader(cfg, exp.test_set, False, device)
     train_loader = build_loader(cfg, exp.train_set, True, device, exp.dist)
+    epochs = range(start_epoch + 1, cfg.SOLVER.NUM_EPOCHS + 1)
+    train_loader.batch_sampler.set_epochs([epoch_seed(seed, epoch) for epoch in epochs])
+    steps = train_loader.batch_sampler.batches_per_epoch
+    batches = iter(train_loader) if epochs else iter(())  # one stream for all the epochs left
     try:
-        for epoch in range(start_epoch + 1, cfg.SOLVER.NUM_EPOCHS + 1):
+        for epoch in epochs:
             lr = optimizer.param_groups[0]["lr"]
-            train_loader.sampler.set_epoch(epoch_seed(seed, epoch))
             tic = time.time()
-            stats = train_epoch(distiller, train_loader, prep, optimizer, scaler, cfg, device, epoch, where, step_fn)
+            stats = train_epoch(distiller, batches, steps, prep, optimizer, scaler, cfg, device, epoch, where,
+                                step_fn)
             scheduler.step()
             stats.update(test_epoch(distiller, test_loader, prep, cfg, device))
             stats.update(epoch=epoch, lr=lr, time_s=round(time.time() - tic, 3))
@@ -341,6 +356,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                      f"top5 {stats['test_top5']:.2f} best {best_acc:.2f} (epoch {best_epoch}) "
                      f"[{stats['time_s']:.1f}s]")
     finally:
+        del batches  # stops the loader workers at once, also when the run fails
         if writer is not None:
             writer.close()
     last_acc = history[-1]["test_top1"] if history else 0.0
