@@ -158,6 +158,63 @@ def test_test_images_equal_between_pipelines(roots, dataset, device):
     assert torch.equal(images["pil"], images["tensor"])  # bit for bit, not just allclose
 
 
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_device_pipeline_batches_are_the_tensor_pipelines_within_one_level(tmp_path, device):
+    from lib.engine.trainer import build_loader
+
+    root = str(tmp_path / "cub")
+    make_cub(root, NUM_CLASSES, 4, (200, 150), seed=1)  # 72 px cache: crops both shrink and grow to 64 px
+    streams = {}
+    for pipeline in ("tensor", "device"):
+        cfg = make_cfg("cub", root, pipeline, CROP_SIZE=64, RESIZE_SIZE=72)
+        cfg.TRAIN.BATCH_SIZE = 8
+        loader = build_loader(cfg, build_dataset(cfg, True), True, torch.device(device if pipeline == "device"
+                                                                               else "cpu"))
+        loader.batch_sampler.set_epochs([1, 2])
+        streams[pipeline] = [{k: v.cpu() for k, v in b.items()} for b in loader]
+    assert len(streams["tensor"]) == len(streams["device"]) == 4  # 12 images, batches of 8 and 4, two epochs
+    levels = []
+    for tensor, dev in zip(streams["tensor"], streams["device"]):
+        assert torch.equal(tensor["target"], dev["target"])
+        assert dev["image_large"].shape == tensor["image_large"].shape and dev["image_large"].dtype == torch.float32
+        assert torch.equal(dev["image_large"], dev["image_large"].round())  # on uint8 levels
+        levels.append((dev["image_large"] - tensor["image_large"].float()).abs().flatten())
+    levels = torch.cat(levels)
+    # The tensor pipeline resizes uint8 in fixed point, the device pipeline in float: at most one level apart.
+    assert levels.max() <= 1 and levels.mean() < 0.3
+    # The same crops: a wrong box or flip would differ by far more than rounding.
+    cfg = make_cfg("cub", root, "device", CROP_SIZE=64, RESIZE_SIZE=72)
+    out = BatchPreparer(cfg, device)(streams["device"][0])
+    assert list(out) == ["image", "image_large", "target"] and tuple(out["image"].shape) == (8, 3, 32, 32)
+
+
+def test_device_resize_is_torchs_antialiased_bilinear():
+    from lib.datasets.device import resize_weights
+
+    generator = torch.Generator().manual_seed(0)
+    for h, w, out in [(300, 250, 224), (100, 80, 224), (224, 224, 224), (37, 500, 56)]:
+        x = torch.rand(3, h, w, generator=generator) * 255
+        expected = torch.nn.functional.interpolate(x[None], size=(out, out), mode="bilinear", antialias=True)[0]
+        padded = torch.nn.functional.pad(x, (0, 3, 0, 5), value=1e4)  # padding must get no weight
+        weights_y = resize_weights(torch.tensor([h]), h + 5, out)[0]
+        weights_x = resize_weights(torch.tensor([w]), w + 3, out)[0]
+        torch.testing.assert_close(weights_y @ padded @ weights_x.T, expected, atol=0.01, rtol=0)
+
+
+def test_device_pipeline_cache_too_large_for_the_device_is_one_line(roots, monkeypatch):
+    from lib.engine import trainer
+
+    cfg = make_cfg("cub", roots["cub"], "device")
+    dataset = build_dataset(cfg, True)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(torch, "empty", out_of_memory)
+    with pytest.raises(UserError, match=r"decoded training images .* do not fit on cpu; set DATA.PIPELINE tensor"):
+        trainer.build_loader(cfg, dataset, True, torch.device("cpu"))
+
+
 @pytest.mark.parametrize("lessen_type", [0, 2, 3, 4])
 def test_tensor_small_image_close_to_pil(roots, lessen_type):
     """The device-made student image of a large crop is within a few uint8 levels of PIL's."""

@@ -1,6 +1,7 @@
 """Distillers: the frozen teacher, parameter registration, loss terms, and every method through the scripts."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -174,3 +175,33 @@ def test_a_vit_teacher_distils_into_a_cnn_student_with_kd(tiny_cub, write_config
                            "DATA": {"LESSEN_RATIO": 2.0}, "BASIC": {"NUM_RUNS": 1},
                            "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
     assert run_in_process(KD_SCRIPT, config, monkeypatch=monkeypatch) == 0
+
+
+def test_isrd_on_the_device_pipeline_sees_what_the_tensor_pipeline_sees(tiny_cub, tiny_teacher, write_config,
+                                                                         tmp_path, monkeypatch):
+    import argparse
+
+    from lib.config import load_config
+    from lib.datasets import BatchPreparer, build_dataset
+    from lib.engine.setup import seed_everything
+    from lib.engine.trainer import build_loader
+
+    config = _distill_config(write_config, tiny_cub, tiny_teacher)
+    losses = {}
+    for pipeline in ("tensor", "device"):
+        cfg = load_config(argparse.Namespace(config_file=config, opts=["DATA.PIPELINE", pipeline]))
+        loader = build_loader(cfg, build_dataset(cfg, True), True, torch.device("cpu"))
+        loader.batch_sampler.set_epochs([7])
+        batch = BatchPreparer(cfg, "cpu")(next(iter(loader)))
+        seed_everything(0)
+        distiller = build_distiller(cfg, "isrd").train()
+        _, terms = distiller.forward_train(batch["image"], batch["image_large"], batch["target"], 1)
+        losses[pipeline] = {k: v.item() for k, v in terms.items()}
+    # Same crops, flips and order, pixels within one uint8 level: the loss terms agree closely.
+    for key in ("loss_ce", "loss_kd", "loss_isrd"):
+        assert losses["device"][key] == pytest.approx(losses["tensor"][key], rel=2e-2), key
+    # And the published script trains on it.
+    assert run_in_process(ISRD_SCRIPT, config, "DATA.PIPELINE", "'device'", monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_isrd_resnet18_64_resnet18_32_seed0_0.01"
+    stats = json.loads((exp / "log" / "run0" / "stats.jsonl").read_text().splitlines()[-1])
+    assert {"loss_ce", "loss_kd", "loss_isrd"} <= set(stats) and math.isfinite(stats["loss"])

@@ -1,7 +1,7 @@
-"""Benchmark the training step: end to end, model only, teacher forward, loader; both input pipelines.
+"""Benchmark the training step: end to end, model only, teacher forward, loader; every input pipeline.
 
 python tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml [--steps N] [--warmup N] [--repeats N]
-    [--pipelines tensor,pil] [KEY VALUE ...]
+    [--pipelines tensor,pil,device] [KEY VALUE ...]
 Prints a table and writes benchmark.json into BASIC.OUTPUT_ROOT.
 """
 
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each figure")
     parser.add_argument("--repeats", type=int, default=3,
                         help="alternating model-only / end-to-end measurements; their medians are reported")
-    parser.add_argument("--pipelines", default="tensor,pil", help="comma-separated DATA.PIPELINE values")
+    parser.add_argument("--pipelines", default="tensor,pil,device", help="comma-separated DATA.PIPELINE values")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args()
     cfg = load_config(args)

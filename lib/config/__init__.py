@@ -37,7 +37,7 @@ REPO_ROOT = _repo_root()
 
 DATASETS = ("cub", "aircraft")
 KDTYPES = ("kd", "at", "sp", "ickd", "dkd")
-PIPELINES = ("tensor", "pil")
+PIPELINES = ("tensor", "pil", "device")
 AMP_MODES = ("none", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 LESSEN_TYPES = (0, 1, 2, 3, 4, 5)

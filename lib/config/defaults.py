@@ -168,9 +168,11 @@ _C.DATA.IMAGE_MEAN = [0.485, 0.456, 0.406]
 _C.DATA.IMAGE_STD = [0.229, 0.224, 0.225]
 # new. Input pipeline. "tensor": JPEGs are decoded once into a cache of uint8 images (shorter side
 # CACHE_SIZE), workers only crop/flip them, and the second-scale resize and normalisation run batched on the
-# device. "pil": the original per-sample PIL decode + two resizes in loader workers.
+# device. "pil": the original per-sample PIL decode + two resizes in loader workers. "device": the tensor
+# pipeline's cache held on the training device and each training batch cut there by a few batched kernels, no
+# loader workers (for fast GPUs; the cache must fit in GPU memory, about 1.6 GiB for CUB at 256 px).
 _C.DATA.PIPELINE = "tensor"
-# new. Shorter side (pixels) of the decoded-image cache of the tensor pipeline; 0 = RESIZE_SIZE.
+# new. Shorter side (pixels) of the decoded-image cache of the tensor and device pipelines; 0 = RESIZE_SIZE.
 _C.DATA.CACHE_SIZE = 0
 # new. When DATADIR does not exist, generate a small synthetic dataset there in the official layout of
 # DATA.DATASET (demo and benchmark configs).

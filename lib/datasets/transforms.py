@@ -1,16 +1,18 @@
-"""The two input pipelines (DATA.PIPELINE) and the dataset base class that serves both.
+"""The input pipelines (DATA.PIPELINE) and the dataset base class that serves them.
 
 "pil" is the original release's path: per sample, RandomResizedCrop + flip on the decoded PIL image gives the
 teacher's crop, PIL resizes that crop K times smaller for the student, both are normalised in the worker.
 "tensor" decodes every image once into a uint8 cache (lib/datasets/cache.py); workers only crop and flip the
 cached tensor, and BatchPreparer makes the student's image (F.interpolate) and normalises, batched on the device.
+"device" serves the tensor pipeline's items, but trains from lib/datasets/device.py's DeviceCropLoader, which
+keeps the cache on the device and cuts whole batches there (its batches are the tensor layout's, in float).
 
 Dataset items (the default collate turns them into batch dicts):
     pil    train  {"image": float (3, s, s), "image_large": float (3, c, c), "target": int}
     tensor train  {"image_large": uint8 (3, c, c), "target": int}
     pil    test   {"image": float (3, s, s), "target": int}
     tensor test   {"image": uint8 (3, s, s), "target": int}
-with c = DATA.CROP_SIZE and s = small_crop_size(cfg). BatchPreparer gives both pipelines the same output:
+with c = DATA.CROP_SIZE and s = small_crop_size(cfg). BatchPreparer gives every pipeline the same output:
     train  {"image": float (B, 3, s, s), "image_large": float (B, 3, c, c), "target": long (B,)}
     test   {"image": float (B, 3, s, s), "target": long (B,)}
 
@@ -245,7 +247,7 @@ class TwoScaleDataset(Dataset):
         workers = cfg.BASIC.NUM_WORKERS
         self.cache: Optional[list[torch.Tensor]] = None
         self.transform = None
-        if self.pipeline == "tensor":
+        if self.pipeline in ("tensor", "device"):  # "device" items are "tensor" items (lib/datasets/device.py)
             if is_train:
                 short_side = cfg.DATA.CACHE_SIZE or cfg.DATA.RESIZE_SIZE
                 self.cache = build_cache(paths, ShorterSideResize(short_side), workers, f"caching {self.split}")
@@ -258,7 +260,7 @@ class TwoScaleDataset(Dataset):
             read_all(paths, verify_image, workers, f"checking {self.split}")
             self.transform = PilTrainTransform(cfg) if is_train else PilTestTransform(cfg)
         else:
-            raise UserError(f"DATA.PIPELINE must be one of tensor, pil, got {self.pipeline!r}")
+            raise UserError(f"DATA.PIPELINE must be one of tensor, pil, device, got {self.pipeline!r}")
 
     @property
     def split(self) -> str:
@@ -337,7 +339,8 @@ class TwoScaleDataset(Dataset):
 class BatchPreparer:
     """Collated batch -> network inputs on `device`: normalised "image" (student), "image_large", long "target".
 
-    Tensor pipeline: the uint8 teacher crop is normalised on the device and the student's image is made from it
+    Tensor and device pipelines: the teacher crop (uint8, or float on uint8 levels from the device pipeline's
+    DeviceCropLoader) is normalised on the device and the student's image is made from it
     with F.interpolate (DATA.LESSEN_TYPE), quantised to uint8 levels like PIL's output. PIL pipeline: the worker
     already made both, so batches are only moved. Test batches have no "image_large".
     """
@@ -351,7 +354,7 @@ class BatchPreparer:
         self.channels_last = channels_last
         self.mean = torch.tensor(cfg.DATA.IMAGE_MEAN, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.DATA.IMAGE_STD, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        if self.pipeline == "tensor" and not self.same_scale and self.lessen_type not in TENSOR_INTERPOLATION:
+        if self.pipeline != "pil" and not self.same_scale and self.lessen_type not in TENSOR_INTERPOLATION:
             check_tensor_lessen_type(self.lessen_type)
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from yacs.config import CfgNode
 
 from lib.config import diff_cfg, small_crop_size
 from lib.datasets import BatchPreparer, build_dataset
+from lib.datasets.device import DeviceCropLoader
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs
 from lib.utils.errors import UserError
@@ -89,19 +90,22 @@ def epoch_seed(run_seed: int, epoch: int) -> int:
 
 
 def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.device,
-                 dist: DistInfo = SINGLE_PROCESS) -> DataLoader:
+                 dist: DistInfo = SINGLE_PROCESS) -> DataLoader | DeviceCropLoader:
     """The loader of the training stream (is_train) or of the test split.
 
     Training: batches come from an EpochBatchSampler; call loader.batch_sampler.set_epochs(seeds) and iterate
     once for the whole run (train_epoch takes batches_per_epoch of them per epoch), so the workers never start
     cold at an epoch boundary. Every item's order and augmentation follow from its epoch's seed, and under DDP
-    each rank reads its own shard. Test: a plain sequential loader whose workers persist across epochs.
+    each rank reads its own shard; DATA.PIPELINE "device" trains from a DeviceCropLoader instead (no workers).
+    Test: a plain sequential loader whose workers persist across epochs.
     The loader has its own RNG, so creating an iterator never draws from the global torch RNG (which dropout
     uses): a resumed run's RNG stream matches an uninterrupted one's.
     """
     workers = min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1)
     sampler = EpochSampler(len(dataset), shuffle=is_train, rank=dist.rank if is_train else 0,
                            world_size=dist.world_size if is_train else 1)
+    if is_train and cfg.DATA.PIPELINE == "device":
+        return DeviceCropLoader(dataset, EpochBatchSampler(sampler, cfg.TRAIN.BATCH_SIZE), cfg.DATA.CROP_SIZE, device)
     if is_train:
         batching = {"batch_sampler": EpochBatchSampler(sampler, cfg.TRAIN.BATCH_SIZE)}
     else:
