@@ -205,3 +205,15 @@ def test_isrd_on_the_device_pipeline_sees_what_the_tensor_pipeline_sees(tiny_cub
     exp = tmp_path / "ckpt" / "cub" / "1runs_isrd_resnet18_64_resnet18_32_seed0_0.01"
     stats = json.loads((exp / "log" / "run0" / "stats.jsonl").read_text().splitlines()[-1])
     assert {"loss_ce", "loss_kd", "loss_isrd"} <= set(stats) and math.isfinite(stats["loss"])
+
+
+def test_a_compiled_training_step_trains_like_the_eager_one(tiny_cub, tiny_teacher, write_config, tmp_path):
+    config = _distill_config(write_config, tiny_cub, tiny_teacher)
+    stats = {}
+    for compiled in (False, True):
+        root = tmp_path / f"compile_{compiled}"
+        run_script(ISRD_SCRIPT, config, "TRAIN.COMPILE", str(compiled), "BASIC.OUTPUT_ROOT", f"'{root}'")
+        exp = root / "cub" / "1runs_isrd_resnet18_64_resnet18_32_seed0_0.01"
+        stats[compiled] = json.loads((exp / "log" / "run0" / "stats.jsonl").read_text().splitlines()[-1])
+    for key in ("loss_ce", "loss_kd", "loss_isrd"):
+        assert stats[True][key] == pytest.approx(stats[False][key], rel=1e-3), key

@@ -42,9 +42,13 @@ class Distiller(nn.Module):
         """Logits of the plain student (what is deployed)."""
         return self.student(image)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def teacher_forward(self, image_large: Tensor, return_feat: bool = False, pre_relu: bool = False):
-        """Run the frozen teacher on the large image without gradients."""
+        """Run the frozen teacher on the large image in inference mode (no autograd bookkeeping at all).
+
+        Its outputs are inference tensors: the losses only ever compute new tensors from them (softmax, attention
+        maps, Gram matrices), never save them for backward directly, which autograd would refuse.
+        """
         if return_feat:
             return self.teacher(image_large, return_feat=True, preReLU=pre_relu)
         return self.teacher(image_large)

@@ -199,7 +199,7 @@ def train_epoch(distiller: Distiller, batches: Iterator, steps: int, prep: Batch
     """
     log = get_logger()
     distiller.train()
-    step_fn = step_fn or distiller.forward_train
+    step_fn = distiller.forward_train if step_fn is None else step_fn  # (a compiled module has no truth value)
     monitor = StepMonitor(device, where)
     correct, seen = torch.zeros((), device=device), 0
     use_bar = sys.stdout.isatty()
