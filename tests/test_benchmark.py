@@ -13,7 +13,7 @@ def test_benchmark_measures_every_pipeline_and_writes_benchmark_json(tiny_cub, w
     config = write_config({"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18"}, "FSR": {"ETA": 10.0},
                            "DATA": {"LESSEN_RATIO": 2.0}, "BASIC": {"DEVICE": "cpu"}}, tiny_cub)
     assert run_cli("tools/benchmark.py", "--config_file", config, "--steps", "2", "--warmup", "1", "--repeats", "2",
-                   monkeypatch=monkeypatch) == 0
+                   "--profile", monkeypatch=monkeypatch) == 0
     result = json.loads((tmp_path / "ckpt" / "benchmark.json").read_text())
     assert result["method"] == "isrd" and result["device"].startswith("cpu")
     assert list(result["pipelines"]) == ["tensor", "pil", "device"]
@@ -21,4 +21,11 @@ def test_benchmark_measures_every_pipeline_and_writes_benchmark_json(tiny_cub, w
         assert all(row[key] > 0 for key in KEYS) and row["stream_start_s"] > 0, (pipeline, row)
         assert len(row["repeats"]["end_to_end_img_s"]) == 2
     assert all(result[key] == result["pipelines"]["tensor"][key] for key in KEYS)
+    # --profile: per pipeline, traces of both steps and a table of where the host time goes.
+    profile = tmp_path / "ckpt" / "profile"
+    for pipeline in ("tensor", "pil", "device"):
+        table = (profile / f"profile_{pipeline}.txt").read_text()
+        assert f"== {pipeline} model_only" in table and f"== {pipeline} end_to_end" in table and "aten::" in table
+        for step in ("model_only", "end_to_end"):
+            assert json.loads((profile / f"trace_{pipeline}_{step}.json").read_text())["traceEvents"]
     assert "end_to_end_img_s" in capsys.readouterr().out

@@ -112,3 +112,19 @@ def test_summary_reports_mean_and_sample_std_of_best_and_last():
     assert abs(results["best_acc_std"] - 7.0710678) < 1e-6
     table = format_table(results)
     assert "55.00 ± 7.07" in table and "45.00 ± 7.07" in table
+
+
+def test_deterministic_mode_keeps_deterministic_algorithms_but_does_not_fill_every_new_tensor():
+    from lib.config import get_cfg
+    from lib.engine.setup import configure_backends
+
+    cfg = get_cfg()
+    assert cfg.CUDNN.DETERMINISTIC  # the release's default
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        configure_backends(cfg)
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = before[1]

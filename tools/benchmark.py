@@ -1,8 +1,9 @@
 """Benchmark the training step: end to end, model only, teacher forward, loader; every input pipeline.
 
 python tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml [--steps N] [--warmup N] [--repeats N]
-    [--pipelines tensor,pil,device] [KEY VALUE ...]
-Prints a table and writes benchmark.json into BASIC.OUTPUT_ROOT.
+    [--pipelines tensor,pil,device] [--profile] [KEY VALUE ...]
+Prints a table and writes benchmark.json into BASIC.OUTPUT_ROOT (--profile: also torch.profiler traces and tables
+of model-only and end-to-end steps into BASIC.OUTPUT_ROOT/profile).
 """
 
 import argparse
@@ -25,12 +26,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3,
                         help="alternating model-only / end-to-end measurements; their medians are reported")
     parser.add_argument("--pipelines", default="tensor,pil,device", help="comma-separated DATA.PIPELINE values")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile model-only and end-to-end steps (Chrome traces, top host operations)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args()
     cfg = load_config(args)
-    result = run_benchmark(cfg, args.steps, args.warmup, tuple(args.pipelines.split(",")), args.repeats)
+    root = resolve_path(cfg.BASIC.OUTPUT_ROOT)
+    result = run_benchmark(cfg, args.steps, args.warmup, tuple(args.pipelines.split(",")), args.repeats,
+                           os.path.join(root, "profile") if args.profile else None)
     print(format_benchmark(result))
-    path = os.path.join(resolve_path(cfg.BASIC.OUTPUT_ROOT), "benchmark.json")
+    path = os.path.join(root, "benchmark.json")
     save_json(result, path)
     print(f"wrote {path}")
     print(json.dumps({k: v for k, v in result.items() if k.endswith("_img_s")}))

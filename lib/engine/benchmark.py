@@ -22,6 +22,7 @@ from lib.datasets import BatchPreparer, build_dataset
 from lib.distillers import build_distiller
 from lib.models.model_builder import build_model
 
+from .checkpoint import atomic_write
 from .setup import configure_backends, get_logger, seed_everything, select_device
 from .trainer import autocast, build_loader, train_epoch
 
@@ -78,8 +79,21 @@ def _time_loop(fn, steps: int, warmup: int, device: torch.device) -> float:
     return time.perf_counter() - tic
 
 
-def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats: int = 3) -> dict:
-    """All four figures (img/s) and peak memory for one input pipeline."""
+def _profile(fn, device: torch.device, trace_path: str) -> str:
+    """Run fn() under torch.profiler (CPU, and CUDA on a GPU); write a Chrome trace; return the top host ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    prof.export_chrome_trace(trace_path)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+
+
+def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats: int = 3,
+                     profile_dir: str | None = None) -> dict:
+    """All four figures (img/s) and peak memory for one input pipeline; optionally profiles of both steps."""
     log = get_logger()
     device = select_device(cfg)
     bs = cfg.TRAIN.BATCH_SIZE
@@ -165,14 +179,37 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     out["peak_memory_mb"] = round(_peak_memory_mb(device), 1)
     out["repeats"] = {"model_only_img_s": [round(v, 1) for v in model_rates],
                       "end_to_end_img_s": [round(v, 1) for v in e2e_rates]}
+    if profile_dir:
+        # The same number of model-only and end-to-end steps under the profiler: where end to end spends
+        # host time that model only does not is the input pipeline's cost on the main thread.
+        os.makedirs(profile_dir, exist_ok=True)
+        n = min(steps, 10)
+        batches = stream(99)
+        train_epoch(distiller, batches, warmup, prep, optimizer, scaler, cfg, device, 1, "bench", step_fn)
+        tables = []
+        for name, fn in (("model_only", lambda: _time_loop(model_step, n, 0, device)),
+                         ("end_to_end", lambda: train_epoch(distiller, batches, n, prep, optimizer, scaler, cfg,
+                                                            device, 1, "bench", step_fn))):
+            trace = os.path.join(profile_dir, f"trace_{cfg.DATA.PIPELINE}_{name}.json")
+            tables.append(f"== {cfg.DATA.PIPELINE} {name}: {n} steps (Chrome trace {trace})\n"
+                          + _profile(fn, device, trace))
+        batches = None
+        path = os.path.join(profile_dir, f"profile_{cfg.DATA.PIPELINE}.txt")
+        atomic_write(path, lambda f: f.write("\n".join(tables).encode()))
+        out["profile"] = path
     log.info(f"  {cfg.DATA.PIPELINE}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
                                                      for k, v in out.items()))
     return out
 
 
 def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3,
-                  pipelines: tuple[str, ...] = ("tensor", "pil", "device"), repeats: int = 3) -> dict:
-    """Measure every pipeline of `pipelines`; the "tensor" figures are also given at the top level."""
+                  pipelines: tuple[str, ...] = ("tensor", "pil", "device"), repeats: int = 3,
+                  profile_dir: str | None = None) -> dict:
+    """Measure every pipeline of `pipelines`; the "tensor" figures are also given at the top level.
+
+    With `profile_dir`, each pipeline also gets Chrome traces of model-only and end-to-end steps and a table of
+    the top host operations of each (profile_<pipeline>.txt) there.
+    """
     configure_backends(cfg)
     device = select_device(cfg)
     method = benchmark_method(cfg)
@@ -185,7 +222,8 @@ def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3,
         "torch": torch.__version__, "pipelines": {},
     }
     for pipeline in pipelines:
-        result["pipelines"][pipeline] = measure_pipeline(_with_pipeline(cfg, pipeline), method, steps, warmup, repeats)
+        result["pipelines"][pipeline] = measure_pipeline(_with_pipeline(cfg, pipeline), method, steps, warmup, repeats,
+                                                         profile_dir)
     top = result["pipelines"].get("tensor") or next(iter(result["pipelines"].values()))
     result.update({k: v for k, v in top.items() if k.endswith("_img_s") or k in ("peak_memory_mb",)})
     return result
