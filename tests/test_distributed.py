@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from lib.config import REPO_ROOT, get_cfg
@@ -18,8 +19,11 @@ STUDENT = "tools_0_base/train_student_5runs.py"
 EXTRA = {"MODEL": {"ARCH": "resnet18"}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "BASIC": {"DEVICE": "cpu"}}
 
 
-def test_ddp_under_torchrun_with_gloo_trains_one_run_and_rank_0_alone_writes(tiny_cub, write_config, tmp_path):
-    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 1}}, tiny_cub)
+@pytest.mark.parametrize("pipeline", ["tensor", "device"])
+def test_ddp_under_torchrun_with_gloo_trains_one_run_and_rank_0_alone_writes(tiny_cub, write_config, tmp_path,
+                                                                             pipeline):
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 1},
+                           "DATA": {**EXTRA["DATA"], "PIPELINE": pipeline}}, tiny_cub)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
