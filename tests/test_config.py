@@ -102,6 +102,8 @@ def test_loaded_config_is_frozen():
     (["MODEL.KDTYPE", "fitnet"], "MODEL.KDTYPE"),
     (["DATA.LESSEN_RATIO", "0.5"], "DATA.LESSEN_RATIO"),
     (["TRAIN.AMP", "fp8"], "TRAIN.AMP"),
+    (["TRAIN.COMPILE_MODE", "fast"], "TRAIN.COMPILE_MODE"),
+    (["DATA.PIPELINE", "gpu"], "DATA.PIPELINE"),
     (["DATA.LESSEN_TYPE", "1"], "DATA.PIPELINE"),
 ])
 def test_invalid_values_are_refused_after_merging(opts, key):

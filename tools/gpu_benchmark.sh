@@ -30,6 +30,7 @@ bench fp32 --pipelines tensor,device TRAIN.AMP "'none'" TRAIN.CHANNELS_LAST Fals
 bench bf16 --pipelines tensor,device TRAIN.CHANNELS_LAST False
 bench fp16_cl --pipelines tensor,device TRAIN.AMP "'fp16'"
 bench compile --pipelines tensor,device TRAIN.COMPILE True
+bench compile_cudagraphs --pipelines tensor,device TRAIN.COMPILE True TRAIN.COMPILE_MODE "'reduce-overhead'"
 # 4. Where the host time goes: torch.profiler traces of model-only and end-to-end steps (bf16 + channels_last).
 bench profile --pipelines tensor,device --repeats 1 --profile
 ls "$out/profile/profile" 2>/dev/null

@@ -39,6 +39,7 @@ DATASETS = ("cub", "aircraft")
 KDTYPES = ("kd", "at", "sp", "ickd", "dkd")
 PIPELINES = ("tensor", "pil", "device")
 AMP_MODES = ("none", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 DEVICES = ("auto", "cpu", "cuda")
 LESSEN_TYPES = (0, 1, 2, 3, 4, 5)
 
@@ -206,6 +207,8 @@ def check_cfg(cfg: CfgNode) -> None:
     _require(cfg.BASIC.NUM_RUNS >= 1, f"BASIC.NUM_RUNS must be >= 1, got {cfg.BASIC.NUM_RUNS}")
     _require(cfg.BASIC.NUM_WORKERS >= 0, f"BASIC.NUM_WORKERS must be >= 0, got {cfg.BASIC.NUM_WORKERS}")
     _require(cfg.TRAIN.AMP in AMP_MODES, f"TRAIN.AMP must be one of {', '.join(AMP_MODES)}, got {cfg.TRAIN.AMP!r}")
+    _require(cfg.TRAIN.COMPILE_MODE in COMPILE_MODES,
+             f"TRAIN.COMPILE_MODE must be one of {', '.join(COMPILE_MODES)}, got {cfg.TRAIN.COMPILE_MODE!r}")
     _require(cfg.TRAIN.BATCH_SIZE > 0 and cfg.TEST.BATCH_SIZE > 0, "TRAIN.BATCH_SIZE and TEST.BATCH_SIZE must be positive")
     _require(cfg.SOLVER.NUM_EPOCHS > 0, f"SOLVER.NUM_EPOCHS must be positive, got {cfg.SOLVER.NUM_EPOCHS}")
     _require(cfg.SOLVER.START_LR > 0, f"SOLVER.START_LR must be positive, got {cfg.SOLVER.START_LR}")

@@ -211,6 +211,9 @@ _C.TRAIN.AMP = "none"
 _C.TRAIN.CHANNELS_LAST = False
 # new. Wrap the student step in torch.compile.
 _C.TRAIN.COMPILE = False
+# new. torch.compile's mode when COMPILE is on: "default" | "reduce-overhead" (CUDA graphs: fewer kernel
+# launches for short, launch-bound steps; more GPU memory) | "max-autotune".
+_C.TRAIN.COMPILE_MODE = "default"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Testing options

@@ -24,7 +24,7 @@ from lib.models.model_builder import build_model
 
 from .checkpoint import atomic_write
 from .setup import configure_backends, get_logger, seed_everything, select_device
-from .trainer import autocast, build_loader, train_epoch
+from .trainer import autocast, build_loader, compile_step, train_epoch
 
 
 def benchmark_method(cfg: CfgNode) -> str:
@@ -109,7 +109,7 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
                                 momentum=cfg.SOLVER.MUMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.AMP == "fp16")
     prep = BatchPreparer(cfg, device, channels_last=cfg.TRAIN.CHANNELS_LAST)
-    step_fn = torch.compile(distiller.forward_train) if cfg.TRAIN.COMPILE else None
+    step_fn = compile_step(cfg, distiller.forward_train)
     out = {"setup_s": round(setup_s, 2), "train_images": len(train_set)}
 
     def stream(seed: int):
@@ -138,7 +138,7 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     def model_step(i: int) -> None:
         b = resident[i % len(resident)]
         with autocast(cfg, device):
-            _, losses = (step_fn or distiller.forward_train)(b["image"], b["image_large"], b["target"], 1)
+            _, losses = step_fn(b["image"], b["image_large"], b["target"], 1)
             loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -216,7 +216,7 @@ def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3,
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     result: dict = {
         "device": name, "method": method, "batch_size": cfg.TRAIN.BATCH_SIZE, "amp": cfg.TRAIN.AMP,
-        "channels_last": cfg.TRAIN.CHANNELS_LAST, "compile": cfg.TRAIN.COMPILE,
+        "channels_last": cfg.TRAIN.CHANNELS_LAST, "compile": cfg.TRAIN.COMPILE and cfg.TRAIN.COMPILE_MODE,
         "num_workers": min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1), "steps": steps, "warmup": warmup,
         "repeats": repeats,
         "torch": torch.__version__, "pipelines": {},

@@ -183,6 +183,11 @@ class StepMonitor:
         return {n: total / max(self.seen, 1) for n, total in zip(self.names, self.sums)}
 
 
+def compile_step(cfg: CfgNode, step):
+    """The training step's forward, compiled with TRAIN.COMPILE_MODE when TRAIN.COMPILE is on, else as given."""
+    return torch.compile(step, mode=cfg.TRAIN.COMPILE_MODE) if cfg.TRAIN.COMPILE else step
+
+
 def autocast(cfg: CfgNode, device: torch.device):
     """The TRAIN.AMP autocast context on `device` (a no-op for "none")."""
     if cfg.TRAIN.AMP == "none":
@@ -301,7 +306,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     step_module = distiller
     if exp.dist.enabled:
         step_module = DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None)
-    step_fn = torch.compile(step_module) if cfg.TRAIN.COMPILE else step_module
+    step_fn = compile_step(cfg, step_module)
     main = exp.dist.is_main
 
     start_epoch, best_acc, best_epoch, history = 0, 0.0, 0, []
