@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Optional
 
 import torch
 from torch.utils.data import Sampler
@@ -20,13 +19,11 @@ class EpochSampler(Sampler):
     one would have.
     """
 
-    def __init__(self, num_items: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
-                 limit: Optional[int] = None):
+    def __init__(self, num_items: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
         self.num_items = num_items
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
-        self.limit = limit  # at most this many items per epoch and rank (the benchmark's short epochs)
         self.seed = 0
 
     def set_epoch(self, seed: int) -> None:
@@ -46,18 +43,13 @@ class EpochSampler(Sampler):
 
     def epoch(self, seed: int) -> Iterator[tuple[int, int]]:
         """The (index, item seed) pairs of the pass with epoch seed `seed` (set_epoch's seed is left alone)."""
-        order = self._order(seed)
-        if self.limit is not None:
-            order = [order[k % len(order)] for k in range(self.limit)]
-        for index in order:
+        for index in self._order(seed):
             yield index, (seed * _MIX + index) % 2**63
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return self.epoch(self.seed)
 
     def __len__(self) -> int:
-        if self.limit is not None:
-            return self.limit
         return -(-self.num_items // self.world_size) if self.world_size > 1 else self.num_items
 
 
