@@ -202,6 +202,7 @@ def test_device_resize_is_torchs_antialiased_bilinear():
 
 
 def test_device_pipeline_cache_too_large_for_the_device_is_one_line(roots, monkeypatch):
+    from lib.datasets.device import check_cache_fits
     from lib.engine import trainer
 
     cfg = make_cfg("cub", roots["cub"], "device")
@@ -210,6 +211,12 @@ def test_device_pipeline_cache_too_large_for_the_device_is_one_line(roots, monke
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
+    # Before a run starts: a GPU with less free memory than the cache.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (dataset.cache_nbytes - 1, 2**40))
+    with pytest.raises(UserError, match=r"decoded training images .* do not fit on cuda:0; set DATA.PIPELINE tensor"):
+        check_cache_fits(dataset, torch.device("cuda:0"))
+    check_cache_fits(dataset, torch.device("cpu"))  # host memory already holds the cache
+    # While copying it: an allocation that fails.
     monkeypatch.setattr(torch, "empty", out_of_memory)
     with pytest.raises(UserError, match=r"decoded training images .* do not fit on cpu; set DATA.PIPELINE tensor"):
         trainer.build_loader(cfg, dataset, True, torch.device("cpu"))

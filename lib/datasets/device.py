@@ -23,7 +23,22 @@ from lib.utils.errors import UserError
 
 from .transforms import TwoScaleDataset, sample_crop
 
-__all__ = ["DeviceCropLoader", "resize_weights"]
+__all__ = ["DeviceCropLoader", "check_cache_fits", "resize_weights"]
+
+
+def _too_large(nbytes: int, device: torch.device) -> UserError:
+    return UserError(
+        f"the decoded training images ({nbytes / 2**30:.1f} GiB) do not fit on {device}; set DATA.PIPELINE tensor or "
+        f"a smaller DATA.CACHE_SIZE (with BASIC.FRESH_START True if this experiment has already started)"
+    )
+
+
+def check_cache_fits(dataset: TwoScaleDataset, device: torch.device) -> None:
+    """Raise a UserError when a GPU has less free memory than the training cache (checked before a run starts)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if dataset.cache_nbytes > free:
+            raise _too_large(dataset.cache_nbytes, device)
 
 
 def resize_weights(sizes: torch.Tensor, length: int, out: int) -> torch.Tensor:
@@ -65,10 +80,7 @@ class DeviceCropLoader:
             for offset, image in zip(offsets.tolist(), cache):
                 self.pixels[offset:offset + image.numel()].copy_(image.reshape(-1))
         except torch.OutOfMemoryError:
-            raise UserError(
-                f"the decoded training images ({nbytes / 2**30:.1f} GiB) do not fit on {device}; set DATA.PIPELINE "
-                f"tensor, or a smaller DATA.CACHE_SIZE"
-            ) from None
+            raise _too_large(nbytes, device) from None
         # Per image: offset, H, W; and the labels, all on the device.
         self.layout = torch.tensor([[o, h, w] for o, (h, w) in zip(offsets.tolist(), self.shapes)], device=device)
         self.targets = torch.tensor([target for _, target in dataset.samples], device=device)

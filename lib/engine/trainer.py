@@ -26,7 +26,7 @@ from yacs.config import CfgNode
 
 from lib.config import diff_cfg, small_crop_size
 from lib.datasets import BatchPreparer, build_dataset
-from lib.datasets.device import DeviceCropLoader
+from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs
 from lib.utils.errors import UserError
@@ -464,6 +464,8 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
         log.setLevel("WARNING")
     device = device or select_device(cfg)
     train_set, test_set = build_dataset(cfg, is_train=True), build_dataset(cfg, is_train=False)
+    if cfg.DATA.PIPELINE == "device":
+        check_cache_fits(train_set, device)
     exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set, info)
     fresh = exists and cfg.BASIC.FRESH_START
     pending = [r for r in range(num_runs)
