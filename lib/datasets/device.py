@@ -70,6 +70,7 @@ class DeviceCropLoader:
         self.batch_sampler = batch_sampler
         self.crop_size = crop_size
         self.device = device
+        self.rng = random.Random()
         cache = dataset.cache
         numels = [t.numel() for t in cache]
         self.shapes = [tuple(t.shape[-2:]) for t in cache]  # (H, W) of each image, read on the host
@@ -94,8 +95,12 @@ class DeviceCropLoader:
 
     def batch(self, items: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """The batch of these (index, item seed) pairs: the teacher's crops and the labels, on the device."""
-        # The same boxes and flips as the tensor pipeline's workers draw for these items.
-        boxes = [(index, *sample_crop(*self.shapes[index], random.Random(seed))) for index, seed in items]
+        # The same boxes and flips as the tensor pipeline's workers draw for these items (re-seeding one generator
+        # gives the draws of a new random.Random(seed), without allocating one per item on the training thread).
+        boxes = []
+        for index, seed in items:
+            self.rng.seed(seed)
+            boxes.append((index, *sample_crop(*self.shapes[index], self.rng)))
         rows_max = max(box[3] for box in boxes)
         cols_max = max(box[4] for box in boxes)
         params = torch.tensor(boxes)  # (B, 6): index, top, left, h, w, flip
