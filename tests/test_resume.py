@@ -44,11 +44,11 @@ def _kill_when(config: str, marker: str) -> bool:
             proc.wait()
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("pipeline, workers", [("tensor", 0), ("tensor", 2), ("device", 0)])
 def test_a_run_killed_at_several_moments_resumes_to_exactly_the_uninterrupted_result(tiny_cub, write_config,
-                                                                                    tmp_path, workers):
+                                                                                    tmp_path, pipeline, workers):
     extra = {"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 3, "LR_STEPS": [2]},
-             "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "CUDNN": {"DETERMINISTIC": True},
+             "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32, "PIPELINE": pipeline}, "CUDNN": {"DETERMINISTIC": True},
              "BASIC": {"NUM_WORKERS": workers}}
     reference = write_config(extra, tiny_cub, output_root=str(tmp_path / "reference"))
     run_script(STUDENT, reference, "BASIC.DEVICE", "cpu")
