@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
+from .pairs import per_pair
+
 __all__ = ["attention_map", "at_loss", "ATLoss"]
 
 
@@ -47,6 +49,4 @@ class ATLoss(nn.Module):
 
     def forward(self, feats_s: Sequence[Tensor], feats_t: Sequence[Tensor]) -> list[Tensor]:
         """Return [at_loss(f_s, f_t) for each pair of layers]."""
-        if len(feats_s) != len(feats_t):
-            raise ValueError(f"AT needs as many student as teacher features, got {len(feats_s)} and {len(feats_t)}")
-        return [at_loss(f_s, f_t) for f_s, f_t in zip(feats_s, feats_t)]
+        return per_pair("AT", at_loss, feats_s, feats_t)

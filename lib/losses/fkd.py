@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .pairs import per_pair
+
 __all__ = ["FKD_INTERP_MODES", "feature_distillation_loss", "FKDLoss"]
 
 # F.interpolate modes that upsample a feature map; align_corners=False where the mode has corners.
@@ -53,7 +55,5 @@ class FKDLoss(nn.Module):
 
     def forward(self, feats_s: Sequence[Tensor], feats_a: Sequence[Tensor]) -> list[Tensor]:
         """Return [feature_distillation_loss(f_s, f_a) for each pair of features]."""
-        if len(feats_s) != len(feats_a):
-            raise ValueError(f"feature distillation needs as many student as assistant features, got "
-                             f"{len(feats_s)} and {len(feats_a)}")
-        return [feature_distillation_loss(f_s, f_a, self.mode) for f_s, f_a in zip(feats_s, feats_a)]
+        return per_pair("feature distillation", lambda f_s, f_a: feature_distillation_loss(f_s, f_a, self.mode),
+                        feats_s, feats_a, other="assistant")

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
+from .pairs import per_pair
+
 __all__ = ["ickd_loss", "ICKDLoss"]
 
 
@@ -62,6 +64,4 @@ class ICKDLoss(nn.Module):
 
     def forward(self, feats_s: Sequence[Tensor], feats_t: Sequence[Tensor]) -> list[Tensor]:
         """Return [ickd_loss(embed(f_s), f_t) for each pair of layers], unweighted (the caller applies ICKD.BETA)."""
-        if len(feats_s) != len(feats_t):
-            raise ValueError(f"ICKD needs as many student as teacher features, got {len(feats_s)} and {len(feats_t)}")
-        return [ickd_loss(self.embed(f_s), f_t) for f_s, f_t in zip(feats_s, feats_t)]
+        return per_pair("ICKD", lambda f_s, f_t: ickd_loss(self.embed(f_s), f_t), feats_s, feats_t)

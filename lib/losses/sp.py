@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
+from .pairs import per_pair
+
 __all__ = ["sp_loss", "SPLoss"]
 
 
@@ -40,6 +42,4 @@ class SPLoss(nn.Module):
 
     def forward(self, feats_s: Sequence[Tensor], feats_t: Sequence[Tensor]) -> list[Tensor]:
         """Return [sp_loss(f_s, f_t) for each pair of layers]."""
-        if len(feats_s) != len(feats_t):
-            raise ValueError(f"SP needs as many student as teacher features, got {len(feats_s)} and {len(feats_t)}")
-        return [sp_loss(f_s, f_t) for f_s, f_t in zip(feats_s, feats_t)]
+        return per_pair("SP", sp_loss, feats_s, feats_t)
