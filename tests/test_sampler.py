@@ -8,19 +8,14 @@ from lib.datasets.transforms import sample_crop
 
 def test_the_same_epoch_seed_gives_the_same_order_and_item_seeds():
     a, b = EpochSampler(50), EpochSampler(50)
-    a.set_epoch(7)
-    b.set_epoch(7)
-    assert list(a) == list(b)
-    assert sorted(index for index, _ in a) == list(range(50))
-    b.set_epoch(8)
-    assert [i for i, _ in a] != [i for i, _ in b]
+    assert list(a.epoch(7)) == list(b.epoch(7))
+    assert sorted(index for index, _ in a.epoch(7)) == list(range(50))
+    assert [i for i, _ in a.epoch(7)] != [i for i, _ in b.epoch(8)]
 
 
 def test_ddp_shards_cover_the_epoch_with_equal_lengths():
     shards = [EpochSampler(10, rank=r, world_size=3) for r in range(3)]
-    for shard in shards:
-        shard.set_epoch(1)
-    items = [list(shard) for shard in shards]
+    items = [list(shard.epoch(1)) for shard in shards]
     assert [len(x) for x in items] == [4, 4, 4] == [len(s) for s in shards]
     assert {index for shard in items for index, _ in shard} == set(range(10))
 
@@ -48,6 +43,4 @@ def test_epoch_batches_run_back_to_back_and_match_one_epoch_loaders():
     assert batches.batches_per_epoch == 3 and len(batches) == 6 == len(stream)
     assert [len(b) for b in stream] == [4, 4, 2, 4, 4, 2]  # each epoch ends with its own short batch
     for seed, epoch in ((5, stream[:3]), (6, stream[3:])):
-        alone = EpochSampler(10)
-        alone.set_epoch(seed)
-        assert [item for batch in epoch for item in batch] == list(alone)
+        assert [item for batch in epoch for item in batch] == list(EpochSampler(10).epoch(seed))

@@ -14,9 +14,9 @@ _MIX = 6364136223846793005
 class EpochSampler(Sampler):
     """Yields (index, item seed) in an order fixed by the epoch seed; DDP ranks take interleaved shards.
 
-    The data a run sees is a function of set_epoch's seed alone, not of worker processes, their number or
+    The data a run sees is a function of the epoch seed alone, not of worker processes, their number or
     their history, so loader workers can persist across epochs and a resumed run sees what an uninterrupted
-    one would have.
+    one would have. Iterating the sampler itself gives the pass of epoch seed 0 (the test split's order).
     """
 
     def __init__(self, num_items: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
@@ -24,11 +24,6 @@ class EpochSampler(Sampler):
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
-        self.seed = 0
-
-    def set_epoch(self, seed: int) -> None:
-        """Fix the order and augmentation seeds of the next pass."""
-        self.seed = seed
 
     def _order(self, seed: int) -> list[int]:
         if not self.shuffle:
@@ -42,12 +37,12 @@ class EpochSampler(Sampler):
         return order
 
     def epoch(self, seed: int) -> Iterator[tuple[int, int]]:
-        """The (index, item seed) pairs of the pass with epoch seed `seed` (set_epoch's seed is left alone)."""
+        """The (index, item seed) pairs of the pass with epoch seed `seed`."""
         for index in self._order(seed):
             yield index, (seed * _MIX + index) % 2**63
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return self.epoch(self.seed)
+        return self.epoch(0)
 
     def __len__(self) -> int:
         return -(-self.num_items // self.world_size) if self.world_size > 1 else self.num_items

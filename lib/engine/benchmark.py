@@ -157,12 +157,19 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     # End to end: the trainer's own train_epoch over a fresh training stream (workers, pinned copies, batch
     # preparation and all): `warmup` untimed steps take the workers' start and bring the prefetch queue to its
     # steady state (drained when the loader is the slower side), then `n` steps are timed.
-    def end_to_end(seed: int, n: int) -> float:
-        batches = stream(seed)
-        train_epoch(distiller, batches, warmup, prep, optimizer, scaler, cfg, device, 1, "bench", step_fn)
-        _sync(device)
-        tic = time.perf_counter()
+    def train_steps(batches, n: int) -> None:
         train_epoch(distiller, batches, n, prep, optimizer, scaler, cfg, device, 1, "bench", step_fn)
+
+    def steady_stream(seed: int):
+        batches = stream(seed)
+        train_steps(batches, warmup)
+        _sync(device)
+        return batches
+
+    def end_to_end(seed: int, n: int) -> float:
+        batches = steady_stream(seed)
+        tic = time.perf_counter()
+        train_steps(batches, n)
         _sync(device)
         return time.perf_counter() - tic
 
@@ -184,12 +191,10 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
         # host time that model only does not is the input pipeline's cost on the main thread.
         os.makedirs(profile_dir, exist_ok=True)
         n = min(steps, 10)
-        batches = stream(99)
-        train_epoch(distiller, batches, warmup, prep, optimizer, scaler, cfg, device, 1, "bench", step_fn)
+        batches = steady_stream(99)
         tables = []
         for name, fn in (("model_only", lambda: _time_loop(model_step, n, 0, device)),
-                         ("end_to_end", lambda: train_epoch(distiller, batches, n, prep, optimizer, scaler, cfg,
-                                                            device, 1, "bench", step_fn))):
+                         ("end_to_end", lambda: train_steps(batches, n))):
             trace = os.path.join(profile_dir, f"trace_{cfg.DATA.PIPELINE}_{name}.json")
             tables.append(f"== {cfg.DATA.PIPELINE} {name}: {n} steps (Chrome trace {trace})\n"
                           + _profile(fn, device, trace))
