@@ -47,7 +47,7 @@ class Distiller(nn.Module):
         """Run the frozen teacher on the large image in inference mode (no autograd bookkeeping at all).
 
         Its outputs are inference tensors: the losses only ever compute new tensors from them (softmax, attention
-        maps, Gram matrices), never save them for backward directly, which autograd would refuse.
+        maps, Gram matrices, differences), never save them for backward directly, which autograd would refuse.
         """
         if return_feat:
             return self.teacher(image_large, return_feat=True, preReLU=pre_relu)

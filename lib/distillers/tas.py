@@ -235,8 +235,7 @@ class TAS(ISRD):
         logits_a, feats_a = self.teacher_forward(image_large, return_feat=True, pre_relu=self.pre_relu)
         # Pairs weighted 0 are skipped, so an ablation costs nothing; loss_fkd stays in the log as 0.
         pairs = [(layer, w) for layer, w in zip(self.layers, self.weights) if w > 0]
-        # The MSE keeps its target for backward: the assistant's inference tensors become normal ones first.
-        terms = self.criterion([feats_s[i] for i, _ in pairs], [feats_a[i].clone() for i, _ in pairs])
+        terms = self.criterion([feats_s[i] for i, _ in pairs], [feats_a[i] for i, _ in pairs])
         loss_fkd = sum((w * term for (_, w), term in zip(pairs, terms)), logits_s.new_zeros(()))
         terms = self.logit_terms(logits_s, logits_a, target)
         terms["loss_isrd"] = self.isrd_term(feats_s, image_large)

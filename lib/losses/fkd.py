@@ -41,7 +41,9 @@ def feature_distillation_loss(f_s: Tensor, f_a: Tensor, mode: str = "bilinear") 
     if f_s.shape[2:] != f_a.shape[2:]:
         corners = False if mode in ("bilinear", "bicubic") else None
         f_s = F.interpolate(f_s, size=f_a.shape[2:], mode=mode, align_corners=corners)  # (B, C, H, W)
-    return F.mse_loss(f_s, f_a)
+    # The MSE written out: F.mse_loss would keep f_a for its backward, which autograd refuses for a teacher's
+    # inference-mode output; (f_s - f_a) keeps only the difference.
+    return (f_s - f_a).pow(2).mean()
 
 
 class FKDLoss(nn.Module):
