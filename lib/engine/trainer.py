@@ -104,10 +104,11 @@ def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.d
     workers = min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1)
     sampler = EpochSampler(len(dataset), shuffle=is_train, rank=dist.rank if is_train else 0,
                            world_size=dist.world_size if is_train else 1)
-    if is_train and cfg.DATA.PIPELINE == "device":
-        return DeviceCropLoader(dataset, EpochBatchSampler(sampler, cfg.TRAIN.BATCH_SIZE), cfg.DATA.CROP_SIZE, device)
     if is_train:
-        batching = {"batch_sampler": EpochBatchSampler(sampler, cfg.TRAIN.BATCH_SIZE)}
+        batch_sampler = EpochBatchSampler(sampler, cfg.TRAIN.BATCH_SIZE)
+        if cfg.DATA.PIPELINE == "device":
+            return DeviceCropLoader(dataset, batch_sampler, cfg.DATA.CROP_SIZE, device)
+        batching = {"batch_sampler": batch_sampler}
     else:
         batching = {"sampler": sampler, "batch_size": cfg.TEST.BATCH_SIZE, "drop_last": False}
     return DataLoader(
