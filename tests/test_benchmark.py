@@ -29,3 +29,14 @@ def test_benchmark_measures_every_pipeline_and_writes_benchmark_json(tiny_cub, w
         for step in ("model_only", "end_to_end"):
             assert json.loads((profile / f"trace_{pipeline}_{step}.json").read_text())["traceEvents"]
     assert "end_to_end_img_s" in capsys.readouterr().out
+
+
+def test_benchmark_counts_the_short_last_batch_of_an_epoch(tiny_cub, write_config, tmp_path, monkeypatch):
+    # 16 training images in batches of 6: every epoch is 6, 6, 4. One warm-up step, then two timed steps of each
+    # fresh stream: its 2nd and 3rd batches, 10 images (not 2 x 6).
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "TRAIN": {"BATCH_SIZE": 6}, "BASIC": {"DEVICE": "cpu"}},
+                          tiny_cub)
+    assert run_cli("tools/benchmark.py", "--config_file", config, "--steps", "2", "--warmup", "1", "--repeats", "2",
+                   "--pipelines", "tensor", monkeypatch=monkeypatch) == 0
+    row = json.loads((tmp_path / "ckpt" / "benchmark.json").read_text())["pipelines"]["tensor"]
+    assert row["repeats"]["end_to_end_images"] == [10, 10]

@@ -96,7 +96,6 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     """All four figures (img/s) and peak memory for one input pipeline; optionally profiles of both steps."""
     log = get_logger()
     device = select_device(cfg)
-    bs = cfg.TRAIN.BATCH_SIZE
     tic = time.perf_counter()
     train_set = build_dataset(cfg, is_train=True)
     loader = build_loader(cfg, train_set, True, device)  # the device pipeline copies its cache here
@@ -112,10 +111,19 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     step_fn = compile_step(cfg, distiller.forward_train)
     out = {"setup_s": round(setup_s, 2), "train_images": len(train_set)}
 
+    images = [0]  # images taken from every stream so far (an epoch's last batch may be short)
+
     def stream(seed: int):
-        """A fresh training stream (new workers) over many epochs, as a run iterates it."""
+        """A fresh training stream (new workers) over many epochs, as a run iterates it; it counts its images."""
         loader.batch_sampler.set_epochs(range(seed * 10**6, (seed + 1) * 10**6))
-        return iter(loader)
+        for batch in loader:
+            images[0] += len(batch["target"])
+            yield batch
+
+    def rate(fn, steps: int, warmup: int, batch_images) -> float:
+        """Images per second of `steps` timed calls of fn(i) after `warmup` untimed ones."""
+        seconds = _time_loop(fn, steps, warmup, device)
+        return sum(batch_images(warmup + i) for i in range(steps)) / seconds
 
     # Loader alone (including the device-side batch preparation). The first batch of a fresh stream is timed on
     # its own: a run pays it once, as its workers start.
@@ -124,14 +132,20 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     prep(next(it))
     _sync(device)
     out["stream_start_s"] = round(time.perf_counter() - tic, 3)
-    seconds = _time_loop(lambda i: prep(next(it)), steps, warmup, device)
+    for _ in range(warmup):
+        prep(next(it))
+    start = images[0]
+    seconds = _time_loop(lambda i: prep(next(it)), steps, 0, device)
     it = None  # stops its workers
-    out["loader_only_img_s"] = steps * bs / seconds
+    out["loader_only_img_s"] = (images[0] - start) / seconds
 
     # Model alone: the whole training step on batches already on the device (the compute bound).
     it = stream(2)
     resident = [prep(next(it)) for _ in range(min(steps, 4))]
     it = None
+
+    def resident_images(i: int) -> int:
+        return len(resident[i % len(resident)]["target"])
     distiller.train()
     _reset_peak(device)
 
@@ -151,8 +165,7 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
             with autocast(cfg, device):
                 distiller.teacher_forward(resident[i % len(resident)]["image_large"])
 
-        seconds = _time_loop(teacher_step, steps, warmup, device)
-        out["teacher_forward_img_s"] = steps * bs / seconds
+        out["teacher_forward_img_s"] = rate(teacher_step, steps, warmup, resident_images)
 
     # End to end: the trainer's own train_epoch over a fresh training stream (workers, pinned copies, batch
     # preparation and all): `warmup` untimed steps take the workers' start and bring the prefetch queue to its
@@ -160,32 +173,41 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     def train_steps(batches, n: int) -> None:
         train_epoch(distiller, batches, n, prep, optimizer, scaler, cfg, device, 1, "bench", step_fn)
 
+
     def steady_stream(seed: int):
         batches = stream(seed)
         train_steps(batches, warmup)
         _sync(device)
         return batches
 
-    def end_to_end(seed: int, n: int) -> float:
+    def end_to_end(seed: int, n: int) -> tuple[int, float]:
+        """Images and seconds of `n` steady-state steps of a fresh stream."""
         batches = steady_stream(seed)
+        start = images[0]
         tic = time.perf_counter()
         train_steps(batches, n)
         _sync(device)
-        return time.perf_counter() - tic
+        return images[0] - start, time.perf_counter() - tic
 
     # Model only and end to end alternate `repeats` times (after one warm-up of each) and the medians are
     # reported: short windows on a GPU vary with clocks, and alternating exposes both to the same drift.
     _time_loop(model_step, 0, warmup, device)
-    model_rates, e2e_rates = [], []
+    # One untimed pass over an epoch's end: every batch shape of the stream (the short last batch of an epoch
+    # included) has then been seen, so cuDNN's autotuner (CUDNN.BENCHMARK) and torch.compile never tune or
+    # recompile for a new shape inside a timed window.
+    train_steps(stream(3), warmup + loader.batch_sampler.batches_per_epoch)
+    model_rates, e2e_rates, e2e_images = [], [], []
     for r in range(repeats):
-        model_rates.append(steps * bs / _time_loop(model_step, steps, 0, device))
-        e2e_rates.append(steps * bs / end_to_end(4 + r, steps))
+        model_rates.append(rate(model_step, steps, 0, resident_images))
+        n_images, seconds = end_to_end(4 + r, steps)
+        e2e_images.append(n_images)
+        e2e_rates.append(n_images / seconds)
     out["model_only_img_s"] = statistics.median(model_rates)
     out["end_to_end_img_s"] = statistics.median(e2e_rates)
     out["end_to_end_vs_model_only"] = statistics.median(e / m for e, m in zip(e2e_rates, model_rates))
     out["peak_memory_mb"] = round(_peak_memory_mb(device), 1)
     out["repeats"] = {"model_only_img_s": [round(v, 1) for v in model_rates],
-                      "end_to_end_img_s": [round(v, 1) for v in e2e_rates]}
+                      "end_to_end_img_s": [round(v, 1) for v in e2e_rates], "end_to_end_images": e2e_images}
     if profile_dir:
         # The same number of model-only and end-to-end steps under the profiler: where end to end spends
         # host time that model only does not is the input pipeline's cost on the main thread.
