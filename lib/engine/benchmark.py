@@ -24,7 +24,7 @@ from lib.models.model_builder import build_model
 
 from .checkpoint import atomic_write
 from .setup import configure_backends, get_logger, seed_everything, select_device
-from .trainer import autocast, build_loader, compile_step, train_epoch
+from .trainer import autocast, build_loader, compile_step, place_for_training, train_epoch
 
 
 def benchmark_method(cfg: CfgNode) -> str:
@@ -101,12 +101,8 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     loader = build_loader(cfg, train_set, True, device)  # the device pipeline copies its cache here
     setup_s = time.perf_counter() - tic
     seed_everything(cfg.BASIC.SEED)
-    distiller = _build(cfg, method).to(device)
-    if cfg.TRAIN.CHANNELS_LAST:
-        distiller.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=cfg.SOLVER.START_LR,
-                                momentum=cfg.SOLVER.MUMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.AMP == "fp16")
+    distiller = _build(cfg, method)
+    optimizer, scaler = place_for_training(cfg, distiller, device)
     prep = BatchPreparer(cfg, device, channels_last=cfg.TRAIN.CHANNELS_LAST)
     step_fn = compile_step(cfg, distiller.forward_train)
     out = {"setup_s": round(setup_s, 2), "train_images": len(train_set)}

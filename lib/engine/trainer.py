@@ -282,6 +282,17 @@ def best_checkpoint(exp: Experiment, distiller: Distiller, epoch: int, best_acc:
     return ckpt
 
 
+def place_for_training(cfg: CfgNode, distiller: Distiller, device: torch.device
+                       ) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
+    """Move the distiller to `device` (channels_last with TRAIN.CHANNELS_LAST); its SGD and grad scaler (fp16 only)."""
+    distiller.to(device)
+    if cfg.TRAIN.CHANNELS_LAST:
+        distiller.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=cfg.SOLVER.START_LR,
+                                momentum=cfg.SOLVER.MUMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    return optimizer, torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.AMP == "fp16")
+
+
 def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distiller | None = None) -> dict:
     """Train (or resume) run `run` of the experiment to the end; returns its result row."""
     from torch.utils.tensorboard import SummaryWriter
@@ -294,15 +305,9 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     if distiller is None:
         seed_everything(seed)
         distiller = build_distiller(cfg, exp.method)
-    distiller.to(device)
-    if cfg.TRAIN.CHANNELS_LAST:
-        distiller.to(memory_format=torch.channels_last)
-    params = distiller.get_learnable_parameters()
-    optimizer = torch.optim.SGD(params, lr=cfg.SOLVER.START_LR, momentum=cfg.SOLVER.MUMENTUM,
-                                weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    optimizer, scaler = place_for_training(cfg, distiller, device)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.SOLVER.LR_STEPS),
                                                      gamma=cfg.SOLVER.LR_DECAY_FACTOR)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.AMP == "fp16")
     # The module called for each training step: the distiller, its DDP wrapper under torchrun, compiled or not.
     step_module = distiller
     if exp.dist.enabled:
