@@ -27,9 +27,11 @@ def _first_image(root):
     return root / "images" / line.split(" ", 1)[1]
 
 
-def _teacher(tmp_path, arch="resnet18", classes=4):
+def _teacher(tmp_path, arch="resnet18", classes=4, record_arch=False):
+    """A teacher checkpoint: the original release's dict, or (record_arch) this project's, which names its arch."""
     path = tmp_path / f"teacher_{arch}_{classes}.pth"
-    torch.save({"epoch": 1, "state_dict": build_model(arch, classes, False).state_dict(), "best_acc": 0.0}, path)
+    ckpt = {"epoch": 1, "state_dict": build_model(arch, classes, False).state_dict(), "best_acc": 0.0}
+    torch.save({**ckpt, "arch": arch} if record_arch else ckpt, path)
     return str(path)
 
 
@@ -65,6 +67,9 @@ def _case(name, tmp_path, broken_cub, tiny_cub):
     if name == "teacher of another architecture":
         extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path, "resnet34")}}
         return KD_SCRIPT, extra, [], ["teacher_resnet34_4.pth", "resnet18"], tiny_cub
+    if name == "teacher of another architecture, named in the checkpoint":
+        extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path, "resnet34", record_arch=True)}}
+        return KD_SCRIPT, extra, [], ["teacher_resnet34_4.pth", "was trained as resnet34", "asks for resnet18"], tiny_cub
     if name == "teacher of another class count":
         extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path, classes=9)}}
         return KD_SCRIPT, extra, [], ["9 classes", "DATA.NUM_CLASSES is 4"], tiny_cub
@@ -76,7 +81,8 @@ def _case(name, tmp_path, broken_cub, tiny_cub):
 
 CASES = ["unknown key", "wrong type", "unknown arch", "unknown kdtype", "unknown dataset", "missing dataset folder",
          "missing annotation file", "annotation names a missing image", "corrupt image", "teacher checkpoint missing",
-         "teacher of another architecture", "teacher of another class count", "student input too small"]
+         "teacher of another architecture", "teacher of another architecture, named in the checkpoint",
+         "teacher of another class count", "student input too small"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -85,17 +86,49 @@ def test_a_non_finite_loss_stops_the_run_naming_where_and_keeps_the_last_good_ch
     assert torch.load(last, weights_only=False)["epoch"] == 1
 
 
+class _FullDisk:
+    """A file whose device fills after `room` bytes: write raises ENOSPC, as the OS does."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if size > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= size
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
 def test_out_of_disk_space_while_saving_is_one_error_and_the_previous_checkpoint_survives(tmp_path, monkeypatch):
     path = str(tmp_path / "last.pth")
     checkpoint.save_checkpoint({"epoch": 1}, path)
-
-    def full_disk(obj, f):
-        f.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    # The real torch.save into a file on a device that fills part-way (its zip writer turns the OSError into a
+    # RuntimeError when it writes into the file itself).
+    fdopen = os.fdopen
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode: _FullDisk(fdopen(fd, mode), room=1000))
     with pytest.raises(UserError, match="no space left on the device while writing .*last.pth"):
-        checkpoint.save_checkpoint({"epoch": 2}, path)
+        checkpoint.save_checkpoint({"epoch": 2, "weights": torch.zeros(10_000)}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=False) == {"epoch": 1}
     assert os.listdir(tmp_path) == ["last.pth"], "the temporary file was left behind"
+
+
+def test_saved_files_are_readable_by_others_as_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        checkpoint.save_checkpoint({"epoch": 1}, str(tmp_path / "last.pth"))
+        checkpoint.save_json({"runs": []}, str(tmp_path / "results.json"))
+    finally:
+        os.umask(old)
+    for name in ("last.pth", "results.json"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name

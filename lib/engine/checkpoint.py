@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import random
@@ -28,6 +29,7 @@ def atomic_write(path: str, write_fn) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are for the whole group to read
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
             f.flush()
@@ -50,6 +52,12 @@ def atomic_write(path: str, write_fn) -> None:
         os.close(dir_fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
@@ -59,7 +67,11 @@ def _remove_quietly(path: str) -> None:
 
 def save_checkpoint(obj: Any, path: str) -> None:
     """torch.save `obj` to `path` atomically."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    # Serialised in memory first: torch.save's zip writer turns a failed write (a full disk) into a RuntimeError
+    # that no longer says why, where a plain file write raises the OSError atomic_write explains.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def save_json(obj: Any, path: str) -> None:
@@ -121,7 +133,8 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
         raise UserError(f"{what} {path} holds no state_dict")
     saved_arch = ckpt.get("arch")
     if saved_arch and saved_arch != arch:
-        raise UserError(f"{what} {path} was trained as {saved_arch}, but the config asks for {arch}")
+        raise UserError(f"{what} {path} was trained as {saved_arch}, but the config asks for {arch}; name "
+                        f"{saved_arch} in the config or give a {arch} checkpoint")
     state_dict = clean_state_dict(state_dict)
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]

@@ -172,8 +172,8 @@ class StepMonitor:
         if not all(math.isfinite(v) for v in values):
             terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values))
             raise NonFiniteLoss(f"the loss is not finite in {self.where}, epoch {epoch}, step {step} ({terms}); "
-                                "the last good checkpoint is kept. Lower SOLVER.START_LR or a loss weight, "
-                                "or check the data, then re-run")
+                                "the checkpoints of the epochs before it are kept. Lower SOLVER.START_LR or a loss "
+                                "weight, or check the data, then re-run")
         if not self.sums:
             self.names, self.sums = names, [0.0] * len(values)
         self.sums = [total + v * batch_size for total, v in zip(self.sums, values)]
@@ -299,7 +299,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
 
     cfg, log = exp.cfg, get_logger()
     seed = cfg.BASIC.SEED + run
-    where = f"run {run}" if exp.multi_run else "run"
+    where = f"run {run}"  # a single-run experiment (the teacher) is run 0 too: seed BASIC.SEED + 0
     ckpt_dir, log_dir = exp.run_dir("ckpt", run), exp.run_dir("log", run)
     last_path = os.path.join(ckpt_dir, "last.pth")
     if distiller is None:
