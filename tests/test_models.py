@@ -454,5 +454,5 @@ def test_pretrained_without_cache_or_network_raises_user_error_with_the_fix(offl
         build_model(arch, NUM_CLASSES, pretrained=True)
     message = str(err.value)
     assert "\n" not in message
-    for part in (arch, "PRETRAIN_FILE", "PRETRAIN_S", "False"):
+    for part in (arch, "PRETRAIN_FILE", "PRETRAIN_S", "False", "MODEL.PRETRAIN_A", "TAS.PRETRAIN_FILE_A"):
         assert part in message
