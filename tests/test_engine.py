@@ -81,7 +81,8 @@ def test_rerunning_a_finished_experiment_prints_results_and_rewrites_nothing(tin
     exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
     stamps = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(exp / "**" / "*"), recursive=True)}
     capsys.readouterr()
-    assert run_in_process(TEACHER, config, "BASIC.NUM_WORKERS", "1", monkeypatch=monkeypatch) == 0
+    # Neither the workers nor BASIC.NUM_RUNS (the teacher's script always trains one run) make it another experiment.
+    assert run_in_process(TEACHER, config, "BASIC.NUM_WORKERS", "1", "BASIC.NUM_RUNS", "5", monkeypatch=monkeypatch) == 0
     assert "is finished" in capsys.readouterr().out
     assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(exp / "**" / "*"), recursive=True)} == stamps
 

@@ -426,7 +426,8 @@ def _check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
     saved_path = os.path.join(exp_dir, "config.yaml")
     with open(saved_path) as f:
         saved = CfgNode.load_cfg(f)
-    differing = diff_cfg(saved, cfg, ignore=RUNTIME_KEYS)
+    # BASIC.NUM_RUNS is in the folder's name already ("<n>runs_"), except for the teacher's script, which ignores it.
+    differing = diff_cfg(saved, cfg, ignore=RUNTIME_KEYS + ("BASIC.NUM_RUNS",))
     if differing:
         raise UserError(f"{exp_dir} holds an experiment with another config: {'; '.join(differing)}. "
                         "Re-run with the same settings to resume, or add BASIC.FRESH_START True to start over")
