@@ -283,3 +283,16 @@ def test_two_stage_tas_experiments_fill_their_own_column(tmp_path, monkeypatch):
     with open(root / "summary" / "summary.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert (row["teacher_arch"], row["student_arch"], row["tas_best_mean"]) == ("resnet50", "resnet18", "62.0")
+
+
+def test_the_teacher_accuracy_is_that_of_the_checkpoint_the_pair_distilled_from(tmp_path, monkeypatch):
+    root = tmp_path / "ckpt"
+    used = _experiment(root, "cub", "1runs_resnet50_64_seed0_0.01", [80.0], MODEL__ARCH="resnet50", DATA__CROP_SIZE=64)
+    # Another resnet50@64 teacher with more runs: the pick among teachers of that name, but not the one used.
+    _experiment(root, "cub", "2runs_resnet50_64_seed1_0.01", [10.0, 12.0], MODEL__ARCH="resnet50", DATA__CROP_SIZE=64)
+    _experiment(root, "cub", "2runs_kd_resnet50_64_resnet18_32_seed0_0.01", [55.0, 57.0],
+                MODEL__MODELDICT_T=str(used / "ckpt" / "model_best.pth"), **DISTILL)
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    with open(root / "summary" / "summary.csv") as f:
+        pair = next(r for r in csv.DictReader(f) if r["teacher_arch"])
+    assert float(pair["teacher_best_acc_mean"]) == 80.0

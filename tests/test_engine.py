@@ -11,10 +11,11 @@ from lib.datasets import build_dataset
 from lib.engine.trainer import build_loader, format_table, summarize
 from lib.models.model_builder import build_model
 
-from .conftest import run_in_process, run_script
+from .conftest import one_error_line, run_in_process, run_script
 
 TEACHER = "tools_0_base/train_teacher_1run.py"
 STUDENT = "tools_0_base/train_student_5runs.py"
+KD = "tools_1_ts/train_kd_5runs.py"
 
 
 def test_one_training_stream_serves_every_epoch_as_a_resumed_run_sees_it_and_leaves_the_global_rng(
@@ -103,6 +104,31 @@ def test_a_different_config_in_the_same_directory_is_refused_naming_the_keys(tin
                           monkeypatch=monkeypatch) == 0
     assert (tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01.old1" / "config.yaml").read_text() == saved
     assert "WEIGHT_DECAY: 0.001" in (exp / "config.yaml").read_text()
+
+
+def test_a_teacher_file_that_changed_since_the_experiment_started_is_refused(tiny_cub, write_config, tmp_path,
+                                                                           monkeypatch, capsys):
+    teacher = tmp_path / "teacher.pth"
+    torch.save({"state_dict": build_model("resnet18", 4, False).state_dict(), "arch": "resnet18"}, teacher)
+    config = write_config({"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18", "MODELDICT_T": str(teacher)},
+                           "DATA": {"LESSEN_RATIO": 2.0}, "SOLVER": {"NUM_EPOCHS": 1},
+                           "BASIC": {"NUM_RUNS": 1}}, tiny_cub)
+    assert run_in_process(KD, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_kd_resnet18_64_resnet18_32_seed0_0.01"
+    inputs = json.loads((exp / "inputs.json").read_text())
+    assert inputs["MODEL.MODELDICT_T"]["path"] == str(teacher) and len(inputs["MODEL.MODELDICT_T"]["sha256"]) == 64
+    results = (exp / "results.json").read_text()
+    # The teacher is trained again (another seed): re-running the finished experiment would report results that
+    # were learnt from the old teacher.
+    torch.manual_seed(1)
+    torch.save({"state_dict": build_model("resnet18", 4, False).state_dict(), "arch": "resnet18"}, teacher)
+    capsys.readouterr()
+    assert run_in_process(KD, config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "MODEL.MODELDICT_T" in line and "has changed since" in line and "BASIC.FRESH_START True" in line
+    assert (exp / "results.json").read_text() == results
+    assert run_in_process(KD, config, "BASIC.FRESH_START", "True", monkeypatch=monkeypatch) == 0
+    assert json.loads((exp / "inputs.json").read_text()) != inputs
 
 
 def test_summary_reports_mean_and_sample_std_of_best_and_last():

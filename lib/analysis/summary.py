@@ -7,7 +7,8 @@ and dataset are read from config.yaml; only the distillation method, which the c
 
 Rows: dataset, teacher@size -> student@size, one per distillation pair. Columns: the student baseline (the
 single-network experiment of the student's architecture at the student's size, same dataset), then KD, AT, SP,
-ICKD, DKD and ISRD; each cell is the mean ± std over runs of the best and of the last-epoch test top-1 (%).
+ICKD, DKD, ISRD and TAS; each cell is the mean ± std over runs of the best and of the last-epoch test top-1 (%).
+The teacher's accuracy is that of the experiment the row's cells distilled from (their MODEL.MODELDICT_T).
 Single-network experiments that are no pair's student baseline (teachers, unpaired baselines) get rows of their
 own, without a teacher. When several experiments fill one cell (other seeds or learning rates), the one with the
 most runs, then the newest results.json, is shown and the others are listed on stderr.
@@ -24,7 +25,7 @@ from typing import Any
 
 from yacs.config import CfgNode
 
-from lib.config import small_crop_size
+from lib.config import resolve_path, small_crop_size
 from lib.engine.checkpoint import load_json
 from lib.utils.errors import UserError
 
@@ -40,6 +41,7 @@ METHOD_LABELS = {"student": "baseline", "kd": "KD", "at": "AT", "sp": "SP", "ick
                  "isrd": "ISRD", "tas": "TAS"}
 _DISTILL_NAME = re.compile(r"\d+runs_(kd|at|sp|ickd|dkd|isrd|tas)_")
 _MOVED_ASIDE = re.compile(r".*\.old\d+")
+_RUN_DIR = re.compile(r"run\d+")
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Experiment:
     num_classes: int
     results: dict
     mtime: float
+    teacher_dir: str | None = None  # the experiment folder MODEL.MODELDICT_T points into (<folder>/ckpt/...)
 
     @property
     def runs(self) -> int:
@@ -81,6 +84,14 @@ class Row:
         return next(iter(self.cells.values())).num_classes
 
 
+def _teacher_dir(checkpoint: str) -> str:
+    """The experiment folder of a teacher checkpoint <folder>/ckpt/model_best.pth (or <folder>/ckpt/run<i>/...)."""
+    ckpt_dir = os.path.dirname(os.path.realpath(resolve_path(checkpoint)))
+    if _RUN_DIR.fullmatch(os.path.basename(ckpt_dir)):
+        ckpt_dir = os.path.dirname(ckpt_dir)
+    return os.path.dirname(ckpt_dir)
+
+
 def _read_experiment(folder: str) -> Experiment:
     """Read results.json and config.yaml of one experiment folder (UserError if unreadable)."""
     results_path, config_path = os.path.join(folder, "results.json"), os.path.join(folder, "config.yaml")
@@ -103,6 +114,7 @@ def _read_experiment(folder: str) -> Experiment:
             num_classes=cfg.DATA.NUM_CLASSES,
             results=results,
             mtime=os.path.getmtime(results_path),
+            teacher_dir=_teacher_dir(cfg.MODEL.MODELDICT_T) if distill and cfg.MODEL.MODELDICT_T else None,
         )
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
         raise UserError(f"cannot read the experiment in {folder} ({type(err).__name__}: {err})") from None
@@ -153,11 +165,17 @@ def build_rows(experiments: list[Experiment], warn=None) -> list[Row]:
             pairs[(e.dataset, e.teacher, e.teacher_size, e.arch, e.size)][e.method].append(e)
     single = {key: _pick(group, f"{key[1]}@{key[2]} on {key[0]}", warn) for key, group in singles.items()}
 
+    by_folder = {os.path.realpath(e.path): e for e in experiments if e.method == "single"}
     rows, used = [], set()
     for (dataset, teacher, teacher_size, arch, size), methods in pairs.items():
-        row = Row(dataset, arch, size, teacher, teacher_size, single.get((dataset, teacher, teacher_size)))
         what = f"{teacher}@{teacher_size} -> {arch}@{size} on {dataset}"
-        row.cells = {m: _pick(group, f"{METHOD_LABELS[m]} {what}", warn) for m, group in methods.items()}
+        cells = {m: _pick(group, f"{METHOD_LABELS[m]} {what}", warn) for m, group in methods.items()}
+        # The teacher's accuracy: that of the experiment whose checkpoint the shown cells distilled from (their
+        # MODEL.MODELDICT_T), when they agree on one found here; else the pick among teacher@size experiments.
+        used_teachers = {e.teacher_dir for e in cells.values() if e.teacher_dir}
+        teacher_result = by_folder.get(used_teachers.pop()) if len(used_teachers) == 1 else None
+        row = Row(dataset, arch, size, teacher, teacher_size,
+                  teacher_result or single.get((dataset, teacher, teacher_size)), cells)
         if (dataset, arch, size) in single:
             row.cells["student"] = single[(dataset, arch, size)]
             used.add((dataset, arch, size))

@@ -16,7 +16,7 @@ from .methods import DKD, ISRD, KD, FeatureKD, build_isrd_decoder
 from .tas import TAS, build_assistant, build_tas, check_tas_archs
 
 __all__ = ["Distiller", "Vanilla", "KD", "DKD", "FeatureKD", "ISRD", "TAS", "build_distiller", "build_teacher",
-           "build_assistant", "METHODS", "method_archs"]
+           "build_assistant", "METHODS", "method_archs", "method_checkpoints"]
 
 # "tas" is stage 2 of two-stage distillation (lib/distillers/tas.py): its teacher-side network is the assistant.
 METHODS = ("single", "kd", "at", "sp", "ickd", "dkd", "isrd", "tas")
@@ -29,6 +29,14 @@ def method_archs(cfg: CfgNode, method: str) -> tuple[str | None, str]:
     if method == "tas":
         return cfg.MODEL.ARCH_A, cfg.MODEL.ARCH_S
     return cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_S
+
+
+def method_checkpoints(cfg: CfgNode, method: str) -> dict[str, str]:
+    """The checkpoints a method starts from: {config key: resolved path} (teacher or assistant, student init)."""
+    keys = [] if method == "single" else ["MODEL.MODELDICT_A" if method == "tas" else "MODEL.MODELDICT_T",
+                                          "MODEL.MODELDICT_S"]
+    paths = {key: cfg.MODEL.get(key.split(".")[1]) for key in keys}
+    return {key: resolve_path(path) for key, path in paths.items() if path}
 
 
 def check_archs(cfg: CfgNode, method: str) -> None:

@@ -8,6 +8,7 @@ the same command after a kill continues exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import math
@@ -28,7 +29,7 @@ from lib.config import diff_cfg, small_crop_size
 from lib.datasets import BatchPreparer, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
-from lib.distillers import Distiller, build_distiller, check_archs, method_archs
+from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
 from lib.utils.errors import UserError
 
 from .checkpoint import atomic_write, load_json, rng_state, save_checkpoint, save_json, set_rng_state
@@ -433,6 +434,34 @@ def _check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
                         "Re-run with the same settings to resume, or add BASIC.FRESH_START True to start over")
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_fingerprints(cfg: CfgNode, method: str) -> dict[str, dict[str, str]]:
+    """{config key: {"path", "sha256"}} of the checkpoints `method` starts from (inputs.json of an experiment)."""
+    return {key: {"path": path, "sha256": _sha256(path)}
+            for key, path in method_checkpoints(cfg, method).items() if os.path.isfile(path)}
+
+
+def _check_saved_inputs(cfg: CfgNode, method: str, exp_dir: str) -> None:
+    """Refuse to resume or re-report an experiment whose teacher (assistant, student init) file has changed since."""
+    saved_path = os.path.join(exp_dir, "inputs.json")
+    if not os.path.isfile(saved_path):
+        return  # an experiment from before inputs.json was written
+    saved = load_json(saved_path)
+    for key, now in checkpoint_fingerprints(cfg, method).items():
+        then = saved.get(key, {}).get("sha256")
+        if then and then != now["sha256"]:
+            raise UserError(f"{key} {now['path']} has changed since {exp_dir} started from it (SHA-256 {then[:12]} "
+                            f"then, {now['sha256'][:12]} now): what it holds was learnt from the old file. Restore "
+                            "that, or add BASIC.FRESH_START True to start over from the new one")
+
+
 def _move_aside(exp_dir: str) -> str:
     n = 1
     while os.path.exists(f"{exp_dir}.old{n}"):
@@ -459,6 +488,7 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
     exists = os.path.isfile(os.path.join(exp_dir, "config.yaml"))
     if exists and not cfg.BASIC.FRESH_START:
         _check_saved_config(cfg, exp_dir)
+        _check_saved_inputs(cfg, method, exp_dir)
         if os.path.isfile(results_path):
             results = load_json(results_path)
             log.info(f"{exp_dir} is finished; its results:\n{format_table(results)}")
@@ -490,6 +520,7 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
         if not exists:
             with open(os.path.join(exp_dir, "config.yaml"), "w") as f:
                 f.write(cfg.dump())
+            save_json(checkpoint_fingerprints(cfg, method), os.path.join(exp_dir, "inputs.json"))
     _barrier(info)
     handler = add_log_file(os.path.join(exp_dir, "train.log")) if info.is_main else None
     try:
