@@ -4,10 +4,12 @@ import glob
 import json
 import os
 
+import pytest
 import torch
 
 from lib.config import load_config
 from lib.datasets import build_dataset
+from lib.distillers.base import Distiller
 from lib.engine.trainer import build_loader, format_table, summarize
 from lib.models.model_builder import build_model
 
@@ -104,6 +106,57 @@ def test_a_different_config_in_the_same_directory_is_refused_naming_the_keys(tin
                           monkeypatch=monkeypatch) == 0
     assert (tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01.old1" / "config.yaml").read_text() == saved
     assert "WEIGHT_DECAY: 0.001" in (exp / "config.yaml").read_text()
+
+
+def test_an_attempt_that_saved_no_epoch_does_not_block_the_corrected_command(tiny_cub, write_config, tmp_path,
+                                                                            monkeypatch, capsys):
+    original = Distiller.forward_train
+
+    def poisoned(self, image, image_large, target, epoch):
+        logits, losses = original(self, image, image_large, target, epoch)
+        return logits, {k: v * float("nan") for k, v in losses.items()}
+
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    monkeypatch.setattr(Distiller, "forward_train", poisoned)
+    assert run_in_process(TEACHER, config, "SOLVER.WEIGHT_DECAY", "0.001", monkeypatch=monkeypatch) == 2
+    monkeypatch.setattr(Distiller, "forward_train", original)
+    capsys.readouterr()
+    # Corrected: the failed attempt (config.yaml and logs, no epoch saved) is moved aside, not a clash.
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    failed = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01.old1"
+    assert "WEIGHT_DECAY: 0.001" in (failed / "config.yaml").read_text()
+    assert "saved no epoch, was moved to" in capsys.readouterr().out
+
+
+def test_a_path_spelt_another_way_or_a_runtime_knob_is_the_same_experiment(tiny_cub, write_config, tmp_path,
+                                                                           monkeypatch, capsys):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    capsys.readouterr()
+    assert run_in_process(TEACHER, config, "BASIC.OUTPUT_ROOT", f"'{tmp_path}/./ckpt/'", "DATA.DATADIR",
+                          f"'{tiny_cub}/../{os.path.basename(tiny_cub)}'", "BASIC.PARALLEL_RUNS", "2",
+                          monkeypatch=monkeypatch) == 0
+    assert "is finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("ckpt/last.pth", b"PK\x03\x04 truncated", ["last.pth", "damaged", "delete it to train run 0 again"]),
+    ("results.json", b"{garbage", ["results.json", "damaged", "made again from the runs' result.json"]),
+    ("config.yaml", b"", ["config.yaml", "damaged", "BASIC.FRESH_START True"]),
+])
+def test_a_damaged_file_of_an_experiment_is_one_line_naming_it(name, content, words, tiny_cub, write_config, tmp_path,
+                                                              monkeypatch, capsys):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    if name == "ckpt/last.pth":  # an unfinished run resumes from last.pth
+        os.remove(exp / "results.json")
+        os.remove(exp / "ckpt" / "result.json")
+    (exp / name).write_bytes(content)
+    capsys.readouterr()
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert all(word in line for word in words), line
 
 
 def test_a_teacher_file_that_changed_since_the_experiment_started_is_refused(tiny_cub, write_config, tmp_path,

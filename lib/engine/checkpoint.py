@@ -85,6 +85,15 @@ def load_json(path: str) -> Any:
         return json.load(f)
 
 
+def read_saved(path: str, read, fix: str) -> Any:
+    """read(path) of a file a run saved; a UserError naming it as damaged, and how to go on, when that fails."""
+    try:
+        return read(path)
+    except Exception as err:  # noqa: BLE001 - truncated, empty, garbage: whatever the reader raises
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise UserError(f"{path} cannot be read ({type(err).__name__}: {reason}), it is damaged; {fix}") from None
+
+
 def rng_state() -> dict:
     """The RNG states of python, numpy, torch (CPU) and CUDA (when initialised)."""
     state = {

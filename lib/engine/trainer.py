@@ -25,14 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode
 
-from lib.config import diff_cfg, small_crop_size
+from lib.config import diff_cfg, resolve_path, small_crop_size
 from lib.datasets import BatchPreparer, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
 from lib.utils.errors import UserError
 
-from .checkpoint import atomic_write, load_json, rng_state, save_checkpoint, save_json, set_rng_state
+from .checkpoint import atomic_write, load_json, read_saved, rng_state, save_checkpoint, save_json, set_rng_state
 from .distributed import DistInfo, init_distributed, parallel_slots
 from .setup import (
     add_log_file,
@@ -46,7 +46,8 @@ from .setup import (
 
 # Keys that change how fast or where a run goes, not what it learns: a resumed or re-run experiment may differ
 # in these from the saved config.
-RUNTIME_KEYS = ("BASIC.GPU_ID", "BASIC.DEVICE", "BASIC.NUM_WORKERS", "BASIC.DISP_FREQ", "BASIC.FRESH_START",
+RUNTIME_KEYS = ("BASIC.GPU_ID", "BASIC.DEVICE", "BASIC.NUM_WORKERS", "BASIC.PARALLEL_RUNS", "BASIC.DISP_FREQ",
+                "BASIC.FRESH_START", "BASIC.OUTPUT_ROOT",  # (the folder found is the same, however it is spelt)
                 "BASIC.TIME", "BASIC.BACKUP_CODES", "BASIC.BACKUP_LIST", "BASIC.SAVE_DIR", "BASIC.ROOT_DIR",
                 "TEST.BATCH_SIZE", "MODEL.TYPE")
 
@@ -318,7 +319,9 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
 
     start_epoch, best_acc, best_epoch, history = 0, 0.0, 0, []
     if os.path.isfile(last_path):
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = read_saved(last_path, lambda p: torch.load(p, map_location="cpu", weights_only=False),
+                           f"delete it to train {where} again from its first epoch, or add BASIC.FRESH_START True "
+                           "to start the whole experiment over")
         distiller.student.load_state_dict(state["student"])
         for name, module in distiller.extra_modules().items():
             module.load_state_dict(state["extra"][name])
@@ -423,12 +426,33 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
-    saved_path = os.path.join(exp_dir, "config.yaml")
-    with open(saved_path) as f:
+def _read_mapping_json(path: str) -> dict:
+    loaded = load_json(path)
+    if not isinstance(loaded, dict):
+        raise ValueError(f"a JSON object was expected, found {type(loaded).__name__}")
+    return loaded
+
+
+def _read_saved_cfg(path: str) -> CfgNode:
+    with open(path) as f:
         saved = CfgNode.load_cfg(f)
+    if not isinstance(saved, CfgNode) or "BASIC" not in saved or "DATA" not in saved:
+        raise ValueError("not a config of this project")
+    return saved
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.realpath(resolve_path(a)) == os.path.realpath(resolve_path(b))
+
+
+def _check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
+    saved = read_saved(os.path.join(exp_dir, "config.yaml"), _read_saved_cfg,
+                       "restore it, or add BASIC.FRESH_START True to start over")
     # BASIC.NUM_RUNS is in the folder's name already ("<n>runs_"), except for the teacher's script, which ignores it.
-    differing = diff_cfg(saved, cfg, ignore=RUNTIME_KEYS + ("BASIC.NUM_RUNS",))
+    ignore = RUNTIME_KEYS + ("BASIC.NUM_RUNS",)
+    if _same_folder(str(saved.DATA.get("DATADIR", "")), cfg.DATA.DATADIR):  # the same dataset, spelt another way
+        ignore += ("DATA.DATADIR",)
+    differing = diff_cfg(saved, cfg, ignore=ignore)
     if differing:
         raise UserError(f"{exp_dir} holds an experiment with another config: {'; '.join(differing)}. "
                         "Re-run with the same settings to resume, or add BASIC.FRESH_START True to start over")
@@ -453,13 +477,20 @@ def _check_saved_inputs(cfg: CfgNode, method: str, exp_dir: str) -> None:
     saved_path = os.path.join(exp_dir, "inputs.json")
     if not os.path.isfile(saved_path):
         return  # an experiment from before inputs.json was written
-    saved = load_json(saved_path)
+    saved = read_saved(saved_path, _read_mapping_json, "delete it to skip this check, or add BASIC.FRESH_START True "
+                       "to start over")
     for key, now in checkpoint_fingerprints(cfg, method).items():
         then = saved.get(key, {}).get("sha256")
         if then and then != now["sha256"]:
             raise UserError(f"{key} {now['path']} has changed since {exp_dir} started from it (SHA-256 {then[:12]} "
                             f"then, {now['sha256'][:12]} now): what it holds was learnt from the old file. Restore "
                             "that, or add BASIC.FRESH_START True to start over from the new one")
+
+
+def _saved_any_epoch(exp_dir: str) -> bool:
+    """Whether an experiment folder holds a run's checkpoint or result (a start that failed in epoch 1 does not)."""
+    return any(name in ("last.pth", "result.json", "results.json")
+               for _, _, files in os.walk(exp_dir) for name in files)
 
 
 def _move_aside(exp_dir: str) -> str:
@@ -486,11 +517,18 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
     exp_dir = experiment_dir(cfg, method, num_runs)
     results_path = os.path.join(exp_dir, "results.json")
     exists = os.path.isfile(os.path.join(exp_dir, "config.yaml"))
+    stale = False  # an earlier attempt with another config or teacher that saved no epoch: nothing to keep
     if exists and not cfg.BASIC.FRESH_START:
-        _check_saved_config(cfg, exp_dir)
-        _check_saved_inputs(cfg, method, exp_dir)
-        if os.path.isfile(results_path):
-            results = load_json(results_path)
+        try:
+            _check_saved_config(cfg, exp_dir)
+            _check_saved_inputs(cfg, method, exp_dir)
+        except UserError:
+            if _saved_any_epoch(exp_dir):
+                raise
+            stale = True
+        if not stale and os.path.isfile(results_path):
+            results = read_saved(results_path, load_json,
+                                 "delete it and re-run: it is made again from the runs' result.json")
             log.info(f"{exp_dir} is finished; its results:\n{format_table(results)}")
             return results
 
@@ -504,7 +542,7 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
     if cfg.DATA.PIPELINE == "device":
         check_cache_fits(train_set, device)
     exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set, info)
-    fresh = exists and cfg.BASIC.FRESH_START
+    fresh = exists and (cfg.BASIC.FRESH_START or stale)
     pending = [r for r in range(num_runs)
                if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
     first = None
@@ -514,7 +552,9 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
 
     if info.is_main:
         if fresh:
-            log.info(f"BASIC.FRESH_START: the earlier attempt was moved to {_move_aside(exp_dir)}")
+            why = ("an earlier attempt with another config or teacher, which saved no epoch," if stale
+                   else "BASIC.FRESH_START: the earlier attempt")
+            log.info(f"{why} was moved to {_move_aside(exp_dir)}")
             exists = False
         os.makedirs(exp_dir, exist_ok=True)
         if not exists:
@@ -534,7 +574,8 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
         done = {}
         for run in range(num_runs):
             if run not in pending:
-                done[run] = load_json(os.path.join(exp.run_dir("ckpt", run), "result.json"))
+                done[run] = read_saved(os.path.join(exp.run_dir("ckpt", run), "result.json"), load_json,
+                                       f"delete it and re-run: run {run} is summed up again from its last.pth")
                 log.info(f"run {run} already finished: best {done[run]['best_acc']:.2f}")
         if slots > 1:
             del first
