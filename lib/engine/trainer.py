@@ -480,7 +480,8 @@ def _check_saved_inputs(cfg: CfgNode, method: str, exp_dir: str) -> None:
     saved = read_saved(saved_path, _read_mapping_json, "delete it to skip this check, or add BASIC.FRESH_START True "
                        "to start over")
     for key, now in checkpoint_fingerprints(cfg, method).items():
-        then = saved.get(key, {}).get("sha256")
+        entry = saved.get(key)
+        then = entry.get("sha256") if isinstance(entry, dict) else None
         if then and then != now["sha256"]:
             raise UserError(f"{key} {now['path']} has changed since {exp_dir} started from it (SHA-256 {then[:12]} "
                             f"then, {now['sha256'][:12]} now): what it holds was learnt from the old file. Restore "
