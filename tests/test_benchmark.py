@@ -1,8 +1,16 @@
 """tools/benchmark.py: every figure of every pipeline lands in benchmark.json (no timing is asserted)."""
 
 import json
+import os
+import signal
+import subprocess
 
-from .conftest import run_cli
+import pytest
+import torch
+
+from lib.config import REPO_ROOT
+
+from .conftest import one_error_line, run_cli
 
 KEYS = ("end_to_end_img_s", "model_only_img_s", "loader_only_img_s", "teacher_forward_img_s", "peak_memory_mb")
 
@@ -40,3 +48,38 @@ def test_benchmark_counts_the_short_last_batch_of_an_epoch(tiny_cub, write_confi
                    "--pipelines", "tensor", monkeypatch=monkeypatch) == 0
     row = json.loads((tmp_path / "ckpt" / "benchmark.json").read_text())["pipelines"]["tensor"]
     assert row["repeats"]["end_to_end_images"] == [10, 10]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--steps", "0"], ["--steps must be >= 1", "got --steps 0"]),
+    (["--steps", "-3"], ["--steps must be >= 1", "got --steps -3"]),
+    (["--warmup", "-1"], ["--warmup >= 0", "--warmup -1"]),
+    (["--repeats", "0"], ["--repeats >= 1", "--repeats 0"]),
+    (["--pipelines", "tensor,gpu"], ["--pipelines takes a comma-separated list of tensor, pil, device",
+                                     "'tensor,gpu'"]),
+])
+def test_benchmark_flag_mistakes_are_one_line_and_write_nothing(flags, words, tiny_cub, write_config, tmp_path,
+                                                                monkeypatch, capsys):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "BASIC": {"DEVICE": "cpu"}}, tiny_cub)
+    assert run_cli("tools/benchmark.py", "--config_file", config, *flags, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert all(word in line for word in words), line
+    assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_benchmark_script_without_a_gpu_is_one_line_and_writes_nothing(tmp_path):
+    # Its own session: if the script went on benchmarking, the timeout kills the benchmarks it started too.
+    proc = subprocess.Popen(["bash", os.path.join(REPO_ROOT, "tools", "gpu_benchmark.sh"), str(tmp_path / "out")],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 2 and out == ""
+    assert one_error_line(err) == ("error: tools/gpu_benchmark.sh needs a CUDA GPU; on the CPU use python "
+                                   "tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml")
+    assert not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lib.config import REPO_ROOT, diff_cfg, get_cfg, load_config, merge_file, merge_list, small_crop_size
+from lib.config import REPO_ROOT, diff_cfg, get_cfg, load_config, merge_file, merge_list, parse_args, small_crop_size
 from lib.utils.errors import UserError
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -86,6 +86,94 @@ def test_missing_and_malformed_config_files_name_the_file(tmp_path):
     unknown.write_text("SOLVER:\n  START_LRR: 0.1\n")
     with pytest.raises(UserError, match="unknown config key SOLVER.START_LRR in .*did you mean SOLVER.START_LR"):
         merge_file(get_cfg(), str(unknown))
+
+
+@pytest.mark.parametrize("text, where", [
+    ("SOLVER:\n\tSTART_LR: 0.1\n", "at line 2, column 1: found character '\\t' that cannot start any token"),
+    ("SOLVER:\n  START_LR: [0.1\n", "at line 3, column 1: expected ',' or ']', but got '<stream end>'"),
+    ("SOLVER:\n  START_LR: 0.1\x07\n", "at line 2, column 16: special characters are not allowed"),
+])
+def test_yaml_syntax_errors_say_what_was_found_and_where(text, where, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(UserError) as err:
+        merge_file(get_cfg(), str(bad))
+    assert str(err.value).startswith(f"config file {bad} is not valid YAML {where}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_config_file_that_is_not_utf8_is_a_user_error(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("SOLVER:\n  START_LR: 0.1  # r\u00e9glage\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.yaml is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8"):
+        merge_file(get_cfg(), str(latin1))
+
+
+def test_yaml_floats_without_a_dot_are_read_as_floats(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-2 as the string '1e-2'.
+    config = tmp_path / "sci.yaml"
+    config.write_text("SOLVER:\n  START_LR: 1e-2\n  WEIGHT_DECAY: 5E-4\nDATA:\n  IMAGE_MEAN: [5e-1, 0.5, 1]\n")
+    cfg = get_cfg()
+    merge_file(cfg, str(config))
+    merge_list(cfg, ["KD.ALPHA", "'9e-1'"])
+    assert (cfg.SOLVER.START_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.KD.ALPHA) == (0.01, 5e-4, 0.9)
+    assert cfg.DATA.IMAGE_MEAN == [0.5, 0.5, 1.0] and isinstance(cfg.SOLVER.START_LR, float)
+
+
+@pytest.mark.parametrize("word", ["abc", "nan", "inf", "1e-2x", ""])
+def test_strings_that_are_not_finite_numbers_are_still_refused_for_floats(word, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"SOLVER:\n  START_LR: '{word}'\n")
+    with pytest.raises(UserError, match=f"SOLVER.START_LR in .* expects a float, got '{word}'"):
+        merge_file(get_cfg(), str(config))
+
+
+@pytest.mark.parametrize("opts, key, word", [
+    (["SOLVER.NUM_EPOCHS", "BASIC.NUM_RUNS", "1"], "SOLVER.NUM_EPOCHS", "BASIC.NUM_RUNS"),
+    (["MODEL.ARCH", "BASIC.NUM_RUNS", "1", "BASIC.SEED"], "MODEL.ARCH", "BASIC.NUM_RUNS"),
+    (["BASIC.SEED", "1", "TRAIN.AMP", "TRAIN.COMPILE", "True"], "TRAIN.AMP", "TRAIN.COMPILE"),
+])
+def test_a_key_followed_by_another_key_is_named_as_missing_its_value(opts, key, word):
+    with pytest.raises(UserError) as err:
+        merge_list(get_cfg(), opts)
+    assert str(err.value).startswith(f"config key {key} on the command line has no value (the next word, {word}, "
+                                     "is a config key)"), str(err.value)
+
+
+def test_config_file_flag_may_stand_anywhere_among_the_overrides():
+    args = parse_args(["SOLVER.NUM_EPOCHS", "1", "--config_file", "c.yaml", "BASIC.SEED", "-1",
+                       "SOLVER.WEIGHT_DECAY", "-1e-4"])
+    assert args.config_file == "c.yaml"
+    # Negative values stay values, in order (the config check then refuses them by name).
+    assert args.opts == ["SOLVER.NUM_EPOCHS", "1", "BASIC.SEED", "-1", "SOLVER.WEIGHT_DECAY", "-1e-4"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    ([], ["the following arguments are required: --config_file", "--help"]),
+    (["--config_file", "c.yaml", "SOLVER.NUM_EPOCHS", "1", "--fresh"], ["unrecognized arguments: --fresh"]),
+    (["--config_file"], ["argument --config_file: expected one argument"]),
+])
+def test_command_line_mistakes_are_one_user_error_not_usage(argv, words):
+    with pytest.raises(UserError) as err:
+        parse_args(argv)
+    assert "\n" not in str(err.value) and all(word in str(err.value) for word in words), str(err.value)
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["BASIC.SEED", "-1"], "BASIC.SEED must be between 0 and 4294967295 (2**32 - BASIC.NUM_RUNS), got -1"),
+    (["BASIC.SEED", str(2**32 - 1), "BASIC.NUM_RUNS", "2"], "BASIC.SEED must be between 0 and 4294967294"),
+    (["SOLVER.WEIGHT_DECAY", "-1e-4"], "SOLVER.WEIGHT_DECAY must be >= 0, got -0.0001"),
+    (["SOLVER.MUMENTUM", "-0.9"], "SOLVER.MUMENTUM must be >= 0, got -0.9"),
+    (["DATA.GENERATE_IMAGE_SIZE", "[0, 60]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive"),
+    (["DATA.GENERATE_IMAGE_SIZE", "[80]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive"),
+    (["DATA.CACHE_SIZE", "-1"], "DATA.CACHE_SIZE must be >= 0 (0 = DATA.RESIZE_SIZE), got -1"),
+])
+def test_numbers_that_would_crash_later_are_refused_with_their_allowed_range(opts, message):
+    args = argparse.Namespace(config_file=os.path.join(REPO_ROOT, "configs/base/cub/cub_resnet_single_224.yaml"),
+                              opts=["BASIC.NUM_RUNS", "1", *opts])
+    with pytest.raises(UserError) as err:
+        load_config(args)
+    assert str(err.value).startswith(message), str(err.value)
 
 
 def test_loaded_config_is_frozen():

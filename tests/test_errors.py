@@ -1,14 +1,18 @@
 """Every mistake a user can make gets one clear line, exit status 2, and nothing written (README's table)."""
 
+import errno
+import glob
 import os
 import shutil
 
 import pytest
 import torch
 
+from lib.config import REPO_ROOT
 from lib.models.model_builder import build_model
+from lib.utils.errors import UserError, cli_main
 
-from .conftest import run_in_process
+from .conftest import one_error_line, run_cli, run_in_process
 
 KD_SCRIPT = "tools_1_ts/train_kd_5runs.py"
 TEACHER = "tools_0_base/train_teacher_1run.py"
@@ -114,3 +118,75 @@ def test_a_gpu_id_that_does_not_exist_is_refused(tiny_cub, write_config, tmp_pat
     err = capsys.readouterr().err
     assert "BASIC.GPU_ID" in err and "1 CUDA device" in err
     assert not (tmp_path / "out").exists()
+
+
+ALL_SCRIPTS = sorted(os.path.relpath(p, REPO_ROOT) for pattern in ("tools/*.py", "tools_*/*.py")
+                     for p in glob.glob(os.path.join(REPO_ROOT, pattern)))
+CONFIG_SCRIPTS = [s for s in ALL_SCRIPTS if s.startswith("tools_") or s in ("tools/eval.py", "tools/benchmark.py")]
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_an_unknown_flag_is_one_line_in_every_script(script, tmp_path, monkeypatch, capsys):
+    config = ["--config_file", str(tmp_path / "c.yaml")] if script in CONFIG_SCRIPTS else []
+    assert run_cli(script, *config, "--no-such-flag", monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--no-such-flag" in line and f"{os.path.basename(script)} --help" in line, line
+
+
+@pytest.mark.parametrize("script", CONFIG_SCRIPTS)
+def test_a_missing_config_file_flag_is_one_line(script, monkeypatch, capsys):
+    assert run_cli(script, "SOLVER.NUM_EPOCHS", "1", monkeypatch=monkeypatch) == 2
+    assert "the following arguments are required: --config_file" in one_error_line(capsys.readouterr().err)
+
+
+def test_overrides_may_come_before_the_config_file_flag(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    # The override is applied (and refused by the config check), so the words around --config_file were read.
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub, output_root=str(tmp_path / "out"))
+    assert run_cli("tools_0_base/train_student_5runs.py", "SOLVER.NUM_EPOCHS", "0", "--config_file", config,
+                   "BASIC.NUM_RUNS", "1", monkeypatch=monkeypatch) == 2
+    assert one_error_line(capsys.readouterr().err) == "error: SOLVER.NUM_EPOCHS must be positive, got 0"
+    assert not (tmp_path / "out").exists()
+
+
+def _raises(exc: BaseException):
+    @cli_main
+    def main() -> None:
+        raise exc
+
+    return main
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _raises(KeyboardInterrupt())()
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["interrupted; re-run the same command to resume (training goes on from its last "
+                                "saved epoch)"], err
+
+
+@pytest.mark.parametrize("code, reason", [(errno.EROFS, "Read-only file system"), (errno.EACCES, "Permission denied"),
+                                          (errno.EPERM, "Operation not permitted"),
+                                          (errno.ENOSPC, "No space left on device"),
+                                          (errno.EDQUOT, "Disk quota exceeded")])
+def test_an_unwritable_or_full_output_folder_is_one_line_naming_the_file(code, reason, capsys):
+    path = "/ro/ckpt/cub/exp/config.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        _raises(OSError(code, os.strerror(code), path))()
+    assert exit_.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    verb = "write" if code in (errno.ENOSPC, errno.EDQUOT) else "open or write"
+    assert line.startswith(f"error: cannot {verb} {path}: {reason}; ") and "BASIC.OUTPUT_ROOT" in line, line
+    assert "--out" in line and ("free some space" in line) == (code in (errno.ENOSPC, errno.EDQUOT)), line
+
+
+def test_other_os_errors_keep_their_traceback():
+    # A missing file or a broken pipe is not fixed by choosing another folder: it stays visible as a bug.
+    with pytest.raises(FileNotFoundError):
+        _raises(FileNotFoundError(errno.ENOENT, "No such file or directory", "x"))()
+
+
+def test_a_multi_line_user_error_is_printed_on_one_line(capsys):
+    with pytest.raises(SystemExit):
+        _raises(UserError("archive.tgz is damaged:\n- method gz: not a gzip file\n"))()
+    assert one_error_line(capsys.readouterr().err) == "error: archive.tgz is damaged: - method gz: not a gzip file"

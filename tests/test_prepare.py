@@ -46,6 +46,7 @@ def server(tmp_path_factory):
     }
     data = (served / "CUB_200_2011.tgz").read_bytes()
     (served / "truncated.tgz").write_bytes(data[: len(data) // 2])
+    (served / "not_an_archive.tgz").write_bytes(b"<html>moved</html>\n")  # what a wrong URL serves
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                             functools.partial(_QuietHandler, directory=str(served)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -115,6 +116,8 @@ def test_published_size_is_checked_before_downloading(server, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("name, words", [("truncated.tgz", ["damaged", "deleted"]),
+                                         ("not_an_archive.tgz", ["not a tar archive (ReadError: file could not be "
+                                                                 "opened successfully);", "deleted"]),
                                          ("wrong_top.tgz", ["no CUB_200_2011/ folder", "birds", "deleted"]),
                                          ("missing.tgz", ["HTTP 404"])])
 def test_bad_downloads_are_one_line_and_leave_no_dataset(name, words, server, tmp_path, monkeypatch, capsys):

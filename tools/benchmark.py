@@ -6,21 +6,19 @@ Prints a table and writes benchmark.json into BASIC.OUTPUT_ROOT (--profile: also
 of model-only and end-to-end steps into BASIC.OUTPUT_ROOT/profile).
 """
 
-import argparse
 import json
 import os
 
-from lib.config import load_config, resolve_path
+from lib.config import PIPELINES, config_parser, load_config, parse_args, resolve_path
 from lib.engine.benchmark import format_benchmark, run_benchmark
 from lib.engine.checkpoint import save_json
-from lib.utils.errors import cli_main
+from lib.utils.errors import UserError, cli_main
 
 
 @cli_main
 def main() -> None:
     """Parse the arguments, measure, print and save."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config_file", required=True)
+    parser = config_parser(__doc__)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per figure")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each figure")
     parser.add_argument("--repeats", type=int, default=3,
@@ -28,11 +26,16 @@ def main() -> None:
     parser.add_argument("--pipelines", default="tensor,pil,device", help="comma-separated DATA.PIPELINE values")
     parser.add_argument("--profile", action="store_true",
                         help="also profile model-only and end-to-end steps (Chrome traces, top host operations)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
-    args = parser.parse_args()
+    args = parse_args(parser=parser)
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
+        raise UserError(f"--steps must be >= 1, --warmup >= 0 and --repeats >= 1, got --steps {args.steps} "
+                        f"--warmup {args.warmup} --repeats {args.repeats}")
+    pipelines = tuple(args.pipelines.split(","))
+    if not set(pipelines) <= set(PIPELINES):
+        raise UserError(f"--pipelines takes a comma-separated list of {', '.join(PIPELINES)}, got {args.pipelines!r}")
     cfg = load_config(args)
     root = resolve_path(cfg.BASIC.OUTPUT_ROOT)
-    result = run_benchmark(cfg, args.steps, args.warmup, tuple(args.pipelines.split(",")), args.repeats,
+    result = run_benchmark(cfg, args.steps, args.warmup, pipelines, args.repeats,
                            os.path.join(root, "profile") if args.profile else None)
     print(format_benchmark(result))
     path = os.path.join(root, "benchmark.json")

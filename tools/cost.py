@@ -7,12 +7,12 @@ import argparse
 
 from lib.analysis.cost import DEFAULT_BATCH_SIZES, DEFAULT_NUM_CLASSES, DEFAULT_SIZES, default_archs, run_cost
 from lib.config import resolve_path
-from lib.utils.errors import cli_main
+from lib.utils.errors import ArgumentParser, cli_main
 
 
 def parse_args() -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=default_archs(),
                         help="builder names; a ViT family (vit_tiny_patch16) is measured at every size "
                              "(default: every architecture)")

@@ -8,6 +8,11 @@
 #   4. the remaining switches: torch.compile (default and CUDA graphs), bf16 without channels_last, fp16.
 # About 10 minutes on one H100/H200, most of it compiling in step 4. Usage: bash tools/gpu_benchmark.sh [OUT_DIR]
 set -uo pipefail
+# Without a GPU every step below would run 224 px on the CPU for a long while: stop before writing anything.
+if ! python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  echo "error: tools/gpu_benchmark.sh needs a CUDA GPU; on the CPU use python tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml" >&2
+  exit 2
+fi
 out=${1:-ckpt/bench_gpu}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1

@@ -7,12 +7,12 @@ import argparse
 
 from lib.analysis.prepare import ARCHIVES, prepare
 from lib.config import resolve_path
-from lib.utils.errors import cli_main
+from lib.utils.errors import ArgumentParser, cli_main
 
 
 def parse_args() -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--datasets", nargs="+", choices=list(ARCHIVES), default=list(ARCHIVES),
                         help="datasets to prepare (default: both)")
     parser.add_argument("--root", default="data", help="data folder (relative to the repository root; default data)")

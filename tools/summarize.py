@@ -6,12 +6,12 @@ import os
 
 from lib.analysis.summary import summarize
 from lib.config import resolve_path
-from lib.utils.errors import cli_main
+from lib.utils.errors import ArgumentParser, cli_main
 
 
 def parse_args() -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--root", default="ckpt", help="output root to search (BASIC.OUTPUT_ROOT; default ckpt)")
     parser.add_argument("--out", default=None, help="output folder (default <root>/summary)")
     return parser.parse_args()

@@ -198,7 +198,9 @@ def extract(archive: str, top_folder: str, dest: str, check: Callable[[str], Any
                                leave=False)
                 tar.extractall(tmp, members=members, filter="data")
         except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-            raise DamagedArchive(f"{archive} is damaged or not a tar archive ({type(err).__name__}: {err})") from None
+            # tarfile's ReadError lists every compression it tried, one per line: its first line says enough.
+            detail = (str(err).strip().splitlines() or [""])[0].rstrip(":")
+            raise DamagedArchive(f"{archive} is damaged or not a tar archive ({type(err).__name__}: {detail})") from None
         source = os.path.join(tmp, top_folder)
         if not os.path.isdir(source):
             found = ", ".join(sorted(os.listdir(tmp))[:5]) or "nothing"

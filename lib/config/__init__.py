@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import math
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode
 
-from lib.utils.errors import UserError
+from lib.utils.errors import ArgumentParser, UserError
 
 from .defaults import _C
 
@@ -49,12 +50,29 @@ def get_cfg() -> CfgNode:
     return _C.clone()
 
 
-def parse_args(argv: Sequence[str] | None = None, description: str = "") -> argparse.Namespace:
-    """Parse `--config_file FILE [KEY VALUE ...]`, the original release's command-line form."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config_file", type=str, required=True, help="YAML config file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides, e.g. SOLVER.START_LR 0.01")
-    return parser.parse_args(argv)
+def config_parser(description: str = "") -> ArgumentParser:
+    """A parser of `--config_file FILE [KEY VALUE ...]`; a script with flags of its own adds them to it."""
+    parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            usage="%(prog)s [-h] --config_file FILE [flags] [KEY VALUE ...]",
+                            epilog="KEY VALUE overrides set config keys (lib/config/defaults.py), e.g. "
+                                   "SOLVER.START_LR 0.01;\nflags may stand anywhere among them.")
+    parser.add_argument("--config_file", type=str, required=True, metavar="FILE", help="YAML config file")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, description: str = "",
+               parser: ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse `--config_file FILE [KEY VALUE ...]`, the original release's command-line form; `args.opts` holds
+    the KEY VALUE words in order."""
+    parser = parser or config_parser(description)
+    # Not a REMAINDER positional: users type the overrides before --config_file too, and a negative value
+    # (BASIC.SEED -1, SOLVER.WEIGHT_DECAY -1e-4) must reach the config check rather than look like a flag.
+    args, opts = parser.parse_known_args(argv)
+    flags = [word for word in opts if word.startswith("--")]
+    if flags:
+        parser.error(f"unrecognized arguments: {' '.join(flags)}")
+    args.opts = opts
+    return args
 
 
 def load_config(args: argparse.Namespace) -> CfgNode:
@@ -77,12 +95,18 @@ def merge_file(cfg: CfgNode, filename: str) -> None:
     """Merge a YAML file into `cfg`; every key must exist in the schema."""
     if not os.path.isfile(filename):
         raise UserError(f"config file not found: {filename}")
+    with open(filename, "rb") as f:
+        data = f.read()
     try:
-        with open(filename) as f:
-            loaded = yaml.safe_load(f)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(f"config file {filename} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
+                        "save it as UTF-8") from None
+    try:
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"config file {filename} is not valid YAML: {first}") from None
+        raise UserError(f"config file {filename} is not valid YAML{_yaml_problem(err, text)}") from None
     if loaded is None:
         return
     if not isinstance(loaded, dict):
@@ -91,8 +115,28 @@ def merge_file(cfg: CfgNode, filename: str) -> None:
         _set(cfg, full_key, value, source=f"in {filename}")
 
 
+def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    """` at line L, column C: <problem>` (1-based) from a PyYAML error, whose str() spans several lines."""
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow (a control character, ...)
+        line = text.count("\n", 0, err.position) + 1
+        column = err.position - text.rfind("\n", 0, err.position)
+        return f" at line {line}, column {column}: {err.reason} (character #x{err.character:04x})"
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {getattr(err, 'problem', None) or str(err).strip().splitlines()[0]}"
+
+
 def merge_list(cfg: CfgNode, opts: Sequence[str]) -> None:
     """Merge `KEY VALUE` pairs; values are Python literals, or plain strings when they do not parse."""
+    keys = set(_all_keys(cfg))
+    for key, word in zip(opts[0::2], opts[1::2]):
+        # A forgotten value shifts every later pair ("SOLVER.NUM_EPOCHS BASIC.NUM_RUNS 1"): blame the key that lost
+        # its value, not the word left over at the end. No string key takes a dotted upper-case key as its value.
+        if word in keys:
+            if key not in keys:
+                raise _unknown_key(cfg, key, "on the command line")
+            raise UserError(f"config key {key} on the command line has no value (the next word, {word}, is a "
+                            "config key); overrides come in KEY VALUE pairs")
     if len(opts) % 2:
         raise UserError(
             f"overrides come in KEY VALUE pairs; '{opts[-1]}' has no value "
@@ -163,6 +207,11 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
         # 50 is accepted where a float is expected (the original rejected it).
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        # PyYAML (YAML 1.1) reads 1e-2, without a dot, as the string '1e-2'.
+        if isinstance(value, str):
+            number = _float_or_none(value)
+            if number is not None:
+                return number
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -179,6 +228,15 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
     else:
         return value
     raise UserError(f"config key {key} {source} expects {_type_name(default)}, got {value!r} ({_type_name(value)})")
+
+
+def _float_or_none(text: str) -> float | None:
+    """The finite number `text` spells ('1e-2', ' 5 '), else None ('abc', 'nan' and 'inf' are no learning rates)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _require(ok: bool, message: str) -> None:
@@ -202,16 +260,25 @@ def check_cfg(cfg: CfgNode) -> None:
         f"DATA.LESSEN_TYPE {data.LESSEN_TYPE} (lanczos/hamming) has no batched equivalent; use DATA.PIPELINE 'pil'",
     )
     _require(len(data.IMAGE_MEAN) == 3 and len(data.IMAGE_STD) == 3, "DATA.IMAGE_MEAN and DATA.IMAGE_STD need 3 values")
+    _require(data.CACHE_SIZE >= 0, f"DATA.CACHE_SIZE must be >= 0 (0 = DATA.RESIZE_SIZE), got {data.CACHE_SIZE}")
+    _require(len(data.GENERATE_IMAGE_SIZE) == 2 and min(data.GENERATE_IMAGE_SIZE) > 0,
+             f"DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive, got {data.GENERATE_IMAGE_SIZE}")
     _require(cfg.MODEL.KDTYPE in KDTYPES, f"MODEL.KDTYPE must be one of {', '.join(KDTYPES)}, got {cfg.MODEL.KDTYPE!r}")
     _require(cfg.BASIC.DEVICE in DEVICES, f"BASIC.DEVICE must be one of {', '.join(DEVICES)}, got {cfg.BASIC.DEVICE!r}")
     _require(cfg.BASIC.NUM_RUNS >= 1, f"BASIC.NUM_RUNS must be >= 1, got {cfg.BASIC.NUM_RUNS}")
     _require(cfg.BASIC.NUM_WORKERS >= 0, f"BASIC.NUM_WORKERS must be >= 0, got {cfg.BASIC.NUM_WORKERS}")
+    # numpy takes 32-bit unsigned seeds, and run i of an experiment is seeded with SEED + i.
+    max_seed = 2**32 - cfg.BASIC.NUM_RUNS
+    _require(0 <= cfg.BASIC.SEED <= max_seed,
+             f"BASIC.SEED must be between 0 and {max_seed} (2**32 - BASIC.NUM_RUNS), got {cfg.BASIC.SEED}")
     _require(cfg.TRAIN.AMP in AMP_MODES, f"TRAIN.AMP must be one of {', '.join(AMP_MODES)}, got {cfg.TRAIN.AMP!r}")
     _require(cfg.TRAIN.COMPILE_MODE in COMPILE_MODES,
              f"TRAIN.COMPILE_MODE must be one of {', '.join(COMPILE_MODES)}, got {cfg.TRAIN.COMPILE_MODE!r}")
     _require(cfg.TRAIN.BATCH_SIZE > 0 and cfg.TEST.BATCH_SIZE > 0, "TRAIN.BATCH_SIZE and TEST.BATCH_SIZE must be positive")
     _require(cfg.SOLVER.NUM_EPOCHS > 0, f"SOLVER.NUM_EPOCHS must be positive, got {cfg.SOLVER.NUM_EPOCHS}")
     _require(cfg.SOLVER.START_LR > 0, f"SOLVER.START_LR must be positive, got {cfg.SOLVER.START_LR}")
+    _require(cfg.SOLVER.WEIGHT_DECAY >= 0, f"SOLVER.WEIGHT_DECAY must be >= 0, got {cfg.SOLVER.WEIGHT_DECAY}")
+    _require(cfg.SOLVER.MUMENTUM >= 0, f"SOLVER.MUMENTUM must be >= 0, got {cfg.SOLVER.MUMENTUM}")
     _require(cfg.DKD.WARMUP >= 0, f"DKD.WARMUP must be >= 0, got {cfg.DKD.WARMUP}")
     _require(cfg.KD.TEMP > 0 and cfg.DKD.TEMP > 0, "KD.TEMP and DKD.TEMP must be positive")
 

@@ -24,7 +24,7 @@ _C.BASIC.DEVICE = "auto"
 _C.BASIC.NUM_WORKERS = 10
 # Print a progress line every DISP_FREQ training steps (when stdout is not a terminal).
 _C.BASIC.DISP_FREQ = 10
-# Seed of the first run; run i of an experiment uses SEED + i.
+# Seed of the first run; run i of an experiment uses SEED + i. 0 .. 2**32 - NUM_RUNS (numpy's seeds are 32-bit).
 _C.BASIC.SEED = 0
 # Unused (the experiment directory is derived, see lib.engine.setup.experiment_dir); kept for old YAML files.
 _C.BASIC.SAVE_DIR = ""
@@ -172,14 +172,14 @@ _C.DATA.IMAGE_STD = [0.229, 0.224, 0.225]
 # pipeline's cache held on the training device and each training batch cut there by a few batched kernels, no
 # loader workers (for fast GPUs; the cache must fit in GPU memory, about 1.6 GiB for CUB at 256 px).
 _C.DATA.PIPELINE = "tensor"
-# new. Shorter side (pixels) of the decoded-image cache of the tensor and device pipelines; 0 = RESIZE_SIZE.
+# new. Shorter side (pixels, >= 0) of the decoded-image cache of the tensor and device pipelines; 0 = RESIZE_SIZE.
 _C.DATA.CACHE_SIZE = 0
 # new. When DATADIR does not exist, generate a small synthetic dataset there in the official layout of
 # DATA.DATASET (demo and benchmark configs).
 _C.DATA.GENERATE_IF_MISSING = False
 # new. Images per class (train and test each) of a generated dataset.
 _C.DATA.GENERATE_PER_CLASS = 6
-# new. [width, height] in pixels of the generated images (the benchmark uses CUB-like 500 x 375).
+# new. [width, height] in pixels (both positive) of the generated images (the benchmark uses CUB-like 500 x 375).
 _C.DATA.GENERATE_IMAGE_SIZE = [80, 60]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,9 +194,9 @@ _C.SOLVER.LR_STEPS = [60, 120, 160]
 _C.SOLVER.LR_DECAY_FACTOR = 0.1
 # Number of training epochs.
 _C.SOLVER.NUM_EPOCHS = 140
-# L2 weight decay of SGD.
+# L2 weight decay of SGD (>= 0).
 _C.SOLVER.WEIGHT_DECAY = 5e-4
-# SGD momentum (the original's spelling is part of its public interface).
+# SGD momentum (>= 0; the original's spelling is part of its public interface).
 _C.SOLVER.MUMENTUM = 0.9
 
 # ---------------------------------------------------------------------------------------------------------------

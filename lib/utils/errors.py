@@ -2,27 +2,76 @@
 
 from __future__ import annotations
 
+import argparse
+import errno
 import functools
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 # Exit status for a mistake the user can fix (bad config, missing file, ...). argparse uses 2 as well.
 USER_ERROR_EXIT = 2
+# Exit status after Ctrl-C: 128 + SIGINT, what a shell reports for a process killed by it.
+INTERRUPTED_EXIT = 130
+INTERRUPTED_MESSAGE = "interrupted; re-run the same command to resume (training goes on from its last saved epoch)"
+
+# Writing into a read-only, forbidden or full folder: the user picks another folder, it is not a bug.
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_WHERE_OUTPUTS_GO = ("BASIC.OUTPUT_ROOT for training and tools/benchmark.py, --out for tools/cost.py and "
+                     "tools/summarize.py; tools/eval.py writes beside TEST.CHECKPOINT")
 
 
 class UserError(Exception):
     """A mistake in the user's input; its message is shown as one line, without a traceback."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose mistakes (missing or unknown flags, bad values) are a UserError, not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise the mistake as a one-line UserError that points at --help."""
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _one_line(message: str) -> str:
+    # A message may quote a library's multi-line text; the promise is one line.
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def os_error_message(err: OSError) -> str | None:
+    """One line for an OSError the user fixes by choosing another folder (read-only, forbidden, full), else None."""
+    if err.errno not in _NOT_WRITABLE | _FULL:
+        return None
+    where = err.filename if err.filename is not None else "a file"
+    if err.errno in _FULL:
+        return f"cannot write {where}: {err.strerror or err}; free some space or choose another folder " \
+               f"({_WHERE_OUTPUTS_GO})"
+    # EACCES/EPERM may also come from reading (a dataset file without read permission).
+    return f"cannot open or write {where}: {err.strerror or err}; fix its permissions or choose a writable folder " \
+           f"({_WHERE_OUTPUTS_GO})"
+
+
 def cli_main(fn: Callable[[], object]) -> Callable[[], None]:
-    """Wrap a script's main(): a UserError becomes `error: <message>` on stderr and exit status 2."""
+    """Wrap a script's main(): a UserError (or an unwritable or full output folder) becomes `error: <message>`
+    on stderr and exit status 2; Ctrl-C becomes one line and exit status 130."""
 
     @functools.wraps(fn)
     def wrapper() -> None:
         try:
             fn()
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            sys.exit(USER_ERROR_EXIT)
+            _exit(f"error: {_one_line(str(err))}", USER_ERROR_EXIT)
+        except KeyboardInterrupt:
+            _exit(INTERRUPTED_MESSAGE, INTERRUPTED_EXIT)
+        except OSError as err:
+            message = os_error_message(err)
+            if message is None:
+                raise
+            _exit(f"error: {_one_line(message)}", USER_ERROR_EXIT)
 
     return wrapper
+
+
+def _exit(line: str, status: int) -> NoReturn:
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(status)
