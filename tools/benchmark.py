@@ -10,14 +10,16 @@ import json
 import os
 
 from lib.config import PIPELINES, config_parser, load_config, parse_args, resolve_path
-from lib.engine.benchmark import format_benchmark, run_benchmark
-from lib.engine.checkpoint import save_json
 from lib.utils.errors import UserError, cli_main
 
 
 @cli_main
 def main() -> None:
     """Parse the arguments, measure, print and save."""
+    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
+    from lib.engine.benchmark import format_benchmark, run_benchmark
+    from lib.engine.checkpoint import save_json
+
     parser = config_parser(__doc__)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per figure")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each figure")

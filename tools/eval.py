@@ -6,7 +6,6 @@ PNG) into <checkpoint folder>/eval/<checkpoint name>_<size>px/. Usually run with
     python tools/eval.py --config_file ckpt/cub/<experiment>/config.yaml TEST.CHECKPOINT <.../model_best.pth>
 """
 
-from lib.analysis.evaluate import evaluate_checkpoint
 from lib.config import load_config, parse_args
 from lib.utils.errors import cli_main
 
@@ -14,6 +13,9 @@ from lib.utils.errors import cli_main
 @cli_main
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then evaluate."""
+    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
+    from lib.analysis.evaluate import evaluate_checkpoint
+
     cfg = load_config(parse_args(description=__doc__))
     evaluate_checkpoint(cfg)
 

@@ -4,7 +4,6 @@ against the student's FLOPs and input pixels. See lib/analysis/summary.py for ho
 import argparse
 import os
 
-from lib.analysis.summary import summarize
 from lib.config import resolve_path
 from lib.utils.errors import ArgumentParser, cli_main
 
@@ -20,6 +19,9 @@ def parse_args() -> argparse.Namespace:
 @cli_main
 def main() -> None:
     """Parse the flags, then summarise."""
+    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
+    from lib.analysis.summary import summarize
+
     args = parse_args()
     root = resolve_path(args.root)
     summarize(root, resolve_path(args.out) if args.out else os.path.join(root, "summary"))

@@ -1,13 +1,15 @@
 """Train the student baseline BASIC.NUM_RUNS times (seeds SEED, SEED+1, ...) on its own small images."""
 
 from lib.config import load_config, parse_args
-from lib.engine.trainer import run_experiment
 from lib.utils.errors import cli_main
 
 
 @cli_main
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then train."""
+    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
+    from lib.engine.trainer import run_experiment
+
     cfg = load_config(parse_args(description=__doc__))
     run_experiment(cfg, "single", num_runs=cfg.BASIC.NUM_RUNS, multi_run=True)
 

@@ -4,13 +4,15 @@ Writes <OUTPUT_ROOT>/<dataset>/1runs_<arch>_<crop>_seed<seed>_<lr>/ckpt/model_be
 distillation configs name as MODEL.MODELDICT_T."""
 
 from lib.config import load_config, parse_args
-from lib.engine.trainer import run_experiment
 from lib.utils.errors import cli_main
 
 
 @cli_main
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then train."""
+    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
+    from lib.engine.trainer import run_experiment
+
     cfg = load_config(parse_args(description=__doc__))
     run_experiment(cfg, "single", num_runs=1, multi_run=False)
 

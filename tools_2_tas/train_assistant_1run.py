@@ -5,13 +5,15 @@ One seeded run of TAS.STAGE1_KDTYPE (kd | at | sp | ickd | dkd). Writes
 the file stage 2 loads as MODEL.MODELDICT_A (lib.distillers.tas.assistant_checkpoint)."""
 
 from lib.config import load_config, parse_args
-from lib.distillers.tas import train_assistant
 from lib.utils.errors import cli_main
 
 
 @cli_main
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then train the assistant."""
+    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
+    from lib.distillers.tas import train_assistant
+
     cfg = load_config(parse_args(description=__doc__))
     train_assistant(cfg)
 

@@ -3,13 +3,15 @@ CROP_SIZE / LESSEN_RATIO). Stage 1 is skipped when its assistant checkpoint alre
 command resumes whichever stage was interrupted."""
 
 from lib.config import load_config, parse_args
-from lib.distillers.tas import train_two_stages
 from lib.utils.errors import cli_main
 
 
 @cli_main
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then run both stages."""
+    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
+    from lib.distillers.tas import train_two_stages
+
     cfg = load_config(parse_args(description=__doc__))
     train_two_stages(cfg)
 

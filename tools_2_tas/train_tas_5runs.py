@@ -5,13 +5,15 @@ MODEL.MODELDICT_A '' loads stage 1's output (tools_2_tas/train_assistant_1run.py
 <OUTPUT_ROOT>/<dataset>/<n>runs_tas_<teacher>_<crop>_<student>_<small crop>_seed<seed>_<lr>/."""
 
 from lib.config import load_config, parse_args
-from lib.distillers.tas import train_tas
 from lib.utils.errors import cli_main
 
 
 @cli_main
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then train the students."""
+    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
+    from lib.distillers.tas import train_tas
+
     cfg = load_config(parse_args(description=__doc__))
     train_tas(cfg)
 
