@@ -1,9 +1,12 @@
 """Several processes on the CPU: DDP under torchrun (gloo, 2 processes), runs in parallel, mixed precision."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from lib.config import REPO_ROOT, get_cfg
 from lib.distillers import build_distiller
 from lib.engine.trainer import autocast
 from lib.models.model_builder import build_model
+from lib.utils.errors import INTERRUPTED_MESSAGE
 
 from .conftest import run_script
 
@@ -69,3 +73,30 @@ def test_bf16_autocast_gives_the_fp32_losses_within_tolerance(tmp_path):
     assert set(fp32) == set(bf16)
     for name in fp32:
         torch.testing.assert_close(bf16[name].float(), fp32[name], rtol=0.05, atol=0.02, msg=name)
+
+
+def test_ctrl_c_during_parallel_runs_is_one_line_and_leaves_no_damaged_checkpoint(tiny_cub, write_config, tmp_path):
+    # The terminal sends SIGINT to the whole process group: this process, the run processes and their loader
+    # workers. Sent two seconds after the run processes started: while they load and train.
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": 2, "NUM_WORKERS": 2},
+                           "SOLVER": {"NUM_EPOCHS": 200}}, tiny_cub)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
+                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    exp = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01"
+    deadline = time.time() + 300
+    while not ((exp / "train.log").is_file() and "runs at a time" in (exp / "train.log").read_text()):
+        assert time.time() < deadline and proc.poll() is None, "the runs did not start"
+        time.sleep(0.1)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    assert err.decode().splitlines() == [INTERRUPTED_MESSAGE], err.decode()
+    for last in exp.glob("ckpt/run*/last.pth"):
+        assert torch.load(last, weights_only=False)["epoch"] >= 1

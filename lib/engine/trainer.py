@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -608,16 +609,39 @@ def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: 
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 1) // slots) if device.type == "cpu" else 0
-    jobs = []
-    with ProcessPoolExecutor(slots, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for slot in range(slots):
-            runs = pending[slot::slots]
-            jobs.append(pool.submit(_parallel_worker, exp.cfg.dump(), exp.method, exp.exp_dir, exp.multi_run, runs,
-                                    str(select_device(exp.cfg, slot)) if device.type == "cuda" else "cpu", threads))
-        results = {}
+    # Ctrl-C reaches every process of the terminal's group. The run processes (and the loader workers they fork)
+    # start with SIGINT ignored; this process answers it and stops them through SIGTERM, on which each unwinds
+    # like an interrupted run (loaders shut down, the last finished epoch kept): one line, not a traceback each.
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pool = ProcessPoolExecutor(slots, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_stop_on_sigterm)
+        jobs = [pool.submit(_parallel_worker, exp.cfg.dump(), exp.method, exp.exp_dir, exp.multi_run,
+                            pending[slot::slots], str(select_device(exp.cfg, slot)) if device.type == "cuda" else "cpu",
+                            threads) for slot in range(slots)]
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    results = {}
+    try:
         for job in jobs:
             results.update(job.result())
+    except BaseException:
+        # Interrupted, or a run failed: stop the other runs now rather than wait for them to finish. (The
+        # executor has no public way to signal running workers.)
+        for process in list(pool._processes.values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     return results
+
+
+def _stop_on_sigterm() -> None:
+    """In a run process: SIGTERM (sent by _train_in_parallel) interrupts the run as Ctrl-C would."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, runs: list[int], device: str,
