@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import http.server
@@ -148,3 +149,19 @@ def test_published_sources():
     assert (aircraft.md5, aircraft.size) == ("d4acdd33327262359767eeaa97a4f732", 2_753_340_328)
     assert (cub.target, cub.top_folder, aircraft.target, aircraft.top_folder) == (
         "cub", "CUB_200_2011", "aircraft", "fgvc-aircraft-2013b")
+
+
+def test_a_full_disk_while_extracting_names_the_folder_and_keeps_the_verified_archive(server, tmp_path, monkeypatch,
+                                                                                      capsys):
+    root = tmp_path / "data"
+    md5 = server["md5"]["CUB_200_2011.tgz"]
+
+    def full_disk(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(path, "CUB_200_2011", "images.txt"))
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", full_disk)
+    assert _run("--datasets", "cub", "--root", str(root), "--url-cub", f"{server['url']}/CUB_200_2011.tgz",
+                "--md5-cub", md5, monkeypatch=monkeypatch) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "No space left on device" in line and "damaged" not in line, line
+    assert _left(root) == ["CUB_200_2011.tgz"]  # the verified download is kept for the next try
