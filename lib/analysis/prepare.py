@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from lib.config import get_cfg
 from lib.datasets import build_dataset
-from lib.utils.errors import UserError, os_error_message
+from lib.utils.errors import UserError, first_line, os_error_message
 
 __all__ = ["DamagedArchive", "DatasetArchive", "ARCHIVES", "download", "extract", "verify_layout", "prepare_dataset",
            "verify_existing", "prepare"]
@@ -201,7 +201,7 @@ def extract(archive: str, top_folder: str, dest: str, check: Callable[[str], Any
             if isinstance(err, OSError) and os_error_message(err) is not None:
                 raise  # a full or read-only destination, not a damaged archive: cli_main names the folder
             # tarfile's ReadError lists every compression it tried, one per line: its first line says enough.
-            detail = (str(err).strip().splitlines() or [""])[0].rstrip(":")
+            detail = first_line(err).rstrip(":")
             raise DamagedArchive(f"{archive} is damaged or not a tar archive ({type(err).__name__}: {detail})") from None
         source = os.path.join(tmp, top_folder)
         if not os.path.isdir(source):

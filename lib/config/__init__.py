@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode
 
-from lib.utils.errors import ArgumentParser, UserError
+from lib.utils.errors import ArgumentParser, UserError, first_line
 
 from .defaults import _C
 
@@ -123,7 +123,7 @@ def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
         return f" at line {line}, column {column}: {err.reason} (character #x{err.character:04x})"
     mark = getattr(err, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return f"{where}: {getattr(err, 'problem', None) or str(err).strip().splitlines()[0]}"
+    return f"{where}: {getattr(err, 'problem', None) or first_line(err)}"
 
 
 def merge_list(cfg: CfgNode, opts: Sequence[str]) -> None:

@@ -142,6 +142,7 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
 
     def resident_images(i: int) -> int:
         return len(resident[i % len(resident)]["target"])
+
     distiller.train()
     _reset_peak(device)
 
@@ -168,7 +169,6 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     # steady state (drained when the loader is the slower side), then `n` steps are timed.
     def train_steps(batches, n: int) -> None:
         train_epoch(distiller, batches, n, prep, optimizer, scaler, cfg, device, 1, "bench", step_fn)
-
 
     def steady_stream(seed: int):
         batches = stream(seed)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lib.models.model_builder import clean_state_dict
-from lib.utils.errors import UserError
+from lib.utils.errors import UserError, first_line
 
 
 def atomic_write(path: str, write_fn) -> None:
@@ -90,8 +90,8 @@ def read_saved(path: str, read, fix: str) -> Any:
     try:
         return read(path)
     except Exception as err:  # noqa: BLE001 - truncated, empty, garbage: whatever the reader raises
-        reason = (str(err).strip().splitlines() or [""])[0]
-        raise UserError(f"{path} cannot be read ({type(err).__name__}: {reason}), it is damaged; {fix}") from None
+        raise UserError(f"{path} cannot be read ({type(err).__name__}: {first_line(err)}), it is damaged; {fix}"
+                        ) from None
 
 
 def rng_state() -> dict:

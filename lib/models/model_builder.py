@@ -21,7 +21,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
-from lib.utils.errors import UserError
+from lib.utils.errors import UserError, first_line
 
 from . import resnet, shufflenet
 from .vit import build_vit
@@ -214,9 +214,8 @@ def build_model(arch: str, num_classes: int, pretrained: bool, pretrain_file: st
 
 
 def _fetch_failed(arch: str, source: str, fix: str, err: Exception) -> UserError:
-    reason = (str(err).strip().splitlines() or [""])[0]
     return UserError(
-        f"could not fetch the ImageNet weights of {arch} from {source} ({type(err).__name__}: {reason}); "
+        f"could not fetch the ImageNet weights of {arch} from {source} ({type(err).__name__}: {first_line(err)}); "
         f"{fix}, or give a local file through {_PRETRAIN_FILE_KEYS}, or set {_PRETRAIN_KEYS} False"
     )
 
@@ -253,8 +252,7 @@ def _read_weight_file(path: str) -> dict[str, Tensor]:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = (str(err).strip().splitlines() or [""])[0]
-        raise UserError(f"cannot read weight file {path} ({type(err).__name__}: {reason})") from err
+        raise UserError(f"cannot read weight file {path} ({type(err).__name__}: {first_line(err)})") from err
     while isinstance(loaded, dict):
         wrapped = [loaded[k] for k in ("state_dict", "model") if isinstance(loaded.get(k), dict)]
         if not wrapped:

@@ -33,6 +33,11 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages may span several lines)."""
+    return (str(err).strip().splitlines() or [""])[0]
+
+
 def _one_line(message: str) -> str:
     # A message may quote a library's multi-line text; the promise is one line.
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
