@@ -8,6 +8,8 @@ import torch
 
 from lib.config import get_cfg
 from lib.distillers import ISRD, FeatureKD, build_distiller
+from lib.losses.at import at_loss
+from lib.losses.isrd import isrd_loss
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 
@@ -85,11 +87,35 @@ def test_isrd_decodes_the_vit_patch_embedding_into_the_large_image(tmp_path):
     assert set(losses) == {"loss_ce", "loss_kd", "loss_isrd"}
 
 
-def test_feature_methods_refuse_layers_that_do_not_line_up(tmp_path):
+def test_at_pairs_a_vit_students_first_four_blocks_with_the_cnn_teachers_four_stages_as_the_release(tmp_path):
     teacher_path = str(tmp_path / "t.pth")
     _save_teacher(teacher_path, "resnet18")
-    with pytest.raises(UserError, match="AT .*do not line up"):
-        build_distiller(_cfg(teacher_path, arch_s="vit_tiny_patch16_32", kdtype="at"), "at")
+    distiller = build_distiller(_cfg(teacher_path, arch_s="vit_tiny_patch16_32", kdtype="at"), "at")
+    torch.manual_seed(0)
+    image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
+    _, losses = distiller.forward_train(image, image_large, torch.tensor([0, 1]), 1)
+    # The release: sum(ATLoss(feats_s[1:], feats_t[1:])) with zip stopping at the teacher's four stages.
+    with torch.no_grad():
+        _, feats_s = distiller.student(image, return_feat=True)
+        _, feats_t = distiller.teacher(image_large, return_feat=True)
+    assert len(feats_s) == 13 and len(feats_t) == 5
+    expected = sum(at_loss(f_s, f_t) for f_s, f_t in zip(feats_s[1:], feats_t[1:]))
+    torch.testing.assert_close(losses["loss_at"].detach(), distiller.beta * expected)
+
+
+def test_isrd_decodes_the_students_features_before_relu_as_the_release(tmp_path):
+    teacher_path = str(tmp_path / "t.pth")
+    _save_teacher(teacher_path, "resnet18")
+    cfg = _cfg(teacher_path, kdtype="isrd")
+    cfg.FSR.POSITION = 1  # layer1: its ReLU'd output would be >= 0 everywhere
+    distiller = build_distiller(cfg, "isrd")
+    torch.manual_seed(0)
+    image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
+    _, losses = distiller.forward_train(image, image_large, torch.tensor([0, 1]), 1)
+    _, pre_relu = distiller.student(image, return_feat=True, preReLU=True)
+    assert pre_relu[1].min() < 0
+    expected = cfg.FSR.ETA * isrd_loss(distiller.decoder(pre_relu[1]), image_large)
+    torch.testing.assert_close(losses["loss_isrd"], expected)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -159,6 +159,24 @@ def test_a_damaged_file_of_an_experiment_is_one_line_naming_it(name, content, wo
     assert all(word in line for word in words), line
 
 
+def test_a_last_checkpoint_written_for_another_model_shape_is_one_line(tiny_cub, write_config, tmp_path,
+                                                                      monkeypatch, capsys):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}}, tiny_cub)
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    os.remove(exp / "results.json")
+    os.remove(exp / "ckpt" / "result.json")
+    state = torch.load(exp / "ckpt" / "last.pth", weights_only=False)
+    state["epoch"] = 1
+    state["student"]["conv1.bias"] = torch.zeros(64)  # as an older version of a module (say, a conv with a bias)
+    torch.save(state, exp / "ckpt" / "last.pth")
+    capsys.readouterr()
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "last.pth does not fit the model of this config" in line and "conv1.bias" in line, line
+    assert "delete it to train run 0 again" in line
+
+
 def test_a_teacher_file_that_changed_since_the_experiment_started_is_refused(tiny_cub, write_config, tmp_path,
                                                                            monkeypatch, capsys):
     teacher = tmp_path / "teacher.pth"

@@ -351,9 +351,10 @@ def test_isrd_decoder_vit_crop():
     assert torch.equal(out, full[:, :, :224, :224])  # the top-left crop
 
 
-def test_isrd_decoder_structure():
+def test_isrd_decoder_is_the_release_sr1x1_a_1x1_conv_without_bias_pixel_shuffle_and_prelu():
     decoder = SRDecoder(in_channels=8, scale=2, out_size=4)
-    assert decoder.conv.kernel_size == (1, 1) and decoder.conv.bias is not None
+    assert decoder.conv.kernel_size == (1, 1) and decoder.conv.bias is None
+    assert sum(p.numel() for p in decoder.parameters()) == 8 * 2 * 2 * 3 + 3  # conv weight + PReLU slopes
     assert isinstance(decoder.shuffle, nn.PixelShuffle) and decoder.act.weight.numel() == 3
     with pytest.raises(ValueError, match="smaller"):
         decoder(torch.randn(1, 8, 1, 1))

@@ -11,6 +11,7 @@ import functools
 import os
 import urllib.error
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -29,6 +30,7 @@ from lib.models import (
     is_vit,
     parse_arch,
 )
+from lib.models.vit import resize_pos_embed
 from lib.utils.errors import UserError
 
 NUM_CLASSES = 10
@@ -414,8 +416,64 @@ def test_pretrain_file_loads_a_224_vit_into_a_56_vit_with_resampled_pos_embed(of
     path = offline / "vit_tiny_224.pth"
     torch.save({"model": imagenet}, path)
     model = build_model("vit_tiny_patch16_56", NUM_CLASSES, pretrained=True, pretrain_file=str(path))
-    expected_pos = resample_abs_pos_embed(imagenet["pos_embed"], new_size=(3, 3), num_prefix_tokens=1)
-    torch.testing.assert_close(model.pos_embed, expected_pos)
+    torch.testing.assert_close(model.pos_embed, _release_resize_pos_embed(imagenet["pos_embed"], 3))
+    assert _backbone_equal(model, {k: v for k, v in imagenet.items() if k != "pos_embed"}, "head")
+    assert model.head.weight.shape == (NUM_CLASSES, 192)
+
+
+def _release_resize_pos_embed(pos_embed: torch.Tensor, new: int) -> torch.Tensor:
+    """The release's resize_pos_embed written out: class token kept, grid resized by bilinear interpolation
+    with half-pixel centres (F.interpolate's align_corners=False), no antialiasing."""
+    grid = pos_embed[0, 1:].double().numpy()  # (old * old, D)
+    old = round(len(grid) ** 0.5)
+    grid = grid.reshape(old, old, -1)
+
+    def taps(i: int) -> tuple[int, int, float]:
+        x = max((i + 0.5) * old / new - 0.5, 0.0)
+        lo = min(int(x), old - 1)
+        return lo, min(lo + 1, old - 1), x - lo
+
+    out = []
+    for i in range(new):
+        y0, y1, fy = taps(i)
+        for j in range(new):
+            x0, x1, fx = taps(j)
+            top = (1 - fx) * grid[y0, x0] + fx * grid[y0, x1]
+            bottom = (1 - fx) * grid[y1, x0] + fx * grid[y1, x1]
+            out.append((1 - fy) * top + fy * bottom)
+    resized = torch.from_numpy(np.stack(out)).to(pos_embed.dtype)[None]  # (1, new * new, D)
+    return torch.cat([pos_embed[:, :1], resized], dim=1)
+
+
+def test_vit_position_embeddings_are_resampled_bilinearly_as_the_release_not_with_timms_bicubic():
+    torch.manual_seed(0)
+    pos_embed = torch.randn(1, 1 + 14 * 14, 8)
+    for new in (3, 7):  # ViT@56 and ViT@112
+        expected = _release_resize_pos_embed(pos_embed, new)
+        ours = resize_pos_embed(pos_embed, (new, new), num_prefix_tokens=1)
+        torch.testing.assert_close(ours, expected)
+        timm_default = resample_abs_pos_embed(pos_embed, new_size=(new, new), num_prefix_tokens=1)
+        assert not torch.allclose(ours, timm_default, atol=1e-3)  # bicubic + antialias gives other weights
+
+
+def test_pretrained_vit_fetches_the_releases_augreg_in21k_ft_in1k_weights_through_timms_hub(monkeypatch, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    imagenet = _perturb_(timm.create_model("vit_tiny_patch16_224")).state_dict()  # 1000 classes
+    save_file(imagenet, str(tmp_path / "model.safetensors"))
+    asked = []
+
+    def local_hub(repo_id, filename, **kwargs):  # a Hugging Face hub holding one repository
+        asked.append(repo_id)
+        if repo_id != "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k" or filename != "model.safetensors":
+            raise urllib.error.URLError(f"{repo_id}/{filename} is not on this hub")
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", local_hub)
+    model = build_model("vit_tiny_patch16_56", NUM_CLASSES, pretrained=True)
+    assert asked == ["timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"]
+    torch.testing.assert_close(model.pos_embed, _release_resize_pos_embed(imagenet["pos_embed"], 3))
     assert _backbone_equal(model, {k: v for k, v in imagenet.items() if k != "pos_embed"}, "head")
     assert model.head.weight.shape == (NUM_CLASSES, 192)
 

@@ -82,7 +82,9 @@ _C.MODEL.MODELDICT_S = ""
 _C.MODEL.PRETRAIN_S = False
 # new. Local ImageNet weight file for the student, see PRETRAIN_FILE.
 _C.MODEL.PRETRAIN_FILE_S = ""
-# Distil features before their last ReLU (feature methods AT, SP, ICKD).
+# Distil features before their last ReLU (feature methods AT, SP, ICKD; the release's KD script never passed it
+# on, so its features were always after the ReLU, as with False). ISRD always decodes the pre-ReLU feature, as the
+# release's ISRD script asked for it (the same conv1 output at FSR.POSITION 0).
 _C.MODEL.PRERELU = False
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -95,7 +97,8 @@ _C.KD.TEMP = 4
 _C.KD.ALPHA = 0.9
 
 _C.AT = CN()
-# Weight of attention transfer (Zagoruyko & Komodakis), summed over the four ResNet stages.
+# Weight of attention transfer (Zagoruyko & Komodakis), summed over the four ResNet stages (a ViT's first four
+# blocks against a CNN's four stages: the release zips the feature lists after the input module).
 _C.AT.BETA = 1000.0
 
 _C.SP = CN()
@@ -137,7 +140,8 @@ _C.FSR.BETA1 = 0.0
 _C.FSR.BETA2 = 0.0
 # Unused experimental switch of the original release.
 _C.FSR.RESIDUAL = False
-# Index into the student's feature list that ISRD decodes; 0 = the input module (conv1 / patch embedding).
+# Index into the student's feature list that ISRD decodes; 0 = the input module (conv1 / patch embedding);
+# 1-4 = a ResNet stage's output before its last ReLU.
 _C.FSR.POSITION = 0
 
 # ---------------------------------------------------------------------------------------------------------------

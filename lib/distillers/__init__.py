@@ -8,7 +8,7 @@ from yacs.config import CfgNode
 from lib.config import resolve_path, small_crop_size
 from lib.engine.checkpoint import load_weights
 from lib.losses import ATLoss, ICKDLoss, SPLoss
-from lib.models.model_builder import build_model, check_input_size, feature_shapes, is_vit
+from lib.models.model_builder import build_model, check_input_size, feature_shapes
 from lib.utils.errors import UserError
 
 from .base import Distiller, Vanilla
@@ -53,11 +53,6 @@ def check_archs(cfg: CfgNode, method: str) -> None:
     check_input_size(arch_s, small_crop_size(cfg))
     if arch_t:
         check_input_size(arch_t, cfg.DATA.CROP_SIZE)
-    if method == "at" and is_vit(arch_s) != is_vit(arch_t):
-        raise UserError(
-            f"AT pairs the teacher's and the student's stage features, which do not line up between {arch_t} and "
-            f"{arch_s} (CNN stages vs ViT blocks); use a logit method (kd, dkd) or ISRD for this pair"
-        )
 
 
 def build_teacher(cfg: CfgNode):
@@ -118,14 +113,14 @@ def build_distiller(cfg: CfgNode, method: str, teacher: nn.Module | None = None)
     if method == "isrd":
         decoder = build_isrd_decoder(cfg, student, cfg.MODEL.ARCH_S)
         return ISRD(student, teacher, cfg.KD.TEMP, cfg.KD.ALPHA, decoder, cfg.FSR.ETA, cfg.FSR.POSITION)
-    # Feature methods: AT pairs every stage after the input module, SP and ICKD the last feature.
+    # Feature methods: AT pairs the features after the input module, SP and ICKD the last feature.
     shapes_s = feature_shapes(student, small)
     shapes_t = feature_shapes(teacher, cfg.DATA.CROP_SIZE)
     if method == "at":
-        if len(shapes_s) != len(shapes_t):
-            raise UserError(f"AT needs as many features in the student ({cfg.MODEL.ARCH_S}: {len(shapes_s)}) as in "
-                            f"the teacher ({cfg.MODEL.ARCH_T}: {len(shapes_t)}); use kd, dkd or ISRD for this pair")
-        return FeatureKD(student, teacher, ATLoss(cfg), "at", cfg.AT.BETA, slice(1, None), cfg.MODEL.PRERELU)
+        # The release zips feats_s[1:] with feats_t[1:]: between CNNs the four stages; a ViT student's first four
+        # blocks against a CNN teacher's four stages (the larger map average-pooled to the smaller).
+        paired = slice(1, min(len(shapes_s), len(shapes_t)))
+        return FeatureKD(student, teacher, ATLoss(cfg), "at", cfg.AT.BETA, paired, cfg.MODEL.PRERELU)
     if method == "sp":
         return FeatureKD(student, teacher, SPLoss(cfg), "sp", cfg.SP.BETA, slice(-1, None), cfg.MODEL.PRERELU)
     criterion = ICKDLoss(cfg, shapes_s[-1][0], shapes_t[-1][0])

@@ -113,7 +113,9 @@ class ISRD(KD):
 
     def forward_train(self, image, image_large, target, epoch):
         """Student logits and the weighted CE, KD and ISRD terms."""
-        logits_s, feats_s = self.student(image, return_feat=True)
+        # The release's ISRD script asks for the features before their ReLU (preReLU=True): the same conv1 output
+        # at FSR.POSITION 0, the stage outputs before their last ReLU at positions 1-4.
+        logits_s, feats_s = self.student(image, return_feat=True, preReLU=True)
         terms = self.logit_terms(logits_s, self.teacher_forward(image_large), target)
         terms["loss_isrd"] = self.isrd_term(feats_s, image_large)
         return logits_s, terms

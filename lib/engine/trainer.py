@@ -320,12 +320,18 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
 
     start_epoch, best_acc, best_epoch, history = 0, 0.0, 0, []
     if os.path.isfile(last_path):
-        state = read_saved(last_path, lambda p: torch.load(p, map_location="cpu", weights_only=False),
-                           f"delete it to train {where} again from its first epoch, or add BASIC.FRESH_START True "
-                           "to start the whole experiment over")
-        distiller.student.load_state_dict(state["student"])
-        for name, module in distiller.extra_modules().items():
-            module.load_state_dict(state["extra"][name])
+        fix = (f"delete it to train {where} again from its first epoch, or add BASIC.FRESH_START True to start the "
+               "whole experiment over")
+        state = read_saved(last_path, lambda p: torch.load(p, map_location="cpu", weights_only=False), fix)
+        try:
+            distiller.student.load_state_dict(state["student"])
+            for name, module in distiller.extra_modules().items():
+                module.load_state_dict(state["extra"][name])
+        except (KeyError, RuntimeError) as err:  # e.g. written before a module changed shape (the ISRD decoder)
+            detail = " ".join(str(err).split())  # torch lists the keys on several lines
+            detail = detail if len(detail) <= 300 else detail[:297] + "..."
+            raise UserError(f"{last_path} does not fit the model of this config ({type(err).__name__}: {detail}); "
+                            f"it was written by another version of the code; {fix}") from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])

@@ -19,13 +19,13 @@ def isrd_scale(out_size: int, feat_width: int) -> int:
 
 
 class SRDecoder(nn.Module):
-    """1x1 conv to s^2 * 3 channels, PixelShuffle(s), PReLU(3); the output is cropped to out_size x out_size."""
+    """1x1 conv (no bias) to s^2 * 3 channels, PixelShuffle(s), PReLU(3), cropped to out_size x out_size."""
 
     def __init__(self, in_channels: int, scale: int, out_size: int):
         super().__init__()
         self.scale = scale
         self.out_size = out_size
-        self.conv = nn.Conv2d(in_channels, scale * scale * 3, kernel_size=1)
+        self.conv = nn.Conv2d(in_channels, scale * scale * 3, kernel_size=1, bias=False)  # as the release's SR1x1
         self.shuffle = nn.PixelShuffle(scale)
         self.act = nn.PReLU(3)
 

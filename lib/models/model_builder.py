@@ -17,14 +17,13 @@ from typing import Any
 import timm
 import torch
 from safetensors.torch import load_file as load_safetensors
-from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
 from lib.utils.errors import UserError, first_line
 
 from . import resnet, shufflenet
-from .vit import build_vit
+from .vit import PRETRAINED_TAG, build_vit, fit_state_dict
 
 __all__ = [
     "ARCHS",
@@ -174,8 +173,8 @@ def build_model(arch: str, num_classes: int, pretrained: bool, pretrain_file: st
         arch: a name of ARCHS, or `<family>_<S>` for a family of VIT_FAMILIES and input size S.
         num_classes: classifier outputs; the ImageNet classifier is dropped when it is not 1000.
         pretrained: start from ImageNet weights: torchvision's IMAGENET1K_V1 (torch hub cache) for the CNNs,
-            timm's default AugReg weights (Hugging Face cache) for the ViTs, with the position embedding
-            resampled to S by timm.
+            the release's AugReg weights (timm's `<family>_224.augreg_in21k_ft_in1k`, Hugging Face cache) for
+            the ViTs, with the position embedding resampled to S as the release did (bilinear).
         pretrain_file: when `pretrained`, read the weights from this local file instead: a torchvision / timm
             state dict of the 224 px model (.pth/.pt or .safetensors), optionally wrapped in {"state_dict": ...}
             or {"model": ...}. Ignored (with a warning) when not `pretrained`.
@@ -208,7 +207,7 @@ def build_model(arch: str, num_classes: int, pretrained: bool, pretrain_file: st
     if from_file is not None:
         state_dict = clean_state_dict(from_file)
         if size is not None:
-            state_dict = checkpoint_filter_fn(state_dict, model)  # resamples the 224 position embedding to S
+            state_dict = fit_state_dict(state_dict, model)  # resamples the 224 position embedding to S
         _load_backbone(model, state_dict, classifier, arch, f"weight file {pretrain_file}")
     return model
 
@@ -232,8 +231,8 @@ def _fetch_torchvision_weights(arch: str) -> dict[str, Tensor]:
 
 def _fetch_timm_model(arch: str, family: str, size: int, num_classes: int) -> nn.Module:
     """Build the ViT through timm's pretrained mechanism (Hugging Face cache or the network)."""
-    cfg = timm.models.get_pretrained_cfg(f"{family}_224")
-    repo = cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else f"{family}_224"
+    cfg = timm.models.get_pretrained_cfg(f"{family}_224.{PRETRAINED_TAG}")
+    repo = cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else f"timm/{family}_224.{PRETRAINED_TAG}"
     try:
         return build_vit(family, size, num_classes, pretrained=True)
     except Exception as err:  # no network, nothing in the Hugging Face cache, ... (the build itself cannot fail)
