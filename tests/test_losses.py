@@ -173,6 +173,15 @@ def test_dkd_warmup_factor(epoch, factor):
     assert got == pytest.approx(factor * full, rel=1e-10)
 
 
+@pytest.mark.parametrize(("epoch", "factor"), [(1, 2 / 20), (19, 1.0), (20, 1.0)])
+def test_dkd_release_warmup_switch_reproduces_the_releases_one_epoch_ahead_factor(epoch, factor):
+    cfg = get_cfg()
+    cfg.DKD.ALPHA, cfg.DKD.BETA, cfg.DKD.TEMP, cfg.DKD.WARMUP, cfg.DKD.RELEASE_WARMUP = 1.0, 2.0, 4, 20, True
+    full = _naive_dkd(DKD_S, DKD_T, DKD_TARGET, 1.0, 2.0, 4.0)
+    got = DKDLoss(cfg)(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), epoch).item()
+    assert got == pytest.approx(factor * full, rel=1e-10)
+
+
 def test_dkd_no_warmup():
     cfg = get_cfg()
     cfg.DKD.WARMUP = 0

@@ -125,6 +125,9 @@ _C.DKD.BETA = 8.0
 _C.DKD.TEMP = 4
 # Epochs over which the DKD weight ramps linearly from 0 to 1.
 _C.DKD.WARMUP = 20
+# new. True: the release's warm-up, one epoch ahead (it passed epoch + 1 with epochs counted from 1), to reproduce
+# its numbers; False: min(epoch / WARMUP, 1), as DKD's own code.
+_C.DKD.RELEASE_WARMUP = False
 
 # ISRD (input spatial representation distillation) and the original's experimental super-resolution keys.
 _C.FSR = CN()

@@ -7,7 +7,7 @@ from yacs.config import CfgNode
 
 from lib.config import resolve_path, small_crop_size
 from lib.engine.checkpoint import load_weights
-from lib.losses import ATLoss, ICKDLoss, SPLoss
+from lib.losses import ATLoss, DKDLoss, ICKDLoss, SPLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes
 from lib.utils.errors import UserError
 
@@ -109,7 +109,7 @@ def build_distiller(cfg: CfgNode, method: str, teacher: nn.Module | None = None)
     if method == "kd":
         return KD(student, teacher, cfg.KD.TEMP, cfg.KD.ALPHA)
     if method == "dkd":
-        return DKD(student, teacher, cfg.DKD.ALPHA, cfg.DKD.BETA, cfg.DKD.TEMP, cfg.DKD.WARMUP)
+        return DKD(student, teacher, DKDLoss(cfg))
     if method == "isrd":
         decoder = build_isrd_decoder(cfg, student, cfg.MODEL.ARCH_S)
         return ISRD(student, teacher, cfg.KD.TEMP, cfg.KD.ALPHA, decoder, cfg.FSR.ETA, cfg.FSR.POSITION)

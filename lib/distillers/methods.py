@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode
 
 from lib.config import small_crop_size
-from lib.losses import build_decoder, dkd_loss, isrd_loss, kd_loss
+from lib.losses import build_decoder, isrd_loss, kd_loss
 from lib.models.model_builder import feature_shapes
 from lib.utils.errors import UserError
 
@@ -38,20 +38,17 @@ class KD(Distiller):
 class DKD(Distiller):
     """Zhao et al., CVPR 2022: CE + min(epoch / warmup, 1) T^2 (alpha TCKD + beta NCKD)."""
 
-    def __init__(self, student, teacher, alpha: float, beta: float, temperature: float, warmup: int):
+    def __init__(self, student, teacher, criterion: nn.Module):
         super().__init__(student, teacher)
-        self.alpha, self.beta, self.temperature, self.warmup = alpha, beta, temperature, warmup
+        self.criterion = criterion  # a DKDLoss: the warmed-up DKD term
 
     def forward_train(self, image, image_large, target, epoch):
         """Student logits and the CE and warmed-up DKD terms."""
         logits_s = self.student(image)
         logits_t = self.teacher_forward(image_large)
-        # The release passed epoch + 1 with a 1-based epoch (one epoch ahead of its own warm-up); here the
-        # factor is epoch / warmup with epoch counted from 1, as in the DKD paper's code.
-        warm = min(epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
         return logits_s, {
             "loss_ce": F.cross_entropy(logits_s, target),
-            "loss_dkd": warm * dkd_loss(logits_s, logits_t, target, self.alpha, self.beta, self.temperature),
+            "loss_dkd": self.criterion(logits_s, logits_t, target, epoch),
         }
 
 

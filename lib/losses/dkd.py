@@ -71,10 +71,16 @@ class DKDLoss(nn.Module):
         self.beta = cfg.DKD.BETA
         self.temperature = cfg.DKD.TEMP
         self.warmup = cfg.DKD.WARMUP
+        self.release_warmup = cfg.DKD.RELEASE_WARMUP
 
     def warmup_factor(self, epoch: int) -> float:
-        """min(epoch / WARMUP, 1) for epochs counted from 1; 1 when WARMUP is 0 (DKD release)."""
-        return 1.0 if self.warmup <= 0 else min(epoch / self.warmup, 1.0)
+        """min(epoch / WARMUP, 1) for epochs counted from 1 (DKD's own code); 1 when WARMUP is 0.
+
+        The Pixel Distillation release passed epoch + 1 with an epoch already counted from 1, one epoch ahead of
+        its own warm-up; DKD.RELEASE_WARMUP True reproduces that.
+        """
+        step = epoch + 1 if self.release_warmup else epoch
+        return 1.0 if self.warmup <= 0 else min(step / self.warmup, 1.0)
 
     def forward(self, logits_s: Tensor, logits_t: Tensor, target: Tensor, epoch: int) -> Tensor:
         """Return the warmed-up DKD loss of student logits (B, K) against teacher logits (B, K)."""
