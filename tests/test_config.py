@@ -243,3 +243,14 @@ def test_every_shipped_config_builds_its_networks_at_their_input_sizes(path):
     else:
         check_archs(cfg, "single")
         assert _features(cfg.MODEL.ARCH, cfg.DATA.NUM_CLASSES, small_crop_size(cfg))
+
+
+def test_a_relative_config_path_is_found_from_another_folder_through_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = get_cfg()
+    merge_file(cfg, "configs/demo/cub_demo_teacher.yaml")
+    assert cfg.DATA.DATADIR == "data/demo_cub"
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.yaml").write_text("SOLVER:\n  NUM_EPOCHS: 7\n")
+    merge_file(cfg, "configs/mine.yaml")  # the current folder comes first
+    assert cfg.SOLVER.NUM_EPOCHS == 7

@@ -133,6 +133,17 @@ def test_teacher_checkpoint_mismatches_name_the_file_and_the_difference(tmp_path
     assert "t.pth" in str(err.value)
 
 
+def test_a_teacher_trained_at_another_input_size_is_used_with_a_warning(tmp_path, capsys):
+    teacher_path = str(tmp_path / "t.pth")
+    _save_teacher(teacher_path, "resnet18", input_size=32)  # the config's teacher sees 64 px
+    build_distiller(_cfg(teacher_path), "kd")
+    out = capsys.readouterr().out
+    assert "warning: the teacher" in out and "trained at 32 px and sees 64 px" in out, out
+    _save_teacher(teacher_path, "resnet18", input_size=64)
+    build_distiller(_cfg(teacher_path), "kd")
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_release_teacher_checkpoints_with_module_prefix_and_fc_cls_load(tmp_path):
     teacher_path = str(tmp_path / "release.pth")
     model = build_model("resnet18", 4, False)

@@ -17,7 +17,7 @@ from lib.engine.trainer import autocast
 from lib.models.model_builder import build_model
 from lib.utils.errors import INTERRUPTED_MESSAGE
 
-from .conftest import run_script
+from .conftest import run_in_process, run_script
 
 STUDENT = "tools_0_base/train_student_5runs.py"
 EXTRA = {"MODEL": {"ARCH": "resnet18"}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "BASIC": {"DEVICE": "cpu"}}
@@ -100,3 +100,43 @@ def test_ctrl_c_during_parallel_runs_is_one_line_and_leaves_no_damaged_checkpoin
     assert err.decode().splitlines() == [INTERRUPTED_MESSAGE], err.decode()
     for last in exp.glob("ckpt/run*/last.pth"):
         assert torch.load(last, weights_only=False)["epoch"] >= 1
+
+
+def test_every_run_gets_the_same_cpu_thread_count_whether_it_trains_beside_others_or_alone(
+        tiny_cub, write_config, tmp_path, monkeypatch):
+    # A CPU kernel's rounding depends on its thread count: a resume with one run left (trained in this process)
+    # must use the thread count the parallel runs used, or it continues with other numbers.
+    from lib.engine import trainer
+
+    threads_seen = {}
+
+    def fake_run(exp, run, device, distiller=None):
+        threads_seen[run] = torch.get_num_threads()
+        row = {"run": run, "seed": run, "best_acc": 50.0, "best_epoch": 1, "last_acc": 50.0}
+        os.makedirs(exp.run_dir("ckpt", run), exist_ok=True)
+        with open(os.path.join(exp.run_dir("ckpt", run), "result.json"), "w") as f:
+            json.dump(row, f)
+        return row
+
+    def fake_parallel(exp, pending, slots, device, threads):
+        assert slots == 2
+        default = torch.get_num_threads()
+        torch.set_num_threads(threads)  # as each run process does
+        try:
+            return {run: fake_run(exp, run, device) for run in pending}
+        finally:
+            torch.set_num_threads(default)
+
+    monkeypatch.setattr(trainer, "train_run", fake_run)
+    monkeypatch.setattr(trainer, "_train_in_parallel", fake_parallel)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": 2}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert threads_seen == {0: 2, 1: 2}
+    exp = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01"
+    os.remove(exp / "results.json")
+    os.remove(exp / "ckpt" / "run1" / "result.json")  # run 1 was interrupted: it resumes alone
+    threads_seen.clear()
+    default = torch.get_num_threads()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert threads_seen == {1: 2} and torch.get_num_threads() == default

@@ -10,11 +10,12 @@ import torch
 
 from lib.config import REPO_ROOT
 from lib.models.model_builder import build_model
-from lib.utils.errors import UserError, cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, UserError, cli_main
 
 from .conftest import one_error_line, run_cli, run_in_process
 
 KD_SCRIPT = "tools_1_ts/train_kd_5runs.py"
+ISRD_SCRIPT = "tools_1_ts/train_isrd_5runs.py"
 TEACHER = "tools_0_base/train_teacher_1run.py"
 
 
@@ -77,6 +78,13 @@ def _case(name, tmp_path, broken_cub, tiny_cub):
     if name == "teacher of another class count":
         extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path, classes=9)}}
         return KD_SCRIPT, extra, [], ["9 classes", "DATA.NUM_CLASSES is 4"], tiny_cub
+    if name == "ISRD without its loss weight":
+        extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path)}}
+        return ISRD_SCRIPT, extra, ["FSR.ETA", "0.0"], ["FSR.ETA is 0", "plain KD", "train_kd_5runs.py"], tiny_cub
+    if name == "output folder blocked by a file":
+        blocker = tmp_path / "out"
+        return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, ["BASIC.OUTPUT_ROOT", str(blocker / "ckpt")], \
+            ["cannot create the folder", "a file stands where a folder is needed"], tiny_cub
     if name == "student input too small":
         extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path)}}
         return KD_SCRIPT, extra, ["DATA.LESSEN_RATIO", "8.0"], ["8x8", "LESSEN_RATIO"], tiny_cub
@@ -86,7 +94,8 @@ def _case(name, tmp_path, broken_cub, tiny_cub):
 CASES = ["unknown key", "wrong type", "unknown arch", "unknown kdtype", "unknown dataset", "missing dataset folder",
          "missing annotation file", "annotation names a missing image", "corrupt image", "teacher checkpoint missing",
          "teacher of another architecture", "teacher of another architecture, named in the checkpoint",
-         "teacher of another class count", "student input too small"]
+         "teacher of another class count", "student input too small", "ISRD without its loss weight",
+         "output folder blocked by a file"]
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -95,6 +104,8 @@ def test_user_mistakes_get_one_line_exit_2_and_nothing_written(name, tmp_path, b
     script, extra, opts, words, datadir = _case(name, tmp_path, broken_cub, tiny_cub)
     output_root = tmp_path / "out"
     config = write_config(extra, datadir, output_root=str(output_root))
+    if name == "output folder blocked by a file":
+        output_root.write_text("a file where the output folder should be")
     assert run_in_process(script, config, *opts, monkeypatch=monkeypatch) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
@@ -102,7 +113,10 @@ def test_user_mistakes_get_one_line_exit_2_and_nothing_written(name, tmp_path, b
     assert "Traceback" not in err
     for word in words:
         assert word in lines[0], (word, lines[0])
-    assert not output_root.exists(), "an error case wrote outputs"
+    if name == "output folder blocked by a file":
+        assert output_root.read_text() == "a file where the output folder should be"
+    else:
+        assert not output_root.exists(), "an error case wrote outputs"
 
 
 def test_missing_config_file_is_one_line(tmp_path, monkeypatch, capsys):
@@ -178,6 +192,20 @@ def test_an_unwritable_or_full_output_folder_is_one_line_naming_the_file(code, r
     verb = "write" if code in (errno.ENOSPC, errno.EDQUOT) else "open or write"
     assert line.startswith(f"error: cannot {verb} {path}: {reason}; ") and "BASIC.OUTPUT_ROOT" in line, line
     assert "--out" in line and ("free some space" in line) == (code in (errno.ENOSPC, errno.EDQUOT)), line
+
+
+def test_tools_that_train_nothing_say_interrupted_without_a_resume_hint(capsys):
+    @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
+    def tool():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        tool()
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.splitlines() == ["interrupted"]
+    for name in ("summarize", "eval", "benchmark", "cost", "prepare_data"):
+        source = open(os.path.join(REPO_ROOT, "tools", f"{name}.py")).read()
+        assert "@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)" in source, name
 
 
 def test_other_os_errors_keep_their_traceback():

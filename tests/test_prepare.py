@@ -165,3 +165,16 @@ def test_a_full_disk_while_extracting_names_the_folder_and_keeps_the_verified_ar
     line = _one_error_line(capsys.readouterr().err)
     assert "No space left on device" in line and "damaged" not in line, line
     assert _left(root) == ["CUB_200_2011.tgz"]  # the verified download is kept for the next try
+
+
+def test_verify_only_hints_name_the_root_given_and_catch_a_root_that_is_the_dataset_folder(tmp_path):
+    from lib.analysis.prepare import prepare
+    from lib.utils.errors import UserError
+
+    elsewhere = tmp_path / "datasets"
+    with pytest.raises(UserError, match=f"--datasets cub --root {elsewhere} to download it"):
+        prepare(["cub"], str(elsewhere), verify_only=True, log=lambda line: None)
+    inside = tmp_path / "data" / "cub"
+    inside.mkdir(parents=True)
+    with pytest.raises(UserError, match=f"did you mean --root {tmp_path / 'data'}\\?"):
+        prepare(["cub"], str(inside), verify_only=True, log=lambda line: None)

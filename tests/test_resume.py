@@ -132,3 +132,36 @@ def test_saved_files_are_readable_by_others_as_the_umask_allows(tmp_path):
         os.umask(old)
     for name in ("last.pth", "results.json"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+
+
+def test_a_kill_right_after_the_last_epochs_checkpoint_loses_no_epoch_of_the_logs(tiny_cub, write_config, tmp_path,
+                                                                                  monkeypatch):
+    from lib.engine import trainer
+
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}, "BASIC": {"NUM_RUNS": 1},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    real_save = trainer.save_checkpoint
+
+    def save_then_die(obj, path):  # the process is killed the moment the final epoch's last.pth is on disk
+        real_save(obj, path)
+        if path.endswith("last.pth") and obj["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 130
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    stats = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "log" / "run0" / "stats.jsonl"
+    assert [json.loads(line)["epoch"] for line in stats.read_text().splitlines()] == [1, 2]
+
+
+def test_a_ctrl_c_inside_a_deferred_block_is_raised_after_it_not_swallowed():
+    from lib.engine.trainer import deferred_interrupt
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)  # as while the loader workers are joined in a __del__
+            finished.append(True)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -10,10 +10,10 @@ import json
 import os
 
 from lib.config import PIPELINES, config_parser, load_config, parse_args, resolve_path
-from lib.utils.errors import UserError, cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, UserError, cli_main
 
 
-@cli_main
+@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse the arguments, measure, print and save."""
     # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.

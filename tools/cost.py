@@ -5,13 +5,14 @@ Writes cost.md, cost.csv and cost.json into --out. See lib/analysis/cost.py for 
 
 import argparse
 
-from lib.analysis.cost import DEFAULT_BATCH_SIZES, DEFAULT_NUM_CLASSES, DEFAULT_SIZES, default_archs, run_cost
 from lib.config import resolve_path
-from lib.utils.errors import ArgumentParser, cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main
 
 
 def parse_args() -> argparse.Namespace:
     """The command line."""
+    from lib.analysis.cost import DEFAULT_BATCH_SIZES, DEFAULT_NUM_CLASSES, DEFAULT_SIZES, default_archs
+
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=default_archs(),
                         help="builder names; a ViT family (vit_tiny_patch16) is measured at every size "
@@ -27,9 +28,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-@cli_main
+@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse the flags, measure, write the tables."""
+    # Imported inside cli_main (parse_args too): Ctrl-C while torch loads is one line.
+    from lib.analysis.cost import run_cost
+
     args = parse_args()
     out = resolve_path(args.out)
     run_cost(args.archs, args.sizes, args.batch_sizes, args.device, args.warmup, args.repeats, out,

@@ -7,10 +7,10 @@ PNG) into <checkpoint folder>/eval/<checkpoint name>_<size>px/. Usually run with
 """
 
 from lib.config import load_config, parse_args
-from lib.utils.errors import cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, cli_main
 
 
-@cli_main
+@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then evaluate."""
     # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.

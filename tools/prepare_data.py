@@ -5,13 +5,14 @@ See lib/analysis/prepare.py for the checksums, where they come from, and what is
 
 import argparse
 
-from lib.analysis.prepare import ARCHIVES, prepare
 from lib.config import resolve_path
-from lib.utils.errors import ArgumentParser, cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main
 
 
 def parse_args() -> argparse.Namespace:
     """The command line."""
+    from lib.analysis.prepare import ARCHIVES
+
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--datasets", nargs="+", choices=list(ARCHIVES), default=list(ARCHIVES),
                         help="datasets to prepare (default: both)")
@@ -26,9 +27,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-@cli_main
+@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse the flags, then prepare or verify each dataset."""
+    # Imported inside cli_main (parse_args too): Ctrl-C while torch loads is one line.
+    from lib.analysis.prepare import prepare
+
     args = parse_args()
     prepare(args.datasets, resolve_path(args.root), urls={"cub": args.url_cub, "aircraft": args.url_aircraft},
             md5s={"cub": args.md5_cub, "aircraft": args.md5_aircraft}, verify=not args.no_verify,

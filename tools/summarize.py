@@ -5,7 +5,7 @@ import argparse
 import os
 
 from lib.config import resolve_path
-from lib.utils.errors import ArgumentParser, cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main
 
 
 def parse_args() -> argparse.Namespace:
@@ -16,7 +16,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-@cli_main
+@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse the flags, then summarise."""
     # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.

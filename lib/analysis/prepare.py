@@ -48,7 +48,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from lib.config import get_cfg
+from lib.config import get_cfg, resolve_path
 from lib.datasets import build_dataset
 from lib.utils.errors import UserError, first_line, os_error_message
 
@@ -265,9 +265,15 @@ def _describe(report: dict[str, Any]) -> str:
 
 def verify_existing(name: str, root: str) -> dict[str, Any]:
     """Check the layout of dataset `name` already under `root` (--verify-only)."""
-    folder = os.path.join(root, ARCHIVES[name].target)
+    target = ARCHIVES[name].target
+    folder = os.path.join(root, target)
     if not os.path.isdir(folder):
-        raise UserError(f"{name}: {folder} does not exist; run tools/prepare_data.py --datasets {name} to download it")
+        if os.path.basename(os.path.normpath(root)) == target:  # --root data/cub: the dataset folder itself
+            raise UserError(f"{name}: {folder} does not exist; --root names the data folder that holds {target}/, "
+                            f"did you mean --root {os.path.dirname(os.path.normpath(root))}?")
+        where = "" if os.path.normpath(root) == resolve_path("data") else f" --root {root}"
+        raise UserError(f"{name}: {folder} does not exist; run tools/prepare_data.py --datasets {name}{where} "
+                        "to download it")
     return verify_layout(name, folder)
 
 

@@ -92,7 +92,13 @@ def resolve_path(path: str) -> str:
 
 
 def merge_file(cfg: CfgNode, filename: str) -> None:
-    """Merge a YAML file into `cfg`; every key must exist in the schema."""
+    """Merge a YAML file into `cfg`; every key must exist in the schema.
+
+    A relative path is taken from the current folder, else from the repository root (as every path inside a
+    config is), so the published commands also work from another folder.
+    """
+    if not os.path.isfile(filename) and os.path.isfile(resolve_path(filename)):
+        filename = resolve_path(filename)
     if not os.path.isfile(filename):
         raise UserError(f"config file not found: {filename}")
     with open(filename, "rb") as f:

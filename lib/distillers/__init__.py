@@ -7,6 +7,7 @@ from yacs.config import CfgNode
 
 from lib.config import resolve_path, small_crop_size
 from lib.engine.checkpoint import load_weights
+from lib.engine.setup import get_logger
 from lib.losses import ATLoss, DKDLoss, ICKDLoss, SPLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes
 from lib.utils.errors import UserError
@@ -50,6 +51,10 @@ def check_archs(cfg: CfgNode, method: str) -> None:
         raise UserError(f"{key} is empty; name an architecture, e.g. {key} resnet18")
     if method != "single" and not arch_t:
         raise UserError("MODEL.ARCH_T is empty; name the teacher's architecture, e.g. MODEL.ARCH_T resnet50")
+    if method == "isrd" and cfg.FSR.ETA <= 0:
+        raise UserError(f"FSR.ETA is {cfg.FSR.ETA:g}, so ISRD would train plain KD in a folder named isrd; set FSR.ETA "
+                        "(the release: 50 for CUB at 56 px, 10 at 112 px, 20 for Aircraft at 56 px), or train KD with "
+                        "tools_1_ts/train_kd_5runs.py")
     check_input_size(arch_s, small_crop_size(cfg))
     if arch_t:
         check_input_size(arch_t, cfg.DATA.CROP_SIZE)
@@ -62,8 +67,12 @@ def build_teacher(cfg: CfgNode):
                         "and pass its ckpt/.../model_best.pth")
     teacher = build_model(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, cfg.MODEL.PRETRAIN_T,
                           _weights_file(cfg.MODEL.PRETRAIN_FILE_T))
-    load_weights(teacher, resolve_path(cfg.MODEL.MODELDICT_T), "teacher checkpoint MODEL.MODELDICT_T",
-                 cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES)
+    path = resolve_path(cfg.MODEL.MODELDICT_T)
+    ckpt = load_weights(teacher, path, "teacher checkpoint MODEL.MODELDICT_T", cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES)
+    trained_size = ckpt.get("input_size")
+    if trained_size and trained_size != cfg.DATA.CROP_SIZE:
+        get_logger().warning(f"warning: the teacher {path} was trained at {trained_size} px and sees "
+                             f"{cfg.DATA.CROP_SIZE} px images here (DATA.CROP_SIZE)")
     return teacher
 
 

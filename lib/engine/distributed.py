@@ -64,6 +64,16 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
     return info, device
 
 
+def run_threads(cfg: CfgNode, device: torch.device, num_runs: int) -> int:
+    """CPU threads of each run of an experiment whose runs share the CPU; 0 = torch's default (one run at a time).
+
+    Every run of the experiment gets the same count, whether it trains beside others or alone (a resume with
+    one run left): a CPU kernel's floating-point rounding depends on its thread count.
+    """
+    slots = parallel_slots(cfg, device, num_runs)
+    return max(1, (os.cpu_count() or 1) // slots) if device.type == "cpu" and slots > 1 else 0
+
+
 def parallel_slots(cfg: CfgNode, device: torch.device, pending: int) -> int:
     """How many runs to train at once: BASIC.PARALLEL_RUNS, or (0 = auto) one per GPU of GPU_ID on CUDA."""
     slots = cfg.BASIC.PARALLEL_RUNS

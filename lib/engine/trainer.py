@@ -34,7 +34,7 @@ from lib.distillers import Distiller, build_distiller, check_archs, method_archs
 from lib.utils.errors import UserError
 
 from .checkpoint import atomic_write, load_json, read_saved, rng_state, save_checkpoint, save_json, set_rng_state
-from .distributed import DistInfo, init_distributed, parallel_slots
+from .distributed import DistInfo, init_distributed, parallel_slots, run_threads
 from .setup import (
     add_log_file,
     configure_backends,
@@ -369,6 +369,9 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                 continue
             if improved:
                 save_checkpoint(best_checkpoint(exp, distiller, epoch, best_acc), os.path.join(ckpt_dir, "model_best.pth"))
+            # The logs before last.pth: a kill between the two redoes this epoch, which rewrites stats.jsonl from the
+            # history and purges tensorboard's later steps; the other order would lose the epoch's logs for good.
+            _write_epoch_logs(writer, log_dir, history, stats)
             save_checkpoint({
                 "epoch": epoch, "student": _state_dict(distiller.student),
                 "extra": {k: _state_dict(m) for k, m in distiller.extra_modules().items()},
@@ -376,13 +379,13 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                 "scaler": scaler.state_dict(), "best_acc": best_acc, "best_epoch": best_epoch,
                 "history": history, "rng": rng_state(), "seed": seed,
             }, last_path)
-            _write_epoch_logs(writer, log_dir, history, stats)
             log.info(f"{where} epoch {epoch}/{cfg.SOLVER.NUM_EPOCHS}: loss {stats['loss']:.4f} "
                      f"train top1 {stats['train_top1']:.2f} test top1 {stats['test_top1']:.2f} "
                      f"top5 {stats['test_top5']:.2f} best {best_acc:.2f} (epoch {best_epoch}) "
                      f"[{stats['time_s']:.1f}s]")
     finally:
-        del batches  # stops the loader workers at once, also when the run fails
+        with deferred_interrupt():  # Python would swallow a Ctrl-C raised inside the loaders' __del__
+            del batches, train_loader, test_loader  # stops the loader workers at once, also when the run fails
         if writer is not None:
             writer.close()
     last_acc = history[-1]["test_top1"] if history else 0.0
@@ -390,6 +393,29 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     if main:
         save_json(result, os.path.join(ckpt_dir, "result.json"))
     return result
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold back a Ctrl-C that arrives inside the block and raise it after the block.
+
+    Deleting a DataLoader iterator joins its worker processes inside `__del__`, where Python prints and then
+    discards a KeyboardInterrupt: a Ctrl-C at the end of a run would be lost and training would go on.
+    """
+    import threading
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # SIGINT is ignored here (a parallel run process) or handled by someone else
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _write_epoch_logs(writer, log_dir: str, history: list[dict], stats: dict) -> None:
@@ -585,12 +611,19 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
                 done[run] = read_saved(os.path.join(exp.run_dir("ckpt", run), "result.json"), load_json,
                                        f"delete it and re-run: run {run} is summed up again from its last.pth")
                 log.info(f"run {run} already finished: best {done[run]['best_acc']:.2f}")
+        threads = 0 if info.enabled else run_threads(cfg, device, num_runs)
         if slots > 1:
             del first
-            done.update(_train_in_parallel(exp, pending, slots, device))
+            done.update(_train_in_parallel(exp, pending, slots, device, threads))
         else:
-            for run in pending:
-                done[run] = train_run(exp, run, device, first if run == pending[0] else None)
+            default_threads = torch.get_num_threads()
+            if threads:
+                torch.set_num_threads(threads)
+            try:
+                for run in pending:
+                    done[run] = train_run(exp, run, device, first if run == pending[0] else None)
+            finally:
+                torch.set_num_threads(default_threads)
         results = summarize([done[run] for run in range(num_runs)])
         if info.is_main:
             save_json(results, results_path)
@@ -609,12 +642,12 @@ def _barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: torch.device) -> dict[int, dict]:
-    """Train the pending runs in `slots` processes at once (one per GPU); run i goes to slot i % slots."""
+def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: torch.device,
+                       threads: int) -> dict[int, dict]:
+    """Train the pending runs in `slots` processes at once (one per GPU; `threads` CPU threads each on the CPU)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // slots) if device.type == "cpu" else 0
     # Ctrl-C reaches every process of the terminal's group. The run processes (and the loader workers they fork)
     # start with SIGINT ignored; this process answers it and stops them through SIGTERM, on which each unwinds
     # like an interrupted run (loaders shut down, the last finished epoch kept): one line, not a traceback each.

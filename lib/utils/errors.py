@@ -13,10 +13,12 @@ USER_ERROR_EXIT = 2
 # Exit status after Ctrl-C: 128 + SIGINT, what a shell reports for a process killed by it.
 INTERRUPTED_EXIT = 130
 INTERRUPTED_MESSAGE = "interrupted; re-run the same command to resume (training goes on from its last saved epoch)"
+TOOL_INTERRUPTED_MESSAGE = "interrupted"
 
 # Writing into a read-only, forbidden or full folder: the user picks another folder, it is not a bug.
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_FILE_IN_THE_WAY = {errno.EEXIST, errno.ENOTDIR}
 _WHERE_OUTPUTS_GO = ("BASIC.OUTPUT_ROOT for training and tools/benchmark.py, --out for tools/cost.py and "
                      "tools/summarize.py; tools/eval.py writes beside TEST.CHECKPOINT")
 
@@ -44,10 +46,14 @@ def _one_line(message: str) -> str:
 
 
 def os_error_message(err: OSError) -> str | None:
-    """One line for an OSError the user fixes by choosing another folder (read-only, forbidden, full), else None."""
-    if err.errno not in _NOT_WRITABLE | _FULL:
+    """One line for an OSError the user fixes by choosing another folder (read-only, forbidden, full, a file where
+    a folder should be), else None."""
+    if err.errno not in _NOT_WRITABLE | _FULL | _FILE_IN_THE_WAY:
         return None
     where = err.filename if err.filename is not None else "a file"
+    if err.errno in _FILE_IN_THE_WAY:  # os.makedirs through or onto an existing file
+        return f"cannot create the folder {where}: {err.strerror or err} (a file stands where a folder is needed); " \
+               f"move that file or choose another folder ({_WHERE_OUTPUTS_GO})"
     if err.errno in _FULL:
         return f"cannot write {where}: {err.strerror or err}; free some space or choose another folder " \
                f"({_WHERE_OUTPUTS_GO})"
@@ -56,9 +62,15 @@ def os_error_message(err: OSError) -> str | None:
            f"({_WHERE_OUTPUTS_GO})"
 
 
-def cli_main(fn: Callable[[], object]) -> Callable[[], None]:
+def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTERRUPTED_MESSAGE):
     """Wrap a script's main(): a UserError (or an unwritable or full output folder) becomes `error: <message>`
-    on stderr and exit status 2; Ctrl-C becomes one line and exit status 130."""
+    on stderr and exit status 2; Ctrl-C becomes the line `interrupted` and exit status 130.
+
+    `@cli_main` for the training scripts (their Ctrl-C line says how to resume); `@cli_main(interrupted=...)` for
+    tools that have nothing to resume.
+    """
+    if fn is None:
+        return functools.partial(cli_main, interrupted=interrupted)
 
     @functools.wraps(fn)
     def wrapper() -> None:
@@ -67,7 +79,7 @@ def cli_main(fn: Callable[[], object]) -> Callable[[], None]:
         except UserError as err:
             _exit(f"error: {_one_line(str(err))}", USER_ERROR_EXIT)
         except KeyboardInterrupt:
-            _exit(INTERRUPTED_MESSAGE, INTERRUPTED_EXIT)
+            _exit(interrupted, INTERRUPTED_EXIT)
         except OSError as err:
             message = os_error_message(err)
             if message is None:
