@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,3 +297,16 @@ def test_the_teacher_accuracy_is_that_of_the_checkpoint_the_pair_distilled_from(
     with open(root / "summary" / "summary.csv") as f:
         pair = next(r for r in csv.DictReader(f) if r["teacher_arch"])
     assert float(pair["teacher_best_acc_mean"]) == 80.0
+
+
+def test_summarize_leaves_the_demo_out_of_the_papers_table_unless_asked_for_it(tmp_path):
+    from lib.analysis.summary import find_experiments
+
+    _experiment(tmp_path, "cub", "1runs_resnet50_64_seed0_0.01", [80.0])
+    _experiment(tmp_path / "demo", "cub", "5runs_resnet18_32_seed0_0.05", [45.0, 40.0])
+    warnings = []
+    found = find_experiments(str(tmp_path), warn=warnings.append)
+    assert [Path(e.path).name for e in found] == ["1runs_resnet50_64_seed0_0.01"]
+    assert len(warnings) == 1 and "demo" in warnings[0] and f"--root {tmp_path / 'demo'}" in warnings[0]
+    found = find_experiments(str(tmp_path / "demo"), warn=warnings.append)
+    assert [Path(e.path).name for e in found] == ["5runs_resnet18_32_seed0_0.05"]

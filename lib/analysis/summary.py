@@ -41,6 +41,7 @@ METHOD_LABELS = {"student": "baseline", "kd": "KD", "at": "AT", "sp": "SP", "ick
                  "isrd": "ISRD", "tas": "TAS"}
 _DISTILL_NAME = re.compile(r"\d+runs_(kd|at|sp|ickd|dkd|isrd|tas)_")
 _MOVED_ASIDE = re.compile(r".*\.old\d+")
+_DEMO_FOLDER = "demo"  # ckpt/demo, the BASIC.OUTPUT_ROOT of configs/demo/*
 _RUN_DIR = re.compile(r"run\d+")
 
 
@@ -128,6 +129,11 @@ def find_experiments(root: str, warn=None) -> list[Experiment]:
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not _MOVED_ASIDE.fullmatch(d))
+        if folder == root and _DEMO_FOLDER in dirs:
+            # The demo's 10-class synthetic experiments (configs/demo/*) would land in the paper's table as "cub".
+            dirs.remove(_DEMO_FOLDER)
+            warn(f"skipped: {os.path.join(root, _DEMO_FOLDER)} (the demo's synthetic data; --root "
+                 f"{os.path.join(root, _DEMO_FOLDER)} summarizes it)")
         if "results.json" not in files:
             continue
         dirs[:] = []  # an experiment's own subfolders (ckpt/, log/) hold no experiments
