@@ -328,8 +328,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
             for name, module in distiller.extra_modules().items():
                 module.load_state_dict(state["extra"][name])
         except (KeyError, RuntimeError) as err:  # e.g. written before a module changed shape (the ISRD decoder)
-            detail = " ".join(str(err).split())  # torch lists the keys on several lines
-            detail = detail if len(detail) <= 300 else detail[:297] + "..."
+            detail = str(err) if len(str(err)) <= 300 else str(err)[:297] + "..."  # cli_main joins its lines
             raise UserError(f"{last_path} does not fit the model of this config ({type(err).__name__}: {detail}); "
                             f"it was written by another version of the code; {fix}") from None
         optimizer.load_state_dict(state["optimizer"])
