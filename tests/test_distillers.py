@@ -5,9 +5,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lib.config import get_cfg
 from lib.distillers import ISRD, FeatureKD, build_distiller
+from lib.losses import dkd_loss, ickd_loss, kd_loss, sp_loss
 from lib.losses.at import at_loss
 from lib.losses.isrd import isrd_loss
 from lib.models.model_builder import build_model
@@ -59,6 +61,50 @@ def test_every_learnable_parameter_reaches_the_optimiser_and_the_teacher_stays_b
         optimizer.step()
     after = distiller.teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "teacher weights or BN statistics changed"
+
+
+def _expected_terms(distiller, cfg, method, image, image_large, target, epoch):
+    """The loss terms of `method` recomputed from the pure loss functions and the config's weights."""
+    with torch.no_grad():
+        pre_relu = True if method == "isrd" else cfg.MODEL.PRERELU
+        logits_s, feats_s = distiller.student(image, return_feat=True, preReLU=pre_relu)
+        logits_t, feats_t = distiller.teacher(image_large, return_feat=True, preReLU=pre_relu)
+    ce = F.cross_entropy(logits_s, target)
+    if method in ("kd", "isrd"):
+        terms = {"loss_ce": (1 - cfg.KD.ALPHA) * ce, "loss_kd": cfg.KD.ALPHA * kd_loss(logits_s, logits_t, cfg.KD.TEMP)}
+        if method == "isrd":
+            terms["loss_isrd"] = cfg.FSR.ETA * isrd_loss(distiller.decoder(feats_s[cfg.FSR.POSITION]), image_large)
+        return terms
+    if method == "dkd":
+        warmup = min(epoch / cfg.DKD.WARMUP, 1.0)
+        return {"loss_ce": ce, "loss_dkd": warmup * dkd_loss(logits_s, logits_t, target, cfg.DKD.ALPHA, cfg.DKD.BETA,
+                                                            cfg.DKD.TEMP)}
+    if method == "at":
+        return {"loss_ce": ce, "loss_at": cfg.AT.BETA * sum(at_loss(s, t) for s, t in zip(feats_s[1:], feats_t[1:]))}
+    if method == "sp":
+        return {"loss_ce": ce, "loss_sp": cfg.SP.BETA * sp_loss(feats_s[-1], feats_t[-1])}
+    return {"loss_ce": ce, "loss_ickd": cfg.ICKD.BETA * ickd_loss(distiller.criterion.embed(feats_s[-1]), feats_t[-1])}
+
+
+@pytest.mark.parametrize("method", ["kd", "isrd", "dkd", "at", "sp", "ickd"])
+@pytest.mark.parametrize("epoch", [1, 30])
+def test_every_loss_term_is_its_config_weight_times_the_pure_loss_on_the_right_features(tmp_path, method, epoch):
+    teacher_path = str(tmp_path / "t.pth")
+    _save_teacher(teacher_path, "resnet18")
+    cfg = _cfg(teacher_path, kdtype=method)
+    # Weights unlike their defaults and unlike each other, so a swapped or dropped one shows.
+    cfg.KD.TEMP, cfg.KD.ALPHA, cfg.FSR.ETA = 3.0, 0.7, 5.0
+    cfg.AT.BETA, cfg.SP.BETA, cfg.ICKD.BETA = 11.0, 13.0, 1.5
+    cfg.DKD.ALPHA, cfg.DKD.BETA, cfg.DKD.TEMP, cfg.DKD.WARMUP = 0.5, 6.0, 2.0, 20
+    distiller = build_distiller(cfg, method)
+    distiller.train()
+    torch.manual_seed(0)
+    image, image_large, target = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    _, losses = distiller.forward_train(image, image_large, target, epoch)
+    expected = _expected_terms(distiller, cfg, method, image, image_large, target, epoch)
+    assert set(losses) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(losses[name].detach(), value, msg=name)
 
 
 def test_ickd_embedding_is_trained_unless_the_release_switch_is_set(tmp_path):

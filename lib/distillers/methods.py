@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode
 
 from lib.config import small_crop_size
-from lib.losses import build_decoder, isrd_loss, kd_loss
+from lib.losses import build_decoder, isrd_loss, kd_terms
 from lib.models.model_builder import feature_shapes
 from lib.utils.errors import UserError
 
@@ -24,10 +24,7 @@ class KD(Distiller):
 
     def logit_terms(self, logits_s: Tensor, logits_t: Tensor, target: Tensor) -> dict[str, Tensor]:
         """The weighted CE and KD terms (shared by ISRD and TAS)."""
-        return {
-            "loss_ce": (1.0 - self.alpha) * F.cross_entropy(logits_s, target),
-            "loss_kd": self.alpha * kd_loss(logits_s, logits_t, self.temperature),
-        }
+        return kd_terms(logits_s, logits_t, target, self.temperature, self.alpha)
 
     def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
         """Student logits and the weighted CE and KD terms."""

@@ -12,7 +12,7 @@ from .dkd import DKDLoss, dkd_loss
 from .fkd import FKD_INTERP_MODES, FKDLoss, feature_distillation_loss
 from .ickd import ICKDLoss, ickd_loss
 from .isrd import SRDecoder, build_decoder, isrd_loss, isrd_scale
-from .kd import KDLoss, kd_loss
+from .kd import KDLoss, kd_loss, kd_terms
 from .sp import SPLoss, sp_loss
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "isrd_loss",
     "isrd_scale",
     "kd_loss",
+    "kd_terms",
     "sp_loss",
     "CRITERIA",
 ]

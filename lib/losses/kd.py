@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-__all__ = ["kd_loss", "KDLoss"]
+__all__ = ["kd_loss", "kd_terms", "KDLoss"]
 
 
 def kd_loss(logits_s: Tensor, logits_t: Tensor, temperature: float) -> Tensor:
@@ -27,6 +27,26 @@ def kd_loss(logits_s: Tensor, logits_t: Tensor, temperature: float) -> Tensor:
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
 
 
+def kd_terms(logits_s: Tensor, logits_t: Tensor, target: Tensor, temperature: float, alpha: float
+             ) -> dict[str, Tensor]:
+    """The release's KD objective as its two weighted terms (the distillers log each on its own).
+
+    Args:
+        logits_s: student logits, (B, K).
+        logits_t: teacher logits, (B, K).
+        target: class labels, (B,).
+        temperature: softmax temperature T of the KD term.
+        alpha: weight of the KD term; the cross-entropy gets 1 - alpha.
+
+    Returns:
+        {"loss_ce": (1 - alpha) * CE(student, label), "loss_kd": alpha * kd_loss(student, teacher, T)}.
+    """
+    return {
+        "loss_ce": (1.0 - alpha) * F.cross_entropy(logits_s, target),
+        "loss_kd": alpha * kd_loss(logits_s, logits_t, temperature),
+    }
+
+
 class KDLoss(nn.Module):
     """(1 - KD.ALPHA) * CE(student, label) + KD.ALPHA * kd_loss, the release's KD objective."""
 
@@ -37,5 +57,5 @@ class KDLoss(nn.Module):
 
     def forward(self, logits_s: Tensor, logits_t: Tensor, target: Tensor) -> Tensor:
         """Return the weighted sum of cross-entropy and KD for student logits (B, K) and labels (B,)."""
-        loss_ce = F.cross_entropy(logits_s, target)
-        return (1 - self.alpha) * loss_ce + self.alpha * kd_loss(logits_s, logits_t, self.temperature)
+        terms = kd_terms(logits_s, logits_t, target, self.temperature, self.alpha)
+        return terms["loss_ce"] + terms["loss_kd"]
