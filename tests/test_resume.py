@@ -165,3 +165,18 @@ def test_a_ctrl_c_inside_a_deferred_block_is_raised_after_it_not_swallowed():
             finished.append(True)
     assert finished == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_runs_cuda_rng_state_is_its_own_devices_and_comes_back_on_whatever_device_resumes_it(monkeypatch):
+    saved, restored = {}, []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved.setdefault(str(device), torch.tensor([7])))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state.item(), str(device))))
+    state = checkpoint.rng_state(torch.device("cuda", 3))
+    assert list(saved) == ["cuda:3"] and state["cuda"].item() == 7
+    assert "cuda" not in checkpoint.rng_state(torch.device("cpu"))
+    checkpoint.set_rng_state(state, torch.device("cuda", 0))  # resumed in another slot, or with fewer GPUs visible
+    # A last.pth written before: one state per visible GPU (get_rng_state_all); a GPU beyond the list is skipped.
+    old = dict(state, cuda=[torch.tensor([1]), torch.tensor([2])])
+    checkpoint.set_rng_state(old, torch.device("cuda", 1))
+    checkpoint.set_rng_state(old, torch.device("cuda", 5))
+    assert restored == [(7, "cuda:0"), (2, "cuda:1")]

@@ -86,6 +86,22 @@ def test_zero_feature_weights_leave_logit_kd_and_isrd(tmp_path):
     assert losses["loss_fkd"].item() == 0.0 and losses["loss_isrd"].item() > 0
 
 
+def test_each_feature_pair_is_weighted_by_its_tas_feat_weight(tmp_path):
+    cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
+    cfg.TAS.FEAT_WEIGHTS = [1.0, 0.0, 0.0, 2.0]
+    distiller = build_distiller(cfg, "tas")
+    distiller.train()
+    torch.manual_seed(0)
+    image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
+    _, losses = distiller.forward_train(image, image_large, torch.tensor([0, 1]), 1)
+    with torch.no_grad():
+        _, feats_s = distiller.student(image, return_feat=True, preReLU=cfg.MODEL.PRERELU)
+        _, feats_a = distiller.assistant(image_large, return_feat=True, preReLU=cfg.MODEL.PRERELU)
+    expected = (feature_distillation_loss(feats_s[1], feats_a[1])
+                + 2.0 * feature_distillation_loss(feats_s[4], feats_a[4]))
+    torch.testing.assert_close(losses["loss_fkd"].detach(), expected)
+
+
 def test_a_vit_student_distils_from_a_vit_assistant_of_its_size_family(tmp_path):
     cfg = _cfg(_save_net(tmp_path / "a.pth", "vit_tiny_patch16_64"), "vit_tiny_patch16_64", "vit_tiny_patch16_32")
     distiller = build_distiller(cfg, "tas")

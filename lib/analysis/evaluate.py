@@ -29,7 +29,7 @@ from yacs.config import CfgNode
 from lib.config import resolve_path, small_crop_size
 from lib.datasets import BatchPreparer, build_dataset
 from lib.engine.checkpoint import load_weights, save_json
-from lib.engine.setup import get_logger, select_device
+from lib.engine.setup import get_logger, select_device, use_device
 from lib.engine.trainer import build_loader
 from lib.models.model_builder import build_model, check_input_size
 from lib.utils.errors import UserError
@@ -184,6 +184,7 @@ def evaluate_checkpoint(cfg: CfgNode) -> dict[str, Any]:
                  f"(DATA.CROP_SIZE / DATA.LESSEN_RATIO); use the experiment's config.yaml to match")
     test_set = build_dataset(cfg, is_train=False)
     device = select_device(cfg)
+    use_device(device)
     model = model.to(device)
     scores, targets = predict(model, build_loader(cfg, test_set, False, device), BatchPreparer(cfg, device))
     report = classification_report(scores, targets, list(test_set.classes))

@@ -23,7 +23,7 @@ from lib.distillers import build_distiller
 from lib.models.model_builder import build_model
 
 from .checkpoint import atomic_write
-from .setup import configure_backends, get_logger, seed_everything, select_device
+from .setup import configure_backends, get_logger, seed_everything, select_device, use_device
 from .trainer import autocast, build_loader, compile_step, place_for_training, train_epoch
 
 
@@ -96,6 +96,7 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     """All four figures (img/s) and peak memory for one input pipeline; optionally profiles of both steps."""
     log = get_logger()
     device = select_device(cfg)
+    use_device(device)
     tic = time.perf_counter()
     train_set = build_dataset(cfg, is_train=True)
     loader = build_loader(cfg, train_set, True, device)  # the device pipeline copies its cache here

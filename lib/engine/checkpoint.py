@@ -94,25 +94,32 @@ def read_saved(path: str, read, fix: str) -> Any:
                         ) from None
 
 
-def rng_state() -> dict:
-    """The RNG states of python, numpy, torch (CPU) and CUDA (when initialised)."""
+def rng_state(device: torch.device) -> dict:
+    """The RNG states of python, numpy, torch (CPU) and, on a GPU, the run's own CUDA device."""
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        # The run's device alone: a run resumed with fewer GPUs visible, or in another parallel slot (another
+        # device), gets back the stream it drew from.
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() returned."""
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore what rng_state() returned onto `device` (a CUDA state saved on another device included)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if device.type == "cuda" and cuda is not None:
+        if isinstance(cuda, list):  # written by get_rng_state_all() before this change: one state per GPU
+            index = device.index or 0
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
 
 
 def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes: int) -> dict:

@@ -8,6 +8,7 @@ experiment at the same time, one process per GPU, gathered into the same results
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -61,7 +62,13 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
         device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        atexit.register(_leave_group)  # NCCL warns at exit about a process group never destroyed
     return info, device
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def run_threads(cfg: CfgNode, device: torch.device, num_runs: int) -> int:

@@ -40,6 +40,12 @@ def select_device(cfg: CfgNode, slot: int = 0) -> torch.device:
     return torch.device("cuda", cfg.BASIC.GPU_ID[slot % len(cfg.BASIC.GPU_ID)])
 
 
+def use_device(device: torch.device) -> None:
+    """Make a CUDA `device` the current one, so that streams, events and pinned copies default to it (CPU: no-op)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
 def configure_backends(cfg: CfgNode) -> None:
     """Apply the CUDNN keys; DETERMINISTIC also asks torch for deterministic algorithms."""
     torch.backends.cudnn.enabled = cfg.CUDNN.ENABLE

@@ -43,6 +43,7 @@ from .setup import (
     get_logger,
     seed_everything,
     select_device,
+    use_device,
 )
 
 # Keys that change how fast or where a run goes, not what it learns: a resumed or re-run experiment may differ
@@ -156,7 +157,7 @@ class StepMonitor:
             host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             host.copy_(values, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))  # the copy's stream, whatever the current device
             self.flush()
             self.pending = (host, event, list(losses), batch_size, epoch, step)
         else:
@@ -336,7 +337,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_acc, best_epoch, history = (state["epoch"], state["best_acc"], state["best_epoch"],
                                                       state["history"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], device)
         log.info(f"{where}: resuming after epoch {start_epoch} from {last_path}")
     else:
         seed_everything(seed)  # the same RNG state at epoch 1 whether or not the distiller was prebuilt
@@ -376,7 +377,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                 "extra": {k: _state_dict(m) for k, m in distiller.extra_modules().items()},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "best_acc": best_acc, "best_epoch": best_epoch,
-                "history": history, "rng": rng_state(), "seed": seed,
+                "history": history, "rng": rng_state(device), "seed": seed,
             }, last_path)
             log.info(f"{where} epoch {epoch}/{cfg.SOLVER.NUM_EPOCHS}: loss {stats['loss']:.4f} "
                      f"train top1 {stats['train_top1']:.2f} test top1 {stats['test_top1']:.2f} "
@@ -571,6 +572,7 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
     if not info.is_main:
         log.setLevel("WARNING")
     device = device or select_device(cfg)
+    use_device(device)
     train_set, test_set = build_dataset(cfg, is_train=True), build_dataset(cfg, is_train=False)
     if cfg.DATA.PIPELINE == "device":
         check_cache_fits(train_set, device)
@@ -695,8 +697,7 @@ def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, 
         exp = Experiment(cfg, method, exp_dir, multi_run, build_dataset(cfg, is_train=True),
                          build_dataset(cfg, is_train=False))
         target = torch.device(device)
-        if target.type == "cuda":
-            torch.cuda.set_device(target)
+        use_device(target)
         return {run: train_run(exp, run, target) for run in runs}
     finally:
         get_logger().removeHandler(handler)

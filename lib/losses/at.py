@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from .pairs import per_pair
+from .pairs import full_precision, per_pair, upcast
 
 __all__ = ["attention_map", "at_loss", "ATLoss"]
 
@@ -17,7 +17,8 @@ def attention_map(f: Tensor) -> Tensor:
     """Spatial attention of a feature map (B, C, H, W): mean over channels of f^2, L2-normalised, (B, H*W)."""
     # F_sum^p with p = 2 (Zagoruyko & Komodakis, Eq. 2), averaged rather than summed; the normalisation removes
     # the difference.
-    return F.normalize(f.pow(2).mean(dim=1).flatten(1), dim=1)
+    with full_precision(f):
+        return F.normalize(upcast(f).pow(2).mean(dim=1).flatten(1), dim=1)
 
 
 def at_loss(f_s: Tensor, f_t: Tensor) -> Tensor:

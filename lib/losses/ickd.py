@@ -10,15 +10,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from .pairs import per_pair
+from .pairs import full_precision, per_pair, upcast
 
 __all__ = ["ickd_loss", "ICKDLoss"]
 
 
 def _channel_correlation(f: Tensor) -> Tensor:
     """Row-normalised channel x channel correlation over spatial positions, (B, C, H, W) -> (B, C, C)."""
-    f = f.flatten(2)  # (B, C, H*W)
-    return F.normalize(f @ f.transpose(1, 2), dim=2)  # (B, C, C)
+    with full_precision(f):
+        f = upcast(f).flatten(2)  # (B, C, H*W)
+        return F.normalize(f @ f.transpose(1, 2), dim=2)  # (B, C, C)
 
 
 def ickd_loss(f_s: Tensor, f_t: Tensor) -> Tensor:

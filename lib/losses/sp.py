@@ -8,15 +8,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from .pairs import per_pair
+from .pairs import full_precision, per_pair, upcast
 
 __all__ = ["sp_loss", "SPLoss"]
 
 
 def _similarity(f: Tensor) -> Tensor:
     """Row-normalised batch x batch Gram matrix of flattened features (Tung & Mori, Eq. 2)."""
-    f = f.flatten(1)  # (B, C*H*W)
-    return F.normalize(f @ f.t(), dim=1)  # (B, B)
+    with full_precision(f):
+        f = upcast(f).flatten(1)  # (B, C*H*W)
+        return F.normalize(f @ f.t(), dim=1)  # (B, B)
 
 
 def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
