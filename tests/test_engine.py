@@ -1,5 +1,6 @@
 """The trainer through the published scripts: output layout, results, seeds, re-runs and config clashes."""
 
+import argparse
 import glob
 import json
 import os
@@ -7,10 +8,13 @@ import os
 import pytest
 import torch
 
-from lib.config import load_config
+from lib.config import get_cfg, load_config
 from lib.datasets import build_dataset
-from lib.distillers.base import Distiller
-from lib.engine.trainer import build_loader, format_table, summarize
+from lib.distillers import build_distiller
+from lib.distillers.base import Distiller, Vanilla
+from lib.engine import trainer
+from lib.engine.setup import experiment_name
+from lib.engine.trainer import StepMonitor, build_loader, format_table, place_for_training, summarize
 from lib.models.model_builder import build_model
 
 from .conftest import one_error_line, run_in_process, run_script
@@ -22,8 +26,6 @@ KD = "tools_1_ts/train_kd_5runs.py"
 
 def test_one_training_stream_serves_every_epoch_as_a_resumed_run_sees_it_and_leaves_the_global_rng(
         tiny_cub, write_config):
-    import argparse
-
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "TRAIN": {"BATCH_SIZE": 5}}, tiny_cub)
     cfg = load_config(argparse.Namespace(config_file=config, opts=["BASIC.NUM_WORKERS", 2]))
     train_set = build_dataset(cfg, is_train=True)
@@ -45,12 +47,15 @@ def test_teacher_run_writes_the_checkpoint_path_the_distillation_configs_name(ti
     exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
     best = torch.load(exp / "ckpt" / "model_best.pth", map_location="cpu", weights_only=False)
     assert {"epoch", "state_dict", "best_acc"} <= set(best)
+    # What the distillation scripts check a teacher against (and eval.py reads).
+    assert (best["arch"], best["num_classes"], best["input_size"]) == ("resnet18", 4, 64)
     build_model("resnet18", 4, False).load_state_dict(best["state_dict"])
     for name in ("config.yaml", "train.log", "results.json"):
         assert (exp / name).is_file(), name
     assert glob.glob(str(exp / "log" / "events.out.tfevents.*"))
     stats = [json.loads(line) for line in (exp / "log" / "stats.jsonl").read_text().splitlines()]
     assert [s["epoch"] for s in stats] == [1, 2]
+    assert [s["lr"] for s in stats] == pytest.approx([0.01, 0.001])  # SOLVER.LR_STEPS [1], LR_DECAY_FACTOR 0.1
     results = json.loads((exp / "results.json").read_text())
     assert [r["seed"] for r in results["runs"]] == [0]
     assert results["best_acc_mean"] == results["runs"][0]["best_acc"] == best["best_acc"]
@@ -75,6 +80,77 @@ def test_student_runs_are_seeded_independently_and_summarised(tiny_cub, write_co
     w0 = torch.load(exp / "ckpt" / "run0" / "last.pth", weights_only=False)["student"]
     w1 = torch.load(exp / "ckpt" / "run1" / "last.pth", weights_only=False)["student"]
     assert not torch.equal(w0["head.weight"], w1["head.weight"])
+
+
+def test_run_i_starts_from_the_weights_that_seed_plus_i_initialises(tiny_cub, write_config, tmp_path, monkeypatch):
+    from lib.engine.setup import seed_everything
+
+    built = []
+
+    def recording_build(cfg, method, teacher=None):
+        distiller = build_distiller(cfg, method, teacher)
+        built.append({k: v.clone() for k, v in distiller.student.state_dict().items()})
+        return distiller
+
+    monkeypatch.setattr(trainer, "build_distiller", recording_build)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"SEED": 3}},
+                          tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert len(built) == 2
+    for run, weights in enumerate(built):
+        seed_everything(3 + run)
+        expected = build_distiller(load_config(argparse.Namespace(config_file=config, opts=[])), "single")
+        for key, value in expected.student.state_dict().items():
+            assert torch.equal(weights[key], value), (run, key)
+
+
+def test_experiment_folders_are_named_after_the_small_crop_and_both_networks():
+    cfg = get_cfg()
+    cfg.MODEL.ARCH, cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_S = "resnet18", "resnet50", "vit_tiny_patch16_56"
+    cfg.DATA.CROP_SIZE, cfg.DATA.LESSEN_RATIO, cfg.BASIC.SEED, cfg.SOLVER.START_LR = 224, 4.0, 2, 0.05
+    assert experiment_name(cfg, "single", 5) == "5runs_resnet18_56_seed2_0.05"
+    assert experiment_name(cfg, "isrd", 5) == "5runs_isrd_resnet50_224_vit_tiny_patch16_56_56_seed2_0.05"
+
+
+def test_sgd_gets_the_configs_learning_rate_momentum_and_weight_decay():
+    cfg = get_cfg()
+    cfg.MODEL.ARCH, cfg.DATA.NUM_CLASSES = "resnet18", 4
+    cfg.SOLVER.START_LR, cfg.SOLVER.MUMENTUM, cfg.SOLVER.WEIGHT_DECAY = 0.05, 0.8, 3e-4
+    optimizer, _ = place_for_training(cfg, build_distiller(cfg, "single"), torch.device("cpu"))
+    assert {k: optimizer.defaults[k] for k in ("lr", "momentum", "weight_decay")} == {
+        "lr": 0.05, "momentum": 0.8, "weight_decay": 3e-4}
+
+
+def test_the_epoch_means_weight_each_step_by_its_batch_and_the_test_pass_scores_top1_top5_and_ce():
+    monitor = StepMonitor(torch.device("cpu"), "run 0")
+    monitor.push({"loss_ce": torch.tensor(1.0)}, 8, 1, 1)
+    monitor.push({"loss_ce": torch.tensor(4.0)}, 2, 1, 2)  # an epoch's short last batch
+    assert monitor.means() == {"loss_ce": pytest.approx((8 * 1.0 + 2 * 4.0) / 10)}
+
+    class Fixed(torch.nn.Module):  # logits chosen per image: class 0 ranked first, then 1, 2, ...
+        def forward(self, image):
+            return torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]]).expand(image.shape[0], 6)
+
+    cfg = get_cfg()
+    batch = {"image": torch.zeros(4, 3, 8, 8), "target": torch.tensor([0, 1, 4, 5])}
+    stats = trainer.test_epoch(Vanilla(Fixed()), [batch], lambda b: b, cfg, torch.device("cpu"))
+    ce = torch.nn.functional.cross_entropy(torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]] * 4),
+                                           batch["target"]).item()
+    assert stats["test_top1"] == 25.0 and stats["test_top5"] == 75.0
+    assert stats["test_loss"] == pytest.approx(ce)
+
+
+def test_a_different_dataset_folder_is_another_experiment(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    other = tmp_path / "other_cub"
+    shutil.copytree(tiny_cub, other)
+    capsys.readouterr()
+    assert run_in_process(TEACHER, config, "DATA.DATADIR", f"'{other}'", monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "another config" in line and "DATA.DATADIR" in line, line
 
 
 def test_rerunning_a_finished_experiment_prints_results_and_rewrites_nothing(tiny_cub, write_config, tmp_path,
