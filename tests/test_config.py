@@ -6,7 +6,17 @@ import os
 
 import pytest
 
-from lib.config import REPO_ROOT, diff_cfg, get_cfg, load_config, merge_file, merge_list, parse_args, small_crop_size
+from lib.config import (
+    REPO_ROOT,
+    diff_cfg,
+    get_cfg,
+    load_config,
+    merge_file,
+    merge_list,
+    parse_args,
+    small_crop_size,
+    small_resize_size,
+)
 from lib.utils.errors import UserError
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.yaml"), recursive=True))
@@ -35,6 +45,14 @@ def _get(cfg, key):
     for part in key.split("."):
         node = node[part]
     return node
+
+
+def test_the_small_sizes_are_truncated_as_the_original_computes_them():
+    cfg = get_cfg()
+    cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE, cfg.DATA.LESSEN_RATIO = 224, 256, 3.0
+    assert (small_crop_size(cfg), small_resize_size(cfg)) == (74, 85)  # 74.67 and 85.33, not rounded
+    cfg.DATA.LESSEN_RATIO = 4.0
+    assert (small_crop_size(cfg), small_resize_size(cfg)) == (56, 64)
 
 
 def test_schema_holds_every_release_key_with_its_default():

@@ -13,6 +13,12 @@ def test_the_same_epoch_seed_gives_the_same_order_and_item_seeds():
     assert [i for i, _ in a.epoch(7)] != [i for i, _ in b.epoch(8)]
 
 
+def test_every_item_draws_new_augmentation_each_epoch_and_unlike_the_other_items():
+    epoch_7, epoch_8 = dict(EpochSampler(50).epoch(7)), dict(EpochSampler(50).epoch(8))
+    assert len(set(epoch_7.values())) == 50  # no two items of an epoch share a crop and flip
+    assert all(epoch_7[index] != epoch_8[index] for index in range(50))  # an item's crop changes every epoch
+
+
 def test_ddp_shards_cover_the_epoch_with_equal_lengths():
     shards = [EpochSampler(10, rank=r, world_size=3) for r in range(3)]
     items = [list(shard.epoch(1)) for shard in shards]
