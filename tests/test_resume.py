@@ -58,12 +58,22 @@ def test_a_run_killed_at_several_moments_resumes_to_exactly_the_uninterrupted_re
         assert _kill_when(interrupted, marker), f"the run finished before '{marker}'"
     run_script(STUDENT, interrupted)
 
-    name = os.path.join("cub", "2runs_resnet18_32_seed0_0.01", "results.json")
-    expected = json.loads((tmp_path / "reference" / name).read_text())
-    got = json.loads((tmp_path / "interrupted" / name).read_text())
+    exp = os.path.join("cub", "2runs_resnet18_32_seed0_0.01")
+    expected = json.loads((tmp_path / "reference" / exp / "results.json").read_text())
+    got = json.loads((tmp_path / "interrupted" / exp / "results.json").read_text())
     assert got == expected
-    stats = (tmp_path / "interrupted" / "cub" / "2runs_resnet18_32_seed0_0.01" / "log" / "run0" / "stats.jsonl")
-    assert [json.loads(line)["epoch"] for line in stats.read_text().splitlines()] == [1, 2, 3]
+    for run in (0, 1):
+        # Every epoch's losses, accuracies and learning rate, bit for bit (LR_STEPS [2]: the resumed scheduler
+        # must decay before epoch 3), and the final weights.
+        histories = [[{k: v for k, v in json.loads(line).items() if k != "time_s"}
+                      for line in (tmp_path / root / exp / "log" / f"run{run}" / "stats.jsonl").read_text().splitlines()]
+                     for root in ("reference", "interrupted")]
+        assert [s["epoch"] for s in histories[1]] == [1, 2, 3]
+        assert [s["lr"] for s in histories[1]] == pytest.approx([0.01, 0.01, 0.001])
+        assert histories[1] == histories[0], f"run {run}"
+        weights = [torch.load(tmp_path / root / exp / "ckpt" / f"run{run}" / "last.pth", weights_only=False)["student"]
+                   for root in ("reference", "interrupted")]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), f"run {run}"
 
 
 def test_a_non_finite_loss_stops_the_run_naming_where_and_keeps_the_last_good_checkpoint(
