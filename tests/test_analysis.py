@@ -87,6 +87,21 @@ def test_eval_reports_a_real_checkpoint_at_the_student_size(tiny_cub, write_conf
     assert metrics["top1"] == pytest.approx(correct)
 
 
+def test_eval_reads_a_runs_last_pth_as_its_last_epochs_weights(tiny_cub, write_config, tmp_path, monkeypatch):
+    best = _checkpoint(tmp_path / "model_best.pth")
+    weights = torch.load(best)["state_dict"]
+    torch.save({"epoch": 2, "student": weights, "extra": {}, "optimizer": {}, "best_acc": 0.0},
+               tmp_path / "last.pth")
+    config = write_config(STUDENT, tiny_cub)
+    for name in ("model_best", "last"):
+        assert run_in_process(EVAL, config, "TEST.CHECKPOINT", str(tmp_path / f"{name}.pth"),
+                              monkeypatch=monkeypatch) == 0
+    best_metrics, last_metrics = (json.loads((tmp_path / "eval" / f"{name}_32px" / "metrics.json").read_text())
+                                  for name in ("model_best", "last"))
+    assert last_metrics["epoch"] == 2
+    assert (last_metrics["top1"], last_metrics["top5"]) == (best_metrics["top1"], best_metrics["top5"])
+
+
 @pytest.mark.parametrize("case", ["empty", "missing", "other class count"])
 def test_eval_checkpoint_mistakes_are_one_line(case, tiny_cub, write_config, tmp_path, monkeypatch, capsys):
     config = write_config(STUDENT, tiny_cub)

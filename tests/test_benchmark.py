@@ -83,3 +83,33 @@ def test_gpu_benchmark_script_without_a_gpu_is_one_line_and_writes_nothing(tmp_p
     assert one_error_line(err) == ("error: tools/gpu_benchmark.sh needs a CUDA GPU; on the CPU use python "
                                    "tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tool", ["benchmark", "cost"])
+def test_a_blocked_output_folder_fails_before_anything_is_measured_naming_the_file(tool, tiny_cub, write_config,
+                                                                                   tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where a folder is needed")
+    if tool == "benchmark":
+        config = write_config({"MODEL": {"ARCH": "resnet18"}, "BASIC": {"DEVICE": "cpu"}}, tiny_cub)
+        args = ["tools/benchmark.py", "--config_file", config, "BASIC.OUTPUT_ROOT", f"'{blocker / 'bench'}'"]
+    else:
+        args = ["tools/cost.py", "--archs", "resnet18", "--sizes", "32", "--device", "cpu", "--out",
+                str(blocker / "cost")]
+    assert run_cli(*args, monkeypatch=monkeypatch) == 2
+    out, err = capsys.readouterr()
+    line = one_error_line(err)
+    assert f"the file {blocker} stands where a folder is needed" in line, line
+    assert "img_s" not in out and "GFLOPs" not in out  # nothing was measured first
+
+
+def test_the_cpu_peak_memory_restarts_for_each_pipeline():
+    from lib.engine.benchmark import _peak_memory_mb, _reset_peak
+
+    cpu = torch.device("cpu")
+    block = torch.ones(50 * 2**20)  # 200 MB touched
+    del block
+    before = _peak_memory_mb(cpu)
+    _reset_peak(cpu)
+    # Linux restarts the peak RSS (VmHWM); the 200 MB freed above no longer count.
+    assert _peak_memory_mb(cpu) < before - 150

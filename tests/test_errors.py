@@ -84,7 +84,7 @@ def _case(name, tmp_path, broken_cub, tiny_cub):
     if name == "output folder blocked by a file":
         blocker = tmp_path / "out"
         return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, ["BASIC.OUTPUT_ROOT", str(blocker / "ckpt")], \
-            ["cannot create the folder", "a file stands where a folder is needed"], tiny_cub
+            ["cannot create the folder", f"the file {blocker} stands where a folder is needed"], tiny_cub
     if name == "student input too small":
         extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path)}}
         return KD_SCRIPT, extra, ["DATA.LESSEN_RATIO", "8.0"], ["8x8", "LESSEN_RATIO"], tiny_cub

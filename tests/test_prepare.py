@@ -167,7 +167,7 @@ def test_a_full_disk_while_extracting_names_the_folder_and_keeps_the_verified_ar
     assert _left(root) == ["CUB_200_2011.tgz"]  # the verified download is kept for the next try
 
 
-def test_verify_only_hints_name_the_root_given_and_catch_a_root_that_is_the_dataset_folder(tmp_path):
+def test_hints_name_the_root_given_and_a_root_that_is_the_dataset_folder_is_caught_before_any_download(tmp_path):
     from lib.analysis.prepare import prepare
     from lib.utils.errors import UserError
 
@@ -178,3 +178,7 @@ def test_verify_only_hints_name_the_root_given_and_catch_a_root_that_is_the_data
     inside.mkdir(parents=True)
     with pytest.raises(UserError, match=f"did you mean --root {tmp_path / 'data'}\\?"):
         prepare(["cub"], str(inside), verify_only=True, log=lambda line: None)
+    # Downloading too: nothing is fetched into data/cub/cub (the URL would fail if it were tried).
+    with pytest.raises(UserError, match=f"did you mean --root {tmp_path / 'data'}\\?"):
+        prepare(["cub"], str(inside), urls={"cub": "http://127.0.0.1:9/none.tgz"}, log=lambda line: None)
+    assert os.listdir(inside) == []

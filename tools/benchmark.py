@@ -37,6 +37,7 @@ def main() -> None:
         raise UserError(f"--pipelines takes a comma-separated list of {', '.join(PIPELINES)}, got {args.pipelines!r}")
     cfg = load_config(args)
     root = resolve_path(cfg.BASIC.OUTPUT_ROOT)
+    os.makedirs(root, exist_ok=True)  # a blocked or forbidden output folder fails now, not after the measurements
     result = run_benchmark(cfg, args.steps, args.warmup, pipelines, args.repeats,
                            os.path.join(root, "profile") if args.profile else None)
     print(format_benchmark(result))

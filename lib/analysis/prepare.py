@@ -263,14 +263,21 @@ def _describe(report: dict[str, Any]) -> str:
             f"{report['test_classes']} classes ({report['classes']} classes; {match})")
 
 
+def _refuse_dataset_folder_as_root(name: str, root: str) -> None:
+    """--root data/cub names the dataset folder itself, where <root>/cub is expected: say so (and download nothing)."""
+    target = ARCHIVES[name].target
+    folder = os.path.join(root, target)
+    if not os.path.isdir(folder) and os.path.basename(os.path.normpath(root)) == target:
+        raise UserError(f"{name}: {folder} does not exist; --root names the data folder that holds {target}/, "
+                        f"did you mean --root {os.path.dirname(os.path.normpath(root))}?")
+
+
 def verify_existing(name: str, root: str) -> dict[str, Any]:
     """Check the layout of dataset `name` already under `root` (--verify-only)."""
     target = ARCHIVES[name].target
     folder = os.path.join(root, target)
     if not os.path.isdir(folder):
-        if os.path.basename(os.path.normpath(root)) == target:  # --root data/cub: the dataset folder itself
-            raise UserError(f"{name}: {folder} does not exist; --root names the data folder that holds {target}/, "
-                            f"did you mean --root {os.path.dirname(os.path.normpath(root))}?")
+        _refuse_dataset_folder_as_root(name, root)
         where = "" if os.path.normpath(root) == resolve_path("data") else f" --root {root}"
         raise UserError(f"{name}: {folder} does not exist; run tools/prepare_data.py --datasets {name}{where} "
                         "to download it")
@@ -292,6 +299,7 @@ def prepare_dataset(name: str, root: str, url: str | None = None, md5: str | Non
         The layout report (see verify_layout).
     """
     spec = ARCHIVES[name]
+    _refuse_dataset_folder_as_root(name, root)
     os.makedirs(root, exist_ok=True)
     dest = os.path.join(root, spec.target)
     for stale in glob.glob(os.path.join(root, f".{spec.target}.partial-*")):

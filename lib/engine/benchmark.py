@@ -40,14 +40,29 @@ def _sync(device: torch.device) -> None:
 
 
 def _peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated, or on the CPU the main process's peak RSS, since the last _reset_peak."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    try:
+        with open("/proc/self/status") as f:  # Linux: VmHWM, the peak RSS that _reset_peak restarts
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: the process's peak since it began
 
 
 def _reset_peak(device: torch.device) -> None:
+    """Restart the peak that _peak_memory_mb reads (on the CPU, Linux's VmHWM; elsewhere it cannot be restarted)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _with_pipeline(cfg: CfgNode, pipeline: str) -> CfgNode:

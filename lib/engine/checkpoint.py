@@ -127,8 +127,8 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
 
     Args:
         model: the freshly built network.
-        path: checkpoint file; a dict with "state_dict" (this project, the original release) or a bare
-            state dict. Keys of the original release (`module.` prefix, `fc_cls.*`) are converted.
+        path: checkpoint file; a dict with "state_dict" (this project, the original release), a run's last.pth
+            (its last epoch's weights under "student"), or a bare state dict. Keys of the original release (`module.` prefix, `fc_cls.*`) are converted.
         what: how the user names this file, e.g. "teacher checkpoint MODEL.MODELDICT_T".
         arch: the architecture the config asks for (named in the error message).
         num_classes: the class count the config asks for (named in the error message).
@@ -143,6 +143,8 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
         raise UserError(f"{what} {path} could not be read ({type(err).__name__}: {err}); is it a torch checkpoint?") from None
     if isinstance(ckpt, dict) and "state_dict" in ckpt:
         state_dict = ckpt["state_dict"]
+    elif isinstance(ckpt, dict) and isinstance(ckpt.get("student"), dict):  # last.pth: the last epoch's weights
+        state_dict = ckpt["student"]
     elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         state_dict, ckpt = ckpt, {}
     else:

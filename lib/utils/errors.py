@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import os
 import sys
 from typing import Callable, NoReturn
 
@@ -45,6 +46,18 @@ def _one_line(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
+def _blocking_file(path: str | bytes) -> str | None:
+    """The file among `path` and its parents that stands where a folder is needed, if any."""
+    path = os.path.abspath(os.fsdecode(path))
+    while True:
+        if os.path.lexists(path):
+            return path if not os.path.isdir(path) else None
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
 def os_error_message(err: OSError) -> str | None:
     """One line for an OSError the user fixes by choosing another folder (read-only, forbidden, full, a file where
     a folder should be), else None."""
@@ -52,7 +65,9 @@ def os_error_message(err: OSError) -> str | None:
         return None
     where = err.filename if err.filename is not None else "a file"
     if err.errno in _FILE_IN_THE_WAY:  # os.makedirs through or onto an existing file
-        return f"cannot create the folder {where}: {err.strerror or err} (a file stands where a folder is needed); " \
+        blocking = _blocking_file(err.filename) if err.filename is not None else None
+        what = f"the file {blocking}" if blocking else "a file"
+        return f"cannot create the folder {where}: {err.strerror or err} ({what} stands where a folder is needed); " \
                f"move that file or choose another folder ({_WHERE_OUTPUTS_GO})"
     if err.errno in _FULL:
         return f"cannot write {where}: {err.strerror or err}; free some space or choose another folder " \
