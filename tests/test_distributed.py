@@ -44,14 +44,35 @@ def test_ddp_under_torchrun_with_gloo_trains_one_run_and_rank_0_alone_writes(tin
 
 
 def test_runs_trained_in_parallel_processes_are_gathered_into_one_results_file(tiny_cub, write_config, tmp_path):
-    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": 2}}, tiny_cub)
+    # Three runs in two processes: one process trains two of them.
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 3, "PARALLEL_RUNS": 2},
+                           "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
     proc = run_script(STUDENT, config)
     assert "2 runs at a time" in proc.stdout
-    exp = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01"
+    exp = tmp_path / "ckpt" / "cub" / "3runs_resnet18_32_seed0_0.01"
     results = json.loads((exp / "results.json").read_text())
-    assert [(r["run"], r["seed"]) for r in results["runs"]] == [(0, 0), (1, 1)]
-    for run in (0, 1):
+    assert [(r["run"], r["seed"]) for r in results["runs"]] == [(0, 0), (1, 1), (2, 2)]
+    for run in (0, 1, 2):
         assert (exp / "ckpt" / f"run{run}" / "model_best.pth").is_file()
+
+
+def test_each_ddp_rank_reads_its_own_half_of_every_epoch(tiny_cub, write_config):
+    import argparse
+
+    from lib.config import load_config
+    from lib.datasets import build_dataset
+    from lib.engine.distributed import DistInfo
+    from lib.engine.trainer import build_loader
+
+    cfg = load_config(argparse.Namespace(config_file=write_config(EXTRA, tiny_cub), opts=[]))
+    train_set = build_dataset(cfg, is_train=True)
+    shards = []
+    for rank in (0, 1):
+        loader = build_loader(cfg, train_set, True, torch.device("cpu"), DistInfo(rank, 2, rank))
+        loader.batch_sampler.set_epochs([5])
+        shards.append([index for batch in loader.batch_sampler for index, _ in batch])
+    assert len(shards[0]) == len(shards[1]) == len(train_set) // 2
+    assert sorted(shards[0] + shards[1]) == list(range(len(train_set)))
 
 
 def test_bf16_autocast_gives_the_fp32_losses_within_tolerance(tmp_path):

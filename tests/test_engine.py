@@ -104,6 +104,16 @@ def test_run_i_starts_from_the_weights_that_seed_plus_i_initialises(tiny_cub, wr
             assert torch.equal(weights[key], value), (run, key)
 
 
+def test_a_run_that_never_scores_still_writes_its_best_checkpoint(tiny_cub, write_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "test_epoch", lambda *args: {"test_top1": 0.0, "test_top5": 0.0, "test_loss": 9.0})
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}}, tiny_cub)
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    best = torch.load(exp / "ckpt" / "model_best.pth", weights_only=False)
+    assert (best["epoch"], best["best_acc"]) == (1, 0.0)
+    assert json.loads((exp / "results.json").read_text())["runs"][0]["best_epoch"] == 1
+
+
 def test_experiment_folders_are_named_after_the_small_crop_and_both_networks():
     cfg = get_cfg()
     cfg.MODEL.ARCH, cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_S = "resnet18", "resnet50", "vit_tiny_patch16_56"

@@ -360,7 +360,8 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
             scheduler.step()
             stats.update(test_epoch(distiller, test_loader, prep, cfg, device))
             stats.update(epoch=epoch, lr=lr, time_s=round(time.time() - tic, 3))
-            improved = stats["test_top1"] > best_acc
+            # The first epoch is the best so far whatever it scores: a run at 0% still gets its model_best.pth.
+            improved = best_epoch == 0 or stats["test_top1"] > best_acc
             if improved:
                 best_acc, best_epoch = stats["test_top1"], epoch
             stats.update(best_acc=best_acc, best_epoch=best_epoch)
