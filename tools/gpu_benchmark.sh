@@ -37,7 +37,8 @@ for pipeline in tensor device; do
     TRAIN.AMP "'bf16'" TRAIN.CHANNELS_LAST True DATA.PIPELINE "'$pipeline'" BASIC.OUTPUT_ROOT "'$out/demo_$pipeline'" \
     2>&1 | tail -2
 done
-# 3. fp32; then the profiles (bf16 + channels_last).
+# 3. fp32 (convolutions may still use TF32, cuDNN's default; matrix products are true fp32); then the profiles
+#    (bf16 + channels_last).
 bench fp32 --pipelines tensor,device TRAIN.AMP "'none'" TRAIN.CHANNELS_LAST False
 bench profile --pipelines tensor,device --repeats 1 --profile
 ls "$out/profile/profile" 2>/dev/null
