@@ -128,7 +128,8 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
     Args:
         model: the freshly built network.
         path: checkpoint file; a dict with "state_dict" (this project, the original release), a run's last.pth
-            (its last epoch's weights under "student"), or a bare state dict. Keys of the original release (`module.` prefix, `fc_cls.*`) are converted.
+            (its last epoch's weights under "student"), or a bare state dict. Keys of the original release
+            (`module.` prefix, `fc_cls.*`) are converted.
         what: how the user names this file, e.g. "teacher checkpoint MODEL.MODELDICT_T".
         arch: the architecture the config asks for (named in the error message).
         num_classes: the class count the config asks for (named in the error message).
