@@ -274,10 +274,9 @@ def _refuse_dataset_folder_as_root(name: str, root: str) -> None:
 
 def verify_existing(name: str, root: str) -> dict[str, Any]:
     """Check the layout of dataset `name` already under `root` (--verify-only)."""
-    target = ARCHIVES[name].target
-    folder = os.path.join(root, target)
+    _refuse_dataset_folder_as_root(name, root)
+    folder = os.path.join(root, ARCHIVES[name].target)
     if not os.path.isdir(folder):
-        _refuse_dataset_folder_as_root(name, root)
         where = "" if os.path.normpath(root) == resolve_path("data") else f" --root {root}"
         raise UserError(f"{name}: {folder} does not exist; run tools/prepare_data.py --datasets {name}{where} "
                         "to download it")

@@ -79,7 +79,8 @@ def os_error_message(err: OSError) -> str | None:
 
 def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTERRUPTED_MESSAGE):
     """Wrap a script's main(): a UserError (or an unwritable or full output folder) becomes `error: <message>`
-    on stderr and exit status 2; Ctrl-C becomes the line `interrupted` and exit status 130.
+    on stderr and exit status 2; Ctrl-C becomes one line, `interrupted` (how to resume, by default), and exit
+    status 130.
 
     `@cli_main` for the training scripts (their Ctrl-C line says how to resume); `@cli_main(interrupted=...)` for
     tools that have nothing to resume.
