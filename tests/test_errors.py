@@ -4,6 +4,8 @@ import errno
 import glob
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -151,6 +153,33 @@ def test_an_unknown_flag_is_one_line_in_every_script(script, tmp_path, monkeypat
 def test_a_missing_config_file_flag_is_one_line(script, monkeypatch, capsys):
     assert run_cli(script, "SOLVER.NUM_EPOCHS", "1", monkeypatch=monkeypatch) == 2
     assert "the following arguments are required: --config_file" in one_error_line(capsys.readouterr().err)
+
+
+# cost.py's defaults (every architecture) come from the model builder, so its --help loads torch.
+LIGHT_HELP_SCRIPTS = [s for s in ALL_SCRIPTS if s != "tools/cost.py"]
+_PROBE = """
+import runpy, sys
+script, args = sys.argv[1], sys.argv[2:]
+sys.argv = [script, *args]
+try:
+    runpy.run_path(script, run_name="__main__")
+except SystemExit as exit:
+    print("exit", exit.code, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("script", LIGHT_HELP_SCRIPTS)
+def test_help_and_config_mistakes_answer_without_loading_torch(script, tmp_path):
+    # Loading torch takes seconds: --help and a mistyped key must not wait for it.
+    mistakes = [["--help"]]
+    if script in CONFIG_SCRIPTS:
+        mistakes.append(["--config_file", os.path.join(REPO_ROOT, "configs/demo/cub_demo_isrd.yaml"),
+                         "SOLVER.MOMENTUM", "0.9"])
+    for args in mistakes:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, os.path.join(REPO_ROOT, script), *args],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        expected_exit = 0 if args == ["--help"] else 2
+        assert probe.stdout.splitlines()[-1] == f"exit {expected_exit} False", (args, probe.stdout, probe.stderr)
 
 
 def test_overrides_may_come_before_the_config_file_flag(tiny_cub, write_config, tmp_path, monkeypatch, capsys):

@@ -16,10 +16,6 @@ from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, UserError, cli_main
 @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse the arguments, measure, print and save."""
-    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
-    from lib.engine.benchmark import format_benchmark, run_benchmark
-    from lib.engine.checkpoint import save_json
-
     parser = config_parser(__doc__)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per figure")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each figure")
@@ -36,6 +32,11 @@ def main() -> None:
     if not set(pipelines) <= set(PIPELINES):
         raise UserError(f"--pipelines takes a comma-separated list of {', '.join(PIPELINES)}, got {args.pipelines!r}")
     cfg = load_config(args)
+    # Imported once the arguments are read, inside cli_main: --help and config mistakes answer at once,
+    # and Ctrl-C while torch loads is one line too.
+    from lib.engine.benchmark import format_benchmark, run_benchmark
+    from lib.engine.checkpoint import save_json
+
     root = resolve_path(cfg.BASIC.OUTPUT_ROOT)
     os.makedirs(root, exist_ok=True)  # a blocked or forbidden output folder fails now, not after the measurements
     result = run_benchmark(cfg, args.steps, args.warmup, pipelines, args.repeats,

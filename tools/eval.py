@@ -13,10 +13,11 @@ from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, cli_main
 @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then evaluate."""
-    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
+    cfg = load_config(parse_args(description=__doc__))
+    # Imported once the arguments are read, inside cli_main: --help and config mistakes answer at once,
+    # and Ctrl-C while torch loads is one line too.
     from lib.analysis.evaluate import evaluate_checkpoint
 
-    cfg = load_config(parse_args(description=__doc__))
     evaluate_checkpoint(cfg)
 
 

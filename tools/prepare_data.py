@@ -30,7 +30,8 @@ def parse_args() -> argparse.Namespace:
 @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse the flags, then prepare or verify each dataset."""
-    # Imported inside cli_main (parse_args too): Ctrl-C while torch loads is one line.
+    # Imported inside cli_main (parse_args too): Ctrl-C while an import loads is one line; torch loads only when
+    # a layout is checked, so --help answers at once.
     from lib.analysis.prepare import prepare
 
     args = parse_args()

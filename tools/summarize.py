@@ -19,10 +19,11 @@ def parse_args() -> argparse.Namespace:
 @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse the flags, then summarise."""
-    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
+    args = parse_args()
+    # Imported once the flags are read, inside cli_main: --help answers at once, and Ctrl-C while torch loads is
+    # one line too.
     from lib.analysis.summary import summarize
 
-    args = parse_args()
     root = resolve_path(args.root)
     summarize(root, resolve_path(args.out) if args.out else os.path.join(root, "summary"))
 

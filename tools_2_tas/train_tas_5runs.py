@@ -11,10 +11,11 @@ from lib.utils.errors import cli_main
 @cli_main
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then train the students."""
-    # Imported here, inside cli_main: Ctrl-C while torch loads is one line too, and --help is instant.
+    cfg = load_config(parse_args(description=__doc__))
+    # Imported once the arguments are read, inside cli_main: --help and config mistakes answer at once,
+    # and Ctrl-C while torch loads is one line too.
     from lib.distillers.tas import train_tas
 
-    cfg = load_config(parse_args(description=__doc__))
     train_tas(cfg)
 
 

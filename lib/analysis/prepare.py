@@ -49,7 +49,6 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from lib.config import get_cfg, resolve_path
-from lib.datasets import build_dataset
 from lib.utils.errors import UserError, first_line, os_error_message
 
 __all__ = ["DamagedArchive", "DatasetArchive", "ARCHIVES", "download", "extract", "verify_layout", "prepare_dataset",
@@ -233,6 +232,8 @@ def verify_layout(name: str, folder: str) -> dict[str, Any]:
     Raises:
         UserError: a missing or malformed annotation file, a missing or unreadable image (from lib.datasets).
     """
+    from lib.datasets import build_dataset  # here: torch loads only when a layout is checked, --help stays instant
+
     cfg = get_cfg()
     cfg.DATA.DATASET = name
     cfg.DATA.DATADIR = os.path.abspath(folder)
