@@ -4,6 +4,10 @@ import argparse
 import glob
 import json
 import os
+import subprocess
+import sys
+import time
+import warnings
 
 import pytest
 import torch
@@ -13,9 +17,11 @@ from lib.datasets import build_dataset
 from lib.distillers import build_distiller
 from lib.distillers.base import Distiller, Vanilla
 from lib.engine import trainer
+from lib.engine.checkpoint import ExperimentLock
 from lib.engine.setup import experiment_name
 from lib.engine.trainer import StepMonitor, build_loader, format_table, place_for_training, summarize
 from lib.models.model_builder import build_model
+from lib.utils.errors import UserError
 
 from .conftest import one_error_line, run_in_process, run_script
 
@@ -312,3 +318,70 @@ def test_deterministic_mode_keeps_deterministic_algorithms_but_does_not_fill_eve
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=True)
         torch.utils.deterministic.fill_uninitialized_memory = before[1]
+
+
+# Another process training an experiment: it holds the folder's flock until it ends.
+_HOLD = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+         "print('held', flush=True); time.sleep(120)")
+
+
+def test_the_same_experiment_started_while_another_process_trains_it_is_refused_until_that_one_ends(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "BASIC": {"NUM_RUNS": 1}, "SOLVER": {"NUM_EPOCHS": 1},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
+    exp.mkdir(parents=True)  # the other process has just started it
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(exp)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        for opts in ([], ["BASIC.FRESH_START", "True"]):  # nor is its folder moved aside under it
+            assert run_in_process(STUDENT, config, *opts, monkeypatch=monkeypatch) == 2
+            line = one_error_line(capsys.readouterr().err)
+            assert f"{exp} is being trained by another process (pid {holder.pid}) now" in line, line
+            assert "re-run this command to resume" in line
+            assert os.listdir(exp) == [] and os.listdir(exp.parent) == [exp.name]
+    finally:
+        holder.kill()
+        holder.wait()
+    # The kernel drops a killed holder's lock: no stale lock, the same command now trains.
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert (exp / "results.json").is_file()
+
+
+def test_an_experiment_lock_moves_with_the_folder_and_forked_loader_workers_do_not_keep_it(tmp_path):
+    folder = str(tmp_path / "exp")
+    os.mkdir(folder)
+    lock = ExperimentLock()
+    lock.take(folder)
+    lock.take(folder)  # taking the folder it holds is a no-op
+    with pytest.raises(UserError, match="is being trained by another process"):
+        ExperimentLock().take(folder)
+    # A loader worker forked while the lock is held must not keep it alive after its parent lets go (or dies).
+    ready, started = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process: the child only sleeps
+        child = os.fork()
+    if child == 0:
+        os.write(started, b"1")  # after the fork hooks have run in the child
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert os.read(ready, 1) == b"1"
+        lock.release()
+        other = ExperimentLock()
+        other.take(folder)
+        other.release()
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        os.close(ready)
+        os.close(started)
+    # BASIC.FRESH_START: the old folder is moved aside and a new one made; the lock follows to the new folder.
+    lock.take(folder)
+    os.rename(folder, folder + ".old1")
+    os.mkdir(folder)
+    lock.take(folder)
+    ExperimentLock().take(folder + ".old1")
+    with pytest.raises(UserError, match="is being trained by another process"):
+        ExperimentLock().take(folder)
+    lock.release()

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, resumable run state, and loading model weights with clear errors."""
+"""Checkpoints: atomic writes, resumable run state, the experiment folder's lock, and loading model weights with
+clear errors."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import os
 import random
 import tempfile
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: experiments go unguarded
+    fcntl = None
 
 import numpy as np
 import torch
@@ -63,6 +69,76 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
+
+
+# The descriptors of the locks this process holds. A forked child (a loader worker) closes its copies: it must
+# not keep the lock alive for seconds after its parent was killed, when the re-run should get it.
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_held_locks_in_child() -> None:
+    for fd in _HELD_LOCKS:
+        os.close(fd)  # the parent's lock stands while the parent holds its own descriptor
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
+class ExperimentLock:
+    """An exclusive lock on an experiment folder, held while a process trains into it.
+
+    The same command started twice (a second terminal, a scheduler's retry) would otherwise train the same runs
+    into the same files. The lock is a flock on the folder itself, so nothing is written for it, and the kernel
+    drops it when the holder ends, however it ends (a killed run leaves no stale lock). On a file system that
+    does not support flock (some network mounts) training goes on unguarded.
+    """
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._inode: tuple[int, int] | None = None
+
+    def take(self, folder: str) -> None:
+        """Lock `folder` (and let go of a folder locked before, e.g. one moved aside); UserError if it is held."""
+        if fcntl is None:
+            return
+        stat = os.stat(folder)
+        if self._inode == (stat.st_dev, stat.st_ino):
+            return
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise UserError(f"{folder} is being trained by another process{_flock_holder(stat.st_ino)} now; "
+                                "wait for it to end (or stop it), then re-run this command to resume") from None
+            return  # flock unsupported here
+        self.release()
+        self._fd, self._inode = fd, (stat.st_dev, stat.st_ino)
+        _HELD_LOCKS.add(fd)
+
+    def release(self) -> None:
+        """Let go of the lock (the kernel does too when the process ends)."""
+        if self._fd in _HELD_LOCKS:
+            _HELD_LOCKS.discard(self._fd)
+            os.close(self._fd)
+        self._fd = self._inode = None
+
+
+def _flock_holder(inode: int) -> str:
+    """' (pid N)' of the process holding a flock on `inode`, from Linux's /proc/locks; '' where unknown."""
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF" (waiters have a "->" field and are skipped)
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+                    return f" (pid {fields[4]})"
+    except OSError:
+        pass
+    return ""
 
 
 def save_checkpoint(obj: Any, path: str) -> None:

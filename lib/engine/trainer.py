@@ -33,8 +33,17 @@ from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
 from lib.utils.errors import UserError
 
-from .checkpoint import atomic_write, load_json, read_saved, rng_state, save_checkpoint, save_json, set_rng_state
-from .distributed import DistInfo, init_distributed, parallel_slots, run_threads
+from .checkpoint import (
+    ExperimentLock,
+    atomic_write,
+    load_json,
+    read_saved,
+    rng_state,
+    save_checkpoint,
+    save_json,
+    set_rng_state,
+)
+from .distributed import DistInfo, dist_info, init_distributed, parallel_slots, run_threads
 from .setup import (
     add_log_file,
     configure_backends,
@@ -547,9 +556,19 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
     Returns:
         The results.json content.
     """
-    log = get_logger()
     check_archs(cfg, method)
+    lock = ExperimentLock()
+    try:
+        return _run_experiment(cfg, method, num_runs, multi_run, lock)
+    finally:
+        lock.release()
+
+
+def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, lock: ExperimentLock) -> dict:
+    log = get_logger()
     exp_dir = experiment_dir(cfg, method, num_runs)
+    if dist_info().is_main and os.path.isdir(exp_dir):
+        lock.take(exp_dir)  # before anything is read or moved: another process may be training into it
     results_path = os.path.join(exp_dir, "results.json")
     exists = os.path.isfile(os.path.join(exp_dir, "config.yaml"))
     stale = False  # an earlier attempt with another config or teacher that saved no epoch: nothing to keep
@@ -593,6 +612,7 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
             log.info(f"{why} was moved to {_move_aside(exp_dir)}")
             exists = False
         os.makedirs(exp_dir, exist_ok=True)
+        lock.take(exp_dir)  # a new folder (or the one made after moving the old aside)
         if not exists:
             with open(os.path.join(exp_dir, "config.yaml"), "w") as f:
                 f.write(cfg.dump())
