@@ -330,7 +330,8 @@ def test_the_same_experiment_started_while_another_process_trains_it_is_refused_
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "BASIC": {"NUM_RUNS": 1}, "SOLVER": {"NUM_EPOCHS": 1},
                            "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
     exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
-    exp.mkdir(parents=True)  # the other process has just started it
+    exp.mkdir(parents=True)  # the other process has started it and written its config
+    (exp / "config.yaml").write_text(load_config(argparse.Namespace(config_file=config, opts=[])).dump())
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(exp)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
@@ -339,7 +340,7 @@ def test_the_same_experiment_started_while_another_process_trains_it_is_refused_
             line = one_error_line(capsys.readouterr().err)
             assert f"{exp} is being trained by another process (pid {holder.pid}) now" in line, line
             assert "re-run this command to resume" in line
-            assert os.listdir(exp) == [] and os.listdir(exp.parent) == [exp.name]
+            assert os.listdir(exp) == ["config.yaml"] and os.listdir(exp.parent) == [exp.name]
     finally:
         holder.kill()
         holder.wait()
