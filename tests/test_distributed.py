@@ -123,6 +123,39 @@ def test_ctrl_c_during_parallel_runs_is_one_line_and_leaves_no_damaged_checkpoin
         assert torch.load(last, weights_only=False)["epoch"] >= 1
 
 
+# A parallel run process (or torchrun worker) whose parent is killed with -9: it must stop, not train on.
+_ORPHAN = """
+import sys, time
+from lib.engine.trainer import _stop_on_sigterm  # the pool's initializer of every run process
+from lib.utils.errors import Terminated
+_stop_on_sigterm()
+print("training", flush=True)
+try:
+    time.sleep(120)
+except Terminated:
+    open(sys.argv[1], "w").write("unwound")
+"""
+_PARENT = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]]); time.sleep(120)"
+
+
+def test_a_run_process_whose_parent_is_killed_unwinds_instead_of_training_on(tmp_path):
+    marker = tmp_path / "child_exit"
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, _ORPHAN, str(marker)], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO_ROOT)
+    try:
+        assert parent.stdout.readline() == "training\n"
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 30
+        while not (marker.exists() and marker.read_text()):
+            assert time.time() < deadline, "the orphaned run process went on"
+            time.sleep(0.1)
+        assert marker.read_text() == "unwound"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
 def test_every_run_gets_the_same_cpu_thread_count_whether_it_trains_beside_others_or_alone(
         tiny_cub, write_config, tmp_path, monkeypatch):
     # A CPU kernel's rounding depends on its thread count: a resume with one run left (trained in this process)

@@ -14,7 +14,7 @@ import torch
 from lib.config import REPO_ROOT
 from lib.distillers.base import Distiller
 from lib.engine import checkpoint
-from lib.utils.errors import UserError
+from lib.utils.errors import INTERRUPTED_MESSAGE, Terminated, UserError, raise_terminated
 
 from .conftest import run_in_process, run_script
 
@@ -171,16 +171,47 @@ def test_a_kill_right_after_the_last_epochs_checkpoint_loses_no_epoch_of_the_log
     assert [json.loads(line)["epoch"] for line in stats.read_text().splitlines()] == [1, 2]
 
 
-def test_a_ctrl_c_inside_a_deferred_block_is_raised_after_it_not_swallowed():
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_a_ctrl_c_or_sigterm_inside_a_deferred_block_is_raised_after_it_not_swallowed(signum, raised):
     from lib.engine.trainer import deferred_interrupt
 
     finished = []
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_interrupt():
-            os.kill(os.getpid(), signal.SIGINT)  # as while the loader workers are joined in a __del__
-            finished.append(True)
-    assert finished == [True]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGTERM, raise_terminated)  # as the scripts' cli_main and the run processes set it
+    try:
+        with pytest.raises(raised):
+            with deferred_interrupt():
+                os.kill(os.getpid(), signum)  # as while the loader workers are joined in a __del__
+                finished.append(True)
+        assert finished == [True]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_sigterm_mid_run_unwinds_like_ctrl_c_with_exit_143_and_the_command_resumes(tiny_cub, write_config, tmp_path,
+                                                                                   monkeypatch, capsys):
+    # A scheduler preempting the job, or `kill <pid>`: the run stops at once, keeps its last saved epoch, stops
+    # its loader workers, and prints the Ctrl-C line; the same command then finishes the run.
+    original = Distiller.forward_train
+
+    def preempted(self, image, image_large, target, epoch):
+        if epoch == 2:
+            assert signal.getsignal(signal.SIGTERM) is raise_terminated  # else SIGTERM would end the test runner
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, image, image_large, target, epoch)
+
+    monkeypatch.setattr(Distiller, "forward_train", preempted)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}, "BASIC": {"NUM_RUNS": 1},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 143
+    assert capsys.readouterr().err.splitlines() == [INTERRUPTED_MESSAGE]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the script's handler is gone with it
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
+    assert torch.load(exp / "ckpt" / "run0" / "last.pth", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(Distiller, "forward_train", original)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert json.loads((exp / "ckpt" / "run0" / "result.json").read_text())["run"] == 0
 
 
 def test_a_runs_cuda_rng_state_is_its_own_devices_and_comes_back_on_whatever_device_resumes_it(monkeypatch):

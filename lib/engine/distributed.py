@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from yacs.config import CfgNode
 
-from lib.utils.errors import UserError
+from lib.utils.errors import TERMINATED_EXIT, UserError
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,28 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         atexit.register(_leave_group)  # NCCL warns at exit about a process group never destroyed
+        stop_when_parent_dies()  # torchrun's agent killed with -9 leaves its workers running otherwise
     return info, device
+
+
+def stop_when_parent_dies(poll_s: float = 1.0, grace_s: float = 60.0) -> None:
+    """SIGTERM this process as soon as its parent is gone (a parent killed with -9 cannot stop it).
+
+    For the processes of one experiment that another started: a parallel run process, a torchrun worker. Left
+    running, an orphan would go on training into the folder that a re-run of the command then trains too. SIGTERM
+    unwinds the run like Ctrl-C (its last saved epoch kept); a process still there `grace_s` later (one waiting
+    on its dead parent's queue) exits.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(TERMINATED_EXIT)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _leave_group() -> None:

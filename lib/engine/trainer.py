@@ -31,7 +31,7 @@ from lib.datasets import BatchPreparer, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
-from lib.utils.errors import UserError
+from lib.utils.errors import UserError, raise_terminated
 
 from .checkpoint import (
     ExperimentLock,
@@ -43,7 +43,7 @@ from .checkpoint import (
     save_json,
     set_rng_state,
 )
-from .distributed import DistInfo, dist_info, init_distributed, parallel_slots, run_threads
+from .distributed import DistInfo, dist_info, init_distributed, parallel_slots, run_threads, stop_when_parent_dies
 from .setup import (
     add_log_file,
     configure_backends,
@@ -407,25 +407,31 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
 
 @contextlib.contextmanager
 def deferred_interrupt():
-    """Hold back a Ctrl-C that arrives inside the block and raise it after the block.
+    """Hold back a Ctrl-C (or a SIGTERM the script turns into Terminated) that arrives inside the block and raise
+    it after the block.
 
     Deleting a DataLoader iterator joins its worker processes inside `__del__`, where Python prints and then
     discards a KeyboardInterrupt: a Ctrl-C at the end of a run would be lost and training would go on.
     """
     import threading
 
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield  # SIGINT is ignored here (a parallel run process) or handled by someone else
+    # The signals whose handler raises here (SIGINT ignored in a parallel run process, or handled by someone else,
+    # is left alone).
+    ours = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: raise_terminated}
+    deferred = [s for s, handler in ours.items() if signal.getsignal(s) is handler]
+    if threading.current_thread() is not threading.main_thread() or not deferred:
+        yield
         return
     received = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    for s in deferred:
+        signal.signal(s, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s in deferred:
+            signal.signal(s, ours[s])
     if received:
-        raise KeyboardInterrupt
+        ours[received[0]](received[0], None)
 
 
 def _write_epoch_logs(writer, log_dir: str, history: list[dict], stats: dict) -> None:
@@ -698,11 +704,10 @@ def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: 
 
 
 def _stop_on_sigterm() -> None:
-    """In a run process: SIGTERM (sent by _train_in_parallel) interrupts the run as Ctrl-C would."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    """In a run process: SIGTERM (sent by _train_in_parallel, or by the process itself once its parent has died)
+    interrupts the run as Ctrl-C would."""
+    signal.signal(signal.SIGTERM, raise_terminated)
+    stop_when_parent_dies()
 
 
 def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, runs: list[int], device: str,

@@ -6,13 +6,17 @@ import argparse
 import errno
 import functools
 import os
+import signal
 import sys
+import threading
 from typing import Callable, NoReturn
 
 # Exit status for a mistake the user can fix (bad config, missing file, ...). argparse uses 2 as well.
 USER_ERROR_EXIT = 2
 # Exit status after Ctrl-C: 128 + SIGINT, what a shell reports for a process killed by it.
 INTERRUPTED_EXIT = 130
+# Exit status after SIGTERM (a scheduler preempting the job, `kill <pid>`): 128 + SIGTERM.
+TERMINATED_EXIT = 143
 INTERRUPTED_MESSAGE = "interrupted; re-run the same command to resume (training goes on from its last saved epoch)"
 TOOL_INTERRUPTED_MESSAGE = "interrupted"
 
@@ -26,6 +30,15 @@ _WHERE_OUTPUTS_GO = ("BASIC.OUTPUT_ROOT for training and tools/benchmark.py, --o
 
 class UserError(Exception):
     """A mistake in the user's input; its message is shown as one line, without a traceback."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where a Ctrl-C would be, so that a run unwinds the same way (its last saved epoch kept)."""
+
+
+def raise_terminated(signum, frame) -> NoReturn:
+    """The SIGTERM handler of the scripts and the run processes: raise Terminated in the main thread."""
+    raise Terminated
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -82,6 +95,9 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
     on stderr and exit status 2; Ctrl-C becomes one line, `interrupted` (how to resume, by default), and exit
     status 130.
 
+    SIGTERM (a scheduler preempting the job, `kill <pid>`) unwinds like Ctrl-C and prints the same line, with
+    exit status 143: the process stops its loader workers and run processes instead of leaving them behind.
+
     `@cli_main` for the training scripts (their Ctrl-C line says how to resume); `@cli_main(interrupted=...)` for
     tools that have nothing to resume.
     """
@@ -90,17 +106,25 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
 
     @functools.wraps(fn)
     def wrapper() -> None:
+        # Only where SIGTERM would kill outright: a caller that handles it (a test runner) keeps its handler.
+        catch = (threading.current_thread() is threading.main_thread()
+                 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+        if catch:
+            signal.signal(signal.SIGTERM, raise_terminated)
         try:
             fn()
         except UserError as err:
             _exit(f"error: {_one_line(str(err))}", USER_ERROR_EXIT)
-        except KeyboardInterrupt:
-            _exit(interrupted, INTERRUPTED_EXIT)
+        except KeyboardInterrupt as err:
+            _exit(interrupted, TERMINATED_EXIT if isinstance(err, Terminated) else INTERRUPTED_EXIT)
         except OSError as err:
             message = os_error_message(err)
             if message is None:
                 raise
             _exit(f"error: {_one_line(message)}", USER_ERROR_EXIT)
+        finally:
+            if catch:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     return wrapper
 
