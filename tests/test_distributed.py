@@ -125,11 +125,11 @@ def test_ctrl_c_during_parallel_runs_is_one_line_and_leaves_no_damaged_checkpoin
 
 # A parallel run process (or torchrun worker) whose parent is killed with -9: it must stop, not train on.
 _ORPHAN = """
-import sys, time
+import os, sys, time
 from lib.engine.trainer import _stop_on_sigterm  # the pool's initializer of every run process
 from lib.utils.errors import Terminated
 _stop_on_sigterm()
-print("training", flush=True)
+print("training", os.getpid(), flush=True)
 try:
     time.sleep(120)
 except Terminated:
@@ -142,8 +142,10 @@ def test_a_run_process_whose_parent_is_killed_unwinds_instead_of_training_on(tmp
     marker = tmp_path / "child_exit"
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, _ORPHAN, str(marker)], stdout=subprocess.PIPE,
                               text=True, cwd=REPO_ROOT)
+    child = None
     try:
-        assert parent.stdout.readline() == "training\n"
+        started, child = parent.stdout.readline().split()
+        assert started == "training"
         parent.kill()
         parent.wait()
         deadline = time.time() + 30
@@ -152,8 +154,10 @@ def test_a_run_process_whose_parent_is_killed_unwinds_instead_of_training_on(tmp
             time.sleep(0.1)
         assert marker.read_text() == "unwound"
     finally:
-        if parent.poll() is None:
-            parent.kill()
+        parent.kill()
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
 
 
 def test_every_run_gets_the_same_cpu_thread_count_whether_it_trains_beside_others_or_alone(
