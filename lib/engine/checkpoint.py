@@ -3,6 +3,7 @@ clear errors."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -78,7 +79,8 @@ _HELD_LOCKS: set[int] = set()
 
 def _drop_held_locks_in_child() -> None:
     for fd in _HELD_LOCKS:
-        os.close(fd)  # the parent's lock stands while the parent holds its own descriptor
+        with contextlib.suppress(OSError):
+            os.close(fd)  # the parent's lock stands while the parent holds its own descriptor
     _HELD_LOCKS.clear()
 
 
@@ -112,7 +114,7 @@ class ExperimentLock:
         except OSError as err:
             os.close(fd)
             if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise UserError(f"{folder} is being trained by another process{_flock_holder(stat.st_ino)} now; "
+                raise UserError(f"{folder} is being trained by another process{_flock_holder(stat)} now; "
                                 "wait for it to end (or stop it), then re-run this command to resume") from None
             return  # flock unsupported here
         self.release()
@@ -127,14 +129,16 @@ class ExperimentLock:
         self._fd = self._inode = None
 
 
-def _flock_holder(inode: int) -> str:
-    """' (pid N)' of the process holding a flock on `inode`, from Linux's /proc/locks; '' where unknown."""
+def _flock_holder(stat: os.stat_result) -> str:
+    """' (pid N)' of the process holding a flock on the file `stat` describes, from Linux's /proc/locks; '' where
+    unknown."""
+    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
     try:
         with open("/proc/locks") as f:
             for line in f:
                 fields = line.split()
                 # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF" (waiters have a "->" field and are skipped)
-                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
                     return f" (pid {fields[4]})"
     except OSError:
         pass
