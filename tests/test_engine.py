@@ -281,6 +281,12 @@ def test_a_teacher_file_that_changed_since_the_experiment_started_is_refused(tin
     inputs = json.loads((exp / "inputs.json").read_text())
     assert inputs["MODEL.MODELDICT_T"]["path"] == str(teacher) and len(inputs["MODEL.MODELDICT_T"]["sha256"]) == 64
     results = (exp / "results.json").read_text()
+    # The same teacher file spelt another way (a scheduler's retry writing it absolutely, through a link) is the
+    # same experiment: its content is what counts.
+    os.symlink(teacher, tmp_path / "teacher_link.pth")
+    for spelt in (f"{tmp_path}/./teacher.pth", str(tmp_path / "teacher_link.pth")):
+        assert run_in_process(KD, config, "MODEL.MODELDICT_T", f"'{spelt}'", monkeypatch=monkeypatch) == 0
+        assert "is finished" in capsys.readouterr().out
     # The teacher is trained again (another seed): re-running the finished experiment would report results that
     # were learnt from the old teacher.
     torch.manual_seed(1)

@@ -490,7 +490,25 @@ def _read_saved_cfg(path: str) -> CfgNode:
     return saved
 
 
-def _same_folder(a: str, b: str) -> bool:
+# Keys that name a file or folder: the same one spelt another way (./ckpt/x, an absolute path, a link) is not
+# another config. What a checkpoint holds is checked apart, by its SHA-256 in inputs.json.
+PATH_KEYS = ("DATA.DATADIR", "MODEL.MODELDICT_T", "MODEL.MODELDICT_A", "MODEL.MODELDICT_S", "MODEL.PRETRAIN_FILE",
+             "MODEL.PRETRAIN_FILE_T", "MODEL.PRETRAIN_FILE_S", "TAS.PRETRAIN_FILE_A")
+
+
+def _value(cfg: CfgNode, full_key: str) -> str:
+    """The config's value of a path key as a string; '' where a config saved by an older version lacks it."""
+    node = cfg
+    for part in full_key.split("."):
+        if part not in node:
+            return ""
+        node = node[part]
+    return str(node)
+
+
+def _same_path(a: str, b: str) -> bool:
+    if not a or not b:
+        return a == b
     return os.path.realpath(resolve_path(a)) == os.path.realpath(resolve_path(b))
 
 
@@ -499,8 +517,7 @@ def _check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
                        "restore it, or add BASIC.FRESH_START True to start over")
     # BASIC.NUM_RUNS is in the folder's name already ("<n>runs_"), except for the teacher's script, which ignores it.
     ignore = RUNTIME_KEYS + ("BASIC.NUM_RUNS",)
-    if _same_folder(str(saved.DATA.get("DATADIR", "")), cfg.DATA.DATADIR):  # the same dataset, spelt another way
-        ignore += ("DATA.DATADIR",)
+    ignore += tuple(key for key in PATH_KEYS if _same_path(_value(saved, key), _value(cfg, key)))
     differing = diff_cfg(saved, cfg, ignore=ignore)
     if differing:
         raise UserError(f"{exp_dir} holds an experiment with another config: {'; '.join(differing)}. "
