@@ -1,5 +1,6 @@
 """Several processes on the CPU: DDP under torchrun (gloo, 2 processes), runs in parallel, mixed precision."""
 
+import argparse
 import contextlib
 import json
 import os
@@ -11,7 +12,7 @@ import time
 import pytest
 import torch
 
-from lib.config import REPO_ROOT, get_cfg
+from lib.config import REPO_ROOT, get_cfg, load_config
 from lib.distillers import build_distiller
 from lib.engine.trainer import autocast
 from lib.models.model_builder import build_model
@@ -123,34 +124,55 @@ def test_ctrl_c_during_parallel_runs_is_one_line_and_leaves_no_damaged_checkpoin
         assert torch.load(last, weights_only=False)["epoch"] >= 1
 
 
-# A parallel run process (or torchrun worker) whose parent is killed with -9: it must stop, not train on.
+# A parallel run process whose parent (the command) is killed with -9: it must stop training and exit, not train
+# on into the folder a re-run then trains, nor idle like a pool process waiting for its next task.
 _ORPHAN = """
 import os, sys, time
-from lib.engine.trainer import _stop_on_sigterm  # the pool's initializer of every run process
-from lib.utils.errors import Terminated
-_stop_on_sigterm()
-print("training", os.getpid(), flush=True)
+from lib.engine import trainer
+
+def train_run(exp, run, device, distiller=None):
+    print("training", os.getpid(), flush=True)
+    try:
+        time.sleep(120)
+    finally:  # the run unwinds: its loaders shut down, its last saved epoch stays
+        open(sys.argv[1], "w").write("unwound")
+
+trainer._stop_on_sigterm()  # the pool's initializer of every run process
+trainer.train_run = train_run
 try:
-    time.sleep(120)
-except Terminated:
-    open(sys.argv[1], "w").write("unwound")
+    trainer._parallel_worker(open(sys.argv[2]).read(), "single", sys.argv[3], True, [0], "cpu", 1)
+except BaseException:
+    time.sleep(120)  # as the pool process would, waiting on its dead parent's queue for the next task
 """
-_PARENT = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]]); time.sleep(120)"
+_PARENT = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', *sys.argv[1:]]); import time; time.sleep(120)"
 
 
-def test_a_run_process_whose_parent_is_killed_unwinds_instead_of_training_on(tmp_path):
-    marker = tmp_path / "child_exit"
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT, _ORPHAN, str(marker)], stdout=subprocess.PIPE,
-                              text=True, cwd=REPO_ROOT)
+def _exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie nobody has reaped yet
+    except FileNotFoundError:
+        return True
+
+
+def test_a_run_process_whose_parent_is_killed_unwinds_and_exits_instead_of_training_on(tiny_cub, write_config,
+                                                                                         tmp_path):
+    config = write_config(EXTRA, tiny_cub)
+    cfg_yaml = tmp_path / "run_cfg.yaml"
+    cfg_yaml.write_text(load_config(argparse.Namespace(config_file=config, opts=[])).dump())
+    marker = tmp_path / "unwound"
+    (tmp_path / "exp").mkdir()
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, _ORPHAN, str(marker), str(cfg_yaml),
+                               str(tmp_path / "exp")], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     child = None
     try:
         started, child = parent.stdout.readline().split()
         assert started == "training"
         parent.kill()
         parent.wait()
-        deadline = time.time() + 30
-        while not (marker.exists() and marker.read_text()):
-            assert time.time() < deadline, "the orphaned run process went on"
+        deadline = time.time() + 20
+        while not _exited(int(child)):
+            assert time.time() < deadline, "the orphaned run process is still there"
             time.sleep(0.1)
         assert marker.read_text() == "unwound"
     finally:

@@ -70,18 +70,27 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
     return info, device
 
 
+_watched_parent: int | None = None
+
+
+def parent_died() -> bool:
+    """Whether the parent that stop_when_parent_dies watches is gone."""
+    return _watched_parent is not None and os.getppid() != _watched_parent
+
+
 def stop_when_parent_dies(poll_s: float = 1.0, grace_s: float = 60.0) -> None:
     """SIGTERM this process as soon as its parent is gone (a parent killed with -9 cannot stop it).
 
     For the processes of one experiment that another started: a parallel run process, a torchrun worker. Left
     running, an orphan would go on training into the folder that a re-run of the command then trains too. SIGTERM
-    unwinds the run like Ctrl-C (its last saved epoch kept); a process still there `grace_s` later (one waiting
-    on its dead parent's queue) exits.
+    unwinds the run like Ctrl-C (its last saved epoch kept); a process still there `grace_s` later (one blocked
+    in a collective with a peer that is gone) exits.
     """
-    parent = os.getppid()
+    global _watched_parent
+    _watched_parent = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while not parent_died():
             time.sleep(poll_s)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)

@@ -31,7 +31,7 @@ from lib.datasets import BatchPreparer, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
-from lib.utils.errors import UserError, raise_terminated
+from lib.utils.errors import TERMINATED_EXIT, UserError, raise_terminated
 
 from .checkpoint import (
     ExperimentLock,
@@ -43,7 +43,15 @@ from .checkpoint import (
     save_json,
     set_rng_state,
 )
-from .distributed import DistInfo, dist_info, init_distributed, parallel_slots, run_threads, stop_when_parent_dies
+from .distributed import (
+    DistInfo,
+    dist_info,
+    init_distributed,
+    parallel_slots,
+    parent_died,
+    run_threads,
+    stop_when_parent_dies,
+)
 from .setup import (
     add_log_file,
     configure_backends,
@@ -742,6 +750,10 @@ def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, 
         target = torch.device(device)
         use_device(target)
         return {run: train_run(exp, run, target) for run in runs}
+    except KeyboardInterrupt:
+        if parent_died():  # the run has unwound; nobody waits for the result, and the pool would idle on its queue
+            os._exit(TERMINATED_EXIT)
+        raise
     finally:
         get_logger().removeHandler(handler)
         handler.close()

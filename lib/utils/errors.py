@@ -59,12 +59,15 @@ def _one_line(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
-def _blocking_file(path: str | bytes) -> str | None:
-    """The file among `path` and its parents that stands where a folder is needed, if any."""
+def _in_the_way(path: str | bytes) -> tuple[str, str] | None:
+    """Among `path` and its parents, the first that stops a folder being made there: ("link", path) for a link
+    to nothing (a disk that is not mounted), ("file", path) for a file; None if neither."""
     path = os.path.abspath(os.fsdecode(path))
     while True:
+        if os.path.islink(path) and not os.path.exists(path):
+            return "link", path
         if os.path.lexists(path):
-            return path if not os.path.isdir(path) else None
+            return ("file", path) if not os.path.isdir(path) else None
         parent = os.path.dirname(path)
         if parent == path:
             return None
@@ -72,14 +75,20 @@ def _blocking_file(path: str | bytes) -> str | None:
 
 
 def os_error_message(err: OSError) -> str | None:
-    """One line for an OSError the user fixes by choosing another folder (read-only, forbidden, full, a file where
-    a folder should be), else None."""
-    if err.errno not in _NOT_WRITABLE | _FULL | _FILE_IN_THE_WAY:
+    """One line for an OSError the user fixes by choosing another folder (read-only, forbidden, full, a file or a
+    broken link where a folder should be), else None."""
+    if err.errno not in _NOT_WRITABLE | _FULL | _FILE_IN_THE_WAY | {errno.ENOENT}:
         return None
     where = err.filename if err.filename is not None else "a file"
-    if err.errno in _FILE_IN_THE_WAY:  # os.makedirs through or onto an existing file
-        blocking = _blocking_file(err.filename) if err.filename is not None else None
-        what = f"the file {blocking}" if blocking else "a file"
+    if err.errno in _FILE_IN_THE_WAY | {errno.ENOENT}:  # os.makedirs through or onto a file or a broken link
+        blocking = _in_the_way(err.filename) if err.filename is not None else None
+        if blocking and blocking[0] == "link":
+            return f"cannot create the folder {where}: {blocking[1]} is a link to {os.readlink(blocking[1])}, " \
+                   f"which does not exist (a disk that is not mounted?); mount or mend it, or choose another " \
+                   f"folder ({_WHERE_OUTPUTS_GO})"
+        if err.errno == errno.ENOENT:
+            return None  # a file that is missing: not a folder the user chose
+        what = f"the file {blocking[1]}" if blocking else "a file"
         return f"cannot create the folder {where}: {err.strerror or err} ({what} stands where a folder is needed); " \
                f"move that file or choose another folder ({_WHERE_OUTPUTS_GO})"
     if err.errno in _FULL:
