@@ -67,18 +67,23 @@ def test_benchmark_flag_mistakes_are_one_line_and_write_nothing(flags, words, ti
     assert not (tmp_path / "ckpt").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-def test_gpu_benchmark_script_without_a_gpu_is_one_line_and_writes_nothing(tmp_path):
-    # Its own session: if the script went on benchmarking, the timeout kills the benchmarks it started too.
-    proc = subprocess.Popen(["bash", os.path.join(REPO_ROOT, "tools", "gpu_benchmark.sh"), str(tmp_path / "out")],
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+def _gpu_benchmark_script(arg: str, cwd) -> tuple[subprocess.Popen, str, str]:
+    """Run tools/gpu_benchmark.sh in its own session: if it went on benchmarking, the timeout kills the benchmarks
+    it started too."""
+    proc = subprocess.Popen(["bash", os.path.join(REPO_ROOT, "tools", "gpu_benchmark.sh"), arg], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
+    return proc, out, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_benchmark_script_without_a_gpu_is_one_line_and_writes_nothing(tmp_path):
+    proc, out, err = _gpu_benchmark_script(str(tmp_path / "out"), cwd=REPO_ROOT)
     assert proc.returncode == 2 and out == ""
     assert one_error_line(err) == ("error: tools/gpu_benchmark.sh needs a CUDA GPU; on the CPU use python "
                                    "tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml")
@@ -113,3 +118,14 @@ def test_the_cpu_peak_memory_restarts_for_each_pipeline():
     _reset_peak(cpu)
     # Linux restarts the peak RSS (VmHWM); the 200 MB freed above no longer count.
     assert _peak_memory_mb(cpu) < before - 150
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_gpu_benchmark_script_help_prints_its_usage_and_exits_0_without_a_gpu_check_or_a_folder(flag, tmp_path):
+    proc, out, err = _gpu_benchmark_script(flag, cwd=tmp_path)  # one that took the flag for OUT would benchmark
+    assert proc.returncode == 0 and err == "", err
+    assert out.startswith("usage: bash tools/gpu_benchmark.sh [OUT]\n"), out
+    text = " ".join(out.split())
+    assert "The GPU checks and figures of the README's performance section" in text  # the header: what it does
+    assert "OUT: the folder that receives gpu.txt" in text and "(default: ckpt/bench_gpu)" in text
+    assert os.listdir(tmp_path) == []

@@ -288,3 +288,94 @@ def test_a_relative_config_path_is_found_from_another_folder_through_the_reposit
     (tmp_path / "configs" / "mine.yaml").write_text("SOLVER:\n  NUM_EPOCHS: 7\n")
     merge_file(cfg, "configs/mine.yaml")  # the current folder comes first
     assert cfg.SOLVER.NUM_EPOCHS == 7
+
+
+@pytest.mark.parametrize("opts, key, joined, quoted", [
+    (["SOLVER.LR_STEPS", "[3,", "6]"], "SOLVER.LR_STEPS", "[3,6]", "[3, 6]"),
+    (["SOLVER.LR_STEPS", "[3,", "6]", "SOLVER.NUM_EPOCHS", "8"], "SOLVER.LR_STEPS", "[3,6]", "[3, 6]"),
+    (["SOLVER.LR_STEPS", "[", "3,", "6", "]"], "SOLVER.LR_STEPS", "[3,6]", "[ 3, 6 ]"),
+    (["BASIC.SEED", "1", "DATA.GENERATE_IMAGE_SIZE", "(60,", "80)"], "DATA.GENERATE_IMAGE_SIZE", "(60,80)",
+     "(60, 80)"),
+])
+def test_a_list_the_shell_split_at_a_space_is_named_with_how_to_write_it(opts, key, joined, quoted):
+    with pytest.raises(UserError) as err:
+        merge_list(get_cfg(), opts)
+    words = len(quoted.split())
+    assert str(err.value) == (f"the shell split the value of {key} at its spaces: {quoted} came as {words} words; "
+                              f'write the list without spaces, {key} {joined}, or in quotes, {key} "{quoted}"')
+    for value in (joined, quoted):  # both suggestions merge
+        merge_list(get_cfg(), [key, value])
+
+
+def test_a_list_that_is_never_closed_is_still_a_wrong_type_not_a_split_list():
+    with pytest.raises(UserError, match=r"config key BASIC.GPU_ID on the command line expects a list, got '\[0'"):
+        merge_list(get_cfg(), ["BASIC.GPU_ID", "[0", "SOLVER.LR_STEPS", "[3]"])
+
+
+@pytest.mark.parametrize("argv", [["--config-file", "c.yaml", "BASIC.SEED", "1"],
+                                  ["BASIC.SEED", "1", "--config-file=c.yaml"]])
+def test_config_file_may_be_spelled_with_a_hyphen(argv):
+    args = parse_args(argv)
+    assert args.config_file == "c.yaml" and args.opts == ["BASIC.SEED", "1"]
+
+
+def _load(*opts):
+    path = os.path.join(REPO_ROOT, "configs/demo/cub_demo_teacher.yaml")
+    return load_config(argparse.Namespace(config_file=path, opts=list(opts)))
+
+
+def test_an_override_given_twice_takes_the_last_value_with_one_warning_line(capsys):
+    cfg = _load("SOLVER.NUM_EPOCHS", "4", "BASIC.SEED", "1", "SOLVER.NUM_EPOCHS", "6")
+    assert cfg.SOLVER.NUM_EPOCHS == 6
+    assert capsys.readouterr().err == ("warning: SOLVER.NUM_EPOCHS is given twice on the command line; using the "
+                                       "last value, 6\n")
+    cfg = _load("BASIC.SEED", "1", "BASIC.SEED", "2", "BASIC.SEED", "3")
+    assert cfg.BASIC.SEED == 3
+    assert capsys.readouterr().err == "warning: BASIC.SEED is given 3 times on the command line; using the last value, 3\n"
+
+
+def test_an_override_repeated_with_the_same_value_or_refused_gives_no_warning(capsys):
+    _load("TRAIN.AMP", "bf16", "TRAIN.AMP", "'bf16'", "SOLVER.NUM_EPOCHS", "4", "SOLVER.NUM_EPOCHS", "4.0")
+    assert capsys.readouterr().err == ""
+    # A refused config stays one line: the error, not a warning before it.
+    with pytest.raises(UserError, match="SOLVER.NUM_EPOCHS must be positive"):
+        _load("SOLVER.NUM_EPOCHS", "4", "SOLVER.NUM_EPOCHS", "0")
+    assert capsys.readouterr().err == ""
+
+
+def test_a_key_typed_in_lower_case_is_suggested_in_upper_case(tmp_path):
+    with pytest.raises(UserError) as err:
+        merge_list(get_cfg(), ["solver.num_epochs", "3"])
+    assert str(err.value) == "unknown config key solver.num_epochs on the command line; did you mean SOLVER.NUM_EPOCHS?"
+    with pytest.raises(UserError, match="did you mean SOLVER.NUM_EPOCHS,"):
+        merge_list(get_cfg(), ["solver.num_epoch", "3"])
+    config = tmp_path / "lower.yaml"
+    config.write_text("solver:\n  start_lr: 0.1\n")
+    with pytest.raises(UserError, match=r"unknown config key solver.start_lr in .*; did you mean SOLVER.START_LR\?$"):
+        merge_file(get_cfg(), str(config))
+
+
+def _help(argv, parser=None, **kwargs):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv, parser=parser, **kwargs)
+    assert exit_.value.code == 0
+
+
+def test_training_help_shows_the_real_usage_and_says_how_to_resume_and_where_outputs_go(capsys):
+    _help(["--help"])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith(" [-h] --config_file FILE [KEY VALUE ...]"), out
+    text = " ".join(out.split())
+    assert "Outputs go under BASIC.OUTPUT_ROOT (default ckpt)" in text
+    assert "Re-running the same command resumes" in text and "BASIC.FRESH_START True" in text
+    _help(["-h"], trains=False)  # tools/benchmark.py, tools/eval.py: nothing to resume
+    assert "resumes" not in capsys.readouterr().out
+
+
+def test_a_script_flag_appears_in_the_usage_before_the_overrides(capsys):
+    from lib.config import config_parser
+
+    parser = config_parser("", trains=False)
+    parser.add_argument("--steps", type=int, metavar="N")
+    _help(["--help"], parser=parser)
+    assert "[-h] --config_file FILE [--steps N] [KEY VALUE ...]" in " ".join(capsys.readouterr().out.split())

@@ -245,10 +245,13 @@ def test_a_damaged_file_of_an_experiment_is_one_line_naming_it(name, content, wo
         os.remove(exp / "results.json")
         os.remove(exp / "ckpt" / "result.json")
     (exp / name).write_bytes(content)
+    log = (exp / "train.log").read_text()
     capsys.readouterr()
     assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
     line = one_error_line(capsys.readouterr().err)
     assert all(word in line for word in words), line
+    assert "miniz" not in line  # torch's advice after the fact is left out
+    assert (exp / "train.log").read_text() == log  # found before the run's header is logged
 
 
 def test_a_last_checkpoint_written_for_another_model_shape_is_one_line(tiny_cub, write_config, tmp_path,

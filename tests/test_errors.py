@@ -109,9 +109,10 @@ def test_user_mistakes_get_one_line_exit_2_and_nothing_written(name, tmp_path, b
     if name == "output folder blocked by a file":
         output_root.write_text("a file where the output folder should be")
     assert run_in_process(script, config, *opts, monkeypatch=monkeypatch) == 2
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert out == "", out  # not even the CPU-fallback warning: it waits until everything is checked
     assert "Traceback" not in err
     for word in words:
         assert word in lines[0], (word, lines[0])
@@ -247,3 +248,54 @@ def test_a_multi_line_user_error_is_printed_on_one_line(capsys):
     with pytest.raises(SystemExit):
         _raises(UserError("archive.tgz is damaged:\n- method gz: not a gzip file\n"))()
     assert one_error_line(capsys.readouterr().err) == "error: archive.tgz is damaged: - method gz: not a gzip file"
+
+
+@pytest.mark.parametrize("script", CONFIG_SCRIPTS)
+def test_every_config_script_takes_config_file_with_a_hyphen_too(script, tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "missing.yaml"
+    assert run_cli(script, "--config-file", str(missing), monkeypatch=monkeypatch) == 2
+    assert one_error_line(capsys.readouterr().err) == f"error: config file not found: {missing}"
+
+
+def test_a_list_the_shell_split_at_a_space_is_one_line_naming_the_key(monkeypatch, capsys):
+    config = os.path.join(REPO_ROOT, "configs/demo/cub_demo_teacher.yaml")
+    assert run_cli(TEACHER, "--config_file", config, "SOLVER.LR_STEPS", "[3,", "6]", monkeypatch=monkeypatch) == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        "error: the shell split the value of SOLVER.LR_STEPS at its spaces: [3, 6] came as 2 words; write the list "
+        'without spaces, SOLVER.LR_STEPS [3,6], or in quotes, SOLVER.LR_STEPS "[3, 6]"')
+
+
+@pytest.mark.parametrize("script, defaults", [
+    ("tools/benchmark.py", ["--steps N timed training steps per figure (default: 20)",
+                            "--warmup N untimed steps before each figure (default: 3)",
+                            "their medians are reported (default: 3)"]),
+    ("tools/cost.py", ["input sizes in pixels (default: 224 112 56)", "memory measurements (default: 1 64)",
+                       "(default: ckpt/cost)", "classifier outputs (default: 200)",
+                       "(default: 20 on a GPU, 5 on the CPU)"]),
+])
+def test_tool_help_names_each_flag_default(script, defaults, monkeypatch, capsys):
+    assert run_cli(script, "--help", monkeypatch=monkeypatch) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for default in defaults:
+        assert default in text, (default, text)
+
+
+def test_summarize_with_a_missing_root_is_one_line_without_loading_torch(tmp_path):
+    # Loading torch takes seconds; a mistyped --root answers at once, in the words of lib/analysis/summary.py.
+    missing = tmp_path / "no_such_root"
+    probe = subprocess.run([sys.executable, "-c", _PROBE, os.path.join(REPO_ROOT, "tools/summarize.py"), "--root",
+                            str(missing)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.splitlines()[-1] == "exit 2 False", (probe.stdout, probe.stderr)
+    assert one_error_line(probe.stderr) == f"error: output root {missing} does not exist or is not a folder (--root)"
+
+
+def test_an_output_folder_through_a_link_to_nothing_is_one_line_naming_the_link(tiny_cub, write_config, tmp_path,
+                                                                                monkeypatch, capsys):
+    # A scratch disk that is not mounted: the link is there, its target is not.
+    link = tmp_path / "scratch"
+    os.symlink(tmp_path / "unmounted" / "ckpt", link)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub, output_root=str(link))
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{link} is a link to {tmp_path / 'unmounted' / 'ckpt'}, which does not exist" in line, line
+    assert not (tmp_path / "unmounted").exists()

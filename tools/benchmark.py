@@ -16,12 +16,16 @@ from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, UserError, cli_main
 @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse the arguments, measure, print and save."""
-    parser = config_parser(__doc__)
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps per figure")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before each figure")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="alternating model-only / end-to-end measurements; their medians are reported")
-    parser.add_argument("--pipelines", default="tensor,pil,device", help="comma-separated DATA.PIPELINE values")
+    parser = config_parser(__doc__, trains=False)
+    parser.add_argument("--steps", type=int, default=20, metavar="N",
+                        help="timed training steps per figure (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=3, metavar="N",
+                        help="untimed steps before each figure (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, metavar="N",
+                        help="alternating model-only / end-to-end measurements; their medians are reported "
+                             "(default: %(default)s)")
+    parser.add_argument("--pipelines", default=",".join(PIPELINES),
+                        help="comma-separated DATA.PIPELINE values (default: %(default)s)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile model-only and end-to-end steps (Chrome traces, top host operations)")
     args = parse_args(parser=parser)

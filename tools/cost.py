@@ -4,6 +4,7 @@ Writes cost.md, cost.csv and cost.json into --out. See lib/analysis/cost.py for 
 """
 
 import argparse
+from collections.abc import Sequence
 
 from lib.config import resolve_path
 from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main
@@ -11,21 +12,46 @@ from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main
 
 def parse_args() -> argparse.Namespace:
     """The command line."""
-    from lib.analysis.cost import DEFAULT_BATCH_SIZES, DEFAULT_NUM_CLASSES, DEFAULT_SIZES, default_archs
+    # The defaults live beside the measurements, in lib.analysis.cost, which loads torch: --help takes seconds,
+    # the price of keeping one copy of them.
+    from lib.analysis.cost import (
+        DEFAULT_BATCH_SIZES,
+        DEFAULT_NUM_CLASSES,
+        DEFAULT_REPEATS,
+        DEFAULT_SIZES,
+        DEFAULT_WARMUP,
+        default_archs,
+    )
 
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", default=default_archs(),
+    parser.add_argument("--archs", nargs="+", metavar="ARCH", default=default_archs(),
                         help="builder names; a ViT family (vit_tiny_patch16) is measured at every size "
                              "(default: every architecture)")
-    parser.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES), help="input sizes in pixels")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCH_SIZES),
-                        help="batch sizes of the latency and memory measurements")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--repeats", type=int, default=None, help="timed forwards, median reported (20 GPU, 5 CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed forwards first (5 GPU, 1 CPU)")
-    parser.add_argument("--num-classes", type=int, default=DEFAULT_NUM_CLASSES, help="classifier outputs")
-    parser.add_argument("--out", default="ckpt/cost", help="output folder (relative to the repository root)")
+    parser.add_argument("--sizes", nargs="+", type=int, metavar="PX", default=list(DEFAULT_SIZES),
+                        help=f"input sizes in pixels (default: {_words(DEFAULT_SIZES)})")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, metavar="N", default=list(DEFAULT_BATCH_SIZES),
+                        help=f"batch sizes of the latency and memory measurements (default: "
+                             f"{_words(DEFAULT_BATCH_SIZES)})")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, metavar="N", default=None,
+                        help=f"timed forwards, median reported ({_per_device(DEFAULT_REPEATS)})")
+    parser.add_argument("--warmup", type=int, metavar="N", default=None,
+                        help=f"untimed forwards first ({_per_device(DEFAULT_WARMUP)})")
+    parser.add_argument("--num-classes", type=int, metavar="N", default=DEFAULT_NUM_CLASSES,
+                        help="classifier outputs (default: %(default)s)")
+    parser.add_argument("--out", metavar="DIR", default="ckpt/cost",
+                        help="output folder, relative to the repository root (default: %(default)s)")
     return parser.parse_args()
+
+
+def _words(values: Sequence[int]) -> str:
+    """Values as they are typed on the command line: `224 112 56`."""
+    return " ".join(str(value) for value in values)
+
+
+def _per_device(counts: dict[str, int]) -> str:
+    """A default that depends on the device: `default: 20 on a GPU, 5 on the CPU`."""
+    return f"default: {counts['cuda']} on a GPU, {counts['cpu']} on the CPU"
 
 
 @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)

@@ -13,7 +13,7 @@ from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, cli_main
 @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then evaluate."""
-    cfg = load_config(parse_args(description=__doc__))
+    cfg = load_config(parse_args(description=__doc__, trains=False))
     # Imported once the arguments are read, inside cli_main: --help and config mistakes answer at once,
     # and Ctrl-C while torch loads is one line too.
     from lib.analysis.evaluate import evaluate_checkpoint

@@ -6,14 +6,25 @@
 #   2. the CUDA-only tests and short bf16 CUDA trainings on the tensor and device pipelines (correctness);
 #   3. fp32, torch.profiler traces of both steps (where the host time goes), and 4 loader workers instead of 12;
 #   4. the remaining switches: torch.compile (default and CUDA graphs), bf16 without channels_last, fp16.
-# About 10 minutes on one H100/H200, most of it compiling in step 4. Usage: bash tools/gpu_benchmark.sh [OUT_DIR]
+# About 10 minutes on one H100/H200, most of it compiling in step 4. Run it from the repository root.
 set -uo pipefail
+default_out=ckpt/bench_gpu
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  # What the script does is the header comment: print it rather than keep a second copy.
+  echo "usage: bash tools/gpu_benchmark.sh [OUT]"
+  echo
+  sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "$0"
+  echo
+  echo "OUT: the folder that receives gpu.txt, one folder per step and a copy of its benchmark.json,"
+  echo "benchmark_<step>.json (default: $default_out)"
+  exit 0
+fi
 # Without a GPU every step below would run 224 px on the CPU for a long while: stop before writing anything.
 if ! python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   echo "error: tools/gpu_benchmark.sh needs a CUDA GPU; on the CPU use python tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml" >&2
   exit 2
 fi
-out=${1:-ckpt/bench_gpu}
+out=${1:-$default_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 stamp() { echo "== $(date +%H:%M:%S) $*"; }

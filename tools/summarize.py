@@ -5,7 +5,7 @@ import argparse
 import os
 
 from lib.config import resolve_path
-from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, UserError, cli_main
 
 
 def parse_args() -> argparse.Namespace:
@@ -20,11 +20,15 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     """Parse the flags, then summarise."""
     args = parse_args()
+    root = resolve_path(args.root)
+    # Checked before the import below loads torch (seconds): a mistyped --root answers at once. The same words
+    # as find_experiments', which checks again for other callers.
+    if not os.path.isdir(root):
+        raise UserError(f"output root {root} does not exist or is not a folder (--root)")
     # Imported once the flags are read, inside cli_main: --help answers at once, and Ctrl-C while torch loads is
     # one line too.
     from lib.analysis.summary import summarize
 
-    root = resolve_path(args.root)
     summarize(root, resolve_path(args.out) if args.out else os.path.join(root, "summary"))
 
 

@@ -14,6 +14,7 @@ import ast
 import difflib
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -50,21 +51,40 @@ def get_cfg() -> CfgNode:
     return _C.clone()
 
 
-def config_parser(description: str = "") -> ArgumentParser:
-    """A parser of `--config_file FILE [KEY VALUE ...]`; a script with flags of its own adds them to it."""
+_OVERRIDES_EPILOG = ("KEY VALUE overrides set config keys (lib/config/defaults.py), e.g. SOLVER.START_LR 0.01;\n"
+                     "flags may stand anywhere among them.")
+_TRAINING_EPILOG = (f"Outputs go under BASIC.OUTPUT_ROOT (default {_C.BASIC.OUTPUT_ROOT}): "
+                    "<OUTPUT_ROOT>/<dataset>/<experiment>/.\n"
+                    "Re-running the same command resumes an interrupted experiment; BASIC.FRESH_START True moves it "
+                    "aside and starts over.")
+# The spelling most command-line tools use; --config_file stays the documented one (the original release's).
+_CONFIG_FILE_ALIAS = "--config-file"
+
+
+def config_parser(description: str = "", trains: bool = True) -> ArgumentParser:
+    """A parser of `--config_file FILE [KEY VALUE ...]`; a script with flags of its own adds them to it.
+
+    `trains`: the script trains an experiment, so its help also says how re-running resumes and where outputs go.
+    """
+    epilog = f"{_OVERRIDES_EPILOG}\n\n{_TRAINING_EPILOG}" if trains else _OVERRIDES_EPILOG
     parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                            usage="%(prog)s [-h] --config_file FILE [flags] [KEY VALUE ...]",
-                            epilog="KEY VALUE overrides set config keys (lib/config/defaults.py), e.g. "
-                                   "SOLVER.START_LR 0.01;\nflags may stand anywhere among them.")
-    parser.add_argument("--config_file", type=str, required=True, metavar="FILE", help="YAML config file")
+                            epilog=epilog)
+    parser.add_argument("--config_file", type=str, required=True, metavar="FILE",
+                        help=f"YAML config file ({_CONFIG_FILE_ALIAS} also works)")
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None, description: str = "",
-               parser: ArgumentParser | None = None) -> argparse.Namespace:
+               parser: ArgumentParser | None = None, trains: bool = True) -> argparse.Namespace:
     """Parse `--config_file FILE [KEY VALUE ...]`, the original release's command-line form; `args.opts` holds
-    the KEY VALUE words in order."""
-    parser = parser or config_parser(description)
+    the KEY VALUE words in order (`trains`: see config_parser)."""
+    parser = parser or config_parser(description, trains)
+    if parser.usage is None:
+        # argparse's own usage (every flag the script added, and only those) plus the overrides it does not parse.
+        usage = parser.format_usage().removeprefix("usage: ").rstrip("\n")
+        parser.usage = usage.replace("%", "%%") + " [KEY VALUE ...]"
+    argv = sys.argv[1:] if argv is None else argv
+    argv = [_canonical_flag(word) for word in argv]
     # Not a REMAINDER positional: users type the overrides before --config_file too, and a negative value
     # (BASIC.SEED -1, SOLVER.WEIGHT_DECAY -1e-4) must reach the config check rather than look like a flag.
     args, opts = parser.parse_known_args(argv)
@@ -75,12 +95,22 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "",
     return args
 
 
+def _canonical_flag(word: str) -> str:
+    """`--config-file[=FILE]` spelled as `--config_file[=FILE]`, so that help and errors name one flag."""
+    if word == _CONFIG_FILE_ALIAS or word.startswith(_CONFIG_FILE_ALIAS + "="):
+        return "--config_file" + word[len(_CONFIG_FILE_ALIAS):]
+    return word
+
+
 def load_config(args: argparse.Namespace) -> CfgNode:
     """Merge the YAML file and the overrides into the defaults, check the result, and freeze it."""
     cfg = get_cfg()
     merge_file(cfg, args.config_file)
     merge_list(cfg, args.opts or [])
     check_cfg(cfg)
+    # After the check, so that a refused config stays one line.
+    for line in _repeated_overrides(args.opts or []):
+        print(line, file=sys.stderr, flush=True)
     cfg.freeze()
     return cfg
 
@@ -88,7 +118,7 @@ def load_config(args: argparse.Namespace) -> CfgNode:
 def resolve_path(path: str) -> str:
     """Resolve a config path: absolute paths stay, relative ones are taken from the repository root."""
     path = os.path.expanduser(path)
-    return path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(REPO_ROOT, path))  # ./ckpt/ as ckpt
 
 
 def merge_file(cfg: CfgNode, filename: str) -> None:
@@ -135,7 +165,16 @@ def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
 def merge_list(cfg: CfgNode, opts: Sequence[str]) -> None:
     """Merge `KEY VALUE` pairs; values are Python literals, or plain strings when they do not parse."""
     keys = set(_all_keys(cfg))
-    for key, word in zip(opts[0::2], opts[1::2]):
+    for index in range(1, len(opts), 2):
+        key, word = opts[index - 1], opts[index]
+        # `SOLVER.LR_STEPS [3, 6]` reaches us as three words and shifts every later pair: name the split list,
+        # not the word left over ("unknown config key 6]").
+        pieces = _split_list(opts, index, keys)
+        if pieces:
+            spaced = " ".join(pieces)
+            raise UserError(f"the shell split the value of {key} at its spaces: {spaced} came as {len(pieces)} "
+                            f"words; write the list without spaces, {key} {''.join(pieces)}, or in quotes, "
+                            f'{key} "{spaced}"')
         # A forgotten value shifts every later pair ("SOLVER.NUM_EPOCHS BASIC.NUM_RUNS 1"): blame the key that lost
         # its value, not the word left over at the end. No string key takes a dotted upper-case key as its value.
         if word in keys:
@@ -150,6 +189,40 @@ def merge_list(cfg: CfgNode, opts: Sequence[str]) -> None:
         )
     for key, raw in zip(opts[0::2], opts[1::2]):
         _set(cfg, key, _parse_literal(raw), source="on the command line")
+
+
+def _bracket_depth(text: str) -> int:
+    return text.count("[") + text.count("(") - text.count("]") - text.count(")")
+
+
+def _split_list(opts: Sequence[str], start: int, keys: set[str]) -> list[str]:
+    """The words from `opts[start]` on that together close the bracket it opens, if the shell split a list value
+    there (`[3,` `6]`); else []."""
+    first = opts[start]
+    # Callers in Python may pass values rather than words (MODEL.PRETRAIN False): no shell split those.
+    if not isinstance(first, str) or not first.startswith(("[", "(")) or _bracket_depth(first) <= 0:
+        return []
+    depth = _bracket_depth(first)
+    for end in range(start + 1, len(opts)):
+        if not isinstance(opts[end], str) or opts[end] in keys:  # the list was never closed: a mistyped value
+            return []
+        depth += _bracket_depth(opts[end])
+        if depth <= 0:
+            return list(opts[start:end + 1])
+    return []
+
+
+def _repeated_overrides(opts: Sequence[str]) -> list[str]:
+    """One warning line per key given more than once with different values (the last one wins)."""
+    values: dict[str, list[str]] = {}
+    for key, raw in zip(opts[0::2], opts[1::2]):
+        values.setdefault(key, []).append(raw)
+    lines = []
+    for key, raws in values.items():
+        if any(_parse_literal(raw) != _parse_literal(raws[-1]) for raw in raws):
+            times = "twice" if len(raws) == 2 else f"{len(raws)} times"
+            lines.append(f"warning: {key} is given {times} on the command line; using the last value, {raws[-1]}")
+    return lines
 
 
 def _flatten(tree: dict, prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -177,7 +250,12 @@ def _all_keys(node: CfgNode, prefix: str = "") -> list[str]:
 
 
 def _unknown_key(cfg: CfgNode, full_key: str, source: str) -> UserError:
-    close = difflib.get_close_matches(full_key, _all_keys(cfg), n=3, cutoff=0.6)
+    # Compared in upper case: `solver.num_epochs` is a typing slip of SOLVER.NUM_EPOCHS, not a stranger.
+    by_upper = {key.upper(): key for key in _all_keys(cfg)}
+    if full_key.upper() in by_upper:
+        close = [by_upper[full_key.upper()]]
+    else:
+        close = [by_upper[key] for key in difflib.get_close_matches(full_key.upper(), by_upper, n=3, cutoff=0.6)]
     hint = f"; did you mean {', '.join(close)}?" if close else "; see lib/config/defaults.py for every key"
     return UserError(f"unknown config key {full_key} {source}{hint}")
 

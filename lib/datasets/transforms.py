@@ -308,7 +308,8 @@ class TwoScaleDataset(Dataset):
         """Raise a UserError naming `path` unless it is a folder."""
         if not os.path.isdir(path):
             raise UserError(
-                f"{what} {path} does not exist or is not a folder; expected {cls.layout} (see data/README.md)"
+                f"{what} {path} does not exist or is not a folder; expected {cls.layout} (python "
+                "tools/prepare_data.py downloads both datasets into data/; see data/README.md)"
             )
 
     @classmethod

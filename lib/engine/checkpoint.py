@@ -170,8 +170,10 @@ def read_saved(path: str, read, fix: str) -> Any:
     try:
         return read(path)
     except Exception as err:  # noqa: BLE001 - truncated, empty, garbage: whatever the reader raises
-        raise UserError(f"{path} cannot be read ({type(err).__name__}: {first_line(err)}), it is damaged; {fix}"
-                        ) from None
+        detail = first_line(err)
+        if len(detail) > 120:  # torch's zip reader appends three sentences of advice to its one fact
+            detail = detail.split(". ")[0]
+        raise UserError(f"{path} cannot be read ({type(err).__name__}: {detail}), it is damaged; {fix}") from None
 
 
 def rng_state(device: torch.device) -> dict:

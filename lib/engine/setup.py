@@ -19,8 +19,9 @@ from lib.utils.errors import UserError
 LOGGER_NAME = "pixel_distill"
 
 
-def select_device(cfg: CfgNode, slot: int = 0) -> torch.device:
-    """The device of a run: cuda:GPU_ID[slot] when CUDA is there (and wanted), else the CPU with a warning."""
+def select_device(cfg: CfgNode, slot: int = 0, warnings: list[str] | None = None) -> torch.device:
+    """The device of a run: cuda:GPU_ID[slot] when CUDA is there (and wanted), else the CPU with a warning (logged
+    now, or appended to `warnings` for the caller to log once its checks have passed)."""
     wanted = cfg.BASIC.DEVICE
     if wanted == "cpu":
         return torch.device("cpu")
@@ -28,7 +29,11 @@ def select_device(cfg: CfgNode, slot: int = 0) -> torch.device:
         if wanted == "cuda":
             raise UserError("BASIC.DEVICE is 'cuda' but CUDA is not available on this machine; use 'auto' or 'cpu'")
         if cfg.BASIC.GPU_ID:
-            logging.getLogger(LOGGER_NAME).warning("warning: CUDA is not available; running on the CPU")
+            line = "warning: CUDA is not available; running on the CPU"
+            if warnings is None:
+                logging.getLogger(LOGGER_NAME).warning(line)
+            else:
+                warnings.append(line)
         return torch.device("cpu")
     if not cfg.BASIC.GPU_ID:
         return torch.device("cuda", torch.cuda.current_device())

@@ -314,6 +314,27 @@ def place_for_training(cfg: CfgNode, distiller: Distiller, device: torch.device
     return optimizer, torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.AMP == "fp16")
 
 
+def _resume_fix(run: int) -> str:
+    return (f"delete it to train run {run} again from its first epoch, or add BASIC.FRESH_START True to start the "
+            "whole experiment over")
+
+
+def _check_saved_runs(exp_dir: str, exp: Experiment, num_runs: int, pending: list[int]) -> dict[int, dict]:
+    """Read the finished runs' result.json and check that the pending runs' last.pth can be read, before anything
+    is written or logged: a damaged file is one line naming it. Returns the finished runs' rows."""
+    done = {}
+    for run in range(num_runs):
+        if run in pending:
+            last = os.path.join(exp.run_dir("ckpt", run), "last.pth")
+            if os.path.isfile(last):  # mapped, not read: checks the archive, costs nothing for a large model
+                read_saved(last, lambda p: torch.load(p, map_location="cpu", weights_only=False, mmap=True),
+                           _resume_fix(run))
+        else:
+            done[run] = read_saved(os.path.join(exp.run_dir("ckpt", run), "result.json"), load_json,
+                                   f"delete it and re-run: run {run} is summed up again from its last.pth")
+    return done
+
+
 def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distiller | None = None) -> dict:
     """Train (or resume) run `run` of the experiment to the end; returns its result row."""
     from torch.utils.tensorboard import SummaryWriter
@@ -338,8 +359,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
 
     start_epoch, best_acc, best_epoch, history = 0, 0.0, 0, []
     if os.path.isfile(last_path):
-        fix = (f"delete it to train {where} again from its first epoch, or add BASIC.FRESH_START True to start the "
-               "whole experiment over")
+        fix = _resume_fix(run)
         state = read_saved(last_path, lambda p: torch.load(p, map_location="cpu", weights_only=False), fix)
         try:
             distiller.student.load_state_dict(state["student"])
@@ -622,7 +642,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     info, device = init_distributed(cfg)
     if not info.is_main:
         log.setLevel("WARNING")
-    device = device or select_device(cfg)
+    warnings: list[str] = []  # logged once everything is checked: a mistake stays one line
+    device = device or select_device(cfg, warnings=warnings)
     use_device(device)
     train_set, test_set = build_dataset(cfg, is_train=True), build_dataset(cfg, is_train=False)
     if cfg.DATA.PIPELINE == "device":
@@ -631,6 +652,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     fresh = exists and (cfg.BASIC.FRESH_START or stale)
     pending = [r for r in range(num_runs)
                if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
+    done = {} if fresh else _check_saved_runs(exp_dir, exp, num_runs, pending)
     first = None
     if pending:
         seed_everything(cfg.BASIC.SEED + pending[0])
@@ -649,6 +671,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
                 f.write(cfg.dump())
             save_json(checkpoint_fingerprints(cfg, method), os.path.join(exp_dir, "inputs.json"))
     _barrier(info)
+    for line in warnings:
+        log.warning(line)
     handler = add_log_file(os.path.join(exp_dir, "train.log")) if info.is_main else None
     try:
         for line in environment_lines():
@@ -658,12 +682,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
                  f"{len(train_set)} train / {len(test_set)} test images"
                  + (f", {info.world_size} DDP processes" if info.enabled else "")
                  + (f", {slots} runs at a time" if slots > 1 else "") + ")")
-        done = {}
-        for run in range(num_runs):
-            if run not in pending:
-                done[run] = read_saved(os.path.join(exp.run_dir("ckpt", run), "result.json"), load_json,
-                                       f"delete it and re-run: run {run} is summed up again from its last.pth")
-                log.info(f"run {run} already finished: best {done[run]['best_acc']:.2f}")
+        for run, row in done.items():
+            log.info(f"run {run} already finished: best {row['best_acc']:.2f}")
         threads = 0 if info.enabled else run_threads(cfg, device, num_runs)
         if slots > 1:
             del first
