@@ -227,7 +227,7 @@ def test_a_path_spelt_another_way_or_a_runtime_knob_is_the_same_experiment(tiny_
     capsys.readouterr()
     assert run_in_process(TEACHER, config, "BASIC.OUTPUT_ROOT", f"'{tmp_path}/./ckpt/'", "DATA.DATADIR",
                           f"'{tiny_cub}/../{os.path.basename(tiny_cub)}'", "BASIC.PARALLEL_RUNS", "2",
-                          monkeypatch=monkeypatch) == 0
+                          "DATA.GENERATE_IF_MISSING", "True", monkeypatch=monkeypatch) == 0
     assert "is finished" in capsys.readouterr().out
 
 

@@ -156,8 +156,6 @@ def test_a_missing_config_file_flag_is_one_line(script, monkeypatch, capsys):
     assert "the following arguments are required: --config_file" in one_error_line(capsys.readouterr().err)
 
 
-# cost.py's defaults (every architecture) come from the model builder, so its --help loads torch.
-LIGHT_HELP_SCRIPTS = [s for s in ALL_SCRIPTS if s != "tools/cost.py"]
 _PROBE = """
 import runpy, sys
 script, args = sys.argv[1], sys.argv[2:]
@@ -169,7 +167,7 @@ except SystemExit as exit:
 """
 
 
-@pytest.mark.parametrize("script", LIGHT_HELP_SCRIPTS)
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
 def test_help_and_config_mistakes_answer_without_loading_torch(script, tmp_path):
     # Loading torch takes seconds: --help and a mistyped key must not wait for it.
     mistakes = [["--help"]]

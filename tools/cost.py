@@ -12,19 +12,17 @@ from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main
 
 def parse_args() -> argparse.Namespace:
     """The command line."""
-    # The defaults live beside the measurements, in lib.analysis.cost, which loads torch: --help takes seconds,
-    # the price of keeping one copy of them.
-    from lib.analysis.cost import (
+    # Torch-free: --help and flag mistakes answer at once.
+    from lib.analysis.cost_defaults import (
         DEFAULT_BATCH_SIZES,
         DEFAULT_NUM_CLASSES,
         DEFAULT_REPEATS,
         DEFAULT_SIZES,
         DEFAULT_WARMUP,
-        default_archs,
     )
 
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", metavar="ARCH", default=default_archs(),
+    parser.add_argument("--archs", nargs="+", metavar="ARCH", default=None,
                         help="builder names; a ViT family (vit_tiny_patch16) is measured at every size "
                              "(default: every architecture)")
     parser.add_argument("--sizes", nargs="+", type=int, metavar="PX", default=list(DEFAULT_SIZES),
@@ -57,12 +55,13 @@ def _per_device(counts: dict[str, int]) -> str:
 @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
 def main() -> None:
     """Parse the flags, measure, write the tables."""
-    # Imported inside cli_main (parse_args too): Ctrl-C while torch loads is one line.
-    from lib.analysis.cost import run_cost
-
     args = parse_args()
+    # Imported once the flags are read, inside cli_main: --help answers at once, and Ctrl-C while torch loads is
+    # one line too.
+    from lib.analysis.cost import default_archs, run_cost
+
     out = resolve_path(args.out)
-    run_cost(args.archs, args.sizes, args.batch_sizes, args.device, args.warmup, args.repeats, out,
+    run_cost(args.archs or default_archs(), args.sizes, args.batch_sizes, args.device, args.warmup, args.repeats, out,
              args.num_classes)
     print(f"wrote {out}/cost.md, cost.csv, cost.json")
 

@@ -49,6 +49,13 @@ from lib.models.model_builder import (
 from lib.utils.errors import UserError
 
 from . import markdown_table, write_csv, write_text
+from .cost_defaults import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_NUM_CLASSES,
+    DEFAULT_REPEATS,
+    DEFAULT_SIZES,
+    DEFAULT_WARMUP,
+)
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -68,13 +75,6 @@ __all__ = [
     "format_markdown",
 ]
 
-DEFAULT_SIZES = (224, 112, 56)
-DEFAULT_BATCH_SIZES = (1, 64)
-# Classifier outputs of the measured models: CUB's 200 (the classifier is a small part of any of them).
-DEFAULT_NUM_CLASSES = 200
-# Untimed and timed forwards when --warmup / --repeats are not given: GPUs are cheap to repeat, CPUs are not.
-DEFAULT_WARMUP = {"cuda": 5, "cpu": 1}
-DEFAULT_REPEATS = {"cuda": 20, "cpu": 5}
 RGB_BYTES_PER_PIXEL = 3
 MEMORY_METHOD = {
     "cuda": "torch.cuda.max_memory_allocated during the forward minus the memory allocated before it",

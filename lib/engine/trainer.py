@@ -68,7 +68,8 @@ from .setup import (
 RUNTIME_KEYS = ("BASIC.GPU_ID", "BASIC.DEVICE", "BASIC.NUM_WORKERS", "BASIC.PARALLEL_RUNS", "BASIC.DISP_FREQ",
                 "BASIC.FRESH_START", "BASIC.OUTPUT_ROOT",  # (the folder found is the same, however it is spelt)
                 "BASIC.TIME", "BASIC.BACKUP_CODES", "BASIC.BACKUP_LIST", "BASIC.SAVE_DIR", "BASIC.ROOT_DIR",
-                "TEST.BATCH_SIZE", "MODEL.TYPE")
+                "TEST.BATCH_SIZE", "MODEL.TYPE",
+                "DATA.GENERATE_IF_MISSING")  # (it only makes a dataset where there is none)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SINGLE_PROCESS = DistInfo()
