@@ -384,13 +384,14 @@ def diff_cfg(saved: CfgNode, requested: CfgNode, ignore: Iterable[str] = ()) -> 
     for key in _all_keys(requested):
         if key in ignore:
             continue
-        a, b = _get(saved, key), _get(requested, key)
+        a, b = cfg_value(saved, key), cfg_value(requested, key)
         if a != b:
             out.append(f"{key} ({a!r} -> {b!r})")
     return out
 
 
-def _get(cfg: CfgNode, full_key: str) -> Any:
+def cfg_value(cfg: CfgNode, full_key: str) -> Any:
+    """The value of `full_key` (SECTION.KEY) in `cfg`; None where the config lacks it (one saved by an older version)."""
     node: Any = cfg
     for part in full_key.split("."):
         if not isinstance(node, CfgNode) or part not in node:

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode
 
-from lib.config import diff_cfg, resolve_path, small_crop_size
+from lib.config import cfg_value, diff_cfg, resolve_path, small_crop_size
 from lib.datasets import BatchPreparer, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
@@ -320,7 +320,7 @@ def _resume_fix(run: int) -> str:
             "whole experiment over")
 
 
-def _check_saved_runs(exp_dir: str, exp: Experiment, num_runs: int, pending: list[int]) -> dict[int, dict]:
+def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> dict[int, dict]:
     """Read the finished runs' result.json and check that the pending runs' last.pth can be read, before anything
     is written or logged: a damaged file is one line naming it. Returns the finished runs' rows."""
     done = {}
@@ -525,16 +525,6 @@ PATH_KEYS = ("DATA.DATADIR", "MODEL.MODELDICT_T", "MODEL.MODELDICT_A", "MODEL.MO
              "MODEL.PRETRAIN_FILE_T", "MODEL.PRETRAIN_FILE_S", "TAS.PRETRAIN_FILE_A")
 
 
-def _value(cfg: CfgNode, full_key: str) -> str:
-    """The config's value of a path key as a string; '' where a config saved by an older version lacks it."""
-    node = cfg
-    for part in full_key.split("."):
-        if part not in node:
-            return ""
-        node = node[part]
-    return str(node)
-
-
 def _same_path(a: str, b: str) -> bool:
     if not a or not b:
         return a == b
@@ -546,7 +536,8 @@ def _check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
                        "restore it, or add BASIC.FRESH_START True to start over")
     # BASIC.NUM_RUNS is in the folder's name already ("<n>runs_"), except for the teacher's script, which ignores it.
     ignore = RUNTIME_KEYS + ("BASIC.NUM_RUNS",)
-    ignore += tuple(key for key in PATH_KEYS if _same_path(_value(saved, key), _value(cfg, key)))
+    ignore += tuple(key for key in PATH_KEYS
+                    if _same_path(str(cfg_value(saved, key) or ""), str(cfg_value(cfg, key) or "")))
     differing = diff_cfg(saved, cfg, ignore=ignore)
     if differing:
         raise UserError(f"{exp_dir} holds an experiment with another config: {'; '.join(differing)}. "
@@ -653,7 +644,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     fresh = exists and (cfg.BASIC.FRESH_START or stale)
     pending = [r for r in range(num_runs)
                if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
-    done = {} if fresh else _check_saved_runs(exp_dir, exp, num_runs, pending)
+    done = {} if fresh else _check_saved_runs(exp, num_runs, pending)
     first = None
     if pending:
         seed_everything(cfg.BASIC.SEED + pending[0])
