@@ -4,6 +4,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -301,6 +302,46 @@ def test_a_teacher_file_that_changed_since_the_experiment_started_is_refused(tin
     assert (exp / "results.json").read_text() == results
     assert run_in_process(KD, config, "BASIC.FRESH_START", "True", monkeypatch=monkeypatch) == 0
     assert json.loads((exp / "inputs.json").read_text()) != inputs
+
+
+def test_a_dataset_that_changed_since_the_runs_started_on_it_is_refused(tiny_cub, write_config, tmp_path,
+                                                                       monkeypatch, capsys):
+    data = tmp_path / "cub"
+    shutil.copytree(tiny_cub, data)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1},
+                           "BASIC": {"NUM_RUNS": 1}}, str(data))
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    saved = json.loads((exp / "inputs.json").read_text())["DATA.DATADIR"]
+    assert saved["train"]["images"] == 16 and saved["test"]["images"] == 16 and saved["path"] == str(data)
+    # Interrupted after its last epoch was saved: re-running resumes it; the same data passes the check.
+    os.remove(exp / "results.json")
+    os.remove(exp / "ckpt" / "run0" / "result.json")
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    os.remove(exp / "results.json")
+    os.remove(exp / "ckpt" / "run0" / "result.json")
+    # A training image moves to the test split (another train_test_split.txt): the runs were trained on the old one.
+    split = (data / "train_test_split.txt").read_text().splitlines()
+    first_train = next(i for i, line in enumerate(split) if line.endswith(" 1"))
+    split[first_train] = split[first_train][:-1] + "0"
+    (data / "train_test_split.txt").write_text("\n".join(split) + "\n")
+    capsys.readouterr()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "training split of DATA.DATADIR" in line and "16 images then, 15 now" in line, line
+    assert "BASIC.FRESH_START True" in line and not (exp / "results.json").exists()
+    # Same files and counts, one label changed: still another dataset.
+    (data / "train_test_split.txt").write_text("\n".join(split[:first_train] + [split[first_train][:-1] + "1"]
+                                                        + split[first_train + 1:]) + "\n")
+    labels = (data / "image_class_labels.txt").read_text().splitlines()
+    image_id, label = labels[first_train].split()
+    labels[first_train] = f"{image_id} {int(label) % 4 + 1}"
+    (data / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "16 images, but other files, labels or file sizes" in line, line
+    assert run_in_process(STUDENT, config, "BASIC.FRESH_START", "True", monkeypatch=monkeypatch) == 0
+    assert json.loads((exp / "inputs.json").read_text())["DATA.DATADIR"]["train"] != saved["train"]
 
 
 def test_summary_reports_mean_and_sample_std_of_best_and_last():

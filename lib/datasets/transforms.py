@@ -32,9 +32,11 @@ nearest and box; K = 2 and 4 (the paper's) are exact up to rounding.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
+import stat
 from typing import Optional, Union
 
 import numpy as np
@@ -295,7 +297,21 @@ class TwoScaleDataset(Dataset):
         return item
 
     def _check_files_exist(self) -> None:
-        missing = [path for path, _ in self.samples if not os.path.isfile(path)]
+        """Raise a UserError if an annotated image is missing; otherwise set `fingerprint` (one stat per file)."""
+        digest, missing = hashlib.sha256(), []
+        for path, label in self.samples:
+            try:
+                info = os.stat(path)
+                size = info.st_size if stat.S_ISREG(info.st_mode) else -1
+            except OSError:
+                size = -1
+            if size < 0:
+                missing.append(path)
+            digest.update(f"{os.path.relpath(path, self.root)}\t{label}\t{size}\n".encode())
+        # What a resumed run checks its data against (inputs.json): the split's files, labels and byte counts.
+        # Sizes rather than contents keep it to a stat per file; an image replaced by another rarely keeps its size,
+        # and a copy of the dataset elsewhere (other root, other mtimes) keeps the same fingerprint.
+        self.fingerprint = {"images": len(self.samples), "sha256": digest.hexdigest()}
         if missing:
             raise UserError(
                 f"{len(missing)} of {len(self.samples)} {self.split} images named in the annotations of {self.root} "

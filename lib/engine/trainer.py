@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode
 
 from lib.config import cfg_value, diff_cfg, resolve_path, small_crop_size
-from lib.datasets import BatchPreparer, build_dataset
+from lib.datasets import BatchPreparer, TwoScaleDataset, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
@@ -558,13 +558,18 @@ def checkpoint_fingerprints(cfg: CfgNode, method: str) -> dict[str, dict[str, st
             for key, path in method_checkpoints(cfg, method).items() if os.path.isfile(path)}
 
 
-def _check_saved_inputs(cfg: CfgNode, method: str, exp_dir: str) -> None:
-    """Refuse to resume or re-report an experiment whose teacher (assistant, student init) file has changed since."""
+def _saved_inputs(exp_dir: str) -> dict:
+    """An experiment's inputs.json ({} for an experiment from before it was written)."""
     saved_path = os.path.join(exp_dir, "inputs.json")
     if not os.path.isfile(saved_path):
-        return  # an experiment from before inputs.json was written
-    saved = read_saved(saved_path, _read_mapping_json, "delete it to skip this check, or add BASIC.FRESH_START True "
-                       "to start over")
+        return {}
+    return read_saved(saved_path, _read_mapping_json, "delete it to skip this check, or add BASIC.FRESH_START True "
+                      "to start over")
+
+
+def _check_saved_inputs(cfg: CfgNode, method: str, exp_dir: str) -> None:
+    """Refuse to resume or re-report an experiment whose teacher (assistant, student init) file has changed since."""
+    saved = _saved_inputs(exp_dir)
     for key, now in checkpoint_fingerprints(cfg, method).items():
         entry = saved.get(key)
         then = entry.get("sha256") if isinstance(entry, dict) else None
@@ -572,6 +577,26 @@ def _check_saved_inputs(cfg: CfgNode, method: str, exp_dir: str) -> None:
             raise UserError(f"{key} {now['path']} has changed since {exp_dir} started from it (SHA-256 {then[:12]} "
                             f"then, {now['sha256'][:12]} now): what it holds was learnt from the old file. Restore "
                             "that, or add BASIC.FRESH_START True to start over from the new one")
+
+
+def data_fingerprint(train_set: TwoScaleDataset, test_set: TwoScaleDataset) -> dict[str, dict]:
+    """{"DATA.DATADIR": {"path", "train", "test"}}: the entry of inputs.json a resumed run checks its data against."""
+    return {"DATA.DATADIR": {"path": train_set.root, "train": train_set.fingerprint, "test": test_set.fingerprint}}
+
+
+def _check_saved_data(exp_dir: str, train_set: TwoScaleDataset, test_set: TwoScaleDataset) -> None:
+    """Refuse to resume an experiment whose dataset (a split's files, labels or file sizes) has changed since."""
+    entry = _saved_inputs(exp_dir).get("DATA.DATADIR")
+    if not isinstance(entry, dict):
+        return  # an experiment from before its data was fingerprinted
+    for split, dataset in (("train", train_set), ("test", test_set)):
+        then, now = entry.get(split), dataset.fingerprint
+        if isinstance(then, dict) and then.get("sha256") not in (None, now["sha256"]):
+            what = (f"{then.get('images')} images then, {now['images']} now" if then.get("images") != now["images"]
+                    else f"{now['images']} images, but other files, labels or file sizes")
+            raise UserError(f"the {dataset.split} split of DATA.DATADIR {dataset.root} has changed since {exp_dir} "
+                            f"started on it ({what}): its saved runs were trained on the old data. Restore that, or "
+                            "add BASIC.FRESH_START True to start over on the new data")
 
 
 def _saved_any_epoch(exp_dir: str) -> bool:
@@ -614,7 +639,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         lock.take(exp_dir)  # before anything is read or moved: another process may be training into it
     results_path = os.path.join(exp_dir, "results.json")
     exists = os.path.isfile(os.path.join(exp_dir, "config.yaml"))
-    stale = False  # an earlier attempt with another config or teacher that saved no epoch: nothing to keep
+    stale = False  # an earlier attempt with another config, teacher or dataset that saved no epoch: nothing to keep
     if exists and not cfg.BASIC.FRESH_START:
         try:
             _check_saved_config(cfg, exp_dir)
@@ -641,6 +666,13 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     if cfg.DATA.PIPELINE == "device":
         check_cache_fits(train_set, device)
     exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set, info)
+    if exists and not (cfg.BASIC.FRESH_START or stale):
+        try:
+            _check_saved_data(exp_dir, train_set, test_set)
+        except UserError:
+            if _saved_any_epoch(exp_dir):
+                raise
+            stale = True
     fresh = exists and (cfg.BASIC.FRESH_START or stale)
     pending = [r for r in range(num_runs)
                if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
@@ -652,7 +684,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
 
     if info.is_main:
         if fresh:
-            why = ("an earlier attempt with another config or teacher, which saved no epoch," if stale
+            why = ("an earlier attempt with another config, teacher or dataset, which saved no epoch," if stale
                    else "BASIC.FRESH_START: the earlier attempt")
             log.info(f"{why} was moved to {_move_aside(exp_dir)}")
             exists = False
@@ -661,7 +693,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         if not exists:
             with open(os.path.join(exp_dir, "config.yaml"), "w") as f:
                 f.write(cfg.dump())
-            save_json(checkpoint_fingerprints(cfg, method), os.path.join(exp_dir, "inputs.json"))
+            save_json({**checkpoint_fingerprints(cfg, method), **data_fingerprint(train_set, test_set)},
+                      os.path.join(exp_dir, "inputs.json"))
     _barrier(info)
     for line in warnings:
         log.warning(line)
