@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -67,10 +68,11 @@ def test_benchmark_flag_mistakes_are_one_line_and_write_nothing(flags, words, ti
     assert not (tmp_path / "ckpt").exists()
 
 
-def _gpu_benchmark_script(arg: str, cwd) -> tuple[subprocess.Popen, str, str]:
+def _gpu_benchmark_script(*args: str, cwd, env: dict | None = None) -> tuple[subprocess.Popen, str, str]:
     """Run tools/gpu_benchmark.sh in its own session: if it went on benchmarking, the timeout kills the benchmarks
     it started too."""
-    proc = subprocess.Popen(["bash", os.path.join(REPO_ROOT, "tools", "gpu_benchmark.sh"), arg], cwd=cwd,
+    env = {"PYTHON": sys.executable, **os.environ, **(env or {})}
+    proc = subprocess.Popen(["bash", os.path.join(REPO_ROOT, "tools", "gpu_benchmark.sh"), *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=60)
@@ -124,8 +126,64 @@ def test_the_cpu_peak_memory_restarts_for_each_pipeline():
 def test_gpu_benchmark_script_help_prints_its_usage_and_exits_0_without_a_gpu_check_or_a_folder(flag, tmp_path):
     proc, out, err = _gpu_benchmark_script(flag, cwd=tmp_path)  # one that took the flag for OUT would benchmark
     assert proc.returncode == 0 and err == "", err
-    assert out.startswith("usage: bash tools/gpu_benchmark.sh [OUT]\n"), out
+    assert out.startswith("usage: bash tools/gpu_benchmark.sh [OUT [WORK]]\n"), out
     text = " ".join(out.split())
     assert "The GPU checks and figures of the README's performance section" in text  # the header: what it does
     assert "OUT: the folder that receives gpu.txt" in text and "(default: ckpt/bench_gpu)" in text
+    assert os.listdir(tmp_path) == []
+
+
+# A stand-in for python on a machine with a GPU: the script's own steps are faked (fp16_cl fails), the rest (the
+# import check, the JSON lines it writes) is the real interpreter. It refuses to run outside the repository root.
+FAKE_PYTHON = """#!/usr/bin/env bash
+[[ -f tools/benchmark.py ]] || { echo "not in the repository root"; exit 3; }
+case "$1 $2" in
+  "-c import torch; assert"*) exit 0 ;;
+  "-c import sys, torch"*) echo "python fake torch fake"; exit 0 ;;
+  "-m pytest"*) echo "3 passed"; exit 0 ;;
+esac
+if [[ $1 == tools/benchmark.py ]]; then
+  root=${@: -1}; root=${root//\\'/}
+  mkdir -p "$root"
+  [[ $root == */fp16_cl ]] && { echo "Traceback: a fake failure"; exit 1; }
+  [[ $root == */profile ]] && { mkdir -p "$root/profile"; echo "a profile table" > "$root/profile/profile_tensor.txt"; }
+  echo '{"device": "fake", "end_to_end_img_s": 1.0}' > "$root/benchmark.json"
+  exit 0
+fi
+[[ $1 == tools_0_base/* ]] && { echo "trained"; exit 0; }
+exec {real} "$@"
+"""
+
+
+def test_gpu_benchmark_script_leaves_four_files_in_out_and_names_the_step_that_failed(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text(FAKE_PYTHON.replace("{real}", sys.executable))
+    (fake / "nvidia-smi").write_text("#!/usr/bin/env bash\necho 'Fake GPU, 81559 MiB, 580.00'\n")
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    out, work = tmp_path / "out", tmp_path / "work"
+    # Called from elsewhere (not the repository root) with relative folders.
+    proc, stdout, err = _gpu_benchmark_script("out", "work", cwd=tmp_path,
+                                              env={"PYTHON": str(fake / "python"),
+                                                   "PATH": f"{fake}:{os.environ['PATH']}"})
+    assert proc.returncode == 1, stdout + err
+    assert sorted(os.listdir(out)) == ["benchmarks.jsonl", "gpu.txt", "log.txt", "profile.txt"]
+    lines = [json.loads(line) for line in (out / "benchmarks.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == ["bf16_cl", "fp32", "compile", "bf16", "workers4",
+                                               "compile_cudagraphs", "profile"]
+    assert all(line["benchmark"]["device"] == "fake" and line["seconds"] >= 0 for line in lines)
+    assert (out / "gpu.txt").read_text() == "Fake GPU, 81559 MiB, 580.00\npython fake torch fake\n"
+    assert (out / "profile.txt").read_text() == "a profile table\n"
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("failed steps: fp16_cl (") and str(work) in last, stdout
+    log = (out / "log.txt").read_text()
+    assert "Traceback: a fake failure" in log and "3 passed" in log and log.strip().endswith(last)
+    assert (work / "demo_tensor.log").read_text() == "trained\n"
+
+
+def test_gpu_benchmark_script_refuses_an_option_it_does_not_know_instead_of_taking_it_for_out(tmp_path):
+    proc, out, err = _gpu_benchmark_script("--out", "x", cwd=tmp_path)
+    assert proc.returncode == 2 and out == ""
+    assert one_error_line(err).startswith("error: tools/gpu_benchmark.sh: unknown option --out; usage: ")
     assert os.listdir(tmp_path) == []

@@ -1,64 +1,114 @@
 #!/usr/bin/env bash
 # The GPU checks and figures of the README's performance section, most important first, so that a run cut short
-# still leaves the headline figures (each step's benchmark.json is kept under OUT as it finishes):
+# still leaves the headline figures:
 #   1. the published ISRD setting (configs/bench/gpu_isrd.yaml: ResNet-50@224 -> ResNet-18@56, batch 64) with
 #      bf16 + channels_last on every input pipeline;
 #   2. the CUDA-only tests and short bf16 CUDA trainings on the tensor and device pipelines (correctness);
-#   3. fp32, torch.profiler traces of both steps (where the host time goes), and 4 loader workers instead of 12;
-#   4. the remaining switches: torch.compile (default and CUDA graphs), bf16 without channels_last, fp16.
-# About 10 minutes on one H100/H200, most of it compiling in step 4. Run it from the repository root.
+#   3. fp32; torch.compile (one repeat: compiling takes minutes); fp16 + channels_last; bf16 alone;
+#   4. 4 loader workers instead of 12; compile with CUDA graphs; torch.profiler tables of both steps.
+# OUT receives four files however many steps run: gpu.txt (card and versions), log.txt (all that is printed),
+# benchmarks.jsonl (a line per finished benchmark: {"step", "seconds", "benchmark": its benchmark.json}) and
+# profile.txt. Each step's own folder (benchmark.json, traces, training runs) goes under WORK. A failed step is
+# named at the end and the exit status is 1. About 10 minutes on one H100/H200, most of it compiling; PYTHON
+# picks the interpreter (default python3).
 set -uo pipefail
 default_out=ckpt/bench_gpu
+usage="usage: bash tools/gpu_benchmark.sh [OUT [WORK]]"
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
   # What the script does is the header comment: print it rather than keep a second copy.
-  echo "usage: bash tools/gpu_benchmark.sh [OUT]"
+  echo "$usage"
   echo
   sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "$0"
   echo
-  echo "OUT: the folder that receives gpu.txt, one folder per step and a copy of its benchmark.json,"
-  echo "benchmark_<step>.json (default: $default_out)"
+  echo "OUT: the folder that receives gpu.txt, log.txt, benchmarks.jsonl and profile.txt (default: $default_out)"
+  echo "WORK: the folder of the steps' own outputs (default: OUT/steps)"
   exit 0
 fi
+for arg in "$@"; do
+  if [[ $arg == -* ]]; then
+    echo "error: tools/gpu_benchmark.sh: unknown option $arg; $usage" >&2
+    exit 2
+  fi
+done
+if (( $# > 2 )); then
+  echo "error: tools/gpu_benchmark.sh takes at most two folders, got $#: $*; $usage" >&2
+  exit 2
+fi
+out=$(realpath -m "${1:-$default_out}")
+work=$(realpath -m "${2:-$out/steps}")
+py=${PYTHON:-python3}
+# The repository root, wherever the script is called from; lib imports from it without an installed package.
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if ! "$py" -c "import torch, torchvision, timm, yacs, lib.engine" 2>/dev/null; then
+  echo "error: tools/gpu_benchmark.sh: $py cannot import torch, torchvision, timm, yacs and this project's lib;" \
+       "pip install -r requirements.txt, or set PYTHON to the interpreter that has them" >&2
+  exit 2
+fi
 # Without a GPU every step below would run 224 px on the CPU for a long while: stop before writing anything.
-if ! python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+if ! "$py" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   echo "error: tools/gpu_benchmark.sh needs a CUDA GPU; on the CPU use python tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml" >&2
   exit 2
 fi
-out=${1:-$default_out}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
+mkdir -p "$out" "$work" || exit 2
+rm -f "$out/benchmarks.jsonl" "$out/profile.txt"
+exec > >(tee "$out/log.txt") 2>&1
 stamp() { echo "== $(date +%H:%M:%S) $*"; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)" | tee -a "$out/gpu.txt"
-bench() {  # name, then options and overrides
-  local name=$1; shift
+failed=()
+
+bench() {  # step name, then benchmark.py options and config overrides
+  local name=$1 start=$SECONDS; shift
   stamp "benchmark $name"
-  python tools/benchmark.py --config_file configs/bench/gpu_isrd.yaml --steps 40 --warmup 5 --repeats 3 "$@" \
-    BASIC.OUTPUT_ROOT "'$out/$name'" 2>&1 | grep -v "^warm-up\|^bench epoch"
-  cp "$out/$name/benchmark.json" "$out/benchmark_$name.json" 2>/dev/null
+  rm -f "$work/$name/benchmark.json"
+  "$py" tools/benchmark.py --config_file configs/bench/gpu_isrd.yaml --steps 40 --warmup 5 --repeats 3 "$@" \
+    BASIC.OUTPUT_ROOT "'$work/$name'" 2>&1 | grep -v "^warm-up\|^bench epoch"
+  if (( PIPESTATUS[0] != 0 )) || [[ ! -f $work/$name/benchmark.json ]]; then
+    failed+=("$name")
+    return
+  fi
+  "$py" -c 'import json, sys
+print(json.dumps({"step": sys.argv[1], "seconds": int(sys.argv[2]), "benchmark": json.load(open(sys.argv[3]))}))' \
+    "$name" $((SECONDS - start)) "$work/$name/benchmark.json" >> "$out/benchmarks.jsonl"
 }
+
+check() {  # step name, then a command: its last lines are shown, its whole output kept under WORK
+  local name=$1; shift
+  stamp "$name"
+  "$@" > "$work/$name.log" 2>&1
+  local status=$?
+  tail -n 3 "$work/$name.log"
+  (( status == 0 )) || failed+=("$name")
+}
+
+train_demo() {  # pipeline: two epochs of the demo teacher on CUDA, bf16 + channels_last
+  "$py" tools_0_base/train_teacher_1run.py --config_file configs/demo/cub_demo_teacher.yaml SOLVER.NUM_EPOCHS 2 \
+    TRAIN.AMP "'bf16'" TRAIN.CHANNELS_LAST True DATA.PIPELINE "'$1'" BASIC.OUTPUT_ROOT "'$work/demo_$1'" \
+    BASIC.FRESH_START True
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$py" -c "import sys, torch, torchvision, timm; print('python', sys.version.split()[0], 'torch', torch.__version__,
+'torchvision', torchvision.__version__, 'timm', timm.__version__, 'cuda', torch.version.cuda)"
+} | tee "$out/gpu.txt"
 # 1. The headline: every pipeline, bf16 + channels_last.
 bench bf16_cl
 # 2. Correctness on CUDA.
-stamp "CUDA tests"
-python -m pytest tests/test_datasets.py -k "cuda" 2>&1 | tail -2
-for pipeline in tensor device; do
-  stamp "demo teacher, bf16 + channels_last, $pipeline pipeline"
-  python tools_0_base/train_teacher_1run.py --config_file configs/demo/cub_demo_teacher.yaml SOLVER.NUM_EPOCHS 2 \
-    TRAIN.AMP "'bf16'" TRAIN.CHANNELS_LAST True DATA.PIPELINE "'$pipeline'" BASIC.OUTPUT_ROOT "'$out/demo_$pipeline'" \
-    2>&1 | tail -2
-done
-# 3. fp32 (convolutions may still use TF32, cuDNN's default; matrix products are true fp32); then the profiles
-#    (bf16 + channels_last).
+check cuda_tests "$py" -m pytest -q tests/test_datasets.py -k cuda
+check demo_tensor train_demo tensor
+check demo_device train_demo device
+# 3. fp32 (convolutions may still use TF32, cuDNN's default; matrix products are true fp32), compile, fp16.
 bench fp32 --pipelines tensor,device TRAIN.AMP "'none'" TRAIN.CHANNELS_LAST False
-bench profile --pipelines tensor,device --repeats 1 --profile
-ls "$out/profile/profile" 2>/dev/null
-# Fewer loader workers: less competition with the training thread for CPU cores (a launch-bound step runs at
-# that thread's speed); 4 workers still decode about 2700 img/s.
-bench workers4 --pipelines tensor BASIC.NUM_WORKERS 4
-# 4. The remaining switches.
-bench compile --pipelines tensor,device TRAIN.COMPILE True
-bench compile_cudagraphs --pipelines tensor,device TRAIN.COMPILE True TRAIN.COMPILE_MODE "'reduce-overhead'"
-bench bf16 --pipelines tensor,device TRAIN.CHANNELS_LAST False
+bench compile --pipelines tensor,device --repeats 1 TRAIN.COMPILE True
 bench fp16_cl --pipelines tensor,device TRAIN.AMP "'fp16'"
+bench bf16 --pipelines tensor,device TRAIN.CHANNELS_LAST False
+# 4. Fewer loader workers: less competition with the training thread for CPU cores (a launch-bound step runs at
+#    that thread's speed; 4 workers still decode about 2700 img/s). CUDA graphs. Where the host time goes.
+bench workers4 --pipelines tensor BASIC.NUM_WORKERS 4
+bench compile_cudagraphs --pipelines tensor,device --repeats 1 TRAIN.COMPILE True TRAIN.COMPILE_MODE "'reduce-overhead'"
+bench profile --pipelines tensor,device --repeats 1 --profile
+cat "$work"/profile/profile/profile_*.txt > "$out/profile.txt" 2>/dev/null
 stamp "done"
+if (( ${#failed[@]} )); then
+  echo "failed steps: ${failed[*]} (their output is above; their folders and logs are under $work)"
+  exit 1
+fi
