@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from lib.config import get_cfg, load_config
+from lib.config import REPO_ROOT, get_cfg, load_config
 from lib.datasets import build_dataset
 from lib.distillers import build_distiller
 from lib.distillers.base import Distiller, Vanilla
@@ -342,6 +342,48 @@ def test_a_dataset_that_changed_since_the_runs_started_on_it_is_refused(tiny_cub
     assert "16 images, but other files, labels or file sizes" in line, line
     assert run_in_process(STUDENT, config, "BASIC.FRESH_START", "True", monkeypatch=monkeypatch) == 0
     assert json.loads((exp / "inputs.json").read_text())["DATA.DATADIR"]["train"] != saved["train"]
+
+
+_KILLED_HOLDING_THE_DONE_LOCK = """
+import argparse, os, signal, sys
+import torch
+from lib.config import load_config
+from lib.datasets import build_dataset
+from lib.engine.trainer import build_loader
+cfg = load_config(argparse.Namespace(config_file=sys.argv[1], opts=["BASIC.NUM_WORKERS", 2]))
+batches = iter(build_loader(cfg, build_dataset(cfg, is_train=False), False, torch.device("cpu")))
+next(batches)
+print(" ".join(str(worker.pid) for worker in batches._workers), flush=True)
+batches._workers_done_event._cond.acquire()  # where a kill inside the loader's shutdown (Event.set) leaves it
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_loader_workers_exit_when_their_process_is_killed_even_holding_the_loaders_lock(tiny_cub, write_config):
+    # torch's worker, finding its parent gone, waits on the loader's "done" event: for ever when the parent was
+    # killed holding that event's lock (a kill -9 during the loader's shutdown), with its copy of the cache.
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_HOLDING_THE_DONE_LOCK, config], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    workers = [int(pid) for pid in proc.stdout.split()]
+    assert len(workers) == 2
+    try:
+        deadline = time.time() + 20
+        while any(map(_running, workers)) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(map(_running, workers)), "a loader worker outlived its killed process"
+    finally:
+        for pid in filter(_running, workers):
+            os.kill(pid, 9)
 
 
 def test_summary_reports_mean_and_sample_std_of_best_and_last():

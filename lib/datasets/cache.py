@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from lib.utils.errors import UserError
+from lib.utils.processes import exit_with_parent
 
 __all__ = ["load_rgb", "ShorterSideResize", "decode_uint8", "verify_image", "read_all", "build_cache"]
 
@@ -100,7 +101,8 @@ def read_all(
     """
     workers = max(0, min(num_workers, os.cpu_count() or 1, len(paths)))
     # batch_size=None: one file per item; the identity collate keeps numpy arrays as they are.
-    loader = DataLoader(_FileList(paths, fn), batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity)
+    loader = DataLoader(_FileList(paths, fn), batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
+                        worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
     results: list[Any] = [None] * len(paths)
     progress = tqdm(loader, total=len(paths), desc=desc, unit="img", disable=not sys.stderr.isatty(), leave=False)
     for index, value, error in progress:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import torch.distributed as dist
 from yacs.config import CfgNode
 
 from lib.utils.errors import TERMINATED_EXIT, UserError
+from lib.utils.processes import watch_parent
 
 
 @dataclass(frozen=True)
@@ -87,16 +87,13 @@ def stop_when_parent_dies(poll_s: float = 1.0, grace_s: float = 60.0) -> None:
     in a collective with a peer that is gone) exits.
     """
     global _watched_parent
-    _watched_parent = os.getppid()
 
-    def watch() -> None:
-        while not parent_died():
-            time.sleep(poll_s)
+    def stop() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
         os._exit(TERMINATED_EXIT)
 
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+    _watched_parent = watch_parent(stop, poll_s=poll_s)
 
 
 def _leave_group() -> None:

@@ -8,6 +8,7 @@ the same command after a kill continues exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -32,6 +33,7 @@ from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
 from lib.utils.errors import TERMINATED_EXIT, UserError, raise_terminated
+from lib.utils.processes import exit_with_parent
 
 from .checkpoint import (
     ExperimentLock,
@@ -95,8 +97,8 @@ class Experiment:
 # ---------------------------------------------------------------------------------------------------------------
 # Data loading
 # ---------------------------------------------------------------------------------------------------------------
-def _seed_worker(worker_id: int) -> None:
-    """Seed numpy and python in a loader worker from torch's per-worker seed."""
+def _init_worker(worker_id: int, parent: int) -> None:
+    """Seed numpy and python in a loader worker from torch's per-worker seed; exit with the `parent` process."""
     import random
 
     import numpy as np
@@ -104,6 +106,7 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    exit_with_parent(parent)
 
 
 def epoch_seed(run_seed: int, epoch: int) -> int:
@@ -138,7 +141,7 @@ def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.d
         **batching,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        worker_init_fn=_seed_worker,
+        worker_init_fn=functools.partial(_init_worker, parent=os.getpid()),
         generator=torch.Generator().manual_seed(0),
         persistent_workers=workers > 0 and not is_train,  # a training stream lives for the whole run anyway
         prefetch_factor=4 if workers > 0 else None,

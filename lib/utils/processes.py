@@ -1,0 +1,55 @@
+"""Processes that must not outlive the process that started them."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+__all__ = ["watch_parent", "exit_with_parent"]
+
+
+def _ended(pid: int) -> bool:
+    """Whether process `pid` has ended; a killed process that nobody has reaped yet (a zombie) has."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False  # no /proc (not Linux): running, as far as can be told
+
+
+def watch_parent(on_death: Callable[[], None], parent: int | None = None, poll_s: float = 1.0) -> int:
+    """Call `on_death` from a daemon thread once `parent` (default: this process's parent now) has ended.
+
+    A thread works whatever the main thread is blocked in, and whichever thread of the parent started this process
+    (prctl's PR_SET_PDEATHSIG follows the thread). Returns the watched pid.
+    """
+    parent = os.getppid() if parent is None else parent
+    # Started by `parent` itself (fork, spawn): it has ended once this process is another's child. Started through
+    # a go-between (the forkserver start method, Python 3.14's default on Linux): ask the system.
+    direct = os.getppid() == parent
+
+    def watch() -> None:
+        while (os.getppid() == parent) if direct else not _ended(parent):
+            time.sleep(poll_s)
+        on_death()
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+    return parent
+
+
+def exit_with_parent(parent: int, worker_id: int | None = None) -> None:
+    """Make this loader worker exit at once when `parent`, the process that iterates its loader, has ended.
+
+    functools.partial(exit_with_parent, os.getpid()) is a DataLoader worker_init_fn. torch's own worker notices a
+    dead parent only to block for ever on its loader's "done" event when the parent was killed (with -9, say)
+    while it held that event's lock: the worker, and the memory it holds, stayed.
+    """
+    watch_parent(lambda: os._exit(1), parent)
