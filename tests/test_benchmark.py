@@ -133,12 +133,12 @@ def test_gpu_benchmark_script_help_prints_its_usage_and_exits_0_without_a_gpu_ch
     assert os.listdir(tmp_path) == []
 
 
-# A stand-in for python on a machine with a GPU: the script's own steps are faked (fp16_cl fails), the rest (the
-# import check, the JSON lines it writes) is the real interpreter. It refuses to run outside the repository root.
+# A stand-in for python on a machine with a GPU: the GPU check and the script's steps are faked (fp16_cl fails),
+# the rest (the JSON lines it writes) is the real interpreter. It refuses to run outside the repository root.
 FAKE_PYTHON = """#!/usr/bin/env bash
 [[ -f tools/benchmark.py ]] || { echo "not in the repository root"; exit 3; }
 case "$1 $2" in
-  "-c import torch; assert"*) exit 0 ;;
+  "-c import torch, torchvision, timm, yacs, lib.engine;"*) exit 0 ;;
   "-c import sys, torch"*) echo "python fake torch fake"; exit 0 ;;
   "-m pytest"*) echo "3 passed"; exit 0 ;;
 esac

@@ -367,21 +367,25 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_loader_workers_exit_when_their_process_is_killed_even_holding_the_loaders_lock(tiny_cub, write_config):
+def test_loader_workers_exit_when_their_process_is_killed_even_holding_the_loaders_lock(tiny_cub, write_config,
+                                                                                     tmp_path):
     # torch's worker, finding its parent gone, waits on the loader's "done" event: for ever when the parent was
     # killed holding that event's lock (a kill -9 during the loader's shutdown), with its copy of the cache.
     config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub)
-    proc = subprocess.run([sys.executable, "-c", _KILLED_HOLDING_THE_DONE_LOCK, config], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == -9, proc.stderr[-3000:]
-    workers = [int(pid) for pid in proc.stdout.split()]
-    assert len(workers) == 2
+    # Read the workers' pids, then wait for the process, not for the end of its output: workers that outlive it
+    # hold its stdout open.
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _KILLED_HOLDING_THE_DONE_LOCK, config], cwd=REPO_ROOT,
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
     try:
+        assert proc.wait(timeout=120) == -9 and len(workers) == 2, (tmp_path / "stderr.txt").read_text()[-3000:]
         deadline = time.time() + 20
         while any(map(_running, workers)) and time.time() < deadline:
             time.sleep(0.2)
         assert not any(map(_running, workers)), "a loader worker outlived its killed process"
     finally:
+        proc.stdout.close()
         for pid in filter(_running, workers):
             os.kill(pid, 9)
 

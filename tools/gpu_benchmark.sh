@@ -40,16 +40,18 @@ py=${PYTHON:-python3}
 # The repository root, wherever the script is called from; lib imports from it without an installed package.
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if ! "$py" -c "import torch, torchvision, timm, yacs, lib.engine" 2>/dev/null; then
-  echo "error: tools/gpu_benchmark.sh: $py cannot import torch, torchvision, timm, yacs and this project's lib;" \
-       "pip install -r requirements.txt, or set PYTHON to the interpreter that has them" >&2
-  exit 2
-fi
-# Without a GPU every step below would run 224 px on the CPU for a long while: stop before writing anything.
-if ! "$py" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-  echo "error: tools/gpu_benchmark.sh needs a CUDA GPU; on the CPU use python tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml" >&2
-  exit 2
-fi
+# One interpreter start (torch takes seconds to import): exit status 3 without CUDA.
+"$py" -c "import torch, torchvision, timm, yacs, lib.engine; raise SystemExit(0 if torch.cuda.is_available() else 3)" \
+  2>/dev/null
+case $? in
+  0) ;;
+  3) # Without a GPU every step below would run 224 px on the CPU for a long while: stop before writing anything.
+     echo "error: tools/gpu_benchmark.sh needs a CUDA GPU; on the CPU use python tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml" >&2
+     exit 2 ;;
+  *) echo "error: tools/gpu_benchmark.sh: $py cannot import torch, torchvision, timm, yacs and this project's lib;" \
+          "pip install -r requirements.txt, or set PYTHON to the interpreter that has them" >&2
+     exit 2 ;;
+esac
 mkdir -p "$out" "$work" || exit 2
 rm -f "$out/benchmarks.jsonl" "$out/profile.txt"
 exec > >(tee "$out/log.txt") 2>&1
