@@ -20,7 +20,14 @@ from lib.distillers.base import Distiller, Vanilla
 from lib.engine import trainer
 from lib.engine.checkpoint import ExperimentLock
 from lib.engine.setup import experiment_name
-from lib.engine.trainer import StepMonitor, build_loader, format_table, place_for_training, summarize
+from lib.engine.trainer import (
+    StepMonitor,
+    build_loader,
+    format_duration,
+    format_table,
+    place_for_training,
+    summarize,
+)
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 
@@ -31,10 +38,11 @@ STUDENT = "tools_0_base/train_student_5runs.py"
 KD = "tools_1_ts/train_kd_5runs.py"
 
 
+@pytest.mark.parametrize("workers", [0, 2])  # 0: the items are made in this process, beside the global RNG
 def test_one_training_stream_serves_every_epoch_as_a_resumed_run_sees_it_and_leaves_the_global_rng(
-        tiny_cub, write_config):
+        tiny_cub, write_config, workers):
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "TRAIN": {"BATCH_SIZE": 5}}, tiny_cub)
-    cfg = load_config(argparse.Namespace(config_file=config, opts=["BASIC.NUM_WORKERS", 2]))
+    cfg = load_config(argparse.Namespace(config_file=config, opts=["BASIC.NUM_WORKERS", workers]))
     train_set = build_dataset(cfg, is_train=True)
     loader = build_loader(cfg, train_set, True, torch.device("cpu"))
     loader.batch_sampler.set_epochs([11, 12])
@@ -59,6 +67,11 @@ def test_teacher_run_writes_the_checkpoint_path_the_distillation_configs_name(ti
     build_model("resnet18", 4, False).load_state_dict(best["state_dict"])
     for name in ("config.yaml", "train.log", "results.json"):
         assert (exp / name).is_file(), name
+    # Each epoch's line says when the run will end (from the mean epoch time), except the last.
+    epoch_lines = [line for line in (exp / "train.log").read_text().splitlines() if "run 0 epoch " in line
+                   and "/2:" in line]
+    assert len(epoch_lines) == 2 and ", run 0 ends in ~" in epoch_lines[0], epoch_lines
+    assert "ends in" not in epoch_lines[1] and epoch_lines[1].endswith("s]"), epoch_lines
     assert glob.glob(str(exp / "log" / "events.out.tfevents.*"))
     stats = [json.loads(line) for line in (exp / "log" / "stats.jsonl").read_text().splitlines()]
     assert [s["epoch"] for s in stats] == [1, 2]
@@ -388,6 +401,11 @@ def test_loader_workers_exit_when_their_process_is_killed_even_holding_the_loade
         proc.stdout.close()
         for pid in filter(_running, workers):
             os.kill(pid, 9)
+
+
+def test_durations_in_log_lines_are_rounded_to_their_last_unit():
+    assert [format_duration(s) for s in (0, 44.6, 59.6, 89, 3599, 3661, 86399, 90000, 200000)] == [
+        "0s", "45s", "1m", "1m", "1h00m", "1h01m", "1d00h", "1d01h", "2d08h"]
 
 
 def test_summary_reports_mean_and_sample_std_of_best_and_last():

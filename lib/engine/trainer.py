@@ -318,6 +318,21 @@ def place_for_training(cfg: CfgNode, distiller: Distiller, device: torch.device
     return optimizer, torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.AMP == "fp16")
 
 
+def format_duration(seconds: float) -> str:
+    """A duration for a log line: 45s, 12m, 3h05m, 2d04h (rounded to its last unit)."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(round(seconds / 3600), 24)
+    return f"{days}d{hours:02d}h"
+
+
 def _resume_fix(run: int) -> str:
     return (f"delete it to train run {run} again from its first epoch, or add BASIC.FRESH_START True to start the "
             "whole experiment over")
@@ -392,6 +407,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     train_loader.batch_sampler.set_epochs([epoch_seed(seed, epoch) for epoch in epochs])
     steps = train_loader.batch_sampler.batches_per_epoch
     batches = iter(train_loader) if epochs else iter(())  # one stream for all the epochs left
+    trained_s = 0.0  # time of the epochs this process has trained: their mean estimates the rest
     try:
         for epoch in epochs:
             lr = optimizer.param_groups[0]["lr"]
@@ -421,10 +437,13 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                 "scaler": scaler.state_dict(), "best_acc": best_acc, "best_epoch": best_epoch,
                 "history": history, "rng": rng_state(device), "seed": seed,
             }, last_path)
+            trained_s += stats["time_s"]
+            left = cfg.SOLVER.NUM_EPOCHS - epoch
+            eta = f", {where} ends in ~{format_duration(trained_s / (epoch - start_epoch) * left)}" if left else ""
             log.info(f"{where} epoch {epoch}/{cfg.SOLVER.NUM_EPOCHS}: loss {stats['loss']:.4f} "
                      f"train top1 {stats['train_top1']:.2f} test top1 {stats['test_top1']:.2f} "
                      f"top5 {stats['test_top5']:.2f} best {best_acc:.2f} (epoch {best_epoch}) "
-                     f"[{stats['time_s']:.1f}s]")
+                     f"[{stats['time_s']:.1f}s{eta}]")
     finally:
         with deferred_interrupt():  # Python would swallow a Ctrl-C raised inside the loaders' __del__
             del batches, train_loader, test_loader  # stops the loader workers at once, also when the run fails
