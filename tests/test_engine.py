@@ -408,6 +408,23 @@ def test_durations_in_log_lines_are_rounded_to_their_last_unit():
         "0s", "45s", "1m", "1m", "1h00m", "1h01m", "1d00h", "1d01h", "2d08h"]
 
 
+def test_a_compiled_step_that_cannot_be_built_is_one_user_error_naming_the_switch(monkeypatch):
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "/nonexistent/g++"))  # a machine without a C++ compiler
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)  # (a cached build would not need the compiler)
+    cfg = get_cfg()
+    cfg.TRAIN.COMPILE = True
+    step = trainer.compile_step(cfg, lambda x: (x * 2).sin().sum())
+    try:
+        with pytest.raises(UserError) as err:
+            step(torch.randn(8))
+    finally:
+        torch._dynamo.reset()
+    assert str(err.value).startswith("TRAIN.COMPILE True: torch.compile could not build the training step (")
+    assert "compiler" in str(err.value) and str(err.value).endswith("or set TRAIN.COMPILE False")
+
+
 def test_summary_reports_mean_and_sample_std_of_best_and_last():
     rows = [{"run": 0, "seed": 0, "best_acc": 50.0, "best_epoch": 3, "last_acc": 40.0},
             {"run": 1, "seed": 1, "best_acc": 60.0, "best_epoch": 5, "last_acc": 50.0}]

@@ -210,8 +210,25 @@ class StepMonitor:
 
 
 def compile_step(cfg: CfgNode, step):
-    """The training step's forward, compiled with TRAIN.COMPILE_MODE when TRAIN.COMPILE is on, else as given."""
-    return torch.compile(step, mode=cfg.TRAIN.COMPILE_MODE) if cfg.TRAIN.COMPILE else step
+    """The training step's forward, compiled with TRAIN.COMPILE_MODE when TRAIN.COMPILE is on, else as given.
+
+    torch.compile builds on the first call: a machine without what it needs (a C++ compiler on the CPU, Triton on
+    a GPU) then gets one line saying so, not the compiler's traceback.
+    """
+    if not cfg.TRAIN.COMPILE:
+        return step
+    compiled = torch.compile(step, mode=cfg.TRAIN.COMPILE_MODE)
+
+    def compiled_step(*args):
+        try:
+            return compiled(*args)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise UserError(f"TRAIN.COMPILE True: torch.compile could not build the training step ({reason}); "
+                            "install what it names (a C++ compiler on the CPU, Triton on a GPU) or set "
+                            "TRAIN.COMPILE False") from None
+
+    return compiled_step
 
 
 def autocast(cfg: CfgNode, device: torch.device):
@@ -230,7 +247,7 @@ def train_epoch(distiller: Distiller, batches: Iterator, steps: int, prep: Batch
     """
     log = get_logger()
     distiller.train()
-    step_fn = distiller.forward_train if step_fn is None else step_fn  # (a compiled module has no truth value)
+    step_fn = distiller.forward_train if step_fn is None else step_fn
     monitor = StepMonitor(device, where)
     correct, seen = torch.zeros((), device=device), 0
     use_bar = sys.stdout.isatty()
