@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import subprocess
+import sys
 import urllib.error
 
 import numpy as np
@@ -514,3 +516,12 @@ def test_pretrained_without_cache_or_network_raises_user_error_with_the_fix(offl
     assert "\n" not in message
     for part in (arch, "PRETRAIN_FILE", "PRETRAIN_S", "False", "MODEL.PRETRAIN_A", "TAS.PRETRAIN_FILE_A"):
         assert part in message
+
+
+def test_a_cnn_run_never_imports_timm():
+    # timm takes a second to import; a CNN experiment's processes (and every test that starts one) need not pay it.
+    code = ("import sys; from lib.engine.trainer import build_distiller; from lib.engine.setup import environment_lines; "
+            "from lib.models import build_model; build_model('resnet18', 4, False); environment_lines(); "
+            "assert 'timm' not in sys.modules, 'timm was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -14,7 +14,6 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import timm
 import torch
 from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
@@ -23,7 +22,6 @@ from torchvision.models import get_model_weights
 from lib.utils.errors import UserError, first_line
 
 from . import resnet, shufflenet
-from .vit import PRETRAINED_TAG, build_vit, fit_state_dict
 
 __all__ = [
     "ARCHS",
@@ -203,13 +201,20 @@ def build_model(arch: str, num_classes: int, pretrained: bool, pretrain_file: st
         if fetch:
             model = _fetch_timm_model(arch, family, size, num_classes)
         else:
-            model = build_vit(family, size, num_classes)
+            model = _vit().build_vit(family, size, num_classes)
     if from_file is not None:
         state_dict = clean_state_dict(from_file)
         if size is not None:
-            state_dict = fit_state_dict(state_dict, model)  # resamples the 224 position embedding to S
+            state_dict = _vit().fit_state_dict(state_dict, model)  # resamples the 224 position embedding to S
         _load_backbone(model, state_dict, classifier, arch, f"weight file {pretrain_file}")
     return model
+
+
+def _vit():
+    """lib.models.vit, imported on first use: timm takes a second to import, and a CNN never needs it."""
+    from . import vit
+
+    return vit
 
 
 def _fetch_failed(arch: str, source: str, fix: str, err: Exception) -> UserError:
@@ -231,10 +236,13 @@ def _fetch_torchvision_weights(arch: str) -> dict[str, Tensor]:
 
 def _fetch_timm_model(arch: str, family: str, size: int, num_classes: int) -> nn.Module:
     """Build the ViT through timm's pretrained mechanism (Hugging Face cache or the network)."""
-    cfg = timm.models.get_pretrained_cfg(f"{family}_224.{PRETRAINED_TAG}")
-    repo = cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else f"timm/{family}_224.{PRETRAINED_TAG}"
+    import timm
+
+    vit = _vit()
+    cfg = timm.models.get_pretrained_cfg(f"{family}_224.{vit.PRETRAINED_TAG}")
+    repo = cfg.hf_hub_id if cfg is not None and cfg.hf_hub_id else f"timm/{family}_224.{vit.PRETRAINED_TAG}"
     try:
-        return build_vit(family, size, num_classes, pretrained=True)
+        return vit.build_vit(family, size, num_classes, pretrained=True)
     except Exception as err:  # no network, nothing in the Hugging Face cache, ... (the build itself cannot fail)
         raise _fetch_failed(
             arch, f"the Hugging Face hub ({repo})", f"put them in the Hugging Face cache (`hf download {repo}`)", err
