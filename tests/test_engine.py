@@ -425,6 +425,34 @@ def test_a_compiled_step_that_cannot_be_built_is_one_user_error_naming_the_switc
     assert "compiler" in str(err.value) and str(err.value).endswith("or set TRAIN.COMPILE False")
 
 
+def test_loader_workers_are_forked_whatever_pythons_default_start_method(tiny_cub, write_config, monkeypatch):
+    # Python 3.14 starts processes through a forkserver on Linux: a worker would get the image cache pickled to it.
+    import multiprocessing
+
+    from lib.datasets import cache
+
+    decoding = []
+
+    class RecordingLoader(cache.DataLoader):  # the loader whose workers decode the images into the cache
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            decoding.append(self.multiprocessing_context.get_start_method())
+
+    monkeypatch.setattr(cache, "DataLoader", RecordingLoader)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub)
+    cfg = load_config(argparse.Namespace(config_file=config, opts=["BASIC.NUM_WORKERS", 2]))
+    default = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("forkserver", force=True)
+    try:
+        train_set = build_dataset(cfg, is_train=True)
+        assert decoding == ["fork"]
+        for is_train in (True, False):
+            loader = build_loader(cfg, train_set, is_train, torch.device("cpu"))
+            assert loader.multiprocessing_context.get_start_method() == "fork"
+    finally:
+        multiprocessing.set_start_method(default, force=True)
+
+
 def test_summary_reports_mean_and_sample_std_of_best_and_last():
     rows = [{"run": 0, "seed": 0, "best_acc": 50.0, "best_epoch": 3, "last_acc": 40.0},
             {"run": 1, "seed": 1, "best_acc": 60.0, "best_epoch": 5, "last_acc": 50.0}]

@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from lib.utils.errors import UserError
-from lib.utils.processes import exit_with_parent
+from lib.utils.processes import LOADER_START_METHOD, exit_with_parent
 
 __all__ = ["load_rgb", "ShorterSideResize", "decode_uint8", "verify_image", "read_all", "build_cache"]
 
@@ -102,7 +102,8 @@ def read_all(
     workers = max(0, min(num_workers, os.cpu_count() or 1, len(paths)))
     # batch_size=None: one file per item; the identity collate keeps numpy arrays as they are.
     loader = DataLoader(_FileList(paths, fn), batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
-                        worker_init_fn=functools.partial(exit_with_parent, os.getpid()))
+                        worker_init_fn=functools.partial(exit_with_parent, os.getpid()),
+                        multiprocessing_context=LOADER_START_METHOD if workers > 0 else None)
     results: list[Any] = [None] * len(paths)
     progress = tqdm(loader, total=len(paths), desc=desc, unit="img", disable=not sys.stderr.isatty(), leave=False)
     for index, value, error in progress:

@@ -33,7 +33,7 @@ from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
 from lib.utils.errors import TERMINATED_EXIT, UserError, raise_terminated
-from lib.utils.processes import exit_with_parent
+from lib.utils.processes import LOADER_START_METHOD, exit_with_parent
 
 from .checkpoint import (
     ExperimentLock,
@@ -142,6 +142,7 @@ def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.d
         num_workers=workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=functools.partial(_init_worker, parent=os.getpid()),
+        multiprocessing_context=LOADER_START_METHOD if workers > 0 else None,
         generator=torch.Generator().manual_seed(0),
         persistent_workers=workers > 0 and not is_train,  # a training stream lives for the whole run anyway
         prefetch_factor=4 if workers > 0 else None,
