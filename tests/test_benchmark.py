@@ -138,7 +138,7 @@ def test_gpu_benchmark_script_help_prints_its_usage_and_exits_0_without_a_gpu_ch
 FAKE_PYTHON = """#!/usr/bin/env bash
 [[ -f tools/benchmark.py ]] || { echo "not in the repository root"; exit 3; }
 case "$1 $2" in
-  "-c import torch, torchvision, timm, yacs, lib.engine;"*) exit 0 ;;
+  "-c import importlib.util, torch, torchvision, yacs, lib.engine;"*) exit 0 ;;
   "-c import sys, torch"*) echo "python fake torch fake"; exit 0 ;;
   "-m pytest"*) echo "3 passed"; exit 0 ;;
 esac
@@ -186,4 +186,14 @@ def test_gpu_benchmark_script_refuses_an_option_it_does_not_know_instead_of_taki
     proc, out, err = _gpu_benchmark_script("--out", "x", cwd=tmp_path)
     assert proc.returncode == 2 and out == ""
     assert one_error_line(err).startswith("error: tools/gpu_benchmark.sh: unknown option --out; usage: ")
+    assert os.listdir(tmp_path) == []
+
+
+def test_gpu_benchmark_script_with_an_interpreter_that_lacks_the_project_is_one_line_and_writes_nothing(tmp_path):
+    proc, out, err = _gpu_benchmark_script(str(tmp_path / "out"), cwd=tmp_path,
+                                           env={"PYTHON": str(tmp_path / "no-such-python")})
+    assert proc.returncode == 2 and out == ""
+    line = one_error_line(err)
+    assert "no-such-python cannot import torch, torchvision, timm, yacs and this project's lib" in line, line
+    assert "set PYTHON to the interpreter that has them" in line
     assert os.listdir(tmp_path) == []

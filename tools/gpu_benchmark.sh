@@ -40,9 +40,9 @@ py=${PYTHON:-python3}
 # The repository root, wherever the script is called from; lib imports from it without an installed package.
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-# One interpreter start (torch takes seconds to import): exit status 3 without CUDA.
-"$py" -c "import torch, torchvision, timm, yacs, lib.engine; raise SystemExit(0 if torch.cuda.is_available() else 3)" \
-  2>/dev/null
+# One interpreter start (torch takes seconds to import; timm is only looked for): exit status 3 without CUDA.
+"$py" -c "import importlib.util, torch, torchvision, yacs, lib.engine; assert importlib.util.find_spec('timm')
+raise SystemExit(0 if torch.cuda.is_available() else 3)" 2>/dev/null
 case $? in
   0) ;;
   3) # Without a GPU every step below would run 224 px on the CPU for a long while: stop before writing anything.
