@@ -4,8 +4,9 @@ against the student's FLOPs and input pixels. See lib/analysis/summary.py for ho
 import argparse
 import os
 
+from lib.analysis import check_output_root
 from lib.config import resolve_path
-from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, UserError, cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main
 
 
 def parse_args() -> argparse.Namespace:
@@ -21,10 +22,8 @@ def main() -> None:
     """Parse the flags, then summarise."""
     args = parse_args()
     root = resolve_path(args.root)
-    # Checked before the import below loads torch (seconds): a mistyped --root answers at once. The same words
-    # as find_experiments', which checks again for other callers.
-    if not os.path.isdir(root):
-        raise UserError(f"output root {root} does not exist or is not a folder (--root)")
+    # Checked before the import below loads torch (seconds): a mistyped --root answers at once.
+    check_output_root(root)
     # Imported once the flags are read, inside cli_main: --help answers at once, and Ctrl-C while torch loads is
     # one line too.
     from lib.analysis.summary import summarize

@@ -6,7 +6,7 @@ Modules (each behind a thin script in tools/):
     summary   tools/summarize.py     every results.json under an output root in the paper's table, and plots
     prepare   tools/prepare_data.py  download, verify and extract CUB-200-2011 and FGVC-Aircraft
 
-This file holds the small report writers they share (no submodule is imported here).
+This file holds the small helpers they share (no submodule is imported here, and neither is torch).
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["markdown_table", "write_text", "write_csv"]
+from lib.utils.errors import UserError
+
+__all__ = ["markdown_table", "write_text", "write_csv", "check_output_root"]
+
+
+def check_output_root(root: str) -> None:
+    """Raise a UserError unless `root` (--root of tools/summarize.py) is a folder."""
+    if not os.path.isdir(root):
+        raise UserError(f"output root {root} does not exist or is not a folder (--root)")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

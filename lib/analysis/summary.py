@@ -29,7 +29,7 @@ from lib.config import resolve_path, small_crop_size
 from lib.engine.checkpoint import load_json
 from lib.utils.errors import UserError
 
-from . import markdown_table, write_csv, write_text
+from . import check_output_root, markdown_table, write_csv, write_text
 from .cost import flops_of, input_cost
 
 __all__ = ["METHODS", "Experiment", "Row", "find_experiments", "build_rows", "format_markdown", "write_summary",
@@ -124,8 +124,7 @@ def _read_experiment(folder: str) -> Experiment:
 def find_experiments(root: str, warn=None) -> list[Experiment]:
     """Every experiment (folder with results.json) under `root`; unreadable ones are reported through `warn`."""
     warn = warn or (lambda message: print(message, file=sys.stderr))
-    if not os.path.isdir(root):
-        raise UserError(f"output root {root} does not exist or is not a folder (--root)")
+    check_output_root(root)
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not _MOVED_ASIDE.fullmatch(d))

@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -645,6 +645,19 @@ def _saved_any_epoch(exp_dir: str) -> bool:
                for _, _, files in os.walk(exp_dir) for name in files)
 
 
+def _stale_attempt(exp_dir: str, *checks: Callable[[], None]) -> bool:
+    """Run the checks of an earlier attempt in `exp_dir` against this command: True when one fails and the attempt
+    saved no epoch (another config, teacher or dataset, and nothing to keep); a failure where it did is raised."""
+    try:
+        for check in checks:
+            check()
+    except UserError:
+        if _saved_any_epoch(exp_dir):
+            raise
+        return True
+    return False
+
+
 def _move_aside(exp_dir: str) -> str:
     n = 1
     while os.path.exists(f"{exp_dir}.old{n}"):
@@ -679,20 +692,13 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         lock.take(exp_dir)  # before anything is read or moved: another process may be training into it
     results_path = os.path.join(exp_dir, "results.json")
     exists = os.path.isfile(os.path.join(exp_dir, "config.yaml"))
-    stale = False  # an earlier attempt with another config, teacher or dataset that saved no epoch: nothing to keep
-    if exists and not cfg.BASIC.FRESH_START:
-        try:
-            _check_saved_config(cfg, exp_dir)
-            _check_saved_inputs(cfg, method, exp_dir)
-        except UserError:
-            if _saved_any_epoch(exp_dir):
-                raise
-            stale = True
-        if not stale and os.path.isfile(results_path):
-            results = read_saved(results_path, load_json,
-                                 "delete it and re-run: it is made again from the runs' result.json")
-            log.info(f"{exp_dir} is finished; its results:\n{format_table(results)}")
-            return results
+    checking = exists and not cfg.BASIC.FRESH_START  # an earlier attempt, to resume or re-report
+    stale = checking and _stale_attempt(exp_dir, lambda: _check_saved_config(cfg, exp_dir),
+                                        lambda: _check_saved_inputs(cfg, method, exp_dir))
+    if checking and not stale and os.path.isfile(results_path):
+        results = read_saved(results_path, load_json, "delete it and re-run: it is made again from the runs' result.json")
+        log.info(f"{exp_dir} is finished; its results:\n{format_table(results)}")
+        return results
 
     # Everything that can be checked is checked before anything is written: data, models, checkpoints.
     configure_backends(cfg)
@@ -706,13 +712,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     if cfg.DATA.PIPELINE == "device":
         check_cache_fits(train_set, device)
     exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set, info)
-    if exists and not (cfg.BASIC.FRESH_START or stale):
-        try:
-            _check_saved_data(exp_dir, train_set, test_set)
-        except UserError:
-            if _saved_any_epoch(exp_dir):
-                raise
-            stale = True
+    stale = stale or (checking and _stale_attempt(exp_dir, lambda: _check_saved_data(exp_dir, train_set, test_set)))
     fresh = exists and (cfg.BASIC.FRESH_START or stale)
     pending = [r for r in range(num_runs)
                if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
