@@ -17,6 +17,7 @@ from lib.distillers import build_distiller
 from lib.engine.trainer import autocast
 from lib.models.model_builder import build_model
 from lib.utils.errors import INTERRUPTED_MESSAGE
+from lib.utils.processes import process_ended
 
 from .conftest import run_in_process, run_script
 
@@ -147,14 +148,6 @@ except BaseException:
 _PARENT = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', *sys.argv[1:]]); import time; time.sleep(120)"
 
 
-def _exited(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie nobody has reaped yet
-    except FileNotFoundError:
-        return True
-
-
 def test_a_run_process_whose_parent_is_killed_unwinds_and_exits_instead_of_training_on(tiny_cub, write_config,
                                                                                          tmp_path):
     config = write_config(EXTRA, tiny_cub)
@@ -171,7 +164,7 @@ def test_a_run_process_whose_parent_is_killed_unwinds_and_exits_instead_of_train
         parent.kill()
         parent.wait()
         deadline = time.time() + 20
-        while not _exited(int(child)):
+        while not process_ended(int(child)):  # (a zombie nobody has reaped yet has ended)
             assert time.time() < deadline, "the orphaned run process is still there"
             time.sleep(0.1)
         assert marker.read_text() == "unwound"

@@ -2,6 +2,7 @@
 
 import argparse
 import glob
+import itertools
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from lib.engine.trainer import (
 )
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
+from lib.utils.processes import process_ended
 
 from .conftest import one_error_line, run_in_process, run_script
 
@@ -372,14 +374,6 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_loader_workers_exit_when_their_process_is_killed_even_holding_the_loaders_lock(tiny_cub, write_config,
                                                                                      tmp_path):
     # torch's worker, finding its parent gone, waits on the loader's "done" event: for ever when the parent was
@@ -394,12 +388,12 @@ def test_loader_workers_exit_when_their_process_is_killed_even_holding_the_loade
     try:
         assert proc.wait(timeout=120) == -9 and len(workers) == 2, (tmp_path / "stderr.txt").read_text()[-3000:]
         deadline = time.time() + 20
-        while any(map(_running, workers)) and time.time() < deadline:
+        while not all(map(process_ended, workers)) and time.time() < deadline:
             time.sleep(0.2)
-        assert not any(map(_running, workers)), "a loader worker outlived its killed process"
+        assert all(map(process_ended, workers)), "a loader worker outlived its killed process"
     finally:
         proc.stdout.close()
-        for pid in filter(_running, workers):
+        for pid in itertools.filterfalse(process_ended, workers):
             os.kill(pid, 9)
 
 

@@ -279,7 +279,7 @@ def test_tool_help_names_each_flag_default(script, defaults, monkeypatch, capsys
 
 
 def test_summarize_with_a_missing_root_is_one_line_without_loading_torch(tmp_path):
-    # Loading torch takes seconds; a mistyped --root answers at once, in the words of lib/analysis/summary.py.
+    # Loading torch takes seconds; a mistyped --root answers at once, in the words of lib.analysis.check_output_root.
     missing = tmp_path / "no_such_root"
     probe = subprocess.run([sys.executable, "-c", _PROBE, os.path.join(REPO_ROOT, "tools/summarize.py"), "--root",
                             str(missing)], cwd=tmp_path, capture_output=True, text=True, timeout=120)

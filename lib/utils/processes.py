@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-__all__ = ["watch_parent", "exit_with_parent", "LOADER_START_METHOD"]
+__all__ = ["watch_parent", "exit_with_parent", "process_ended", "LOADER_START_METHOD"]
 
 # How loader workers start: fork on Linux, whatever Python's default (3.14 made it forkserver there). A forked
 # worker shares the decoded-image cache with the process that made it, page for page; a forkserver or spawned one
@@ -16,7 +16,7 @@ __all__ = ["watch_parent", "exit_with_parent", "LOADER_START_METHOD"]
 LOADER_START_METHOD: Optional[str] = "fork" if sys.platform.startswith("linux") else None
 
 
-def _ended(pid: int) -> bool:
+def process_ended(pid: int) -> bool:
     """Whether process `pid` has ended; a killed process that nobody has reaped yet (a zombie) has."""
     try:
         os.kill(pid, 0)
@@ -43,7 +43,7 @@ def watch_parent(on_death: Callable[[], None], parent: int | None = None, poll_s
     direct = os.getppid() == parent
 
     def watch() -> None:
-        while (os.getppid() == parent) if direct else not _ended(parent):
+        while (os.getppid() == parent) if direct else not process_ended(parent):
             time.sleep(poll_s)
         on_death()
 
