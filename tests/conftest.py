@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pathlib
 import runpy
 import subprocess
 import sys
@@ -52,6 +54,34 @@ def tiny_aircraft(tmp_path_factory) -> str:
     return root
 
 
+@dataclasses.dataclass
+class TeacherRun:
+    """The published teacher command run once on tiny_cub: its process, experiment folder and best checkpoint."""
+
+    proc: subprocess.CompletedProcess
+    exp: pathlib.Path
+    checkpoint: str
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_cub, tmp_path_factory) -> TeacherRun:
+    """A resnet18@64 teacher trained by the teacher script as users run it (TINY: 2 epochs, LR_STEPS [1]).
+
+    Every test that needs a trained teacher, or a look at what a CNN run's process did, shares this one process
+    start (seconds of imports each). It runs with PYTHONPROFILEIMPORTTIME, so its stderr lists every module the
+    process imported.
+    """
+    root = tmp_path_factory.mktemp("teacher")
+    cfg = _merge(TINY, {"MODEL": {"ARCH": "resnet18"}})
+    cfg["DATA"]["DATADIR"], cfg["BASIC"]["OUTPUT_ROOT"] = tiny_cub, str(root)
+    path = root / "teacher.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_script("tools_0_base/train_teacher_1run.py", str(path), "BASIC.SEED", "0", "BASIC.GPU_ID", "[0]",
+                      env={"PYTHONPROFILEIMPORTTIME": "1"})
+    exp = root / "cub" / "1runs_resnet18_64_seed0_0.01"
+    return TeacherRun(proc, exp, str(exp / "ckpt" / "model_best.pth"))
+
+
 @pytest.fixture
 def write_config(tmp_path):
     """Write a tiny YAML config (TINY merged with `extra`) into tmp_path and return its path."""
@@ -69,9 +99,12 @@ def write_config(tmp_path):
     return write
 
 
-def run_script(script: str, config: str, *opts: str, check: bool = True, timeout: int = 600):
-    """Run a training script as a subprocess (the way users run it); returns the CompletedProcess."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+def run_script(script: str, config: str, *opts: str, check: bool = True, timeout: int = 600, env: dict | None = None):
+    """Run a training script as a subprocess (the way users run it); returns the CompletedProcess.
+
+    `env` adds variables to the environment the script gets.
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2", **(env or {}))
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, script), "--config_file", config, *opts],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

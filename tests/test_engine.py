@@ -33,18 +33,21 @@ from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 from lib.utils.processes import process_ended
 
-from .conftest import one_error_line, run_in_process, run_script
+from .conftest import one_error_line, run_in_process
 
 TEACHER = "tools_0_base/train_teacher_1run.py"
 STUDENT = "tools_0_base/train_student_5runs.py"
 KD = "tools_1_ts/train_kd_5runs.py"
 
 
-@pytest.mark.parametrize("workers", [0, 2])  # 0: the items are made in this process, beside the global RNG
+# 0 workers: the items are made in this process, beside the global RNG; "device" cuts its batches itself, in
+# this process, with no workers. The kill-and-resume test of test_resume.py runs the tensor pipeline with workers.
+@pytest.mark.parametrize("pipeline, workers", [("tensor", 0), ("tensor", 2), ("device", 0)])
 def test_one_training_stream_serves_every_epoch_as_a_resumed_run_sees_it_and_leaves_the_global_rng(
-        tiny_cub, write_config, workers):
+        tiny_cub, write_config, pipeline, workers):
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "TRAIN": {"BATCH_SIZE": 5}}, tiny_cub)
-    cfg = load_config(argparse.Namespace(config_file=config, opts=["BASIC.NUM_WORKERS", workers]))
+    cfg = load_config(argparse.Namespace(config_file=config, opts=["BASIC.NUM_WORKERS", workers,
+                                                                   "DATA.PIPELINE", pipeline]))
     train_set = build_dataset(cfg, is_train=True)
     loader = build_loader(cfg, train_set, True, torch.device("cpu"))
     loader.batch_sampler.set_epochs([11, 12])
@@ -58,10 +61,9 @@ def test_one_training_stream_serves_every_epoch_as_a_resumed_run_sees_it_and_lea
         assert torch.equal(a["image_large"], b["image_large"]) and torch.equal(a["target"], b["target"])
 
 
-def test_teacher_run_writes_the_checkpoint_path_the_distillation_configs_name(tiny_cub, write_config, tmp_path):
-    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub)
-    proc = run_script(TEACHER, config, "BASIC.SEED", "0", "BASIC.GPU_ID", "[0]")
-    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+def test_teacher_run_writes_the_checkpoint_path_the_distillation_configs_name(tiny_teacher):
+    proc, exp = tiny_teacher.proc, tiny_teacher.exp  # the published teacher command, run once for the session
+    assert tiny_teacher.checkpoint == str(exp / "ckpt" / "model_best.pth")
     best = torch.load(exp / "ckpt" / "model_best.pth", map_location="cpu", weights_only=False)
     assert {"epoch", "state_dict", "best_acc"} <= set(best)
     # What the distillation scripts check a teacher against (and eval.py reads).
@@ -86,10 +88,11 @@ def test_teacher_run_writes_the_checkpoint_path_the_distillation_configs_name(ti
         assert "CUDA is not available" in proc.stdout + proc.stderr
 
 
-def test_student_runs_are_seeded_independently_and_summarised(tiny_cub, write_config, tmp_path):
+def test_student_runs_are_seeded_independently_and_summarised(tiny_cub, write_config, tmp_path, monkeypatch):
     config = write_config({"MODEL": {"ARCH": "vit_tiny_patch16_32"},
                            "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "BASIC": {"SEED": 5}}, tiny_cub)
-    run_script(STUDENT, config, "MODEL.ARCH", "vit_tiny_patch16_32", "BASIC.GPU_ID", "[0]")
+    assert run_in_process(STUDENT, config, "MODEL.ARCH", "vit_tiny_patch16_32", "BASIC.GPU_ID", "[0]",
+                          monkeypatch=monkeypatch) == 0
     exp = tmp_path / "ckpt" / "cub" / "2runs_vit_tiny_patch16_32_32_seed5_0.01"
     results = json.loads((exp / "results.json").read_text())
     assert [(r["run"], r["seed"]) for r in results["runs"]] == [(0, 5), (1, 6)]

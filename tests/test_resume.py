@@ -21,14 +21,13 @@ from .conftest import run_in_process, run_script
 STUDENT = "tools_0_base/train_student_5runs.py"
 
 # Kill points, in order: each is a line prefix of the script's output (DISP_FREQ 1 prints every step); the
-# process is killed with SIGKILL the moment that line appears (mid-epoch, right after an epoch's checkpoint,
-# in the second run, ...). After the last kill the command is re-run to the end.
-KILL_AT = ["run 0 epoch 2 [1/", "run 0 epoch 3/3", "run 1 epoch 1 [2/", "run 1 epoch 2/3"]
-# The device pipeline shares the loader stream, the checkpoints and the run bookkeeping: a kill mid-epoch, where
-# its own loader must take up the stream, is what it adds (each kill is a process start, seconds of imports). The
-# tensor pipeline without workers makes its items in the main process; that it leaves the global RNG alone, which
-# is what a resume needs of it, is checked in test_engine.py without a process start.
-KILL_AT_SHORT = [KILL_AT[0]]
+# process is killed with SIGKILL the moment that line appears. Then the command is re-run to the end. Run 0 is
+# killed mid-epoch with its loader workers busy (it resumes from epoch 2's checkpoint into epoch 3, where
+# LR_STEPS [2] has decayed the learning rate), then right after its last epoch's checkpoint (before the run's
+# result is written); run 1 starts afresh and is killed mid-epoch, to resume from its own first checkpoint.
+# Each kill is a process start (seconds of imports); the other pipelines share everything a kill exercises but
+# their loaders, whose resumed streams test_engine.py checks in-process.
+KILL_AT = ["run 0 epoch 3 [1/", "run 0 epoch 3/3", "run 1 epoch 2 [1/"]
 
 
 def _kill_when(config: str, marker: str) -> bool:
@@ -50,18 +49,15 @@ def _kill_when(config: str, marker: str) -> bool:
             proc.wait()
 
 
-@pytest.mark.parametrize("pipeline, workers, kill_at", [("tensor", 2, KILL_AT), ("device", 0, KILL_AT_SHORT)],
-                         ids=["tensor-2workers-4kills", "device-1kill"])
 def test_a_run_killed_at_several_moments_resumes_to_exactly_the_uninterrupted_result(tiny_cub, write_config,
-                                                                                    tmp_path, pipeline, workers,
-                                                                                    kill_at):
+                                                                                    tmp_path, monkeypatch):
     extra = {"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 3, "LR_STEPS": [2]},
-             "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32, "PIPELINE": pipeline}, "CUDNN": {"DETERMINISTIC": True},
-             "BASIC": {"NUM_WORKERS": workers}}
+             "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "CUDNN": {"DETERMINISTIC": True},
+             "BASIC": {"NUM_WORKERS": 2}}
     reference = write_config(extra, tiny_cub, output_root=str(tmp_path / "reference"))
-    run_script(STUDENT, reference, "BASIC.DEVICE", "cpu")
+    assert run_in_process(STUDENT, reference, "BASIC.DEVICE", "cpu", monkeypatch=monkeypatch) == 0
     interrupted = write_config(extra, tiny_cub, output_root=str(tmp_path / "interrupted"))
-    for marker in kill_at:
+    for marker in KILL_AT:
         assert _kill_when(interrupted, marker), f"the run finished before '{marker}'"
     run_script(STUDENT, interrupted)
 
