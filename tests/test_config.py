@@ -186,6 +186,9 @@ def test_command_line_mistakes_are_one_user_error_not_usage(argv, words):
     (["DATA.GENERATE_IMAGE_SIZE", "[0, 60]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive"),
     (["DATA.GENERATE_IMAGE_SIZE", "[80]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive"),
     (["DATA.CACHE_SIZE", "-1"], "DATA.CACHE_SIZE must be >= 0 (0 = DATA.RESIZE_SIZE), got -1"),
+    (["TRAIN.COMPILE_BACKEND", "'aot_eager'", "TRAIN.COMPILE_MODE", "'reduce-overhead'"],
+     "TRAIN.COMPILE_MODE reduce-overhead is a mode of the inductor backend, but TRAIN.COMPILE_BACKEND is aot_eager; "
+     "set TRAIN.COMPILE_MODE default or TRAIN.COMPILE_BACKEND inductor"),
 ])
 def test_numbers_that_would_crash_later_are_refused_with_their_allowed_range(opts, message):
     args = argparse.Namespace(config_file=os.path.join(REPO_ROOT, "configs/base/cub/cub_resnet_single_224.yaml"),
@@ -210,6 +213,7 @@ def test_loaded_config_is_frozen():
     (["DATA.LESSEN_RATIO", "0.5"], "DATA.LESSEN_RATIO"),
     (["TRAIN.AMP", "fp8"], "TRAIN.AMP"),
     (["TRAIN.COMPILE_MODE", "fast"], "TRAIN.COMPILE_MODE"),
+    (["TRAIN.COMPILE_BACKEND", "cudagraphs"], "TRAIN.COMPILE_BACKEND must be one of inductor, aot_eager, eager"),
     (["DATA.PIPELINE", "gpu"], "DATA.PIPELINE"),
     (["DATA.LESSEN_TYPE", "1"], "DATA.PIPELINE"),
 ])

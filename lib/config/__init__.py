@@ -42,6 +42,7 @@ KDTYPES = ("kd", "at", "sp", "ickd", "dkd")
 PIPELINES = ("tensor", "pil", "device")
 AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 DEVICES = ("auto", "cpu", "cuda")
 LESSEN_TYPES = (0, 1, 2, 3, 4, 5)
 
@@ -358,6 +359,12 @@ def check_cfg(cfg: CfgNode) -> None:
     _require(cfg.TRAIN.AMP in AMP_MODES, f"TRAIN.AMP must be one of {', '.join(AMP_MODES)}, got {cfg.TRAIN.AMP!r}")
     _require(cfg.TRAIN.COMPILE_MODE in COMPILE_MODES,
              f"TRAIN.COMPILE_MODE must be one of {', '.join(COMPILE_MODES)}, got {cfg.TRAIN.COMPILE_MODE!r}")
+    _require(cfg.TRAIN.COMPILE_BACKEND in COMPILE_BACKENDS, f"TRAIN.COMPILE_BACKEND must be one of "
+             f"{', '.join(COMPILE_BACKENDS)}, got {cfg.TRAIN.COMPILE_BACKEND!r}")
+    _require(cfg.TRAIN.COMPILE_MODE == "default" or cfg.TRAIN.COMPILE_BACKEND == "inductor",
+             f"TRAIN.COMPILE_MODE {cfg.TRAIN.COMPILE_MODE} is a mode of the inductor backend, but "
+             f"TRAIN.COMPILE_BACKEND is {cfg.TRAIN.COMPILE_BACKEND}; set TRAIN.COMPILE_MODE default or "
+             "TRAIN.COMPILE_BACKEND inductor")
     _require(cfg.TRAIN.BATCH_SIZE > 0 and cfg.TEST.BATCH_SIZE > 0, "TRAIN.BATCH_SIZE and TEST.BATCH_SIZE must be positive")
     _require(cfg.SOLVER.NUM_EPOCHS > 0, f"SOLVER.NUM_EPOCHS must be positive, got {cfg.SOLVER.NUM_EPOCHS}")
     _require(cfg.SOLVER.START_LR > 0, f"SOLVER.START_LR must be positive, got {cfg.SOLVER.START_LR}")

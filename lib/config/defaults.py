@@ -219,8 +219,14 @@ _C.TRAIN.CHANNELS_LAST = False
 # new. Wrap the student step in torch.compile.
 _C.TRAIN.COMPILE = False
 # new. torch.compile's mode when COMPILE is on: "default" | "reduce-overhead" (CUDA graphs: fewer kernel
-# launches for short, launch-bound steps; more GPU memory) | "max-autotune".
+# launches for short, launch-bound steps; more GPU memory) | "max-autotune". Modes other than "default" need
+# COMPILE_BACKEND "inductor".
 _C.TRAIN.COMPILE_MODE = "default"
+# new. torch.compile's backend when COMPILE is on: "inductor" (generates fused kernels: the speed) |
+# "aot_eager" (traces the step with dynamo and AOTAutograd, then runs torch's own kernels) | "eager" (dynamo's
+# trace alone). The last two do not speed anything up: they tell a tracing problem from a code-generation one
+# when a compiled step fails, as torch.compile's troubleshooting guide does.
+_C.TRAIN.COMPILE_BACKEND = "inductor"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Testing options

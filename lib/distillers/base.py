@@ -42,16 +42,19 @@ class Distiller(nn.Module):
         """Logits of the plain student (what is deployed)."""
         return self.student(image)
 
-    @torch.inference_mode()
     def teacher_forward(self, image_large: Tensor, return_feat: bool = False, pre_relu: bool = False):
         """Run the frozen teacher on the large image in inference mode (no autograd bookkeeping at all).
 
         Its outputs are inference tensors: the losses only ever compute new tensors from them (softmax, attention
         maps, Gram matrices, differences), never save them for backward directly, which autograd would refuse.
+        Inside torch.compile (TRAIN.COMPILE) it runs under no_grad instead: AOTAutograd cannot trace a view of a
+        parameter taken in inference mode (a ViT teacher's class token expanded to the batch), and a compiled
+        graph has no autograd bookkeeping of its own to save.
         """
-        if return_feat:
-            return self.teacher(image_large, return_feat=True, preReLU=pre_relu)
-        return self.teacher(image_large)
+        with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
+            if return_feat:
+                return self.teacher(image_large, return_feat=True, preReLU=pre_relu)
+            return self.teacher(image_large)
 
     def forward(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
         """The training step's forward (what DistributedDataParallel calls): see forward_train."""

@@ -32,7 +32,7 @@ from lib.datasets import BatchPreparer, TwoScaleDataset, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
-from lib.utils.errors import TERMINATED_EXIT, UserError, raise_terminated
+from lib.utils.errors import TERMINATED_EXIT, UserError, first_line, raise_terminated
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent
 
 from .checkpoint import (
@@ -211,25 +211,36 @@ class StepMonitor:
 
 
 def compile_step(cfg: CfgNode, step):
-    """The training step's forward, compiled with TRAIN.COMPILE_MODE when TRAIN.COMPILE is on, else as given.
+    """The training step's forward, compiled (TRAIN.COMPILE_BACKEND, _MODE) when TRAIN.COMPILE is on, else as given.
 
-    torch.compile builds on the first call: a machine without what it needs (a C++ compiler on the CPU, Triton on
-    a GPU) then gets one line saying so, not the compiler's traceback.
+    torch.compile builds on the first call: a build that fails there (no C++ compiler on the CPU or Triton on a
+    GPU, or a step the backend cannot handle) gets one line naming the cause and the way out, not the compiler's
+    traceback.
     """
     if not cfg.TRAIN.COMPILE:
         return step
-    compiled = torch.compile(step, mode=cfg.TRAIN.COMPILE_MODE)
+    compiled = torch.compile(step, backend=cfg.TRAIN.COMPILE_BACKEND, mode=cfg.TRAIN.COMPILE_MODE)
 
     def compiled_step(*args):
         try:
             return compiled(*args)
         except torch._dynamo.exc.BackendCompilerFailed as err:
-            reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-            raise UserError(f"TRAIN.COMPILE True: torch.compile could not build the training step ({reason}); "
-                            "install what it names (a C++ compiler on the CPU, Triton on a GPU) or set "
-                            "TRAIN.COMPILE False") from None
+            raise UserError(compile_failure(cfg, err.inner_exception)) from None
 
     return compiled_step
+
+
+def compile_failure(cfg: CfgNode, cause: BaseException) -> str:
+    """The one line for a torch.compile build that failed with `cause`."""
+    what = f"{type(cause).__name__}: {first_line(cause)}" if first_line(cause) else type(cause).__name__
+    if type(cause).__name__ == "InvalidCxxCompiler" or "triton" in str(cause).lower():
+        advice = "install what it names (a C++ compiler on the CPU, Triton on a GPU)"
+    elif cfg.TRAIN.COMPILE_BACKEND == "inductor":
+        advice = "TRAIN.COMPILE_BACKEND aot_eager tells whether tracing the step or generating its code fails"
+    else:
+        advice = "tracing the step fails, before any code is generated"
+    return (f"TRAIN.COMPILE True: torch.compile ({cfg.TRAIN.COMPILE_BACKEND}) could not build the training step "
+            f"({what}); {advice}, or set TRAIN.COMPILE False")
 
 
 def autocast(cfg: CfgNode, device: torch.device):
