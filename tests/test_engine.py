@@ -405,41 +405,42 @@ def test_durations_in_log_lines_are_rounded_to_their_last_unit():
         "0s", "45s", "1m", "1m", "1h00m", "1h01m", "1d00h", "1d01h", "2d08h"]
 
 
-def _inference_mode_view(x):
-    # What a ViT teacher's forward did under TRAIN.COMPILE when the teacher ran in inference mode there: a view of
-    # a parameter (its class token expanded to the batch) taken in inference mode, which AOTAutograd cannot trace.
-    with torch.inference_mode():
-        token = _TOKEN.expand(len(x), -1)
-    return (x * token).sum()
-
-
-_TOKEN = torch.nn.Parameter(torch.ones(1, 3))
-
-
-@pytest.mark.parametrize("backend, step, words", [
-    ("inductor", lambda x: (x * 2).sin().sum(), ["(inductor)", "(InvalidCxxCompiler: No working C++ compiler",
-                                                  "; install what it names (a C++ compiler on the CPU, Triton"]),
-    ("aot_eager", _inference_mode_view, ["(aot_eager)", "(RuntimeError: Cannot set version_counter for inference",
-                                         "; tracing the step fails, before any code is generated"]),
-], ids=["no-compiler", "untraceable-step"])
-def test_a_compiled_step_that_cannot_be_built_is_one_user_error_naming_the_cause_and_the_switch(
-        monkeypatch, backend, step, words):
+def test_a_compiled_step_that_cannot_be_built_is_one_user_error_naming_the_cause_and_the_switch(monkeypatch):
     import torch._inductor.config as inductor
 
     monkeypatch.setattr(inductor.cpp, "cxx", (None, "/nonexistent/g++"))  # a machine without a C++ compiler
     monkeypatch.setattr(inductor, "fx_graph_cache", False)  # (a cached build would not need the compiler)
     cfg = get_cfg()
-    cfg.TRAIN.COMPILE, cfg.TRAIN.COMPILE_BACKEND = True, backend
-    compiled = trainer.compile_step(cfg, step)
+    cfg.TRAIN.COMPILE = True
+    step = trainer.compile_step(cfg, lambda x: (x * 2).sin().sum())
     try:
         with pytest.raises(UserError) as err:
-            compiled(torch.randn(4, 3))
+            step(torch.randn(8))
     finally:
         torch._dynamo.reset()
-    message = str(err.value)
-    assert message.startswith("TRAIN.COMPILE True: torch.compile (") and "\n" not in message
-    assert all(word in message for word in words), message
-    assert message.endswith(", or set TRAIN.COMPILE False"), message
+    assert str(err.value).startswith("TRAIN.COMPILE True: torch.compile (inductor) could not build the training "
+                                     "step (InvalidCxxCompiler: No working C++ compiler")
+    assert str(err.value).endswith("; install what it names (a C++ compiler on the CPU, Triton on a GPU), or set "
+                                   "TRAIN.COMPILE False")
+
+
+# A build that fails for another reason (here the error a ViT teacher once raised under TRAIN.COMPILE) is not
+# triggered for real: a failed AOTAutograd trace leaves torch's dispatcher broken in the process that tried it,
+# which a training command leaves at once but this test process would not.
+@pytest.mark.parametrize("backend, cause, advice", [
+    ("inductor", RuntimeError("Cannot set version_counter for inference tensor\n\nWhile executing %expand_1"),
+     "TRAIN.COMPILE_BACKEND aot_eager tells whether tracing the step or generating its code fails"),
+    ("aot_eager", RuntimeError("Cannot set version_counter for inference tensor\n\nWhile executing %expand_1"),
+     "tracing the step fails, before any code is generated"),
+    ("inductor", RuntimeError("Cannot find a working triton installation. Either the package is not installed or "
+                              "it is too old."), "install what it names (a C++ compiler on the CPU, Triton on a GPU)"),
+], ids=["inductor", "aot_eager", "no-triton"])
+def test_a_failed_compile_names_its_cause_and_where_to_look(backend, cause, advice):
+    cfg = get_cfg()
+    cfg.TRAIN.COMPILE_BACKEND = backend
+    message = trainer.compile_failure(cfg, cause)
+    assert message == (f"TRAIN.COMPILE True: torch.compile ({backend}) could not build the training step "
+                       f"(RuntimeError: {str(cause).splitlines()[0]}); {advice}, or set TRAIN.COMPILE False")
 
 
 def test_loader_workers_are_forked_whatever_pythons_default_start_method(tiny_cub, write_config, monkeypatch):
