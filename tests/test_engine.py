@@ -429,18 +429,19 @@ def test_a_compiled_step_that_cannot_be_built_is_one_user_error_naming_the_cause
 # which a training command leaves at once but this test process would not.
 @pytest.mark.parametrize("backend, cause, advice", [
     ("inductor", RuntimeError("Cannot set version_counter for inference tensor\n\nWhile executing %expand_1"),
-     "TRAIN.COMPILE_BACKEND aot_eager tells whether tracing the step or generating its code fails"),
+     "TRAIN.COMPILE_BACKEND aot_eager tells whether tracing the step or generating its code fails, or set "
+     "TRAIN.COMPILE False"),
     ("aot_eager", RuntimeError("Cannot set version_counter for inference tensor\n\nWhile executing %expand_1"),
-     "tracing the step fails, before any code is generated"),
+     "tracing the step fails, before any code is generated; set TRAIN.COMPILE False"),
     ("inductor", RuntimeError("Cannot find a working triton installation. Either the package is not installed or "
-                              "it is too old."), "install what it names (a C++ compiler on the CPU, Triton on a GPU)"),
+                              "it is too old."), "install what it names (a C++ compiler on the CPU, Triton on a GPU), or set TRAIN.COMPILE False"),
 ], ids=["inductor", "aot_eager", "no-triton"])
 def test_a_failed_compile_names_its_cause_and_where_to_look(backend, cause, advice):
     cfg = get_cfg()
     cfg.TRAIN.COMPILE_BACKEND = backend
     message = trainer.compile_failure(cfg, cause)
     assert message == (f"TRAIN.COMPILE True: torch.compile ({backend}) could not build the training step "
-                       f"(RuntimeError: {str(cause).splitlines()[0]}); {advice}, or set TRAIN.COMPILE False")
+                       f"(RuntimeError: {str(cause).splitlines()[0]}); {advice}")
 
 
 def test_loader_workers_are_forked_whatever_pythons_default_start_method(tiny_cub, write_config, monkeypatch):

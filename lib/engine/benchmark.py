@@ -255,7 +255,8 @@ def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3,
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     result: dict = {
         "device": name, "method": method, "batch_size": cfg.TRAIN.BATCH_SIZE, "amp": cfg.TRAIN.AMP,
-        "channels_last": cfg.TRAIN.CHANNELS_LAST, "compile": cfg.TRAIN.COMPILE and f"{cfg.TRAIN.COMPILE_BACKEND} {cfg.TRAIN.COMPILE_MODE}",
+        "channels_last": cfg.TRAIN.CHANNELS_LAST,
+        "compile": cfg.TRAIN.COMPILE and f"{cfg.TRAIN.COMPILE_BACKEND} {cfg.TRAIN.COMPILE_MODE}",
         "num_workers": min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1), "steps": steps, "warmup": warmup,
         "repeats": repeats,
         "torch": torch.__version__, "pipelines": {},

@@ -234,13 +234,14 @@ def compile_failure(cfg: CfgNode, cause: BaseException) -> str:
     """The one line for a torch.compile build that failed with `cause`."""
     what = f"{type(cause).__name__}: {first_line(cause)}" if first_line(cause) else type(cause).__name__
     if type(cause).__name__ == "InvalidCxxCompiler" or "triton" in str(cause).lower():
-        advice = "install what it names (a C++ compiler on the CPU, Triton on a GPU)"
+        advice = "install what it names (a C++ compiler on the CPU, Triton on a GPU), or set TRAIN.COMPILE False"
     elif cfg.TRAIN.COMPILE_BACKEND == "inductor":
-        advice = "TRAIN.COMPILE_BACKEND aot_eager tells whether tracing the step or generating its code fails"
+        advice = ("TRAIN.COMPILE_BACKEND aot_eager tells whether tracing the step or generating its code fails, "
+                  "or set TRAIN.COMPILE False")
     else:
-        advice = "tracing the step fails, before any code is generated"
+        advice = "tracing the step fails, before any code is generated; set TRAIN.COMPILE False"
     return (f"TRAIN.COMPILE True: torch.compile ({cfg.TRAIN.COMPILE_BACKEND}) could not build the training step "
-            f"({what}); {advice}, or set TRAIN.COMPILE False")
+            f"({what}); {advice}")
 
 
 def autocast(cfg: CfgNode, device: torch.device):
