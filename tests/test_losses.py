@@ -23,6 +23,7 @@ from lib.losses import (
     build_criterion,
     build_decoder,
     dkd_loss,
+    feature_distillation_loss,
     ickd_loss,
     isrd_loss,
     isrd_scale,
@@ -332,10 +333,12 @@ def test_ickd_train_embed_switch(train_embed):
     assert (criterion.embed.conv.weight.grad is not None) == train_embed
 
 
-@pytest.mark.parametrize("loss_fn, scale", [(at_loss, 30.0), (sp_loss, 4.0), (ickd_loss, 40.0)])
+@pytest.mark.parametrize("loss_fn, scale", [(at_loss, 30.0), (sp_loss, 4.0), (ickd_loss, 40.0),
+                                           (feature_distillation_loss, 200.0)])
 def test_feature_statistics_stay_finite_and_match_fp32_under_fp16_autocast(loss_fn, scale):
     # Deep-feature magnitudes: the Gram entries (sums of 12 544 or 49 squares) and the attention's squares pass
-    # fp16's 65 504, which made SP and ICKD NaN under TRAIN.AMP fp16.
+    # fp16's 65 504, which made SP and ICKD NaN under TRAIN.AMP fp16; so would TAS's squared feature differences
+    # where autocast does not compute powers in fp32 for it (the CPU's).
     torch.manual_seed(0)
     f_s, f_t = torch.randn(4, 256, 7, 7) * scale, torch.randn(4, 256, 7, 7) * scale
     reference = loss_fn(f_s, f_t)

@@ -42,8 +42,9 @@ def feature_distillation_loss(f_s: Tensor, f_a: Tensor, mode: str = "bilinear") 
         corners = False if mode in ("bilinear", "bicubic") else None
         f_s = F.interpolate(f_s, size=f_a.shape[2:], mode=mode, align_corners=corners)  # (B, C, H, W)
     # The MSE written out: F.mse_loss would keep f_a for its backward, which autograd refuses for a teacher's
-    # inference-mode output; (f_s - f_a) keeps only the difference.
-    return (f_s - f_a).pow(2).mean()
+    # inference-mode output; (f_s - f_a) keeps only the difference. In fp32 under mixed precision, as the other
+    # feature statistics: a squared difference of deep features passes fp16's 65 504.
+    return (f_s.float() - f_a.float()).pow(2).mean()
 
 
 class FKDLoss(nn.Module):
