@@ -434,7 +434,8 @@ def test_a_compiled_step_that_cannot_be_built_is_one_user_error_naming_the_cause
     ("aot_eager", RuntimeError("Cannot set version_counter for inference tensor\n\nWhile executing %expand_1"),
      "tracing the step fails, before any code is generated; set TRAIN.COMPILE False"),
     ("inductor", RuntimeError("Cannot find a working triton installation. Either the package is not installed or "
-                              "it is too old."), "install what it names (a C++ compiler on the CPU, Triton on a GPU), or set TRAIN.COMPILE False"),
+                              "it is too old."),
+     "install what it names (a C++ compiler on the CPU, Triton on a GPU), or set TRAIN.COMPILE False"),
 ], ids=["inductor", "aot_eager", "no-triton"])
 def test_a_failed_compile_names_its_cause_and_where_to_look(backend, cause, advice):
     cfg = get_cfg()
