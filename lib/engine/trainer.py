@@ -232,8 +232,9 @@ def compile_step(cfg: CfgNode, step):
 
 def compile_failure(cfg: CfgNode, cause: BaseException) -> str:
     """The one line for a torch.compile build that failed with `cause`."""
-    what = f"{type(cause).__name__}: {first_line(cause)}" if first_line(cause) else type(cause).__name__
-    if type(cause).__name__ == "InvalidCxxCompiler" or "triton" in str(cause).lower():
+    name, line = type(cause).__name__, first_line(cause)
+    what = f"{name}: {line}" if line else name
+    if name == "InvalidCxxCompiler" or "triton" in str(cause).lower():
         advice = "install what it names (a C++ compiler on the CPU, Triton on a GPU), or set TRAIN.COMPILE False"
     elif cfg.TRAIN.COMPILE_BACKEND == "inductor":
         advice = ("TRAIN.COMPILE_BACKEND aot_eager tells whether tracing the step or generating its code fails, "

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .pairs import per_pair
+from .pairs import full_precision, per_pair, upcast
 
 __all__ = ["FKD_INTERP_MODES", "feature_distillation_loss", "FKDLoss"]
 
@@ -44,7 +44,8 @@ def feature_distillation_loss(f_s: Tensor, f_a: Tensor, mode: str = "bilinear") 
     # The MSE written out: F.mse_loss would keep f_a for its backward, which autograd refuses for a teacher's
     # inference-mode output; (f_s - f_a) keeps only the difference. In fp32 under mixed precision, as the other
     # feature statistics: a squared difference of deep features passes fp16's 65 504.
-    return (f_s.float() - f_a.float()).pow(2).mean()
+    with full_precision(f_s):
+        return (upcast(f_s) - upcast(f_a)).pow(2).mean()
 
 
 class FKDLoss(nn.Module):
