@@ -185,7 +185,7 @@ def test_command_line_mistakes_are_one_user_error_not_usage(argv, words):
     (["SOLVER.MUMENTUM", "-0.9"], "SOLVER.MUMENTUM must be >= 0, got -0.9"),
     (["DATA.GENERATE_IMAGE_SIZE", "[0, 60]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive"),
     (["DATA.GENERATE_IMAGE_SIZE", "[80]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive"),
-    (["DATA.CACHE_SIZE", "-1"], "DATA.CACHE_SIZE must be >= 0 (0 = DATA.RESIZE_SIZE), got -1"),
+    (["DATA.CACHE_SIZE", "-1"], "DATA.CACHE_SIZE must be >= 0 (0 = the larger of DATA.RESIZE_SIZE and 256), got -1"),
     (["TRAIN.COMPILE_BACKEND", "'aot_eager'", "TRAIN.COMPILE_MODE", "'reduce-overhead'"],
      "TRAIN.COMPILE_MODE reduce-overhead is a mode of the inductor backend, but TRAIN.COMPILE_BACKEND is aot_eager; "
      "set TRAIN.COMPILE_MODE default or TRAIN.COMPILE_BACKEND inductor"),

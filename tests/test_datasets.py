@@ -267,6 +267,18 @@ def test_train_cache_shorter_side(roots):
     assert torch.equal(data.cache[0], TF.pil_to_tensor(load_rgb(paths[0])))
 
 
+@pytest.mark.parametrize("resize, crop", [(64, 56), (256, 224), (300, 224)])
+def test_default_cache_is_256_px_or_resize_size_if_larger_so_small_students_crop_what_the_teacher_sees(
+        tmp_path, resize, crop):
+    # A 56 px student baseline (RESIZE_SIZE 64) cut its crops from 64 px images before, upsampling most of them.
+    root = str(tmp_path / "cub")
+    make_cub(root, 1, 1, (400, 320), seed=0)
+    cfg = make_cfg("cub", root, RESIZE_SIZE=resize, CROP_SIZE=crop, LESSEN_RATIO=1.0)
+    cfg.DATA.NUM_CLASSES = 1
+    shape = tuple(build_dataset(cfg, True).cache[0].shape)
+    assert shape == (3, max(resize, 256), max(resize, 256) * 400 // 320)
+
+
 def test_cache_with_two_workers_matches_one_process(roots):
     paths = [path for path, _ in build_dataset(make_cfg("cub", roots["cub"], "pil"), True).samples]
     serial = build_cache(paths, None, num_workers=0)

@@ -45,6 +45,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 DEVICES = ("auto", "cpu", "cuda")
 LESSEN_TYPES = (0, 1, 2, 3, 4, 5)
+# The shorter side the published teachers and distillation configs resize to (their RESIZE_SIZE).
+DEFAULT_CACHE_SIZE = 256
 
 
 def get_cfg() -> CfgNode:
@@ -345,7 +347,8 @@ def check_cfg(cfg: CfgNode) -> None:
         f"DATA.LESSEN_TYPE {data.LESSEN_TYPE} (lanczos/hamming) has no batched equivalent; use DATA.PIPELINE 'pil'",
     )
     _require(len(data.IMAGE_MEAN) == 3 and len(data.IMAGE_STD) == 3, "DATA.IMAGE_MEAN and DATA.IMAGE_STD need 3 values")
-    _require(data.CACHE_SIZE >= 0, f"DATA.CACHE_SIZE must be >= 0 (0 = DATA.RESIZE_SIZE), got {data.CACHE_SIZE}")
+    _require(data.CACHE_SIZE >= 0, f"DATA.CACHE_SIZE must be >= 0 (0 = the larger of DATA.RESIZE_SIZE and "
+                                   f"{DEFAULT_CACHE_SIZE}), got {data.CACHE_SIZE}")
     _require(len(data.GENERATE_IMAGE_SIZE) == 2 and min(data.GENERATE_IMAGE_SIZE) > 0,
              f"DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive, got {data.GENERATE_IMAGE_SIZE}")
     _require(cfg.MODEL.KDTYPE in KDTYPES, f"MODEL.KDTYPE must be one of {', '.join(KDTYPES)}, got {cfg.MODEL.KDTYPE!r}")
@@ -382,6 +385,18 @@ def small_crop_size(cfg: CfgNode) -> int:
 def small_resize_size(cfg: CfgNode) -> int:
     """The student's test resize (shorter side): RESIZE_SIZE / LESSEN_RATIO (truncated, as the original)."""
     return int(cfg.DATA.RESIZE_SIZE / cfg.DATA.LESSEN_RATIO)
+
+
+def train_cache_size(cfg: CfgNode) -> int:
+    """Shorter side of the tensor/device pipelines' training cache: DATA.CACHE_SIZE, or (0) the larger of
+    RESIZE_SIZE and 256.
+
+    Not RESIZE_SIZE alone: a student baseline at 56 px (RESIZE_SIZE 64) would then cut its 56 px crops from
+    64 px images and upsample most of them, where the original release cuts them from the full-size JPEG and
+    the distilled students from the teacher's 256 px images. From 256 px every student, baseline or distilled,
+    crops the same images.
+    """
+    return cfg.DATA.CACHE_SIZE or max(cfg.DATA.RESIZE_SIZE, DEFAULT_CACHE_SIZE)
 
 
 def diff_cfg(saved: CfgNode, requested: CfgNode, ignore: Iterable[str] = ()) -> list[str]:

@@ -179,7 +179,10 @@ _C.DATA.IMAGE_STD = [0.229, 0.224, 0.225]
 # pipeline's cache held on the training device and each training batch cut there by a few batched kernels, no
 # loader workers (for fast GPUs; the cache must fit in GPU memory, about 1.6 GiB for CUB at 256 px).
 _C.DATA.PIPELINE = "tensor"
-# new. Shorter side (pixels, >= 0) of the decoded-image cache of the tensor and device pipelines; 0 = RESIZE_SIZE.
+# new. Shorter side (pixels, >= 0) of the training images' decoded cache of the tensor and device pipelines, which
+# the crops are cut from (never upscaled; 500 holds CUB's full-size images, as the pil pipeline crops them);
+# 0 = the larger of RESIZE_SIZE and 256, so that students at 112 or 56 px crop the same 256 px images as their
+# teacher and as the distilled students (lib.config.train_cache_size).
 _C.DATA.CACHE_SIZE = 0
 # new. When DATADIR does not exist, generate a small synthetic dataset there in the official layout of
 # DATA.DATASET (demo and benchmark configs).

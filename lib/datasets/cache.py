@@ -1,7 +1,8 @@
 """Image files read in parallel: the decoded-image cache of the tensor pipeline and the pil pipeline's file check.
 
 The tensor pipeline decodes every JPEG once, at dataset construction, into a uint8 CHW tensor kept in memory
-(training: shorter side DATA.CACHE_SIZE; testing: the final test crop), so loader workers only crop and flip.
+(training: shorter side lib.config.train_cache_size; testing: the final test crop), so loader workers only crop
+and flip.
 Decoding runs in a torch DataLoader over the file list (one file per item). A file PIL cannot read becomes an
 error marker in the worker and a one-line UserError naming the file in the main process, not a worker traceback.
 """

@@ -2,7 +2,7 @@
 
 The tensor pipeline's loader workers crop and resize every item on the host, and the main process receives,
 pins and copies each batch: on a fast GPU that host work competes with the launches of a short training step.
-Here the uint8 cache (the tensor pipeline's, shorter side DATA.CACHE_SIZE) is copied once into one flat buffer
+Here the uint8 cache (the tensor pipeline's, shorter side train_cache_size(cfg)) is copied once into one flat buffer
 on the device, and a batch is a handful of batched kernels: gather the crop windows, resize them with two
 matrix products, round to uint8 levels. No worker processes, no pinned copies.
 

@@ -48,7 +48,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from yacs.config import CfgNode
 
-from lib.config import small_crop_size, small_resize_size
+from lib.config import small_crop_size, small_resize_size, train_cache_size
 from lib.utils.errors import UserError
 
 from .cache import ShorterSideResize, build_cache, load_rgb, read_all, verify_image
@@ -251,8 +251,7 @@ class TwoScaleDataset(Dataset):
         self.transform = None
         if self.pipeline in ("tensor", "device"):  # "device" items are "tensor" items (lib/datasets/device.py)
             if is_train:
-                short_side = cfg.DATA.CACHE_SIZE or cfg.DATA.RESIZE_SIZE
-                self.cache = build_cache(paths, ShorterSideResize(short_side), workers, f"caching {self.split}")
+                self.cache = build_cache(paths, ShorterSideResize(train_cache_size(cfg)), workers, f"caching {self.split}")
                 self.transform = TensorTrainTransform(cfg)
             else:
                 # The final test crop, the same PIL operations as PilTestTransform (identical test inputs).

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
+from .pairs import upcast
+
 __all__ = ["dkd_loss", "DKDLoss"]
 
 
@@ -46,8 +48,9 @@ def dkd_loss(
     Returns:
         Scalar loss; both KL terms are summed over their classes and averaged over the batch.
     """
-    z_s = logits_s / temperature
-    z_t = logits_t.detach() / temperature
+    # In fp32 under mixed precision: autocast takes log_softmax in fp32 on CUDA but not on the CPU.
+    z_s = upcast(logits_s) / temperature
+    z_t = upcast(logits_t.detach()) / temperature
     # TCKD: binary distributions b = (p_target, 1 - p_target) of the full softmax.
     log_b_s = _binary_log_probs(F.log_softmax(z_s, dim=1), target)  # (B, 2)
     log_b_t = _binary_log_probs(F.log_softmax(z_t, dim=1), target)  # (B, 2)

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
+from .pairs import upcast
+
 __all__ = ["kd_loss", "kd_terms", "KDLoss"]
 
 
@@ -21,8 +23,9 @@ def kd_loss(logits_s: Tensor, logits_t: Tensor, temperature: float) -> Tensor:
         Scalar T^2 * KL(softmax(t/T) || softmax(s/T)), summed over classes and averaged over the batch. The T^2
         keeps the gradient magnitude independent of T (Hinton et al., section 2).
     """
-    log_p_s = F.log_softmax(logits_s / temperature, dim=1)  # (B, K)
-    log_p_t = F.log_softmax(logits_t.detach() / temperature, dim=1)  # (B, K)
+    # In fp32 under mixed precision: autocast takes log_softmax in fp32 on CUDA but not on the CPU.
+    log_p_s = F.log_softmax(upcast(logits_s) / temperature, dim=1)  # (B, K)
+    log_p_t = F.log_softmax(upcast(logits_t.detach()) / temperature, dim=1)  # (B, K)
     # log_target=True: p_t * (log p_t - log p_s) stays finite even where p_t underflows to 0.
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
 
