@@ -79,6 +79,41 @@ def test_each_ddp_rank_reads_its_own_half_of_every_epoch(tiny_cub, write_config,
     assert sorted(shards[0] + shards[1]) == list(range(len(train_set)))
 
 
+def _train_an_epoch_as_rank(rank: int, store: str, out: str) -> None:
+    """A DDP rank in miniature: train_epoch on this rank's own batches; its figures written to `out`.rank."""
+    import torch.distributed as dist
+
+    from lib.engine.trainer import train_epoch
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    model = torch.nn.Linear(1, 1)
+    target = torch.arange(4)
+    # Rank 0 classifies all its images right with loss_ce 1, rank 1 all wrong with loss_ce 2; 3 and 1 steps.
+    batches = [{"image": None, "image_large": None, "target": target}] * (3 if rank == 0 else 1)
+
+    def step(image, image_large, target, epoch):
+        logits = torch.nn.functional.one_hot((target + rank) % 4, 4).float()
+        return logits, {"loss_ce": model.weight.sum() * 0 + rank + 1}
+
+    cfg = get_cfg()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    stats = train_epoch(model, iter(batches), len(batches), lambda batch: batch, optimizer, scaler, cfg,
+                        torch.device("cpu"), 1, f"rank {rank}", step)
+    dist.destroy_process_group()
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(stats, f)
+
+
+def test_an_epochs_train_loss_and_top1_are_over_every_ddp_ranks_images(tmp_path):
+    # Before, each rank logged its own shard's figures, and rank 0's were the ones written.
+    torch.multiprocessing.spawn(_train_an_epoch_as_rank, args=(str(tmp_path / "store"), str(tmp_path / "stats")),
+                                nprocs=2)
+    for rank in (0, 1):
+        stats = json.loads((tmp_path / f"stats.{rank}").read_text())
+        assert stats == pytest.approx({"loss_ce": 1.25, "loss": 1.25, "train_top1": 75.0}), rank
+
+
 def test_bf16_autocast_gives_the_fp32_losses_within_tolerance(tmp_path):
     teacher = tmp_path / "t.pth"
     torch.save({"state_dict": build_model("resnet18", 4, False).state_dict()}, teacher)

@@ -70,6 +70,15 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
     return info, device
 
 
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Each of `values` summed over the ranks of the DDP job (one all_reduce); `values` as they are without one."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    summed = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(summed)
+    return summed.tolist()
+
+
 _watched_parent: int | None = None
 
 

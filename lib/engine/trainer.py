@@ -53,6 +53,7 @@ from .distributed import (
     parent_died,
     run_threads,
     stop_when_parent_dies,
+    sum_over_ranks,
 )
 from .setup import (
     add_log_file,
@@ -257,7 +258,7 @@ def train_epoch(distiller: Distiller, batches: Iterator, steps: int, prep: Batch
                 epoch: int, where: str, step_fn=None) -> dict:
     """Train on the next `steps` batches of the stream `batches` (one epoch of the training loader).
 
-    Returns the mean of every loss term, their sum ("loss") and the train top-1 (%).
+    Returns the mean of every loss term, their sum ("loss") and the train top-1 (%), over every DDP rank's shard.
     """
     log = get_logger()
     distiller.train()
@@ -290,9 +291,12 @@ def train_epoch(distiller: Distiller, batches: Iterator, steps: int, prep: Batch
             log.info(f"{where} epoch {epoch} [{step}/{steps}] loss {sum(mean.values()):.4f} ({terms}) "
                      f"lr {optimizer.param_groups[0]['lr']:.6g} {seen / (time.time() - start):.1f} img/s")
     monitor.flush()
-    stats = monitor.means()
+    # Under DDP each rank trained on its own shard: the epoch's figures are over all of them (the progress lines
+    # above are this rank's).
+    *sums, seen, correct = sum_over_ranks([*monitor.sums, seen, correct.item()], device)
+    stats = {name: total / max(seen, 1) for name, total in zip(monitor.names, sums)}
     stats["loss"] = sum(stats.values())
-    stats["train_top1"] = 100.0 * correct.item() / max(seen, 1)
+    stats["train_top1"] = 100.0 * correct / max(seen, 1)
     return stats
 
 
