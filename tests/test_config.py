@@ -121,6 +121,29 @@ def test_yaml_syntax_errors_say_what_was_found_and_where(text, where, tmp_path):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("text, message", [
+    # PyYAML silently keeps the last of two SOLVER blocks, dropping the first block's keys.
+    ("SOLVER:\n  START_LR: 0.05\nDATA:\n  NUM_CLASSES: 4\nSOLVER:\n  NUM_EPOCHS: 1\n",
+     "sets SOLVER twice (lines 1 and 5); YAML would keep only the second, dropping the first's keys: merge them"),
+    ("SOLVER:\n  NUM_EPOCHS: 1\n  NUM_EPOCHS: 2\n", "sets NUM_EPOCHS twice (lines 2 and 3)"),
+    ("SOLVER: 5\n", "config key SOLVER in {path} is a section, not a value; write its keys indented below it"),
+])
+def test_a_key_given_twice_or_a_section_given_a_value_in_a_file_is_refused(text, message, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(UserError) as err:
+        merge_file(get_cfg(), str(bad))
+    assert message.format(path=bad) in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_section_with_every_key_commented_out_and_yaml_merge_keys_load(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("SOLVER:\n  # NUM_EPOCHS: 3\nKD: &kd\n  TEMP: 2\nDKD:\n  <<: *kd\n  TEMP: 3\n")
+    cfg = get_cfg()
+    merge_file(cfg, str(config))
+    assert (cfg.SOLVER.NUM_EPOCHS, cfg.KD.TEMP, cfg.DKD.TEMP) == (get_cfg().SOLVER.NUM_EPOCHS, 2.0, 3.0)
+
+
 def test_a_config_file_that_is_not_utf8_is_a_user_error(tmp_path):
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes("SOLVER:\n  START_LR: 0.1  # r\u00e9glage\n".encode("latin-1"))
@@ -186,6 +209,17 @@ def test_command_line_mistakes_are_one_user_error_not_usage(argv, words):
     (["DATA.GENERATE_IMAGE_SIZE", "[0, 60]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive"),
     (["DATA.GENERATE_IMAGE_SIZE", "[80]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive"),
     (["DATA.CACHE_SIZE", "-1"], "DATA.CACHE_SIZE must be >= 0 (0 = the larger of DATA.RESIZE_SIZE and 256), got -1"),
+    (["BASIC.DISP_FREQ", "0"], "BASIC.DISP_FREQ must be >= 1 (a progress line every that many steps), got 0"),
+    (["BASIC.PARALLEL_RUNS", "-1"], "BASIC.PARALLEL_RUNS must be >= 0 (0 = one run per GPU), got -1"),
+    (["DATA.GENERATE_PER_CLASS", "0"], "DATA.GENERATE_PER_CLASS must be >= 1 (images per class in each split), got 0"),
+    (["DATA.IMAGE_STD", "[0.2,0.0,0.2]"], "DATA.IMAGE_STD must be positive (the images are divided by it), got "
+                                          "[0.2, 0.0, 0.2]"),
+    (["SOLVER.LR_DECAY_FACTOR", "-1.0"], "SOLVER.LR_DECAY_FACTOR must be positive, got -1.0"),
+    (["KD.ALPHA", "5.0"], "KD.ALPHA must be between 0 and 1 (the cross-entropy gets 1 - KD.ALPHA), got 5.0"),
+    (["AT.BETA", "-1000.0"], "AT.BETA must be >= 0 (it weights a loss term), got -1000.0"),
+    (["DKD.BETA", "-2.0"], "DKD.BETA must be >= 0 (it weights a loss term), got -2.0"),
+    (["FSR.ETA", "-50.0"], "FSR.ETA must be >= 0 (it weights a loss term), got -50.0"),
+    (["SOLVER.START_LR", "1e999"], "config key SOLVER.START_LR on the command line must be a finite number, got inf"),
     (["TRAIN.COMPILE_BACKEND", "'aot_eager'", "TRAIN.COMPILE_MODE", "'reduce-overhead'"],
      "TRAIN.COMPILE_MODE reduce-overhead is a mode of the inductor backend, but TRAIN.COMPILE_BACKEND is aot_eager; "
      "set TRAIN.COMPILE_MODE default or TRAIN.COMPILE_BACKEND inductor"),

@@ -143,7 +143,10 @@ def merge_file(cfg: CfgNode, filename: str) -> None:
         raise UserError(f"config file {filename} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
                         "save it as UTF-8") from None
     try:
-        loaded = yaml.safe_load(text)
+        loaded = yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as err:
+        raise UserError(f"config file {filename} sets {err.key} twice (lines {err.lines[0]} and {err.lines[1]}); YAML "
+                        "would keep only the second, dropping the first's keys: merge them into one") from None
     except yaml.YAMLError as err:
         raise UserError(f"config file {filename} is not valid YAML{_yaml_problem(err, text)}") from None
     if loaded is None:
@@ -152,6 +155,31 @@ def merge_file(cfg: CfgNode, filename: str) -> None:
         raise UserError(f"config file {filename} must hold a mapping of sections, got {type(loaded).__name__}")
     for full_key, value in _flatten(loaded):
         _set(cfg, full_key, value, source=f"in {filename}")
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, lines: tuple[int, int]):
+        super().__init__(f"duplicate key {key}")
+        self.key, self.lines = key, lines
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden here
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise _DuplicateKey(key, (first_line[key], line))
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
@@ -272,7 +300,12 @@ def _set(cfg: CfgNode, full_key: str, value: Any, source: str) -> None:
             raise _unknown_key(cfg, full_key, source)
         node = child
     leaf = parts[-1]
-    if leaf not in node or isinstance(node[leaf], CfgNode):
+    if isinstance(node.get(leaf), CfgNode):
+        if value is None:  # a section whose keys are all commented out
+            return
+        raise UserError(f"config key {full_key} {source} is a section, not a value; write its keys indented below "
+                        f"it ({full_key}: then KEY: value on the next lines)")
+    if leaf not in node:
         raise _unknown_key(cfg, full_key, source)
     node[leaf] = _coerce(node[leaf], value, full_key, source)
 
@@ -292,6 +325,8 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
             return value
     elif isinstance(default, float):
         # 50 is accepted where a float is expected (the original rejected it).
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"config key {key} {source} must be a finite number, got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         # PyYAML (YAML 1.1) reads 1e-2, without a dot, as the string '1e-2'.
@@ -347,6 +382,10 @@ def check_cfg(cfg: CfgNode) -> None:
         f"DATA.LESSEN_TYPE {data.LESSEN_TYPE} (lanczos/hamming) has no batched equivalent; use DATA.PIPELINE 'pil'",
     )
     _require(len(data.IMAGE_MEAN) == 3 and len(data.IMAGE_STD) == 3, "DATA.IMAGE_MEAN and DATA.IMAGE_STD need 3 values")
+    _require(min(data.IMAGE_STD) > 0, f"DATA.IMAGE_STD must be positive (the images are divided by it), got "
+                                      f"{list(data.IMAGE_STD)}")
+    _require(data.GENERATE_PER_CLASS >= 1, f"DATA.GENERATE_PER_CLASS must be >= 1 (images per class in each split), "
+                                           f"got {data.GENERATE_PER_CLASS}")
     _require(data.CACHE_SIZE >= 0, f"DATA.CACHE_SIZE must be >= 0 (0 = the larger of DATA.RESIZE_SIZE and "
                                    f"{DEFAULT_CACHE_SIZE}), got {data.CACHE_SIZE}")
     _require(len(data.GENERATE_IMAGE_SIZE) == 2 and min(data.GENERATE_IMAGE_SIZE) > 0,
@@ -374,7 +413,17 @@ def check_cfg(cfg: CfgNode) -> None:
     _require(cfg.SOLVER.WEIGHT_DECAY >= 0, f"SOLVER.WEIGHT_DECAY must be >= 0, got {cfg.SOLVER.WEIGHT_DECAY}")
     _require(cfg.SOLVER.MUMENTUM >= 0, f"SOLVER.MUMENTUM must be >= 0, got {cfg.SOLVER.MUMENTUM}")
     _require(cfg.DKD.WARMUP >= 0, f"DKD.WARMUP must be >= 0, got {cfg.DKD.WARMUP}")
+    _require(cfg.SOLVER.LR_DECAY_FACTOR > 0, f"SOLVER.LR_DECAY_FACTOR must be positive, got {cfg.SOLVER.LR_DECAY_FACTOR}")
     _require(cfg.KD.TEMP > 0 and cfg.DKD.TEMP > 0, "KD.TEMP and DKD.TEMP must be positive")
+    _require(0 <= cfg.KD.ALPHA <= 1, f"KD.ALPHA must be between 0 and 1 (the cross-entropy gets 1 - KD.ALPHA), got "
+                                     f"{cfg.KD.ALPHA}")
+    # A negative loss weight would reward the student for moving away from the teacher (or the large image).
+    for key in ("AT.BETA", "SP.BETA", "ICKD.BETA", "DKD.ALPHA", "DKD.BETA", "FSR.ETA"):
+        _require(cfg_value(cfg, key) >= 0, f"{key} must be >= 0 (it weights a loss term), got {cfg_value(cfg, key)}")
+    _require(cfg.BASIC.DISP_FREQ >= 1, f"BASIC.DISP_FREQ must be >= 1 (a progress line every that many steps), got "
+                                       f"{cfg.BASIC.DISP_FREQ}")
+    _require(cfg.BASIC.PARALLEL_RUNS >= 0, f"BASIC.PARALLEL_RUNS must be >= 0 (0 = one run per GPU), got "
+                                           f"{cfg.BASIC.PARALLEL_RUNS}")
 
 
 def small_crop_size(cfg: CfgNode) -> int:

@@ -92,7 +92,7 @@ _C.MODEL.PRERELU = False
 # ---------------------------------------------------------------------------------------------------------------
 _C.KD = CN()
 # Softmax temperature T of logit KD (Hinton et al.); the KL term is scaled by T^2.
-_C.KD.TEMP = 4
+_C.KD.TEMP = 4.0
 # Weight of the KD term; CE gets (1 - ALPHA).
 _C.KD.ALPHA = 0.9
 
@@ -122,7 +122,7 @@ _C.DKD.ALPHA = 1.0
 # Weight of non-target-class KD (NCKD).
 _C.DKD.BETA = 8.0
 # DKD temperature.
-_C.DKD.TEMP = 4
+_C.DKD.TEMP = 4.0
 # Epochs over which the DKD weight ramps linearly from 0 to 1.
 _C.DKD.WARMUP = 20
 # new. True: the release's warm-up, one epoch ahead (it passed epoch + 1 with epochs counted from 1), to reproduce
