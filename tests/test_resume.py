@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -209,6 +210,41 @@ def test_sigterm_mid_run_unwinds_like_ctrl_c_with_exit_143_and_the_command_resum
     monkeypatch.setattr(Distiller, "forward_train", original)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     assert json.loads((exp / "ckpt" / "run0" / "result.json").read_text())["run"] == 0
+
+
+def test_sigterm_to_the_whole_process_group_is_the_same_one_line_and_exit_143(tiny_cub, write_config, tmp_path):
+    # `timeout`, Slurm's preemption and systemd signal every process of the job, loader workers included: a worker
+    # that died of it made the main process print torch's worker traceback, or exit 1 with it.
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 50}, "BASIC": {"NUM_RUNS": 1,
+                           "NUM_WORKERS": 2, "DISP_FREQ": 1}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("run 0 epoch 2 [1/"):  # the workers are busy with the next batches
+                os.killpg(proc.pid, signal.SIGTERM)
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert err.splitlines() == [INTERRUPTED_MESSAGE]
+    deadline = time.time() + 10  # and the workers, which ignore SIGTERM, are gone with the main process
+    while _group_alive(proc.pid):
+        assert time.time() < deadline, "loader workers outlived the main process"
+        time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_runs_cuda_rng_state_is_its_own_devices_and_comes_back_on_whatever_device_resumes_it(monkeypatch):

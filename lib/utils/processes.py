@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -57,5 +58,10 @@ def exit_with_parent(parent: int, worker_id: int | None = None) -> None:
     functools.partial(exit_with_parent, os.getpid()) is a DataLoader worker_init_fn. torch's own worker notices a
     dead parent only to block for ever on its loader's "done" event when the parent was killed (with -9, say)
     while it held that event's lock: the worker, and the memory it holds, stayed.
+
+    The worker also ignores SIGTERM: `timeout`, Slurm's preemption and systemd send it to every process of the
+    job, and a worker dead of it made the parent, unwinding from its own SIGTERM, print torch's "DataLoader worker
+    is killed by signal" traceback. The parent stops its workers on its way out; if it dies, the watch above does.
     """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     watch_parent(lambda: os._exit(1), parent)
