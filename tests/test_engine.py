@@ -273,6 +273,26 @@ def test_a_damaged_file_of_an_experiment_is_one_line_naming_it(name, content, wo
     assert (exp / "train.log").read_text() == log  # found before the run's header is logged
 
 
+def test_saved_runs_without_their_config_yaml_are_refused_not_resumed_under_another_config(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    # Nothing to compare the command's config with: before, every check was skipped and the old runs reported.
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    os.remove(exp / "config.yaml")
+    results = (exp / "results.json").read_text()
+    capsys.readouterr()
+    assert run_in_process(TEACHER, config, "SOLVER.WEIGHT_DECAY", "0.001", monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == (f"error: {exp} holds saved runs but no config.yaml to check this command's config against; "
+                    "restore its config.yaml to resume, or add BASIC.FRESH_START True to start over")
+    assert (exp / "results.json").read_text() == results and not (exp / "config.yaml").exists()
+    assert run_in_process(TEACHER, config, "SOLVER.WEIGHT_DECAY", "0.001", "BASIC.FRESH_START", "True",
+                          monkeypatch=monkeypatch) == 0
+    assert (tmp_path / "ckpt" / "cub" / f"{exp.name}.old1" / "results.json").read_text() == results
+    assert "WEIGHT_DECAY: 0.001" in (exp / "config.yaml").read_text()
+
+
 def test_a_last_checkpoint_written_for_another_model_shape_is_one_line(tiny_cub, write_config, tmp_path,
                                                                       monkeypatch, capsys):
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}}, tiny_cub)

@@ -709,6 +709,12 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         lock.take(exp_dir)  # before anything is read or moved: another process may be training into it
     results_path = os.path.join(exp_dir, "results.json")
     exists = os.path.isfile(os.path.join(exp_dir, "config.yaml"))
+    if not exists and (os.path.isdir(os.path.join(exp_dir, "ckpt")) or os.path.isfile(results_path)):
+        # Runs saved, but nothing to check this command's config against: resuming them could mix two configs.
+        if not cfg.BASIC.FRESH_START:
+            raise UserError(f"{exp_dir} holds saved runs but no config.yaml to check this command's config "
+                            "against; restore its config.yaml to resume, or add BASIC.FRESH_START True to start over")
+        exists = True  # an earlier attempt: moved aside below
     checking = exists and not cfg.BASIC.FRESH_START  # an earlier attempt, to resume or re-report
     stale = checking and _stale_attempt(exp_dir, lambda: _check_saved_config(cfg, exp_dir),
                                         lambda: _check_saved_inputs(cfg, method, exp_dir))
