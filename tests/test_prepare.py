@@ -130,6 +130,26 @@ def test_bad_downloads_are_one_line_and_leave_no_dataset(name, words, server, tm
     assert _left(root) == []  # no dataset, no archive, no .part file, no .cub.partial-* folder
 
 
+def test_an_archive_downloaded_already_is_taken_by_its_path_and_a_bad_url_or_md5_is_one_line(
+        server, tmp_path, monkeypatch, capsys):
+    archive = tmp_path / "Downloads" / "CUB_200_2011.tgz"
+    archive.parent.mkdir()
+    md5 = _tar_gz(archive, server["build"] / "CUB_200_2011", "CUB_200_2011")
+    root = tmp_path / "data"
+    for flags, words in ([["--url-cub", str(tmp_path / "nope.tgz")],
+                          [f"--url-cub {tmp_path / 'nope.tgz'} is neither a URL (https://..., file://...) nor an "
+                           "archive file"]],
+                         [["--url-cub", str(archive), "--md5-cub", "xyz"],
+                          ["--md5-cub xyz is not an MD5 checksum (32 hexadecimal digits)"]]):
+        assert _run("--datasets", "cub", "--root", str(root), *flags, monkeypatch=monkeypatch) == 2
+        assert _one_error_line(capsys.readouterr().err) == "error: " + words[0]
+        assert not root.exists()  # refused before anything is made
+    assert _run("--datasets", "cub", "--root", str(root), "--url-cub", str(archive), "--md5-cub", md5,
+                monkeypatch=monkeypatch) == 0
+    assert f"downloading {archive.as_uri()}" in capsys.readouterr().out
+    assert (root / "cub" / "images.txt").is_file() and archive.is_file()  # the user's copy is left alone
+
+
 def test_verify_only_finds_missing_files(server, tmp_path, monkeypatch, capsys):
     root = tmp_path / "data"
     shutil.copytree(server["build"] / "CUB_200_2011", root / "cub")

@@ -17,8 +17,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", choices=list(ARCHIVES), default=list(ARCHIVES),
                         help="datasets to prepare (default: both)")
     parser.add_argument("--root", default="data", help="data folder (relative to the repository root; default data)")
-    parser.add_argument("--url-cub", default=None, help=f"CUB archive URL (default {ARCHIVES['cub'].url})")
-    parser.add_argument("--url-aircraft", default=None, help=f"Aircraft archive URL (default {ARCHIVES['aircraft'].url})")
+    parser.add_argument("--url-cub", default=None,
+                        help=f"CUB archive URL, or the archive's path (default {ARCHIVES['cub'].url})")
+    parser.add_argument("--url-aircraft", default=None,
+                        help=f"Aircraft archive URL, or the archive's path (default {ARCHIVES['aircraft'].url})")
     parser.add_argument("--md5-cub", default=None, help=f"expected MD5 of the CUB archive (default {ARCHIVES['cub'].md5})")
     parser.add_argument("--md5-aircraft", default=None,
                         help=f"expected MD5 of the Aircraft archive (default {ARCHIVES['aircraft'].md5})")

@@ -36,10 +36,13 @@ import glob
 import hashlib
 import http.client
 import os
+import pathlib
+import re
 import shutil
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Sequence
@@ -284,6 +287,19 @@ def verify_existing(name: str, root: str) -> dict[str, Any]:
     return verify_layout(name, folder)
 
 
+def source_url(name: str, url: str | None) -> str:
+    """Where dataset `name` is downloaded from: `url` (a URL, or the path of an archive downloaded already, as a
+    file:// URL) or, when None, the official URL."""
+    if not url:
+        return ARCHIVES[name].url
+    if urllib.parse.urlsplit(url).scheme:
+        return url
+    path = os.path.abspath(os.path.expanduser(url))
+    if not os.path.isfile(path):
+        raise UserError(f"--url-{name} {url} is neither a URL (https://..., file://...) nor an archive file")
+    return pathlib.Path(path).as_uri()
+
+
 def prepare_dataset(name: str, root: str, url: str | None = None, md5: str | None = None, verify: bool = True,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """Download, verify and extract dataset `name` into <root>/<target>, unless it is there already.
@@ -299,6 +315,9 @@ def prepare_dataset(name: str, root: str, url: str | None = None, md5: str | Non
         The layout report (see verify_layout).
     """
     spec = ARCHIVES[name]
+    source = source_url(name, url)
+    if md5 is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
+        raise UserError(f"--md5-{name} {md5} is not an MD5 checksum (32 hexadecimal digits)")
     _refuse_dataset_folder_as_root(name, root)
     os.makedirs(root, exist_ok=True)
     dest = os.path.join(root, spec.target)
@@ -314,7 +333,6 @@ def prepare_dataset(name: str, root: str, url: str | None = None, md5: str | Non
         log(f"{name}: {archive} is there but its MD5 is wrong; downloading it again")
         os.remove(archive)
     if not os.path.isfile(archive):
-        source = url or spec.url
         log(f"{name}: downloading {source}")
         download(source, archive, expected_size, expected_md5)
         log(f"{name}: downloaded {archive}" + (f" (MD5 {expected_md5} verified)" if expected_md5 else
