@@ -15,7 +15,13 @@ import torch
 from lib.config import REPO_ROOT
 from lib.distillers.base import Distiller
 from lib.engine import checkpoint
-from lib.utils.errors import INTERRUPTED_MESSAGE, Terminated, UserError, raise_terminated
+from lib.utils.errors import (
+    FRESH_START_INTERRUPTED_MESSAGE,
+    INTERRUPTED_MESSAGE,
+    Terminated,
+    UserError,
+    raise_terminated,
+)
 
 from .conftest import run_in_process, run_script
 
@@ -187,8 +193,9 @@ def test_a_ctrl_c_or_sigterm_inside_a_deferred_block_is_raised_after_it_not_swal
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def test_sigterm_mid_run_unwinds_like_ctrl_c_with_exit_143_and_the_command_resumes(tiny_cub, write_config, tmp_path,
-                                                                                   monkeypatch, capsys):
+@pytest.mark.parametrize("fresh_start", [False, True])
+def test_sigterm_mid_run_unwinds_like_ctrl_c_with_exit_143_and_the_command_resumes(fresh_start, tiny_cub, write_config,
+                                                                                   tmp_path, monkeypatch, capsys):
     # A scheduler preempting the job, or `kill <pid>`: the run stops at once, keeps its last saved epoch, stops
     # its loader workers, and prints the Ctrl-C line; the same command then finishes the run.
     original = Distiller.forward_train
@@ -202,8 +209,11 @@ def test_sigterm_mid_run_unwinds_like_ctrl_c_with_exit_143_and_the_command_resum
     monkeypatch.setattr(Distiller, "forward_train", preempted)
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}, "BASIC": {"NUM_RUNS": 1},
                            "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
-    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 143
-    assert capsys.readouterr().err.splitlines() == [INTERRUPTED_MESSAGE]
+    fresh = ["BASIC.FRESH_START", "True"] if fresh_start else []
+    assert run_in_process(STUDENT, config, *fresh, monkeypatch=monkeypatch) == 143
+    # The same command with BASIC.FRESH_START True would start over: the line says to drop it.
+    expected = FRESH_START_INTERRUPTED_MESSAGE if fresh_start else INTERRUPTED_MESSAGE
+    assert capsys.readouterr().err.splitlines() == [expected]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the script's handler is gone with it
     exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
     assert torch.load(exp / "ckpt" / "run0" / "last.pth", weights_only=False)["epoch"] == 1

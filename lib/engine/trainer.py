@@ -32,7 +32,7 @@ from lib.datasets import BatchPreparer, TwoScaleDataset, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
-from lib.utils.errors import TERMINATED_EXIT, UserError, first_line, raise_terminated
+from lib.utils.errors import FRESH_START_INTERRUPTED_MESSAGE, TERMINATED_EXIT, UserError, first_line, raise_terminated
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent
 
 from .checkpoint import (
@@ -790,6 +790,10 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
             save_json(results, results_path)
             log.info(f"results ({results_path}):\n{format_table(results)}")
         return results
+    except KeyboardInterrupt as err:
+        if cfg.BASIC.FRESH_START:  # the same command would move this attempt aside and start over again
+            err.message = FRESH_START_INTERRUPTED_MESSAGE
+        raise
     finally:
         if handler is not None:
             log.removeHandler(handler)

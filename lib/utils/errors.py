@@ -18,6 +18,8 @@ INTERRUPTED_EXIT = 130
 # Exit status after SIGTERM (a scheduler preempting the job, `kill <pid>`): 128 + SIGTERM.
 TERMINATED_EXIT = 143
 INTERRUPTED_MESSAGE = "interrupted; re-run the same command to resume (training goes on from its last saved epoch)"
+FRESH_START_INTERRUPTED_MESSAGE = ("interrupted; re-run the same command without BASIC.FRESH_START True to resume "
+                                   "(training goes on from its last saved epoch)")
 TOOL_INTERRUPTED_MESSAGE = "interrupted"
 
 # Writing into a read-only, forbidden or full folder: the user picks another folder, it is not a bug.
@@ -125,7 +127,9 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
         except UserError as err:
             _exit(f"error: {_one_line(str(err))}", USER_ERROR_EXIT)
         except KeyboardInterrupt as err:
-            _exit(interrupted, TERMINATED_EXIT if isinstance(err, Terminated) else INTERRUPTED_EXIT)
+            # A run may say better how to resume (`message`: a command given BASIC.FRESH_START True).
+            _exit(getattr(err, "message", interrupted), TERMINATED_EXIT if isinstance(err, Terminated)
+                  else INTERRUPTED_EXIT)
         except OSError as err:
             message = os_error_message(err)
             if message is None:
