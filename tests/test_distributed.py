@@ -16,7 +16,7 @@ from lib.config import REPO_ROOT, get_cfg, load_config
 from lib.distillers import build_distiller
 from lib.engine.trainer import autocast
 from lib.models.model_builder import build_model
-from lib.utils.errors import INTERRUPTED_MESSAGE
+from lib.utils.errors import INTERRUPTED_MESSAGE, UserError
 from lib.utils.processes import process_ended
 
 from .conftest import run_in_process, run_script
@@ -112,6 +112,28 @@ def test_an_epochs_train_loss_and_top1_are_over_every_ddp_ranks_images(tmp_path)
     for rank in (0, 1):
         stats = json.loads((tmp_path / f"stats.{rank}").read_text())
         assert stats == pytest.approx({"loss_ce": 1.25, "loss": 1.25, "train_top1": 75.0}), rank
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "x"}, "the environment variable RANK is 'x', not a number >= 0; torchrun sets RANK, WORLD_SIZE and "
+                    "LOCAL_RANK; to train in one process, unset them (unset RANK WORLD_SIZE LOCAL_RANK)"),
+    ({"WORLD_SIZE": "0"}, "the environment variable WORLD_SIZE is '0', not a number >= 1;"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "the environment variable RANK is 2, but WORLD_SIZE is 2;"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_PORT": "29500"},
+     "the environment variable WORLD_SIZE is 2, but MASTER_ADDR is not set; start DDP with torchrun, which sets "
+     "them all, or unset RANK WORLD_SIZE LOCAL_RANK to train in one process"),
+])
+def test_stray_torchrun_variables_in_the_environment_are_one_line_not_a_traceback_or_a_hang(env, message,
+                                                                                            monkeypatch):
+    from lib.engine.distributed import init_distributed
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError) as err:
+        init_distributed(get_cfg())
+    assert str(err.value).startswith(message), str(err.value)
 
 
 def test_bf16_autocast_gives_the_fp32_losses_within_tolerance(tmp_path):

@@ -207,6 +207,16 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys):
                                 "saved epoch)"], err
 
 
+@pytest.mark.parametrize("rank, says_it", [("0", True), ("1", False)])
+def test_under_torchrun_rank_0_alone_prints_a_mistake_every_rank_exits_2(rank, says_it, monkeypatch, capsys):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as exit_:
+        _raises(UserError("unknown config key SOLVER.MOMENTUM"))()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: unknown config key SOLVER.MOMENTUM\n" if says_it else "")
+
+
 @pytest.mark.parametrize("code, reason", [(errno.EROFS, "Read-only file system"), (errno.EACCES, "Permission denied"),
                                           (errno.EPERM, "Operation not permitted"),
                                           (errno.ENOSPC, "No space left on device"),

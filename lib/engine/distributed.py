@@ -41,10 +41,28 @@ class DistInfo:
         return self.rank == 0
 
 
+_UNSET_HINT = ("torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; to train in one process, unset them "
+               "(unset RANK WORLD_SIZE LOCAL_RANK)")
+
+
+def _env_number(name: str, default: int, least: int) -> int:
+    text = os.environ.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise UserError(f"the environment variable {name} is {text!r}, not a number >= {least}; {_UNSET_HINT}")
+    return value
+
+
 def dist_info() -> DistInfo:
-    """Read RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
+    """Read RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them (a stray value is a UserError)."""
+    info = DistInfo(_env_number("RANK", 0, 0), _env_number("WORLD_SIZE", 1, 1), _env_number("LOCAL_RANK", 0, 0))
+    if info.rank >= info.world_size:
+        raise UserError(f"the environment variable RANK is {info.rank}, but WORLD_SIZE is {info.world_size}; "
+                        f"{_UNSET_HINT}")
+    return info
 
 
 def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
@@ -63,6 +81,11 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing and not dist.is_initialized():
+        raise UserError(f"the environment variable WORLD_SIZE is {info.world_size}, but {' and '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} not set; start DDP with torchrun, which sets them "
+                        "all, or unset RANK WORLD_SIZE LOCAL_RANK to train in one process")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         atexit.register(_leave_group)  # NCCL warns at exit about a process group never destroyed

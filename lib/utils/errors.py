@@ -143,5 +143,12 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
 
 
 def _exit(line: str, status: int) -> NoReturn:
-    print(line, file=sys.stderr, flush=True)
+    # Under torchrun every rank meets the same mistake: rank 0 alone says it.
+    if not _torchrun_rank_other_than_0():
+        print(line, file=sys.stderr, flush=True)
     sys.exit(status)
+
+
+def _torchrun_rank_other_than_0() -> bool:
+    rank = os.environ.get("RANK", "0")
+    return "TORCHELASTIC_RUN_ID" in os.environ and rank.isdigit() and int(rank) > 0
