@@ -18,5 +18,7 @@ setup(
         "Pillow>=9.0",
         "tensorboard>=2.12",
         "tqdm>=4.60",
+        "scikit-learn>=1.2",  # lib.analysis: tools/eval.py's per-class report
+        "matplotlib>=3.6",  # lib.analysis: the plots of tools/eval.py and tools/summarize.py
     ],
 )
