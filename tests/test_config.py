@@ -97,6 +97,8 @@ def test_bad_overrides_name_the_key(opts, words):
 def test_missing_and_malformed_config_files_name_the_file(tmp_path):
     with pytest.raises(UserError, match="config file not found: .*nope.yaml"):
         merge_file(get_cfg(), str(tmp_path / "nope.yaml"))
+    with pytest.raises(UserError, match=f"config file is a folder, not a file: {tmp_path}$"):
+        merge_file(get_cfg(), str(tmp_path))
     bad = tmp_path / "bad.yaml"
     bad.write_text("SOLVER:\n  START_LR: [0.1\n")
     with pytest.raises(UserError, match="bad.yaml is not valid YAML"):

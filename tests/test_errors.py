@@ -198,6 +198,14 @@ def _raises(exc: BaseException):
     return main
 
 
+def test_a_folder_given_for_a_checkpoint_is_named_a_folder_not_missing(tmp_path):
+    from lib.engine.checkpoint import load_weights
+
+    with pytest.raises(UserError) as err:
+        load_weights(torch.nn.Linear(1, 1), str(tmp_path), "teacher checkpoint MODEL.MODELDICT_T", "resnet18", 4)
+    assert str(err.value) == f"teacher checkpoint MODEL.MODELDICT_T is a folder, not a file: {tmp_path}"
+
+
 def test_ctrl_c_is_one_line_and_exit_130(capsys):
     with pytest.raises(SystemExit) as exit_:
         _raises(KeyboardInterrupt())()

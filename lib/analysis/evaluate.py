@@ -32,7 +32,7 @@ from lib.engine.checkpoint import load_weights, save_json
 from lib.engine.setup import get_logger, select_device, use_device
 from lib.engine.trainer import build_loader
 from lib.models.model_builder import build_model, check_input_size
-from lib.utils.errors import UserError
+from lib.utils.errors import UserError, require_file
 
 from . import write_csv
 
@@ -170,8 +170,7 @@ def evaluate_checkpoint(cfg: CfgNode) -> dict[str, Any]:
     if not arch:
         raise UserError("MODEL.ARCH_S and MODEL.ARCH are empty; name the checkpoint's architecture")
     path = resolve_path(cfg.TEST.CHECKPOINT)
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint TEST.CHECKPOINT not found: {path}")
+    require_file(path, "checkpoint TEST.CHECKPOINT")
     size = small_crop_size(cfg)
     check_input_size(arch, size)
     num_classes = cfg.DATA.NUM_CLASSES

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode
 
-from lib.utils.errors import ArgumentParser, UserError, first_line
+from lib.utils.errors import ArgumentParser, UserError, first_line, require_file
 
 from .defaults import _C
 
@@ -132,8 +132,7 @@ def merge_file(cfg: CfgNode, filename: str) -> None:
     """
     if not os.path.isfile(filename) and os.path.isfile(resolve_path(filename)):
         filename = resolve_path(filename)
-    if not os.path.isfile(filename):
-        raise UserError(f"config file not found: {filename}")
+    require_file(filename, "config file")
     with open(filename, "rb") as f:
         data = f.read()
     try:

@@ -22,7 +22,7 @@ from lib.engine.checkpoint import load_weights
 from lib.engine.setup import experiment_name, get_logger
 from lib.losses import FKD_INTERP_MODES, FKDLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes, is_vit, parse_arch
-from lib.utils.errors import UserError
+from lib.utils.errors import UserError, require_file
 
 from .methods import ISRD, build_isrd_decoder
 
@@ -175,9 +175,8 @@ def build_assistant(cfg: CfgNode) -> nn.Module:
         raise UserError("MODEL.MODELDICT_A is empty; train the assistant with tools_2_tas/train_assistant_1run.py "
                         "and pass its ckpt/.../model_best.pth (tools_2_tas/train_tas_2stages.py does both)")
     path = resolve_path(cfg.MODEL.MODELDICT_A)
-    if not os.path.isfile(path):
-        raise UserError(f"assistant checkpoint MODEL.MODELDICT_A not found: {path}; train it with "
-                        "tools_2_tas/train_assistant_1run.py (or run tools_2_tas/train_tas_2stages.py)")
+    require_file(path, "assistant checkpoint MODEL.MODELDICT_A", "; train it with tools_2_tas/train_assistant_1run.py "
+                 "(or run tools_2_tas/train_tas_2stages.py)")
     # Every weight comes from the checkpoint: no ImageNet initialisation first.
     assistant = build_model(cfg.MODEL.ARCH_A, cfg.DATA.NUM_CLASSES, False)
     load_weights(assistant, path, "assistant checkpoint MODEL.MODELDICT_A", cfg.MODEL.ARCH_A, cfg.DATA.NUM_CLASSES)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lib.models.model_builder import clean_state_dict
-from lib.utils.errors import UserError, first_line
+from lib.utils.errors import UserError, first_line, require_file
 
 
 def atomic_write(path: str, write_fn) -> None:
@@ -218,8 +218,7 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
     Returns:
         The loaded checkpoint dict (for its metadata).
     """
-    if not os.path.isfile(path):
-        raise UserError(f"{what} not found: {path}")
+    require_file(path, what)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file

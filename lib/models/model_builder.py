@@ -19,7 +19,7 @@ from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
-from lib.utils.errors import UserError, first_line
+from lib.utils.errors import UserError, first_line, require_file
 
 from . import resnet, shufflenet
 
@@ -251,8 +251,7 @@ def _fetch_timm_model(arch: str, family: str, size: int, num_classes: int) -> nn
 
 def _read_weight_file(path: str) -> dict[str, Tensor]:
     """Read a state dict from a .pth/.pt or .safetensors file, unwrapping {"state_dict"/"model": ...}."""
-    if not os.path.isfile(path):
-        raise UserError(f"weight file not found: {path}; fix {_PRETRAIN_FILE_KEYS} or set it to ''")
+    require_file(path, "weight file", f"; fix {_PRETRAIN_FILE_KEYS} or set it to ''")
     try:
         if path.endswith(".safetensors"):
             loaded: Any = load_safetensors(path, device="cpu")

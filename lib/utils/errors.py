@@ -51,6 +51,13 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+def require_file(path: str, what: str, hint: str = "") -> None:
+    """Raise a one-line UserError `<what> not found: <path><hint>` unless `path` is a file (a folder is named so)."""
+    if not os.path.isfile(path):
+        problem = "is a folder, not a file" if os.path.isdir(path) else "not found"
+        raise UserError(f"{what} {problem}: {path}{hint}")
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (libraries' messages may span several lines)."""
     return (str(err).strip().splitlines() or [""])[0]
