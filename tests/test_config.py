@@ -196,6 +196,7 @@ def test_config_file_flag_may_stand_anywhere_among_the_overrides():
     ([], ["the following arguments are required: --config_file", "--help"]),
     (["--config_file", "c.yaml", "SOLVER.NUM_EPOCHS", "1", "--fresh"], ["unrecognized arguments: --fresh"]),
     (["--config_file"], ["argument --config_file: expected one argument"]),
+    (["--config_file", "a.yaml", "--config-file=b.yaml"], ["--config_file is given 2 times; give one config file"]),
 ])
 def test_command_line_mistakes_are_one_user_error_not_usage(argv, words):
     with pytest.raises(UserError) as err:

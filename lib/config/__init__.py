@@ -88,6 +88,10 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "",
         parser.usage = usage.replace("%", "%%") + " [KEY VALUE ...]"
     argv = sys.argv[1:] if argv is None else argv
     argv = [_canonical_flag(word) for word in argv]
+    given = [word for word in argv if word == "--config_file" or word.startswith("--config_file=")]
+    if len(given) > 1:  # argparse would silently take the last one
+        parser.error(f"--config_file is given {len(given)} times; give one config file (a KEY VALUE override "
+                     "changes a single key)")
     # Not a REMAINDER positional: users type the overrides before --config_file too, and a negative value
     # (BASIC.SEED -1, SOLVER.WEIGHT_DECAY -1e-4) must reach the config check rather than look like a flag.
     args, opts = parser.parse_known_args(argv)
