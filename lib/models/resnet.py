@@ -30,27 +30,31 @@ __all__ = [
 class BasicBlock(tv_resnet.BasicBlock):
     """torchvision's BasicBlock whose output ReLU is applied by the next block instead."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Return the block output before its final ReLU."""
-        # The previous block's deferred ReLU; not in place, the caller keeps `x` as a pre-ReLU feature.
-        x = F.relu(x)
-        identity = x if self.downsample is None else self.downsample(x)
+    def forward(self, x: Tensor, relu_inplace: bool = False) -> Tensor:
+        """Return the block output before its final ReLU (`relu_inplace`: `x` is not kept by the caller)."""
+        # The previous block's deferred ReLU; in place only when the caller does not keep `x` as a pre-ReLU
+        # feature (x is then the previous block's sum, which autograd does not save: torchvision's ReLU is in
+        # place there too).
+        x = F.relu(x, inplace=relu_inplace)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return out + identity
+        # In place and after the branch, as torchvision: the downsampled identity is not held through the branch,
+        # and batch norm does not save its output for backward.
+        out += x if self.downsample is None else self.downsample(x)  # in place, as torchvision: bn's output is not saved for backward
+        return out
 
 
 class Bottleneck(tv_resnet.Bottleneck):
     """torchvision's Bottleneck (ResNet v1.5) whose output ReLU is applied by the next block instead."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Return the block output before its final ReLU."""
-        x = F.relu(x)  # the previous block's deferred ReLU, see BasicBlock.forward
-        identity = x if self.downsample is None else self.downsample(x)
+    def forward(self, x: Tensor, relu_inplace: bool = False) -> Tensor:
+        """Return the block output before its final ReLU (`relu_inplace`: see BasicBlock.forward)."""
+        x = F.relu(x, inplace=relu_inplace)  # the previous block's deferred ReLU, see BasicBlock.forward
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return out + identity
+        out += x if self.downsample is None else self.downsample(x)  # see BasicBlock.forward
+        return out
 
 
 class ResNet(tv_resnet.ResNet):
@@ -65,6 +69,14 @@ class ResNet(tv_resnet.ResNet):
         layer4 (H/32)]. The four stage outputs are ReLU'd unless `preReLU`; feats[0] is always the raw conv1
         output, which ISRD decodes back to the image.
         """
+        if not return_feat:
+            # torchvision's memory profile: no stage output kept for the caller, the deferred ReLUs in place
+            # (the teacher's and the plain students' forward, and the cost tool's peak activation memory).
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+                for block in stage:
+                    x = block(x, relu_inplace=True)
+            return self.fc(torch.flatten(self.avgpool(F.relu(x, inplace=True)), 1))
         feat_input = self.conv1(x)  # (B, 64, H/2, W/2)
         x = self.maxpool(self.relu(self.bn1(feat_input)))  # self.relu is in place, on bn1's fresh output
         feat1 = self.layer1(x)  # each stage output is pre-ReLU, see the module docstring
@@ -72,8 +84,6 @@ class ResNet(tv_resnet.ResNet):
         feat3 = self.layer3(feat2)
         feat4 = self.layer4(feat3)  # (B, C4, H/32, W/32)
         logits = self.fc(torch.flatten(self.avgpool(F.relu(feat4)), 1))  # (B, num_classes)
-        if not return_feat:
-            return logits
         stages = [feat1, feat2, feat3, feat4]
         if not preReLU:
             stages = [F.relu(f) for f in stages]

@@ -63,6 +63,10 @@ class ShuffleNetV2(tv_shufflenet.ShuffleNetV2):
         with its own ReLU (in torchvision and in the original), so preReLU does not change it; feats[0] is
         always raw, as for ResNet.
         """
+        if not return_feat:  # no stage output kept for the caller: torchvision's memory profile
+            x = self.maxpool(F.relu(_run_without_last(self.conv1, x)))
+            x = self.stage4(self.stage3(self.stage2(x)))
+            return self.fc(self.conv5(F.relu(x)).mean([2, 3]))
         feat_input = _run_without_last(self.conv1, x)  # (B, C0, H/2, W/2)
         x = self.maxpool(F.relu(feat_input))
         feat1 = self.stage2(x)  # stage outputs are pre-ReLU, see the module docstring
@@ -70,8 +74,6 @@ class ShuffleNetV2(tv_shufflenet.ShuffleNetV2):
         feat3 = self.stage4(feat2)
         feat4 = self.conv5(F.relu(feat3))  # (B, 1024, H/32, W/32), already ReLU'd
         logits = self.fc(feat4.mean([2, 3]))  # global average pool as torchvision
-        if not return_feat:
-            return logits
         stages = [feat1, feat2, feat3]
         if not preReLU:
             stages = [F.relu(f) for f in stages]
