@@ -122,11 +122,18 @@ def test_classification_report_golden():
     report = classification_report(scores, targets, ["a", "b", "c"])
     assert report["confusion"].tolist() == [[1, 1, 0], [1, 1, 1], [0, 0, 0]]
     assert report["top1"] == pytest.approx(40.0)
-    assert report["top5"] == 100.0
+    assert report["top5"] == 100.0  # 3 classes: the top 5 hold every class
     assert report["mean_per_class_acc"] == pytest.approx((50.0 + 100.0 / 3) / 2)  # class c has no images
     a, b, c = report["per_class"]
     assert (a["support"], a["correct"], a["accuracy"], a["most_confused_with"]) == (2, 1, 50.0, "b")
     assert b["precision"] == pytest.approx(50.0) and c["accuracy"] is None and c["support"] == 0
+
+
+def test_classification_reports_top5_misses_a_label_ranked_sixth():
+    # 7 classes: the first image's label ranks 1st, the second's 6th (outside the top 5), the third's 5th.
+    scores = torch.tensor([[7.0, 6, 5, 4, 3, 2, 1], [7.0, 6, 5, 4, 3, 2, 1], [7.0, 6, 5, 4, 3, 2, 1]])
+    report = classification_report(scores, torch.tensor([0, 5, 4]), [str(i) for i in range(7)])
+    assert (report["top1"], report["top5"]) == (pytest.approx(100 / 3), pytest.approx(200 / 3))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -86,12 +86,12 @@ def _expected_terms(distiller, cfg, method, image, image_large, target, epoch):
     return {"loss_ce": ce, "loss_ickd": cfg.ICKD.BETA * ickd_loss(distiller.criterion.embed(feats_s[-1]), feats_t[-1])}
 
 
-@pytest.mark.parametrize("method", ["kd", "isrd", "dkd", "at", "sp", "ickd"])
-@pytest.mark.parametrize("epoch", [1, 30])
-def test_every_loss_term_is_its_config_weight_times_the_pure_loss_on_the_right_features(tmp_path, method, epoch):
+def _assert_terms_are_weighted_pure_losses(tmp_path, method, epoch, pre_relu=False):
+    """One training step of `method`, every term checked against _expected_terms; the distiller and its images."""
     teacher_path = str(tmp_path / "t.pth")
     _save_teacher(teacher_path, "resnet18")
     cfg = _cfg(teacher_path, kdtype=method)
+    cfg.MODEL.PRERELU = pre_relu
     # Weights unlike their defaults and unlike each other, so a swapped or dropped one shows.
     cfg.KD.TEMP, cfg.KD.ALPHA, cfg.FSR.ETA = 3.0, 0.7, 5.0
     cfg.AT.BETA, cfg.SP.BETA, cfg.ICKD.BETA = 11.0, 13.0, 1.5
@@ -105,6 +105,41 @@ def test_every_loss_term_is_its_config_weight_times_the_pure_loss_on_the_right_f
     assert set(losses) == set(expected)
     for name, value in expected.items():
         torch.testing.assert_close(losses[name].detach(), value, msg=name)
+    return distiller, image, image_large
+
+
+@pytest.mark.parametrize("method", ["kd", "isrd", "dkd", "at", "sp", "ickd"])
+@pytest.mark.parametrize("epoch", [1, 30])
+def test_every_loss_term_is_its_config_weight_times_the_pure_loss_on_the_right_features(tmp_path, method, epoch):
+    _assert_terms_are_weighted_pure_losses(tmp_path, method, epoch)
+
+
+@pytest.mark.parametrize("method", ["at", "sp", "ickd"])
+def test_feature_kd_with_prerelu_distils_the_features_before_relu_of_both_student_and_teacher(tmp_path, method):
+    distiller, image, image_large = _assert_terms_are_weighted_pure_losses(tmp_path, method, 1, pre_relu=True)
+    # The comparison only tells pre- from post-ReLU features apart where the distilled features have negatives.
+    with torch.no_grad():
+        _, feats_s = distiller.student(image, return_feat=True, preReLU=True)
+        _, feats_t = distiller.teacher(image_large, return_feat=True, preReLU=True)
+    for feats in (feats_s, feats_t):
+        assert all(f.min() < 0 for f in feats[distiller.layers])
+
+
+# Beside test_kd_gradient_reaches_student_only (tests/test_losses.py): the other teacher-side losses.
+@pytest.mark.parametrize("loss", [
+    at_loss,
+    sp_loss,
+    ickd_loss,
+    lambda s, t: dkd_loss(s.flatten(1)[:, :4], t.flatten(1)[:, :4], torch.tensor([0, 3]), 1.0, 8.0, 4.0),
+], ids=["at", "sp", "ickd", "dkd"])
+def test_feature_and_dkd_losses_leave_no_gradient_on_a_teacher_tensor_that_requires_grad(loss):
+    generator = torch.Generator().manual_seed(0)
+    # The teacher feature is larger, as the teacher sees the large image.
+    s = torch.randn(2, 4, 4, 4, generator=generator).requires_grad_()
+    t = torch.randn(2, 4, 8, 8, generator=generator).requires_grad_()
+    loss(s, t).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
 
 
 def test_ickd_embedding_is_trained_unless_the_release_switch_is_set(tmp_path):

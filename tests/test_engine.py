@@ -156,6 +156,66 @@ def test_sgd_gets_the_configs_learning_rate_momentum_and_weight_decay():
         "lr": 0.05, "momentum": 0.8, "weight_decay": 3e-4}
 
 
+def _isrd_config(tmp_path, kdtype: str = "kd"):
+    """A tiny ISRD (or, with kdtype, feature KD) config: resnet18@64 teacher of random weights -> resnet18@32."""
+    teacher = tmp_path / "teacher.pth"
+    torch.save({"state_dict": build_model("resnet18", 4, False).state_dict(), "arch": "resnet18"}, teacher)
+    cfg = get_cfg()
+    cfg.DATA.DATASET, cfg.DATA.DATADIR, cfg.DATA.NUM_CLASSES = "cub", "unused", 4
+    cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE, cfg.DATA.LESSEN_RATIO, cfg.FSR.ETA = 64, 72, 2.0, 10.0
+    cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_S, cfg.MODEL.MODELDICT_T, cfg.MODEL.KDTYPE = "resnet18", "resnet18", str(
+        teacher), kdtype
+    return cfg
+
+
+@pytest.mark.parametrize("method, extra", [("isrd", "decoder"), ("ickd", "criterion")])
+def test_the_optimiser_updates_the_student_and_the_methods_trained_modules_never_the_teacher(method, extra,
+                                                                                            tmp_path):
+    distiller = build_distiller(_isrd_config(tmp_path, "ickd" if method == "ickd" else "kd"), method)
+    optimizer, _ = place_for_training(get_cfg(), distiller, torch.device("cpu"))
+    updated = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    expected = {id(p) for module in (distiller.student, distiller.extra_modules()[extra]) for p in module.parameters()}
+    assert updated == expected  # the ISRD decoder and ICKD's embedding learn too; the frozen teacher does not
+
+
+def test_scoring_the_test_split_puts_the_student_in_eval_mode_and_leaves_its_batchnorm_statistics_alone():
+    torch.manual_seed(0)
+    distiller = Vanilla(build_model("resnet18", 4, False)).train()
+    before = {k: v.clone() for k, v in distiller.state_dict().items()}
+    batches = [{"image": torch.randn(4, 3, 32, 32), "target": torch.arange(4)}] * 2
+    trainer.test_epoch(distiller, batches, lambda batch: batch, get_cfg(), torch.device("cpu"))
+    assert not distiller.student.training
+    after = distiller.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running means and variances included
+
+
+def test_a_students_best_checkpoint_records_the_students_input_size_not_the_teachers(tmp_path):
+    cfg = _isrd_config(tmp_path)
+    distiller = build_distiller(cfg, "isrd")
+    ckpt = trainer.best_checkpoint(argparse.Namespace(cfg=cfg, method="isrd"), distiller, 3, 50.0)
+    assert (ckpt["arch"], ckpt["input_size"], ckpt["epoch"], ckpt["best_acc"]) == ("resnet18", 32, 3, 50.0)
+    assert set(ckpt["decoder"]) == set(distiller.decoder.state_dict())
+
+
+@pytest.mark.parametrize("amp, dtype", [("none", torch.float32), ("bf16", torch.bfloat16)])
+def test_train_amp_sets_the_dtype_the_forward_computes_in(amp, dtype):
+    cfg = get_cfg()
+    cfg.TRAIN.AMP = amp
+    with trainer.autocast(cfg, torch.device("cpu")):
+        assert torch.nn.Conv2d(3, 4, 3)(torch.randn(1, 3, 8, 8)).dtype == dtype
+
+
+def test_each_run_and_each_epoch_sees_its_own_data_order(tiny_cub, write_config):
+    cfg = load_config(argparse.Namespace(config_file=write_config({}, tiny_cub), opts=[]))
+    loader = build_loader(cfg, build_dataset(cfg, is_train=True), True, torch.device("cpu"))
+    orders = {}
+    for run_seed, epoch in ((0, 1), (1, 1), (0, 2)):
+        loader.batch_sampler.set_epochs([trainer.epoch_seed(run_seed, epoch)])
+        orders[run_seed, epoch] = [index for batch in loader.batch_sampler for index, _ in batch]
+    assert orders[0, 1] != orders[1, 1] and orders[0, 1] != orders[0, 2]
+    assert sorted(orders[0, 1]) == sorted(orders[1, 1])
+
+
 def test_the_epoch_means_weight_each_step_by_its_batch_and_the_test_pass_scores_top1_top5_and_ce():
     monitor = StepMonitor(torch.device("cpu"), "run 0")
     monitor.push({"loss_ce": torch.tensor(1.0)}, 8, 1, 1)
@@ -380,6 +440,19 @@ def test_a_dataset_that_changed_since_the_runs_started_on_it_is_refused(tiny_cub
     assert "16 images, but other files, labels or file sizes" in line, line
     assert run_in_process(STUDENT, config, "BASIC.FRESH_START", "True", monkeypatch=monkeypatch) == 0
     assert json.loads((exp / "inputs.json").read_text())["DATA.DATADIR"]["train"] != saved["train"]
+    # The test split is checked too: one test image relabelled.
+    os.remove(exp / "results.json")
+    os.remove(exp / "ckpt" / "run0" / "result.json")
+    split = (data / "train_test_split.txt").read_text().splitlines()
+    first_test = next(i for i, line in enumerate(split) if line.endswith(" 0"))
+    labels = (data / "image_class_labels.txt").read_text().splitlines()
+    image_id, label = labels[first_test].split()
+    labels[first_test] = f"{image_id} {int(label) % 4 + 1}"
+    (data / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    capsys.readouterr()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "the test split of DATA.DATADIR" in line and "16 images, but other files, labels" in line, line
 
 
 _KILLED_HOLDING_THE_DONE_LOCK = """

@@ -14,6 +14,7 @@ import torch
 
 from lib.config import REPO_ROOT
 from lib.distillers.base import Distiller
+from lib.distillers.methods import ISRD
 from lib.engine import checkpoint
 from lib.utils.errors import (
     FRESH_START_INTERRUPTED_MESSAGE,
@@ -255,6 +256,34 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_an_isrd_run_resumes_its_decoder_with_the_student(tiny_teacher, tiny_cub, write_config, tmp_path, monkeypatch):
+    # The kill test above trains a plain student; ISRD's decoder is an extra module its last.pth must bring back.
+    extra = {"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18", "MODELDICT_T": tiny_teacher.checkpoint},
+             "DATA": {"LESSEN_RATIO": 2.0}, "FSR": {"ETA": 10.0}, "BASIC": {"NUM_RUNS": 1}}
+    isrd = "tools_1_ts/train_isrd_5runs.py"
+    reference = write_config(extra, tiny_cub, output_root=str(tmp_path / "reference"))
+    assert run_in_process(isrd, reference, monkeypatch=monkeypatch) == 0
+    original = ISRD.forward_train
+
+    def preempted(self, image, image_large, target, epoch):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, image, image_large, target, epoch)
+
+    interrupted = write_config(extra, tiny_cub, output_root=str(tmp_path / "interrupted"))
+    monkeypatch.setattr(ISRD, "forward_train", preempted)
+    assert run_in_process(isrd, interrupted, monkeypatch=monkeypatch) == 143
+    monkeypatch.setattr(ISRD, "forward_train", original)
+    assert run_in_process(isrd, interrupted, monkeypatch=monkeypatch) == 0
+    exp = os.path.join("cub", "1runs_isrd_resnet18_64_resnet18_32_seed0_0.01")
+    states = [torch.load(tmp_path / root / exp / "ckpt" / "run0" / "last.pth", weights_only=False)
+              for root in ("reference", "interrupted")]
+    assert states[1]["epoch"] == 2
+    for part in ("student", "decoder"):
+        saved = [state["student"] if part == "student" else state["extra"]["decoder"] for state in states]
+        assert all(torch.equal(saved[0][k], saved[1][k]) for k in saved[0]), part
 
 
 def test_a_runs_cuda_rng_state_is_its_own_devices_and_comes_back_on_whatever_device_resumes_it(monkeypatch):

@@ -8,11 +8,12 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lib.config import REPO_ROOT, diff_cfg, get_cfg, load_config
 from lib.distillers import TAS, build_distiller
 from lib.distillers.tas import assistant_checkpoint, assistant_config, tas_config
-from lib.losses import feature_distillation_loss
+from lib.losses import feature_distillation_loss, kd_loss
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 
@@ -100,6 +101,21 @@ def test_each_feature_pair_is_weighted_by_its_tas_feat_weight(tmp_path):
     expected = (feature_distillation_loss(feats_s[1], feats_a[1])
                 + 2.0 * feature_distillation_loss(feats_s[4], feats_a[4]))
     torch.testing.assert_close(losses["loss_fkd"].detach(), expected)
+
+
+def test_stage2_logit_terms_distil_the_student_towards_the_assistants_logits(tmp_path):
+    cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
+    cfg.KD.TEMP, cfg.KD.ALPHA = 3.0, 0.7  # unlike their defaults, so a dropped or swapped weight shows
+    distiller = build_distiller(cfg, "tas")
+    distiller.train()
+    torch.manual_seed(0)
+    image, image_large, target = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    _, losses = distiller.forward_train(image, image_large, target, 1)
+    with torch.no_grad():
+        logits_s = distiller.student(image)
+        logits_a = distiller.assistant(image_large)
+    torch.testing.assert_close(losses["loss_kd"].detach(), cfg.KD.ALPHA * kd_loss(logits_s, logits_a, cfg.KD.TEMP))
+    torch.testing.assert_close(losses["loss_ce"].detach(), (1 - cfg.KD.ALPHA) * F.cross_entropy(logits_s, target))
 
 
 def test_a_vit_student_distils_from_a_vit_assistant_of_its_size_family(tmp_path):

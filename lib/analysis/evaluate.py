@@ -72,7 +72,7 @@ def classification_report(scores: torch.Tensor, targets: torch.Tensor, classes: 
     y_true = targets.numpy()
     y_pred = scores.argmax(1).numpy()
     k = min(5, num_classes)
-    top5 = (scores.topk(k, dim=1).indices == targets[:, None]).any(1).float().mean().item() * 100.0
+    top5 = (scores.topk(k, dim=1).indices == targets[:, None]).any(1).double().mean().item() * 100.0
     confusion = confusion_matrix(y_true, y_pred, labels=labels)  # (C, C): rows true, columns predicted
     precision, _, f1, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     support = confusion.sum(1)
