@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 
 import pytest
@@ -14,8 +15,9 @@ from torchvision.transforms.v2 import functional as TF
 from lib.config import get_cfg
 from lib.datasets import DATASETS, BatchPreparer, build_dataset
 from lib.datasets.cache import build_cache, decode_uint8, load_rgb
+from lib.datasets.sampler import EpochSampler
 from lib.datasets.synthetic import make_aircraft, make_cub
-from lib.datasets.transforms import pil_vs_tensor_small_image_difference, uint8_to_normalized
+from lib.datasets.transforms import pil_vs_tensor_small_image_difference, sample_crop, uint8_to_normalized
 from lib.utils.errors import UserError
 
 NUM_CLASSES = 3
@@ -127,6 +129,21 @@ def test_aircraft_variant_names_with_spaces_and_slashes(roots):
         assert len(image_id) == 7 and data.classes[label] == lines[image_id]
 
 
+def test_cub_split_is_train_test_split_txt(roots):
+    root = roots["cub"]
+
+    def table(name: str) -> dict[str, str]:
+        with open(os.path.join(root, name)) as f:
+            return dict(line.split(" ", 1) for line in f.read().splitlines())
+
+    paths, labels, split = table("images.txt"), table("image_class_labels.txt"), table("train_test_split.txt")
+    assert set(split.values()) == {"0", "1"}
+    cfg = make_cfg("cub", root, "pil")
+    for is_train, flag in ((True, "1"), (False, "0")):
+        expected = [(os.path.join(root, "images", paths[i]), int(labels[i]) - 1) for i in split if split[i] == flag]
+        assert sorted(build_dataset(cfg, is_train).samples) == sorted(expected), flag
+
+
 @pytest.mark.parametrize("is_train", [True, False])
 def test_batch_preparer_same_output_format_for_both_pipelines(roots, is_train):
     outs = {}
@@ -235,6 +252,41 @@ def test_tensor_small_image_close_to_pil(roots, lessen_type):
     mean_diff, max_diff = pil_vs_tensor_small_image_difference(large, 16, lessen_type)
     assert levels.max().item() == pytest.approx(max_diff, abs=1e-3)
     assert mean_diff < 0.75 and max_diff <= (8 if lessen_type == 3 else 1)
+
+
+@pytest.mark.parametrize("lessen_type", [1, 2, 4])
+def test_pil_student_image_is_the_teachers_flipped_crop_resized_by_pil(roots, lessen_type):
+    cfg = make_cfg("cub", roots["cub"], "pil", LESSEN_TYPE=lessen_type)
+    data = build_dataset(cfg, True)
+    mean, std = torch.tensor(cfg.DATA.IMAGE_MEAN).view(3, 1, 1), torch.tensor(cfg.DATA.IMAGE_STD).view(3, 1, 1)
+    flips = []
+    for index, seed in EpochSampler(len(data)).epoch(3):
+        item = data[index, seed]
+        image = load_rgb(data.samples[index][0])
+        # RandomResizedCrop (bilinear) + RandomHorizontalFlip from the item's seed, then the student's resize.
+        top, left, h, w, flip = sample_crop(image.height, image.width, random.Random(seed))
+        large = image.crop((left, top, left + w, top + h)).resize((CROP, CROP), Image.BILINEAR)
+        if flip:
+            large = large.transpose(Image.FLIP_LEFT_RIGHT)
+        small = large.resize((CROP // 2, CROP // 2), resample=lessen_type)
+        assert torch.equal(item["image_large"], uint8_to_normalized(TF.pil_to_tensor(large), mean, std))
+        assert torch.equal(item["image"], uint8_to_normalized(TF.pil_to_tensor(small), mean, std))
+        flips.append(flip)
+    assert set(flips) == {True, False}  # a student left unflipped shows only on flipped items
+
+
+def test_pil_and_tensor_pipelines_draw_the_same_crop_and_flip_for_an_item_seed(roots):
+    pil = build_dataset(make_cfg("cub", roots["cub"], "pil"), True)
+    tensor = build_dataset(make_cfg("cub", roots["cub"], "tensor"), True)
+    mean, std = pil.transform.mean, pil.transform.std
+    # The cache keeps these 40x30 images at full size (no upscaling), so both pipelines crop the same pixels; on
+    # larger images the tensor pipeline's box is the same draw on the cache's smaller copy.
+    assert all(tuple(t.shape[1:]) == (SIZE[1], SIZE[0]) for t in tensor.cache)
+    for epoch in (3, 4):
+        for index, seed in EpochSampler(len(pil)).epoch(epoch):
+            levels = (pil[index, seed]["image_large"] * std + mean) * 255
+            # PIL's and torchvision's antialiased bilinear resize round differently: a level at most.
+            assert (levels - tensor[index, seed]["image_large"].float()).abs().max() <= 1.01, (index, seed)
 
 
 @pytest.mark.parametrize("pipeline", ["pil", "tensor"])
@@ -407,7 +459,9 @@ def test_generate_if_missing(tmp_path, dataset):
     build_dataset(cfg, False)
     assert os.path.getmtime(root) == stamp  # existing folder left alone
     cfg.DATA.GENERATE_IF_MISSING = False
-    raises_user_error(make_cfg(dataset, str(tmp_path / "other")), True, str(tmp_path / "other"))
+    cfg.DATA.DATADIR = other = str(tmp_path / "other")
+    raises_user_error(cfg, True, other)  # without the flag a missing folder is an error, not generated
+    assert not os.path.exists(other)
 
 
 def test_generation_is_deterministic_and_official(tmp_path, roots):

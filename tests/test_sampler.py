@@ -50,3 +50,21 @@ def test_epoch_batches_run_back_to_back_and_match_one_epoch_loaders():
     assert [len(b) for b in stream] == [4, 4, 2, 4, 4, 2]  # each epoch ends with its own short batch
     for seed, epoch in ((5, stream[:3]), (6, stream[3:])):
         assert [item for batch in epoch for item in batch] == list(EpochSampler(10).epoch(seed))
+
+
+def test_crop_aspect_ratios_and_areas_span_randomresizedcrops_ranges():
+    boxes = [sample_crop(1000, 1000, random.Random(seed)) for seed in range(2000)]
+    ratios = [w / h for _, _, h, w, _ in boxes]
+    areas = [h * w / 1000**2 for _, _, h, w, _ in boxes]
+    assert 3 / 4 - 0.01 <= min(ratios) < 0.8 and 1.25 < max(ratios) <= 4 / 3 + 0.01
+    assert 0.46 < sum(r < 1 for r in ratios) / len(ratios) < 0.54  # log-uniform: as many tall crops as wide ones
+    assert 0.08 - 0.01 <= min(areas) < 0.1 and max(areas) > 0.9
+
+
+def test_no_two_items_of_nearby_epochs_share_an_item_seed_or_a_crop():
+    # A run's epochs have consecutive epoch seeds (trainer.epoch_seed): an item seed of epoch seed + index would
+    # give item i at epoch e + 1 the crop of item i + 1 at epoch e.
+    sampler = EpochSampler(50)
+    seeds = [seed for epoch in range(7, 12) for _, seed in sampler.epoch(epoch)]
+    assert len(set(seeds)) == len(seeds) == 250
+    assert len({sample_crop(375, 500, random.Random(seed)) for seed in seeds}) == 250
