@@ -336,3 +336,23 @@ def test_a_compiled_training_step_trains_like_the_eager_one(tiny_cub, write_conf
         stats[compiled] = json.loads((exp / "log" / "run0" / "stats.jsonl").read_text().splitlines()[-1])
     for key in ("loss_ce", "loss_kd", "loss_isrd"):
         assert stats[True][key] == pytest.approx(stats[False][key], rel=1e-3), key
+
+
+@pytest.mark.parametrize("role", ["teacher", "assistant"])
+def test_a_teacher_or_assistant_trained_at_another_input_size_loads_with_a_warning(role, tmp_path, capsys):
+    from lib.distillers import build_teacher
+    from lib.distillers.tas import build_assistant
+
+    path = tmp_path / f"{role}.pth"
+    torch.save({"state_dict": build_model("resnet18", 4, False).state_dict(), "arch": "resnet18",
+                "input_size": 112}, path)
+    cfg = get_cfg()
+    cfg.DATA.NUM_CLASSES, cfg.DATA.CROP_SIZE = 4, 64
+    if role == "teacher":
+        cfg.MODEL.ARCH_T, cfg.MODEL.MODELDICT_T = "resnet18", str(path)
+        build_teacher(cfg)
+    else:
+        cfg.MODEL.ARCH_A, cfg.MODEL.MODELDICT_A = "resnet18", str(path)
+        build_assistant(cfg)
+    out = capsys.readouterr().out
+    assert f"warning: the {role} {path} was trained at 112 px and sees 64 px images here (DATA.CROP_SIZE)" in out

@@ -69,11 +69,16 @@ def build_teacher(cfg: CfgNode):
                           _weights_file(cfg.MODEL.PRETRAIN_FILE_T))
     path = resolve_path(cfg.MODEL.MODELDICT_T)
     ckpt = load_weights(teacher, path, "teacher checkpoint MODEL.MODELDICT_T", cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES)
-    trained_size = ckpt.get("input_size")
-    if trained_size and trained_size != cfg.DATA.CROP_SIZE:
-        get_logger().warning(f"warning: the teacher {path} was trained at {trained_size} px and sees "
-                             f"{cfg.DATA.CROP_SIZE} px images here (DATA.CROP_SIZE)")
+    warn_other_input_size(ckpt, f"the teacher {path}", cfg.DATA.CROP_SIZE)
     return teacher
+
+
+def warn_other_input_size(ckpt: dict, who: str, size: int) -> None:
+    """Warn when a loaded network (`who`) was trained at another input size than the `size` px it sees here."""
+    trained_size = ckpt.get("input_size")
+    if trained_size and trained_size != size:
+        get_logger().warning(f"warning: {who} was trained at {trained_size} px and sees {size} px images here "
+                             "(DATA.CROP_SIZE)")
 
 
 def _weights_file(path: str) -> str:

@@ -179,7 +179,11 @@ def build_assistant(cfg: CfgNode) -> nn.Module:
                  "(or run tools_2_tas/train_tas_2stages.py)")
     # Every weight comes from the checkpoint: no ImageNet initialisation first.
     assistant = build_model(cfg.MODEL.ARCH_A, cfg.DATA.NUM_CLASSES, False)
-    load_weights(assistant, path, "assistant checkpoint MODEL.MODELDICT_A", cfg.MODEL.ARCH_A, cfg.DATA.NUM_CLASSES)
+    ckpt = load_weights(assistant, path, "assistant checkpoint MODEL.MODELDICT_A", cfg.MODEL.ARCH_A,
+                        cfg.DATA.NUM_CLASSES)
+    from . import warn_other_input_size
+
+    warn_other_input_size(ckpt, f"the assistant {path}", cfg.DATA.CROP_SIZE)
     return assistant
 
 
