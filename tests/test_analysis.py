@@ -321,6 +321,28 @@ def test_the_teacher_accuracy_is_that_of_the_checkpoint_the_pair_distilled_from(
     assert float(pair["teacher_best_acc_mean"]) == 80.0
 
 
+def test_a_teacherless_tas_rows_teacher_accuracy_is_its_assistants_and_none_for_a_checkpoint_not_found(
+        tmp_path, monkeypatch):
+    # Stage 2 without a teacher: the assistant (stage 1's KD experiment) stands in the teacher's place. Before, a
+    # plain resnet18@64 run of the same name showed there instead.
+    root = tmp_path / "ckpt"
+    _experiment(root, "cub", "1runs_resnet18_64_seed0_0.01", [10.0], MODEL__ARCH="resnet18", DATA__CROP_SIZE=64)
+    assistant = _experiment(root, "cub", "1runs_kd_resnet50_64_resnet18_64_seed0_0.01", [70.0],
+                            MODEL__ARCH_T="resnet50", MODEL__ARCH_S="resnet18", DATA__CROP_SIZE=64)
+    tas = dict(MODEL__ARCH_T="resnet18", MODEL__ARCH_S="resnet18", MODEL__ARCH_A="resnet18", DATA__CROP_SIZE=64,
+               DATA__LESSEN_RATIO=2.0)
+    _experiment(root, "cub", "2runs_tas_resnet18_64_resnet18_32_seed0_0.01", [61.0, 63.0],
+                MODEL__MODELDICT_A=str(assistant / "ckpt" / "model_best.pth"), **tas)
+    _experiment(root, "aircraft", "2runs_tas_resnet18_64_resnet18_32_seed0_0.01", [41.0, 43.0],
+                MODEL__MODELDICT_A="/elsewhere/ckpt/model_best.pth", **tas)
+    _experiment(root, "aircraft", "1runs_resnet18_64_seed0_0.01", [10.0], MODEL__ARCH="resnet18", DATA__CROP_SIZE=64)
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    with open(root / "summary" / "summary.csv") as f:
+        rows = {r["dataset"]: r for r in csv.DictReader(f) if r["tas_best_mean"]}
+    assert float(rows["cub"]["teacher_best_acc_mean"]) == 70.0
+    assert rows["aircraft"]["teacher_best_acc_mean"] == ""
+
+
 def test_summarize_leaves_the_demo_out_of_the_papers_table_unless_asked_for_it(tmp_path):
     from lib.analysis.summary import find_experiments
 

@@ -8,7 +8,8 @@ and dataset are read from config.yaml; only the distillation method, which the c
 Rows: dataset, teacher@size -> student@size, one per distillation pair. Columns: the student baseline (the
 single-network experiment of the student's architecture at the student's size, same dataset), then KD, AT, SP,
 ICKD, DKD, ISRD and TAS; each cell is the mean ± std over runs of the best and of the last-epoch test top-1 (%).
-The teacher's accuracy is that of the experiment the row's cells distilled from (their MODEL.MODELDICT_T).
+The teacher's accuracy is that of the experiment the row's cells distilled from (their MODEL.MODELDICT_T; for TAS
+without a teacher, the assistant's MODEL.MODELDICT_A).
 Single-network experiments that are no pair's student baseline (teachers, unpaired baselines) get rows of their
 own, without a teacher. When several experiments fill one cell (other seeds or learning rates), the one with the
 most runs, then the newest results.json, is shown and the others are listed on stderr.
@@ -104,6 +105,8 @@ def _read_experiment(folder: str) -> Experiment:
             cfg = CfgNode.load_cfg(f)
         match = _DISTILL_NAME.match(os.path.basename(folder))
         distill = bool(match and cfg.MODEL.ARCH_T and cfg.MODEL.ARCH_S)
+        # TAS without a teacher: the assistant takes the teacher's place (stage 2's ARCH_T), and its checkpoint too.
+        teacher_file = cfg.MODEL.MODELDICT_T or (cfg.MODEL.MODELDICT_A if distill and match.group(1) == "tas" else "")
         return Experiment(
             path=folder,
             method=match.group(1) if distill else "single",
@@ -115,7 +118,7 @@ def _read_experiment(folder: str) -> Experiment:
             num_classes=cfg.DATA.NUM_CLASSES,
             results=results,
             mtime=os.path.getmtime(results_path),
-            teacher_dir=_teacher_dir(cfg.MODEL.MODELDICT_T) if distill and cfg.MODEL.MODELDICT_T else None,
+            teacher_dir=_teacher_dir(teacher_file) if distill and teacher_file else None,
         )
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
         raise UserError(f"cannot read the experiment in {folder} ({type(err).__name__}: {err})") from None
@@ -170,17 +173,20 @@ def build_rows(experiments: list[Experiment], warn=None) -> list[Row]:
             pairs[(e.dataset, e.teacher, e.teacher_size, e.arch, e.size)][e.method].append(e)
     single = {key: _pick(group, f"{key[1]}@{key[2]} on {key[0]}", warn) for key, group in singles.items()}
 
-    by_folder = {os.path.realpath(e.path): e for e in experiments if e.method == "single"}
+    by_folder = {os.path.realpath(e.path): e for e in experiments}  # a TAS assistant's folder is a KD experiment
     rows, used = [], set()
     for (dataset, teacher, teacher_size, arch, size), methods in pairs.items():
         what = f"{teacher}@{teacher_size} -> {arch}@{size} on {dataset}"
         cells = {m: _pick(group, f"{METHOD_LABELS[m]} {what}", warn) for m, group in methods.items()}
         # The teacher's accuracy: that of the experiment whose checkpoint the shown cells distilled from (their
-        # MODEL.MODELDICT_T), when they agree on one found here; else the pick among teacher@size experiments.
+        # MODEL.MODELDICT_T), when they agree on one: none when it is not under the root (not another teacher's of
+        # the same name). Cells that name no checkpoint, or different ones: the pick among teacher@size experiments.
         used_teachers = {e.teacher_dir for e in cells.values() if e.teacher_dir}
-        teacher_result = by_folder.get(used_teachers.pop()) if len(used_teachers) == 1 else None
-        row = Row(dataset, arch, size, teacher, teacher_size,
-                  teacher_result or single.get((dataset, teacher, teacher_size)), cells)
+        if len(used_teachers) == 1:
+            teacher_result = by_folder.get(used_teachers.pop())
+        else:
+            teacher_result = single.get((dataset, teacher, teacher_size))
+        row = Row(dataset, arch, size, teacher, teacher_size, teacher_result, cells)
         if (dataset, arch, size) in single:
             row.cells["student"] = single[(dataset, arch, size)]
             used.add((dataset, arch, size))
