@@ -464,6 +464,18 @@ def test_generate_if_missing(tmp_path, dataset):
     assert not os.path.exists(other)
 
 
+def test_generate_if_missing_fills_an_empty_folder_but_never_one_with_files(tmp_path):
+    empty, used = tmp_path / "empty", tmp_path / "used"
+    empty.mkdir()
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    cfg = make_cfg("cub", str(empty), GENERATE_IF_MISSING=True, GENERATE_PER_CLASS=2)
+    assert len(build_dataset(cfg, True)) == NUM_CLASSES * 2
+    cfg.DATA.DATADIR = str(used)
+    raises_user_error(cfg, True, "images.txt is missing")
+    assert os.listdir(used) == ["notes.txt"]
+
+
 def test_generation_is_deterministic_and_official(tmp_path, roots):
     make_aircraft(str(tmp_path / "a"), NUM_CLASSES, PER_CLASS, SIZE, seed=0)
     again, first = str(tmp_path / "a" / "data"), os.path.join(roots["aircraft"], "data")

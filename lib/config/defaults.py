@@ -184,8 +184,8 @@ _C.DATA.PIPELINE = "tensor"
 # 0 = the larger of RESIZE_SIZE and 256, so that students at 112 or 56 px crop the same 256 px images as their
 # teacher and as the distilled students (lib.config.train_cache_size).
 _C.DATA.CACHE_SIZE = 0
-# new. When DATADIR does not exist, generate a small synthetic dataset there in the official layout of
-# DATA.DATASET (demo and benchmark configs).
+# new. When DATADIR does not exist (or is an empty folder), generate a small synthetic dataset there in the
+# official layout of DATA.DATASET (demo and benchmark configs).
 _C.DATA.GENERATE_IF_MISSING = False
 # new. Images per class (train and test each) of a generated dataset.
 _C.DATA.GENERATE_PER_CLASS = 6

@@ -216,14 +216,19 @@ def make_aircraft(root: str, num_classes: int, per_class: int, image_size: tuple
 GENERATORS = {"cub": make_cub, "aircraft": make_aircraft}
 
 
+def _empty_folder(path: str) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)
+
+
 def ensure_dataset(cfg: CfgNode) -> None:
-    """Generate a synthetic dataset at DATA.DATADIR iff DATA.GENERATE_IF_MISSING and the folder does not exist.
+    """Generate a synthetic dataset at DATA.DATADIR iff DATA.GENERATE_IF_MISSING and the folder does not exist
+    (or is empty: made beforehand, nothing in it to overwrite).
 
     Its size comes from DATA.NUM_CLASSES, DATA.GENERATE_PER_CLASS and DATA.GENERATE_IMAGE_SIZE ([W, H]).
     """
     image_size = tuple(cfg.DATA.GENERATE_IMAGE_SIZE)
     root = resolve_path(cfg.DATA.DATADIR)
-    if not cfg.DATA.GENERATE_IF_MISSING or os.path.exists(root):
+    if not cfg.DATA.GENERATE_IF_MISSING or (os.path.exists(root) and not _empty_folder(root)):
         return
     if cfg.DATA.DATASET not in GENERATORS:
         raise UserError(f"unknown DATA.DATASET {cfg.DATA.DATASET!r}; valid names: {', '.join(GENERATORS)}")
@@ -235,7 +240,7 @@ def ensure_dataset(cfg: CfgNode) -> None:
         os.chmod(tmp, 0o755)
         GENERATORS[cfg.DATA.DATASET](tmp, cfg.DATA.NUM_CLASSES, cfg.DATA.GENERATE_PER_CLASS, image_size, seed=0)
         try:
-            os.rename(tmp, root)
+            os.rename(tmp, root)  # replaces an empty folder
         except OSError:
             if not os.path.isdir(root):  # a concurrent run that got there first is fine; anything else is not
                 raise
