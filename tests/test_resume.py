@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lib.config import REPO_ROOT
-from lib.distillers.base import Distiller
+from lib.distillers.base import Distiller, Vanilla
 from lib.distillers.methods import ISRD
 from lib.engine import checkpoint
 from lib.utils.errors import (
@@ -256,6 +256,35 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_resumed_run_draws_the_same_random_numbers_as_an_uninterrupted_one(tiny_cub, write_config, tmp_path,
+                                                                             monkeypatch):
+    # Dropout or drop-path would draw from torch's global RNG inside the step; last.pth brings its state back.
+    original = Vanilla.forward_train
+
+    def noisy(self, image, image_large, target, epoch):
+        logits, losses = original(self, image, image_large, target, epoch)
+        return logits, {name: loss * (1 + torch.rand(())) for name, loss in losses.items()}
+
+    def preempted(self, image, image_large, target, epoch):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return noisy(self, image, image_large, target, epoch)
+
+    extra = {"MODEL": {"ARCH": "resnet18"}, "BASIC": {"NUM_RUNS": 1}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}
+    monkeypatch.setattr(Vanilla, "forward_train", noisy)
+    reference = write_config(extra, tiny_cub, output_root=str(tmp_path / "reference"))
+    assert run_in_process(STUDENT, reference, monkeypatch=monkeypatch) == 0
+    interrupted = write_config(extra, tiny_cub, output_root=str(tmp_path / "interrupted"))
+    monkeypatch.setattr(Vanilla, "forward_train", preempted)
+    assert run_in_process(STUDENT, interrupted, monkeypatch=monkeypatch) == 143
+    monkeypatch.setattr(Vanilla, "forward_train", noisy)
+    assert run_in_process(STUDENT, interrupted, monkeypatch=monkeypatch) == 0
+    exp = os.path.join("cub", "1runs_resnet18_32_seed0_0.01", "log", "run0", "stats.jsonl")
+    stats = [[{k: v for k, v in json.loads(line).items() if k != "time_s"}
+              for line in (tmp_path / root / exp).read_text().splitlines()] for root in ("reference", "interrupted")]
+    assert [s["epoch"] for s in stats[1]] == [1, 2] and stats[1] == stats[0]
 
 
 def test_an_isrd_run_resumes_its_decoder_with_the_student(tiny_teacher, tiny_cub, write_config, tmp_path, monkeypatch):
