@@ -53,7 +53,7 @@ case $? in
      exit 2 ;;
 esac
 mkdir -p "$out" "$work" || exit 2
-rm -f "$out/benchmarks.jsonl" "$out/profile.txt"
+: > "$out/benchmarks.jsonl"; : > "$out/profile.txt"  # there, empty, even if no step finishes
 exec > >(tee "$out/log.txt") 2>&1
 stamp() { echo "== $(date +%H:%M:%S) $*"; }
 failed=()

@@ -41,7 +41,8 @@ _C.BASIC.NUM_RUNS = 5
 # new. Independent runs trained at the same time, one process each. 0 (auto): one per GPU listed in GPU_ID
 # on CUDA (GPU_ID [0,1,2,3,4] -> 5 runs at once), one at a time on the CPU. Under torchrun (DDP) runs are sequential.
 _C.BASIC.PARALLEL_RUNS = 0
-# new. True: ignore (and replace) whatever an earlier attempt left in the experiment directory.
+# new. True: move whatever an earlier attempt left in the experiment directory aside (to <dir>.old<k>) and start
+# over.
 # False: resume an interrupted experiment, or print the results of a finished one.
 _C.BASIC.FRESH_START = False
 
@@ -64,7 +65,8 @@ _C.MODEL.KDTYPE = "kd"
 _C.MODEL.ARCH_T = ""
 # Teacher checkpoint (a model_best.pth written by the teacher script, or by the original release).
 _C.MODEL.MODELDICT_T = ""
-# Initialise the teacher from ImageNet weights before MODELDICT_T (only useful without MODELDICT_T).
+# Initialise the teacher from ImageNet weights before MODELDICT_T is loaded. MODELDICT_T is required and replaces
+# every weight, so this has no effect on training (kept so the original YAML files load).
 _C.MODEL.PRETRAIN_T = False
 # new. Local ImageNet weight file for the teacher, see PRETRAIN_FILE.
 _C.MODEL.PRETRAIN_FILE_T = ""
@@ -177,7 +179,7 @@ _C.DATA.IMAGE_STD = [0.229, 0.224, 0.225]
 # CACHE_SIZE), workers only crop/flip them, and the second-scale resize and normalisation run batched on the
 # device. "pil": the original per-sample PIL decode + two resizes in loader workers. "device": the tensor
 # pipeline's cache held on the training device and each training batch cut there by a few batched kernels, no
-# loader workers (for fast GPUs; the cache must fit in GPU memory, about 1.6 GiB for CUB at 256 px).
+# loader workers (for fast GPUs; the cache must fit in GPU memory, about 1.6 GB for CUB at 256 px).
 _C.DATA.PIPELINE = "tensor"
 # new. Shorter side (pixels, >= 0) of the training images' decoded cache of the tensor and device pipelines, which
 # the crops are cut from (never upscaled; 500 holds CUB's full-size images, as the pil pipeline crops them);
@@ -215,11 +217,12 @@ _C.SOLVER.MUMENTUM = 0.9
 _C.TRAIN = CN()
 # Training batch size (per process).
 _C.TRAIN.BATCH_SIZE = 32
-# new. Mixed precision: "none" (fp32) | "bf16" | "fp16" (with a gradient scaler). CUDA only for fp16.
+# new. Mixed precision: "none" (fp32) | "bf16" | "fp16" (with a gradient scaler). Meant for CUDA; the CPU is not
+# refused (torch's autocast and GradScaler run there too, bf16 slower than fp32 without AMX, see the README).
 _C.TRAIN.AMP = "none"
 # new. Use the channels_last memory format for the networks and images.
 _C.TRAIN.CHANNELS_LAST = False
-# new. Wrap the student step in torch.compile.
+# new. Compile the training step's forward (student, teacher forward and losses) with torch.compile.
 _C.TRAIN.COMPILE = False
 # new. torch.compile's mode when COMPILE is on: "default" | "reduce-overhead" (CUDA graphs: fewer kernel
 # launches for short, launch-bound steps; more GPU memory) | "max-autotune". Modes other than "default" need
@@ -245,9 +248,10 @@ _C.TEST.CHECKPOINT = ""
 # cuDNN options
 # ---------------------------------------------------------------------------------------------------------------
 _C.CUDNN = CN()
-# torch.backends.cudnn.benchmark (autotuning; non-deterministic).
+# torch.backends.cudnn.benchmark (autotuning; non-deterministic). Only takes effect with CUDNN.DETERMINISTIC False.
 _C.CUDNN.BENCHMARK = False
-# Deterministic algorithms (cuDNN, and torch.use_deterministic_algorithms on the CPU); makes resume exact.
+# Deterministic algorithms (cuDNN, and torch.use_deterministic_algorithms(warn_only=True) on every device); also
+# turns BENCHMARK off; makes resume exact.
 _C.CUDNN.DETERMINISTIC = True
 # torch.backends.cudnn.enabled.
 _C.CUDNN.ENABLE = True
