@@ -416,7 +416,8 @@ def check_cfg(cfg: CfgNode) -> None:
     _require(cfg.SOLVER.WEIGHT_DECAY >= 0, f"SOLVER.WEIGHT_DECAY must be >= 0, got {cfg.SOLVER.WEIGHT_DECAY}")
     _require(cfg.SOLVER.MUMENTUM >= 0, f"SOLVER.MUMENTUM must be >= 0, got {cfg.SOLVER.MUMENTUM}")
     _require(cfg.DKD.WARMUP >= 0, f"DKD.WARMUP must be >= 0, got {cfg.DKD.WARMUP}")
-    _require(cfg.SOLVER.LR_DECAY_FACTOR > 0, f"SOLVER.LR_DECAY_FACTOR must be positive, got {cfg.SOLVER.LR_DECAY_FACTOR}")
+    _require(cfg.SOLVER.LR_DECAY_FACTOR > 0,
+             f"SOLVER.LR_DECAY_FACTOR must be positive, got {cfg.SOLVER.LR_DECAY_FACTOR}")
     _require(cfg.KD.TEMP > 0 and cfg.DKD.TEMP > 0, "KD.TEMP and DKD.TEMP must be positive")
     _require(0 <= cfg.KD.ALPHA <= 1, f"KD.ALPHA must be between 0 and 1 (the cross-entropy gets 1 - KD.ALPHA), got "
                                      f"{cfg.KD.ALPHA}")

@@ -251,7 +251,8 @@ class TwoScaleDataset(Dataset):
         self.transform = None
         if self.pipeline in ("tensor", "device"):  # "device" items are "tensor" items (lib/datasets/device.py)
             if is_train:
-                self.cache = build_cache(paths, ShorterSideResize(train_cache_size(cfg)), workers, f"caching {self.split}")
+                resize = ShorterSideResize(train_cache_size(cfg))
+                self.cache = build_cache(paths, resize, workers, f"caching {self.split}")
                 self.transform = TensorTrainTransform(cfg)
             else:
                 # The final test crop, the same PIL operations as PilTestTransform (identical test inputs).

@@ -40,7 +40,7 @@ class BasicBlock(tv_resnet.BasicBlock):
         out = self.bn2(self.conv2(out))
         # In place and after the branch, as torchvision: the downsampled identity is not held through the branch,
         # and batch norm does not save its output for backward.
-        out += x if self.downsample is None else self.downsample(x)  # in place, as torchvision: bn's output is not saved for backward
+        out += x if self.downsample is None else self.downsample(x)
         return out
 
 
