@@ -455,6 +455,28 @@ def test_a_dataset_that_changed_since_the_runs_started_on_it_is_refused(tiny_cub
     assert "the test split of DATA.DATADIR" in line and "16 images, but other files, labels" in line, line
 
 
+def test_runs_started_with_another_training_cache_size_are_not_resumed_with_this_one(tiny_cub, write_config,
+                                                                                      tmp_path, monkeypatch, capsys):
+    # A 32 px baseline (RESIZE_SIZE 36) started before DATA.CACHE_SIZE 0 meant 256 px cropped a 36 px cache;
+    # its inputs.json holds no train_cache_size.
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 1},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
+    inputs = json.loads((exp / "inputs.json").read_text())
+    assert inputs["DATA.DATADIR"]["train_cache_size"] == 256
+    del inputs["DATA.DATADIR"]["train_cache_size"]
+    (exp / "inputs.json").write_text(json.dumps(inputs))
+    os.remove(exp / "results.json")
+    os.remove(exp / "ckpt" / "run0" / "result.json")
+    capsys.readouterr()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {exp} started with its training images cached at a shorter side of 36 px, and "
+                           "this version of the code caches them at 256 px"), line
+    assert run_in_process(STUDENT, config, "BASIC.FRESH_START", "True", monkeypatch=monkeypatch) == 0
+
+
 _KILLED_HOLDING_THE_DONE_LOCK = """
 import argparse, os, signal, sys
 import torch

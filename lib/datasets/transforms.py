@@ -248,10 +248,12 @@ class TwoScaleDataset(Dataset):
         paths = [path for path, _ in samples]
         workers = cfg.BASIC.NUM_WORKERS
         self.cache: Optional[list[torch.Tensor]] = None
+        self.cache_size: Optional[int] = None  # the training cache's shorter side (tensor and device pipelines)
         self.transform = None
         if self.pipeline in ("tensor", "device"):  # "device" items are "tensor" items (lib/datasets/device.py)
             if is_train:
-                resize = ShorterSideResize(train_cache_size(cfg))
+                self.cache_size = train_cache_size(cfg)
+                resize = ShorterSideResize(self.cache_size)
                 self.cache = build_cache(paths, resize, workers, f"caching {self.split}")
                 self.transform = TensorTrainTransform(cfg)
             else:

@@ -637,15 +637,27 @@ def _check_saved_inputs(cfg: CfgNode, method: str, exp_dir: str) -> None:
 
 
 def data_fingerprint(train_set: TwoScaleDataset, test_set: TwoScaleDataset) -> dict[str, dict]:
-    """{"DATA.DATADIR": {"path", "train", "test"}}: the entry of inputs.json a resumed run checks its data against."""
-    return {"DATA.DATADIR": {"path": train_set.root, "train": train_set.fingerprint, "test": test_set.fingerprint}}
+    """{"DATA.DATADIR": {"path", "train", "test", "train_cache_size"}}: the entry of inputs.json a resumed run checks
+    its data against."""
+    return {"DATA.DATADIR": {"path": train_set.root, "train": train_set.fingerprint, "test": test_set.fingerprint,
+                             "train_cache_size": train_set.cache_size}}
 
 
-def _check_saved_data(exp_dir: str, train_set: TwoScaleDataset, test_set: TwoScaleDataset) -> None:
-    """Refuse to resume an experiment whose dataset (a split's files, labels or file sizes) has changed since."""
+def _check_saved_data(cfg: CfgNode, exp_dir: str, train_set: TwoScaleDataset, test_set: TwoScaleDataset) -> None:
+    """Refuse to resume an experiment whose dataset (a split's files, labels or file sizes), or the size its training
+    images are cached at, has changed since."""
     entry = _saved_inputs(exp_dir).get("DATA.DATADIR")
     if not isinstance(entry, dict):
         return  # an experiment from before its data was fingerprinted
+    # The cache's side follows a rule (lib.config.train_cache_size) that a new version of this code may change; an
+    # entry from before it was recorded was written under the first rule, CACHE_SIZE or RESIZE_SIZE.
+    then = entry.get("train_cache_size", cfg.DATA.CACHE_SIZE or cfg.DATA.RESIZE_SIZE)
+    now = train_set.cache_size
+    if None not in (then, now) and then != now:
+        raise UserError(f"{exp_dir} started with its training images cached at a shorter side of {then} px, and "
+                        f"this version of the code caches them at {now} px (DATA.CACHE_SIZE 0 now means the larger of "
+                        "RESIZE_SIZE and 256): its remaining runs would crop other images. Add BASIC.FRESH_START True "
+                        "to start over, or finish it with the version it started with")
     for split, dataset in (("train", train_set), ("test", test_set)):
         then, now = entry.get(split), dataset.fingerprint
         if isinstance(then, dict) and then.get("sha256") not in (None, now["sha256"]):
@@ -735,7 +747,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     if cfg.DATA.PIPELINE == "device":
         check_cache_fits(train_set, device)
     exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set, info)
-    stale = stale or (checking and _stale_attempt(exp_dir, lambda: _check_saved_data(exp_dir, train_set, test_set)))
+    stale = stale or (checking and _stale_attempt(exp_dir, lambda: _check_saved_data(cfg, exp_dir, train_set, test_set)))
     fresh = exists and (cfg.BASIC.FRESH_START or stale)
     pending = [r for r in range(num_runs)
                if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
