@@ -109,18 +109,24 @@ def test_missing_and_malformed_config_files_name_the_file(tmp_path):
         merge_file(get_cfg(), str(unknown))
 
 
+def _merge_error(tmp_path, text: str) -> tuple:
+    """Write `text` as bad.yaml, merge it, expect a UserError; returns the file's path and the error's message."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(UserError) as err:
+        merge_file(get_cfg(), str(bad))
+    return bad, str(err.value)
+
+
 @pytest.mark.parametrize("text, where", [
     ("SOLVER:\n\tSTART_LR: 0.1\n", "at line 2, column 1: found character '\\t' that cannot start any token"),
     ("SOLVER:\n  START_LR: [0.1\n", "at line 3, column 1: expected ',' or ']', but got '<stream end>'"),
     ("SOLVER:\n  START_LR: 0.1\x07\n", "at line 2, column 16: special characters are not allowed"),
 ])
 def test_yaml_syntax_errors_say_what_was_found_and_where(text, where, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(text)
-    with pytest.raises(UserError) as err:
-        merge_file(get_cfg(), str(bad))
-    assert str(err.value).startswith(f"config file {bad} is not valid YAML {where}"), str(err.value)
-    assert "\n" not in str(err.value)
+    bad, message = _merge_error(tmp_path, text)
+    assert message.startswith(f"config file {bad} is not valid YAML {where}"), message
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize("text, message", [
@@ -131,11 +137,8 @@ def test_yaml_syntax_errors_say_what_was_found_and_where(text, where, tmp_path):
     ("SOLVER: 5\n", "config key SOLVER in {path} is a section, not a value; write its keys indented below it"),
 ])
 def test_a_key_given_twice_or_a_section_given_a_value_in_a_file_is_refused(text, message, tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(text)
-    with pytest.raises(UserError) as err:
-        merge_file(get_cfg(), str(bad))
-    assert message.format(path=bad) in str(err.value) and "\n" not in str(err.value), str(err.value)
+    bad, error = _merge_error(tmp_path, text)
+    assert message.format(path=bad) in error and "\n" not in error, error
 
 
 def test_a_section_with_every_key_commented_out_and_yaml_merge_keys_load(tmp_path):

@@ -81,12 +81,12 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
-    if missing and not dist.is_initialized():
-        raise UserError(f"the environment variable WORLD_SIZE is {info.world_size}, but {' and '.join(missing)} "
-                        f"{'is' if len(missing) == 1 else 'are'} not set; start DDP with torchrun, which sets them "
-                        "all, or unset RANK WORLD_SIZE LOCAL_RANK to train in one process")
     if not dist.is_initialized():
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+        if missing:
+            raise UserError(f"the environment variable WORLD_SIZE is {info.world_size}, but {' and '.join(missing)} "
+                            f"{'is' if len(missing) == 1 else 'are'} not set; start DDP with torchrun, which sets "
+                            "them all, or unset RANK WORLD_SIZE LOCAL_RANK to train in one process")
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         atexit.register(_leave_group)  # NCCL warns at exit about a process group never destroyed
         stop_when_parent_dies()  # torchrun's agent killed with -9 leaves its workers running otherwise

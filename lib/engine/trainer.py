@@ -747,7 +747,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     if cfg.DATA.PIPELINE == "device":
         check_cache_fits(train_set, device)
     exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set, info)
-    stale = stale or (checking and _stale_attempt(exp_dir, lambda: _check_saved_data(cfg, exp_dir, train_set, test_set)))
+    stale = stale or (checking and _stale_attempt(
+        exp_dir, lambda: _check_saved_data(cfg, exp_dir, train_set, test_set)))
     fresh = exists and (cfg.BASIC.FRESH_START or stale)
     pending = [r for r in range(num_runs)
                if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
