@@ -9,6 +9,7 @@ import torch
 
 from lib.config import (
     REPO_ROOT,
+    UNUSED_KEYS,
     diff_cfg,
     get_cfg,
     load_config,
@@ -60,6 +61,20 @@ def test_schema_holds_every_release_key_with_its_default():
     cfg = get_cfg()
     for key, value in RELEASE_DEFAULTS.items():
         assert _get(cfg, key) == value, key
+
+
+def test_the_keys_marked_unused_are_unused_keys_and_nothing_reads_them():
+    # UNUSED_KEYS lets a resume ignore them; a key that gains a reader must leave both the comment and the tuple.
+    import re
+
+    text = open(os.path.join(REPO_ROOT, "lib", "config", "defaults.py")).read()
+    marked = re.findall(r"^# Unused\b.*\n(?:#.*\n)*_C\.(\w+\.\w+) =", text, flags=re.MULTILINE)
+    assert sorted(marked) == sorted(UNUSED_KEYS)
+    sources = [os.path.join(folder, name) for top in ("lib", "tools", "tools_0_base", "tools_1_ts", "tools_2_tas")
+               for folder, _, names in os.walk(os.path.join(REPO_ROOT, top)) for name in names if name.endswith(".py")]
+    code = "".join(open(path).read() for path in sources if not path.endswith("defaults.py"))
+    for key in UNUSED_KEYS:
+        assert not re.search(r"\." + re.escape(key) + r"\b", code), f"{key} is read"
 
 
 def test_get_cfg_returns_a_fresh_unfrozen_copy():

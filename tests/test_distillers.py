@@ -338,6 +338,22 @@ def test_a_compiled_training_step_trains_like_the_eager_one(tiny_cub, write_conf
         assert stats[True][key] == pytest.approx(stats[False][key], rel=1e-3), key
 
 
+def test_the_teacher_takes_every_weight_from_its_checkpoint_and_fetches_no_imagenet_weights(tmp_path):
+    from lib.distillers import build_teacher
+
+    path = tmp_path / "teacher.pth"
+    saved = build_model("resnet18", 4, False).state_dict()
+    torch.save({"state_dict": saved, "arch": "resnet18"}, path)
+    cfg = get_cfg()
+    cfg.DATA.NUM_CLASSES = 4
+    cfg.MODEL.ARCH_T, cfg.MODEL.MODELDICT_T = "resnet18", str(path)
+    # Neither the release's PRETRAIN_T nor a weight file that is not there is read (offline, a fetch would fail).
+    cfg.MODEL.PRETRAIN_T, cfg.MODEL.PRETRAIN_FILE_T = True, str(tmp_path / "missing.pth")
+    teacher = build_teacher(cfg)
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+
+
 @pytest.mark.parametrize("role", ["teacher", "assistant"])
 def test_a_teacher_or_assistant_trained_at_another_input_size_loads_with_a_warning(role, tmp_path, capsys):
     from lib.distillers import build_teacher

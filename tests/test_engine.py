@@ -299,14 +299,15 @@ def test_an_attempt_that_saved_no_epoch_does_not_block_the_corrected_command(tin
     assert "saved no epoch, was moved to" in capsys.readouterr().out
 
 
-def test_a_path_spelt_another_way_or_a_runtime_knob_is_the_same_experiment(tiny_cub, write_config, tmp_path,
-                                                                           monkeypatch, capsys):
+def test_a_path_spelt_another_way_a_runtime_knob_or_an_unused_key_is_the_same_experiment(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
     assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
     capsys.readouterr()
     assert run_in_process(TEACHER, config, "BASIC.OUTPUT_ROOT", f"'{tmp_path}/./ckpt/'", "DATA.DATADIR",
                           f"'{tiny_cub}/../{os.path.basename(tiny_cub)}'", "BASIC.PARALLEL_RUNS", "2",
-                          "DATA.GENERATE_IF_MISSING", "True", monkeypatch=monkeypatch) == 0
+                          "DATA.GENERATE_IF_MISSING", "True", "FSR.BETA", "1.0", "ICKD.FEATDIM_S", "[64]",
+                          "MODEL.PRETRAIN_T", "True", "TEST.CHECKPOINT", "x.pth", monkeypatch=monkeypatch) == 0
     assert "is finished" in capsys.readouterr().out
 
 

@@ -23,9 +23,9 @@ from yacs.config import CfgNode
 
 from lib.utils.errors import ArgumentParser, UserError, first_line, require_file
 
-from .defaults import _C
+from .defaults import _C, UNUSED_KEYS
 
-__all__ = ["get_cfg", "load_config", "parse_args", "merge_file", "merge_list", "check_cfg", "REPO_ROOT"]
+__all__ = ["get_cfg", "load_config", "parse_args", "merge_file", "merge_list", "check_cfg", "REPO_ROOT", "UNUSED_KEYS"]
 
 def _repo_root() -> str:
     """The checkout holding this `lib` (installed with `pip install -e .`), else the working directory."""

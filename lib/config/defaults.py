@@ -50,7 +50,7 @@ _C.BASIC.FRESH_START = False
 # Model options
 # ---------------------------------------------------------------------------------------------------------------
 _C.MODEL = CN()
-# Informational tag of the original configs ("1runs", "5runs"); the number of runs comes from the script.
+# Unused: an informational tag of the original configs ("1runs", "5runs"); the number of runs comes from the script.
 _C.MODEL.TYPE = ""
 # Architecture of a single-network run (teacher / student baseline), see lib.models.model_builder.ARCHS.
 # ViTs carry their input size: vit_{tiny,small,base}_patch16_<S>, e.g. vit_tiny_patch16_56.
@@ -65,10 +65,10 @@ _C.MODEL.KDTYPE = "kd"
 _C.MODEL.ARCH_T = ""
 # Teacher checkpoint (a model_best.pth written by the teacher script, or by the original release).
 _C.MODEL.MODELDICT_T = ""
-# Initialise the teacher from ImageNet weights before MODELDICT_T is loaded. MODELDICT_T is required and replaces
-# every weight, so this has no effect on training (kept so the original YAML files load).
+# Unused: the teacher's every weight comes from MODELDICT_T (required), so no ImageNet weights are fetched for it.
+# Kept so the original YAML files load.
 _C.MODEL.PRETRAIN_T = False
-# new. Local ImageNet weight file for the teacher, see PRETRAIN_FILE.
+# Unused, see PRETRAIN_T (an earlier version of this project read it; kept so its saved configs load).
 _C.MODEL.PRETRAIN_FILE_T = ""
 # Assistant architecture (two-stage distillation).
 _C.MODEL.ARCH_A = ""
@@ -278,3 +278,11 @@ _C.TAS.VIT_BLOCKS = [3, 6, 9, 12]
 # Stage 2: how the student's features are resized to the assistant's spatial size before the MSE:
 # bilinear | bicubic | nearest (align_corners=False).
 _C.TAS.FEAT_INTERP = "bilinear"
+
+# ---------------------------------------------------------------------------------------------------------------
+# The keys above that nothing reads (marked "Unused"): a resumed experiment may differ from its saved config in
+# them, since they cannot change what it learns.
+# ---------------------------------------------------------------------------------------------------------------
+UNUSED_KEYS = ("BASIC.TIME", "BASIC.SAVE_DIR", "BASIC.ROOT_DIR", "BASIC.BACKUP_CODES", "BASIC.BACKUP_LIST",
+               "MODEL.TYPE", "MODEL.PRETRAIN_T", "MODEL.PRETRAIN_FILE_T", "ICKD.FEATDIM_T", "ICKD.FEATDIM_S",
+               "FSR.BETA", "FSR.GAMMA", "FSR.BETA1", "FSR.BETA2", "FSR.RESIDUAL")

@@ -65,8 +65,8 @@ def build_teacher(cfg: CfgNode):
     if not cfg.MODEL.MODELDICT_T:
         raise UserError("MODEL.MODELDICT_T is empty; train a teacher with tools_0_base/train_teacher_1run.py "
                         "and pass its ckpt/.../model_best.pth")
-    teacher = build_model(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, cfg.MODEL.PRETRAIN_T,
-                          _weights_file(cfg.MODEL.PRETRAIN_FILE_T))
+    # Every weight comes from the checkpoint: no ImageNet initialisation first (MODEL.PRETRAIN_T is unused).
+    teacher = build_model(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, False)
     path = resolve_path(cfg.MODEL.MODELDICT_T)
     ckpt = load_weights(teacher, path, "teacher checkpoint MODEL.MODELDICT_T", cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES)
     warn_other_input_size(ckpt, f"the teacher {path}", cfg.DATA.CROP_SIZE)

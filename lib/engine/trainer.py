@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode
 
-from lib.config import cfg_value, diff_cfg, resolve_path, small_crop_size
+from lib.config import UNUSED_KEYS, cfg_value, diff_cfg, resolve_path, small_crop_size
 from lib.datasets import BatchPreparer, TwoScaleDataset, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
@@ -66,13 +66,13 @@ from .setup import (
     use_device,
 )
 
-# Keys that change how fast or where a run goes, not what it learns: a resumed or re-run experiment may differ
-# in these from the saved config.
+# Keys that change how fast or where a run goes, not what it learns, and the keys nothing reads: a resumed or
+# re-run experiment may differ in these from the saved config.
 RUNTIME_KEYS = ("BASIC.GPU_ID", "BASIC.DEVICE", "BASIC.NUM_WORKERS", "BASIC.PARALLEL_RUNS", "BASIC.DISP_FREQ",
                 "BASIC.FRESH_START", "BASIC.OUTPUT_ROOT",  # (the folder found is the same, however it is spelt)
-                "BASIC.TIME", "BASIC.BACKUP_CODES", "BASIC.BACKUP_LIST", "BASIC.SAVE_DIR", "BASIC.ROOT_DIR",
-                "TEST.BATCH_SIZE", "MODEL.TYPE",
-                "DATA.GENERATE_IF_MISSING")  # (it only makes a dataset where there is none)
+                "TEST.BATCH_SIZE", "TEST.CHECKPOINT",  # (tools/eval.py's; training never reads it)
+                "DATA.GENERATE_IF_MISSING",  # (it only makes a dataset where there is none)
+                *UNUSED_KEYS)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SINGLE_PROCESS = DistInfo()
@@ -579,7 +579,7 @@ def _read_saved_cfg(path: str) -> CfgNode:
 # Keys that name a file or folder: the same one spelt another way (./ckpt/x, an absolute path, a link) is not
 # another config. What a checkpoint holds is checked apart, by its SHA-256 in inputs.json.
 PATH_KEYS = ("DATA.DATADIR", "MODEL.MODELDICT_T", "MODEL.MODELDICT_A", "MODEL.MODELDICT_S", "MODEL.PRETRAIN_FILE",
-             "MODEL.PRETRAIN_FILE_T", "MODEL.PRETRAIN_FILE_S", "TAS.PRETRAIN_FILE_A")
+             "MODEL.PRETRAIN_FILE_S", "TAS.PRETRAIN_FILE_A")
 
 
 def _same_path(a: str, b: str) -> bool:

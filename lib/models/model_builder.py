@@ -58,8 +58,8 @@ CNN_MIN_INPUT_SIZE = 16
 
 _VIT_NAME = re.compile(rf"(?P<family>{'|'.join(map(re.escape, VIT_FAMILIES))})_(?P<size>[1-9][0-9]*)")
 # Config keys that name weight files / switch pretraining, quoted in error messages.
-_PRETRAIN_FILE_KEYS = "MODEL.PRETRAIN_FILE / PRETRAIN_FILE_S / PRETRAIN_FILE_T (a TAS assistant: TAS.PRETRAIN_FILE_A)"
-_PRETRAIN_KEYS = "MODEL.PRETRAIN / PRETRAIN_S / PRETRAIN_T (a TAS assistant: MODEL.PRETRAIN_A)"
+_PRETRAIN_FILE_KEYS = "MODEL.PRETRAIN_FILE / PRETRAIN_FILE_S (a TAS assistant: TAS.PRETRAIN_FILE_A)"
+_PRETRAIN_KEYS = "MODEL.PRETRAIN / PRETRAIN_S (a TAS assistant: MODEL.PRETRAIN_A)"
 # Classifier parameter prefix of each kind of model (torchvision: fc, timm ViT: head).
 _CNN_CLASSIFIER = "fc"
 _VIT_CLASSIFIER = "head"
