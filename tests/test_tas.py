@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lib.config import REPO_ROOT, diff_cfg, get_cfg, load_config
 from lib.distillers import TAS, build_distiller
 from lib.distillers.tas import assistant_checkpoint, assistant_config, tas_config
-from lib.losses import feature_distillation_loss, kd_loss
+from lib.losses import feature_distillation_loss, isrd_loss, kd_loss
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 
@@ -103,6 +103,22 @@ def test_each_feature_pair_is_weighted_by_its_tas_feat_weight(tmp_path):
     torch.testing.assert_close(losses["loss_fkd"].detach(), expected)
 
 
+@pytest.mark.parametrize("pre_relu", [False, True])
+def test_stage2_decodes_the_pre_relu_feature_as_one_stage_isrd_whatever_the_feature_pairs_take(pre_relu, tmp_path):
+    cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
+    cfg.FSR.POSITION, cfg.MODEL.PRERELU = 2, pre_relu  # a stage output, where the ReLU matters
+    distiller = build_distiller(cfg, "tas")
+    distiller.train()
+    torch.manual_seed(0)
+    image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
+    _, losses = distiller.forward_train(image, image_large, torch.tensor([0, 1]), 1)
+    with torch.no_grad():
+        _, feats_s = distiller.student(image, return_feat=True, preReLU=True)
+        expected = cfg.FSR.ETA * isrd_loss(distiller.decoder(feats_s[2]), image_large)
+    assert feats_s[2].min() < 0
+    torch.testing.assert_close(losses["loss_isrd"].detach(), expected)
+
+
 def test_stage2_logit_terms_distil_the_student_towards_the_assistants_logits(tmp_path):
     cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
     cfg.KD.TEMP, cfg.KD.ALPHA = 3.0, 0.7  # unlike their defaults, so a dropped or swapped weight shows
@@ -123,8 +139,13 @@ def test_a_vit_student_distils_from_a_vit_assistant_of_its_size_family(tmp_path)
     distiller = build_distiller(cfg, "tas")
     assert distiller.layers == [3, 6, 9, 12]  # TAS.VIT_BLOCKS: block b is feature b
     optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=0.01)
-    _, losses = distiller.forward_train(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64), torch.tensor([0, 1]), 1)
-    assert losses["loss_fkd"].item() > 0
+    image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
+    _, losses = distiller.forward_train(image, image_large, torch.tensor([0, 1]), 1)
+    with torch.no_grad():  # the tokens as they are: a ViT has no ReLU to apply to its features
+        _, feats_s = distiller.student(image, return_feat=True)
+        _, feats_a = distiller.assistant(image_large, return_feat=True)
+    expected = sum(feature_distillation_loss(feats_s[b], feats_a[b]) for b in (3, 6, 9, 12))
+    torch.testing.assert_close(losses["loss_fkd"].detach(), expected)
     sum(losses.values()).backward()
     optimizer.step()
     cfg.TAS.VIT_BLOCKS = [12, 13, 1, 2]

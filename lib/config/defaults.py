@@ -85,8 +85,8 @@ _C.MODEL.PRETRAIN_S = False
 # new. Local ImageNet weight file for the student, see PRETRAIN_FILE.
 _C.MODEL.PRETRAIN_FILE_S = ""
 # Distil features before their last ReLU (feature methods AT, SP, ICKD; the release's KD script never passed it
-# on, so its features were always after the ReLU, as with False). ISRD always decodes the pre-ReLU feature, as the
-# release's ISRD script asked for it (the same conv1 output at FSR.POSITION 0).
+# on, so its features were always after the ReLU, as with False). ISRD (and TAS's ISRD term) always decodes the
+# pre-ReLU feature, as the release's ISRD script asked for it (the same conv1 output at FSR.POSITION 0).
 _C.MODEL.PRERELU = False
 
 # ---------------------------------------------------------------------------------------------------------------

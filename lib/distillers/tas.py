@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
@@ -214,11 +215,14 @@ class TAS(ISRD):
 
     The frozen assistant (the student's architecture at the large size) is the teacher-side network; each
     distilled student feature is resized to the assistant's spatial size (bilinear by default) before the MSE.
+    The ISRD term decodes the student's pre-ReLU feature, as one-stage ISRD does; the feature pairs are taken
+    before their ReLU when `pre_relu` (MODEL.PRERELU), else after it (`relu_stages`: the student is a CNN, whose
+    stage outputs then need the ReLU that the model would have applied; a ViT has none).
     """
 
     def __init__(self, student: nn.Module, assistant: nn.Module, temperature: float, alpha: float,
                  decoder: nn.Module, eta: float, position: int, criterion: FKDLoss, layers: Sequence[int],
-                 weights: Sequence[float], pre_relu: bool):
+                 weights: Sequence[float], pre_relu: bool, relu_stages: bool):
         super().__init__(student, assistant, temperature, alpha, decoder, eta, position)
         if len(layers) != len(weights):
             raise ValueError(f"one weight per distilled feature, got {len(layers)} features and {len(weights)} weights")
@@ -226,6 +230,7 @@ class TAS(ISRD):
         self.layers = list(layers)
         self.weights = [float(w) for w in weights]
         self.pre_relu = pre_relu
+        self.relu_student = relu_stages and not pre_relu
 
     @property
     def assistant(self) -> nn.Module:
@@ -234,11 +239,12 @@ class TAS(ISRD):
 
     def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
         """Student logits and the weighted CE, KD, ISRD and feature distillation terms."""
-        logits_s, feats_s = self.student(image, return_feat=True, preReLU=self.pre_relu)
+        logits_s, feats_s = self.student(image, return_feat=True, preReLU=True)  # (ISRD's, see the class docstring)
         logits_a, feats_a = self.teacher_forward(image_large, return_feat=True, pre_relu=self.pre_relu)
         # Pairs weighted 0 are skipped, so an ablation costs nothing; loss_fkd stays in the log as 0.
         pairs = [(layer, w) for layer, w in zip(self.layers, self.weights) if w > 0]
-        terms = self.criterion([feats_s[i] for i, _ in pairs], [feats_a[i] for i, _ in pairs])
+        paired_s = [F.relu(feats_s[i]) if self.relu_student else feats_s[i] for i, _ in pairs]
+        terms = self.criterion(paired_s, [feats_a[i] for i, _ in pairs])
         loss_fkd = sum((w * term for (_, w), term in zip(pairs, terms)), logits_s.new_zeros(()))
         terms = self.logit_terms(logits_s, logits_a, target)
         terms["loss_isrd"] = self.isrd_term(feats_s, image_large)
@@ -259,7 +265,8 @@ def build_tas(cfg: CfgNode, student: nn.Module, assistant: nn.Module) -> TAS:
     decoder = build_isrd_decoder(cfg, student, cfg.MODEL.ARCH_S)
     layers = tas_feature_layers(cfg, student)
     return TAS(student, assistant, cfg.KD.TEMP, cfg.KD.ALPHA, decoder, cfg.FSR.ETA, cfg.FSR.POSITION,
-               FKDLoss(cfg.TAS.FEAT_INTERP), layers, cfg.TAS.FEAT_WEIGHTS, cfg.MODEL.PRERELU)
+               FKDLoss(cfg.TAS.FEAT_INTERP), layers, cfg.TAS.FEAT_WEIGHTS, cfg.MODEL.PRERELU,
+               relu_stages=not is_vit(cfg.MODEL.ARCH_S))
 
 
 # ---------------------------------------------------------------------------------------------------------------
