@@ -40,6 +40,16 @@ def _cfg(assistant_path, arch_a="resnet18", arch_s="resnet18", crop=64, ratio=2.
     return cfg
 
 
+def _stage2_step(cfg):
+    """(distiller, image, large image, loss terms) of one stage-2 step on a seeded batch of 2."""
+    distiller = build_distiller(cfg, "tas")
+    distiller.train()
+    torch.manual_seed(0)
+    image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
+    _, losses = distiller.forward_train(image, image_large, torch.tensor([0, 1]), 1)
+    return distiller, image, image_large, losses
+
+
 # --- the loss -------------------------------------------------------------------------------------------------------
 def test_feature_distillation_loss_golden_value():
     f_s = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2).requires_grad_()
@@ -90,11 +100,7 @@ def test_zero_feature_weights_leave_logit_kd_and_isrd(tmp_path):
 def test_each_feature_pair_is_weighted_by_its_tas_feat_weight(tmp_path):
     cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
     cfg.TAS.FEAT_WEIGHTS = [1.0, 0.0, 0.0, 2.0]
-    distiller = build_distiller(cfg, "tas")
-    distiller.train()
-    torch.manual_seed(0)
-    image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
-    _, losses = distiller.forward_train(image, image_large, torch.tensor([0, 1]), 1)
+    distiller, image, image_large, losses = _stage2_step(cfg)
     with torch.no_grad():
         _, feats_s = distiller.student(image, return_feat=True, preReLU=cfg.MODEL.PRERELU)
         _, feats_a = distiller.assistant(image_large, return_feat=True, preReLU=cfg.MODEL.PRERELU)
@@ -107,11 +113,7 @@ def test_each_feature_pair_is_weighted_by_its_tas_feat_weight(tmp_path):
 def test_stage2_decodes_the_pre_relu_feature_as_one_stage_isrd_whatever_the_feature_pairs_take(pre_relu, tmp_path):
     cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
     cfg.FSR.POSITION, cfg.MODEL.PRERELU = 2, pre_relu  # a stage output, where the ReLU matters
-    distiller = build_distiller(cfg, "tas")
-    distiller.train()
-    torch.manual_seed(0)
-    image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
-    _, losses = distiller.forward_train(image, image_large, torch.tensor([0, 1]), 1)
+    distiller, image, image_large, losses = _stage2_step(cfg)
     with torch.no_grad():
         _, feats_s = distiller.student(image, return_feat=True, preReLU=True)
         expected = cfg.FSR.ETA * isrd_loss(distiller.decoder(feats_s[2]), image_large)
