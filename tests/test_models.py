@@ -528,9 +528,12 @@ def test_pretrain_file_of_another_arch_raises_user_error(offline):
         build_model("resnet18", NUM_CLASSES, pretrained=True, pretrain_file=str(path))
 
 
-def test_pretrain_file_is_ignored_without_pretrained(offline):
+def test_a_pretrain_file_without_pretraining_is_ignored_with_a_warning_in_the_runs_log(offline, capsys):
     model = build_model("resnet18", NUM_CLASSES, pretrained=False, pretrain_file=str(offline / "nowhere.pth"))
     assert model.fc.out_features == NUM_CLASSES
+    # The project logger's stdout, which train.log also receives (not Python's fallback to stderr).
+    out = capsys.readouterr().out
+    assert f"warning: weight file {offline / 'nowhere.pth'} for resnet18 is ignored: pretraining is off" in out
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vit_tiny_patch16_56"])

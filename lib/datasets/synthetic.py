@@ -9,7 +9,6 @@ archives. Everything is a deterministic function of the seed.
 from __future__ import annotations
 
 import colorsys
-import logging
 import os
 import re
 import shutil
@@ -20,6 +19,7 @@ from PIL import Image, ImageDraw
 from yacs.config import CfgNode
 
 from lib.config import resolve_path
+from lib.engine.setup import get_logger
 from lib.utils.errors import UserError
 
 __all__ = ["make_cub", "make_aircraft", "ensure_dataset", "GENERATORS"]
@@ -245,7 +245,7 @@ def ensure_dataset(cfg: CfgNode) -> None:
             if not os.path.isdir(root):  # a concurrent run that got there first is fine; anything else is not
                 raise
         else:
-            logging.getLogger("pixel_distill").info(
+            get_logger().info(
                 f"generated a synthetic {cfg.DATA.DATASET} dataset at {root} ({cfg.DATA.NUM_CLASSES} classes, "
                 f"{cfg.DATA.GENERATE_PER_CLASS} train + {cfg.DATA.GENERATE_PER_CLASS} test images each)"
             )

@@ -3,7 +3,7 @@
 Each figure is images per second after a warm-up. "model only" runs the full training step (forward, losses,
 backward, SGD) on batches already on the device: the compute bound that the input pipeline should reach.
 "end to end" is the trainer's own train_epoch over the real loader, in its steady state (a run iterates one
-stream for all its epochs, so its workers start once; that start is reported as "stream_start_s"). Both input
+stream for all its epochs, so its workers start once; that start is reported as "stream_start_s"). All three input
 pipelines (DATA.PIPELINE "tensor", the original's "pil", and "device") are measured in one call to be compared.
 """
 

@@ -700,7 +700,7 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
 
     Args:
         cfg: the frozen config.
-        method: "single" (MODEL.ARCH alone) or a distillation method (kd, at, sp, ickd, dkd, isrd).
+        method: "single" (MODEL.ARCH alone) or a distillation method (kd, at, sp, ickd, dkd, isrd; tas: stage 2 of TAS).
         num_runs: number of independent runs; run i uses seed BASIC.SEED + i.
         multi_run: keep runs in ckpt/run<i>/ and log/run<i>/ (False: one run in ckpt/ and log/, the teacher's).
     Returns:

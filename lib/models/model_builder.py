@@ -8,7 +8,6 @@ or `(logits, feats)`, feats being the original release's feature list (see resne
 from __future__ import annotations
 
 import difflib
-import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
+from lib.engine.setup import get_logger
 from lib.utils.errors import UserError, first_line, require_file
 
 from . import resnet, shufflenet
@@ -34,7 +34,6 @@ __all__ = [
     "parse_arch",
 ]
 
-_logger = logging.getLogger(__name__)
 
 # CNN registry: name -> builder(num_classes). The names are torchvision's, so are their ImageNet weights.
 CNN_BUILDERS: dict[str, Callable[[int], nn.Module]] = {
@@ -51,7 +50,6 @@ ARCHS: tuple[str, ...] = tuple(CNN_BUILDERS)
 # timm model names without their `_224` suffix; an architecture name appends the input size.
 VIT_FAMILIES: tuple[str, ...] = ("vit_tiny_patch16", "vit_small_patch16", "vit_base_patch16")
 VIT_PATCH_SIZE = 16
-# Total stride of every CNN here: a smaller input leaves less than one pixel for the last stage.
 # The CNNs downsample by 32 in total; from 16 px on, every stage still sees at least one position computed
 # from real pixels (the release's benchmark student, resnet18@28, sits above it). Smaller inputs are refused.
 CNN_MIN_INPUT_SIZE = 16
@@ -185,9 +183,8 @@ def build_model(arch: str, num_classes: int, pretrained: bool, pretrain_file: st
     if size is not None:
         check_input_size(arch, size)
     if pretrain_file and not pretrained:
-        _logger.warning(
-            "weight file %s for %s is ignored: pretraining is off (%s)", pretrain_file, arch, _PRETRAIN_KEYS
-        )
+        get_logger().warning(f"warning: weight file {pretrain_file} for {arch} is ignored: pretraining is off "
+                             f"({_PRETRAIN_KEYS})")
     from_file = _read_weight_file(pretrain_file) if pretrained and pretrain_file else None
     fetch = pretrained and from_file is None
 
