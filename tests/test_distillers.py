@@ -114,6 +114,14 @@ def test_every_loss_term_is_its_config_weight_times_the_pure_loss_on_the_right_f
     _assert_terms_are_weighted_pure_losses(tmp_path, method, epoch)
 
 
+def test_dkd_release_warmup_reaches_the_distillers_loss(tmp_path):
+    teacher_path = str(tmp_path / "t.pth")
+    _save_teacher(teacher_path, "resnet18")
+    cfg = _cfg(teacher_path, kdtype="dkd")
+    cfg.DKD.WARMUP, cfg.DKD.RELEASE_WARMUP = 20, True
+    assert build_distiller(cfg, "dkd").criterion.warmup_factor(1) == 2 / 20  # one epoch ahead, as the release
+
+
 @pytest.mark.parametrize("method", ["at", "sp", "ickd"])
 def test_feature_kd_with_prerelu_distils_the_features_before_relu_of_both_student_and_teacher(tmp_path, method):
     distiller, image, image_large = _assert_terms_are_weighted_pure_losses(tmp_path, method, 1, pre_relu=True)

@@ -9,18 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from lib.config import get_cfg
 from lib.losses import (
-    CRITERIA,
     ATLoss,
     DKDLoss,
     ICKDLoss,
-    KDLoss,
     SPLoss,
     SRDecoder,
     at_loss,
     attention_map,
-    build_criterion,
     build_decoder,
     dkd_loss,
     feature_distillation_loss,
@@ -28,9 +24,9 @@ from lib.losses import (
     isrd_loss,
     isrd_scale,
     kd_loss,
+    kd_terms,
     sp_loss,
 )
-from lib.utils.errors import UserError
 
 # Small hand-made logits: 2 samples x 3 classes, and 2 samples x 4 classes for DKD.
 LOGITS_S = [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]]
@@ -129,12 +125,10 @@ def test_kd_loss_golden():
         assert got == pytest.approx(_naive_kd(LOGITS_S, LOGITS_T, temp), rel=1e-10)
 
 
-def test_kd_module_golden():
-    cfg = get_cfg()
-    cfg.KD.TEMP, cfg.KD.ALPHA = 4, 0.9
-    got = KDLoss(cfg)(_t(LOGITS_S), _t(LOGITS_T), torch.tensor(TARGET)).item()
-    expected = 0.1 * _naive_ce(LOGITS_S, TARGET) + 0.9 * _naive_kd(LOGITS_S, LOGITS_T, 4.0)
-    assert got == pytest.approx(expected, rel=1e-10)
+def test_kd_terms_golden():
+    got = kd_terms(_t(LOGITS_S), _t(LOGITS_T), torch.tensor(TARGET), 4.0, 0.9)
+    assert got["loss_ce"].item() == pytest.approx(0.1 * _naive_ce(LOGITS_S, TARGET), rel=1e-10)
+    assert got["loss_kd"].item() == pytest.approx(0.9 * _naive_kd(LOGITS_S, LOGITS_T, 4.0), rel=1e-10)
 
 
 def test_kd_identical_logits_is_zero():
@@ -167,27 +161,21 @@ def test_dkd_loss_golden():
     ("epoch", "factor"), [(1, 1 / 20), (10, 0.5), (20, 1.0), (35, 1.0)], ids=["first", "half", "end", "after"]
 )
 def test_dkd_warmup_factor(epoch, factor):
-    cfg = get_cfg()
-    cfg.DKD.ALPHA, cfg.DKD.BETA, cfg.DKD.TEMP, cfg.DKD.WARMUP = 1.0, 2.0, 4, 20
     full = _naive_dkd(DKD_S, DKD_T, DKD_TARGET, 1.0, 2.0, 4.0)
-    got = DKDLoss(cfg)(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), epoch).item()
+    got = DKDLoss(alpha=1.0, beta=2.0, temperature=4.0, warmup=20)(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), epoch).item()
     assert got == pytest.approx(factor * full, rel=1e-10)
 
 
 @pytest.mark.parametrize(("epoch", "factor"), [(1, 2 / 20), (19, 1.0), (20, 1.0)])
 def test_dkd_release_warmup_switch_reproduces_the_releases_one_epoch_ahead_factor(epoch, factor):
-    cfg = get_cfg()
-    cfg.DKD.ALPHA, cfg.DKD.BETA, cfg.DKD.TEMP, cfg.DKD.WARMUP, cfg.DKD.RELEASE_WARMUP = 1.0, 2.0, 4, 20, True
     full = _naive_dkd(DKD_S, DKD_T, DKD_TARGET, 1.0, 2.0, 4.0)
-    got = DKDLoss(cfg)(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), epoch).item()
+    got = DKDLoss(alpha=1.0, beta=2.0, temperature=4.0, warmup=20, release_warmup=True)(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), epoch).item()
     assert got == pytest.approx(factor * full, rel=1e-10)
 
 
 def test_dkd_no_warmup():
-    cfg = get_cfg()
-    cfg.DKD.WARMUP = 0
-    got = DKDLoss(cfg)(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), 1).item()
-    assert got == pytest.approx(_naive_dkd(DKD_S, DKD_T, DKD_TARGET, cfg.DKD.ALPHA, cfg.DKD.BETA, 4.0), rel=1e-10)
+    got = DKDLoss(alpha=1.0, beta=8.0, temperature=4.0, warmup=0)(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), 1)
+    assert got.item() == pytest.approx(_naive_dkd(DKD_S, DKD_T, DKD_TARGET, 1.0, 8.0, 4.0), rel=1e-10)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -253,12 +241,12 @@ def test_at_loss_pools_the_larger_feature(student_larger):
 def test_at_module_one_loss_per_pair():
     feats_s = [torch.from_numpy(_feature((2, 2, 4, 4), seed=s)) for s in (5, 6)]
     feats_t = [torch.from_numpy(_feature((2, 3, 8, 8), seed=s)) for s in (7, 8)]
-    losses = ATLoss(get_cfg())(feats_s, feats_t)
+    losses = ATLoss()(feats_s, feats_t)
     assert len(losses) == 2
     for loss, f_s, f_t in zip(losses, feats_s, feats_t):
         assert loss.item() == pytest.approx(at_loss(f_s, f_t).item())
     with pytest.raises(ValueError, match="as many"):
-        ATLoss(get_cfg())(feats_s, feats_t[:1])
+        ATLoss()(feats_s, feats_t[:1])
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -271,7 +259,7 @@ def test_sp_loss_golden():
     g_t = _naive_row_normalised_gram(f_t.reshape(b, -1))
     expected = sum((g_t[i, j] - g_s[i, j]) ** 2 for i in range(b) for j in range(b)) / b**2
     assert sp_loss(torch.from_numpy(f_s), torch.from_numpy(f_t)).item() == pytest.approx(expected, rel=1e-12)
-    losses = SPLoss(get_cfg())([torch.from_numpy(f_s)], [torch.from_numpy(f_t)])
+    losses = SPLoss()([torch.from_numpy(f_s)], [torch.from_numpy(f_t)])
     assert len(losses) == 1 and losses[0].item() == pytest.approx(expected, rel=1e-12)
 
 
@@ -295,8 +283,7 @@ def test_ickd_loss_golden_different_spatial_sizes():
 
 
 def test_ickd_module_golden_fixed_embedding():
-    cfg = get_cfg()
-    criterion = ICKDLoss(cfg, channels_s=3, channels_t=2).double()
+    criterion = ICKDLoss(channels_s=3, channels_t=2).double()
     with torch.no_grad():  # the 1x1 conv keeps the first two student channels
         criterion.embed.conv.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).view(2, 3, 1, 1))
     criterion.eval()  # BN with its default statistics: y = x / sqrt(1 + eps)
@@ -313,9 +300,7 @@ def test_ickd_rejects_unembedded_student():
 
 @pytest.mark.parametrize("train_embed", [True, False])
 def test_ickd_train_embed_switch(train_embed):
-    cfg = get_cfg()
-    cfg.ICKD.TRAIN_EMBED = train_embed
-    criterion = ICKDLoss(cfg, channels_s=4, channels_t=6)
+    criterion = ICKDLoss(channels_s=4, channels_t=6, train_embed=train_embed)
     params = criterion.learnable_parameters()
     embed_params = list(criterion.embed.parameters())
     assert len(embed_params) == 3  # conv weight, BN weight and bias
@@ -373,14 +358,14 @@ def test_isrd_scale():
 
 
 def test_isrd_decoder_resnet_shape():
-    decoder = build_decoder(get_cfg(), (64, 28, 28))
+    decoder = build_decoder((64, 28, 28), 224)
     assert decoder.scale == 8 and decoder.conv.out_channels == 8 * 8 * 3
     assert decoder(torch.randn(2, 64, 28, 28)).shape == (2, 3, 224, 224)
 
 
 def test_isrd_decoder_vit_crop():
     torch.manual_seed(0)
-    decoder = build_decoder(get_cfg(), (192, 3, 3))
+    decoder = build_decoder((192, 3, 3), 224)
     assert decoder.scale == 75 and decoder.conv.out_channels == 16875  # the paper's 192x3x3 -> 16875x3x3
     x = torch.randn(1, 192, 3, 3)
     full = decoder.act(decoder.shuffle(decoder.conv(x)))
@@ -409,34 +394,3 @@ def test_isrd_loss_golden():
     assert got == pytest.approx(total / count, rel=1e-12)
     with pytest.raises(ValueError, match="large image"):
         isrd_loss(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 5, 5))
-
-
-# ------------------------------------------------------------------------------------------------------------
-# build_criterion
-# ------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("kdtype", "cls"), [("kd", KDLoss), ("at", ATLoss), ("sp", SPLoss), ("ickd", ICKDLoss), ("dkd", DKDLoss)]
-)
-def test_build_criterion_every_kdtype(kdtype, cls):
-    cfg = get_cfg()
-    cfg.MODEL.KDTYPE = kdtype
-    criterion = build_criterion(cfg, channels_s=64, channels_t=512)
-    assert type(criterion) is cls and CRITERIA[kdtype] is cls
-    if kdtype == "ickd":
-        assert criterion.embed.conv.weight.shape == (512, 64, 1, 1)
-
-
-def test_build_criterion_ickd_needs_channels():
-    cfg = get_cfg()
-    cfg.MODEL.KDTYPE = "ickd"
-    with pytest.raises(ValueError, match="channels"):
-        build_criterion(cfg)
-
-
-def test_build_criterion_unknown_name():
-    cfg = get_cfg()
-    cfg.MODEL.KDTYPE = "crd"
-    with pytest.raises(UserError) as err:
-        build_criterion(cfg)
-    for name in ("kd", "at", "sp", "ickd", "dkd"):
-        assert name in str(err.value)

@@ -123,7 +123,8 @@ def build_distiller(cfg: CfgNode, method: str, teacher: nn.Module | None = None)
     if method == "kd":
         return KD(student, teacher, cfg.KD.TEMP, cfg.KD.ALPHA)
     if method == "dkd":
-        return DKD(student, teacher, DKDLoss(cfg))
+        dkd = cfg.DKD
+        return DKD(student, teacher, DKDLoss(dkd.ALPHA, dkd.BETA, dkd.TEMP, dkd.WARMUP, dkd.RELEASE_WARMUP))
     if method == "isrd":
         decoder = build_isrd_decoder(cfg, student, cfg.MODEL.ARCH_S)
         return ISRD(student, teacher, cfg.KD.TEMP, cfg.KD.ALPHA, decoder, cfg.FSR.ETA, cfg.FSR.POSITION)
@@ -134,8 +135,8 @@ def build_distiller(cfg: CfgNode, method: str, teacher: nn.Module | None = None)
         # The release zips feats_s[1:] with feats_t[1:]: between CNNs the four stages; a ViT student's first four
         # blocks against a CNN teacher's four stages (the larger map average-pooled to the smaller).
         paired = slice(1, min(len(shapes_s), len(shapes_t)))
-        return FeatureKD(student, teacher, ATLoss(cfg), "at", cfg.AT.BETA, paired, cfg.MODEL.PRERELU)
+        return FeatureKD(student, teacher, ATLoss(), "at", cfg.AT.BETA, paired, cfg.MODEL.PRERELU)
     if method == "sp":
-        return FeatureKD(student, teacher, SPLoss(cfg), "sp", cfg.SP.BETA, slice(-1, None), cfg.MODEL.PRERELU)
-    criterion = ICKDLoss(cfg, shapes_s[-1][0], shapes_t[-1][0])
+        return FeatureKD(student, teacher, SPLoss(), "sp", cfg.SP.BETA, slice(-1, None), cfg.MODEL.PRERELU)
+    criterion = ICKDLoss(shapes_s[-1][0], shapes_t[-1][0], cfg.ICKD.TRAIN_EMBED)
     return FeatureKD(student, teacher, criterion, "ickd", cfg.ICKD.BETA, slice(-1, None), cfg.MODEL.PRERELU)

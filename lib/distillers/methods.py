@@ -121,7 +121,7 @@ def build_isrd_decoder(cfg: CfgNode, student: nn.Module, arch: str) -> nn.Module
     if not 0 <= cfg.FSR.POSITION < len(shapes):
         raise UserError(f"FSR.POSITION {cfg.FSR.POSITION} is out of range: {arch} has "
                         f"{len(shapes)} features (0 = its input module)")
-    return build_decoder(cfg, shapes[cfg.FSR.POSITION])
+    return build_decoder(shapes[cfg.FSR.POSITION], cfg.DATA.CROP_SIZE)
 
 
 __all__ = ["KD", "DKD", "FeatureKD", "ISRD", "build_isrd_decoder"]

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from yacs.config import CfgNode
 
 from .pairs import full_precision, per_pair, upcast
 
@@ -44,9 +43,6 @@ def at_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
 
 class ATLoss(nn.Module):
     """One unweighted AT loss per (student, teacher) feature pair; the caller weights them by AT.BETA."""
-
-    def __init__(self, cfg: CfgNode):
-        super().__init__()
 
     def forward(self, feats_s: Sequence[Tensor], feats_t: Sequence[Tensor]) -> list[Tensor]:
         """Return [at_loss(f_s, f_t) for each pair of layers]."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from yacs.config import CfgNode
 
 from .pairs import upcast
 
@@ -68,13 +67,13 @@ def dkd_loss(
 class DKDLoss(nn.Module):
     """DKD with a linear warm-up of its weight over DKD.WARMUP epochs; cross-entropy is added by the caller."""
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, alpha: float, beta: float, temperature: float, warmup: int, release_warmup: bool = False):
         super().__init__()
-        self.alpha = cfg.DKD.ALPHA
-        self.beta = cfg.DKD.BETA
-        self.temperature = cfg.DKD.TEMP
-        self.warmup = cfg.DKD.WARMUP
-        self.release_warmup = cfg.DKD.RELEASE_WARMUP
+        self.alpha = alpha
+        self.beta = beta
+        self.temperature = temperature
+        self.warmup = warmup
+        self.release_warmup = release_warmup
 
     def warmup_factor(self, epoch: int) -> float:
         """min(epoch / WARMUP, 1) for epochs counted from 1 (DKD's own code); 1 when WARMUP is 0.

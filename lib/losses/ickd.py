@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from yacs.config import CfgNode
 
 from .pairs import full_precision, per_pair, upcast
 
@@ -44,7 +43,7 @@ def ickd_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
 class ICKDLoss(nn.Module):
     """Embeds each student feature (1x1 conv + BN) to the teacher's channels and applies ickd_loss."""
 
-    def __init__(self, cfg: CfgNode, channels_s: int, channels_t: int):
+    def __init__(self, channels_s: int, channels_t: int, train_embed: bool = False):
         super().__init__()
         # The release's Embed: 1x1 conv without bias, then BatchNorm (its `l2norm` attribute is a BatchNorm2d).
         self.embed = nn.Sequential(
@@ -53,7 +52,7 @@ class ICKDLoss(nn.Module):
                 bn=nn.BatchNorm2d(channels_t),
             )
         )
-        self.train_embed = cfg.ICKD.TRAIN_EMBED
+        self.train_embed = train_embed
         if not self.train_embed:
             # The release never gave the embedding to the optimiser: it stays at its random initialisation
             # (BN running statistics still move in train mode, as there).

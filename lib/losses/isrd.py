@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from yacs.config import CfgNode
 
 __all__ = ["isrd_scale", "SRDecoder", "isrd_loss", "build_decoder"]
 
@@ -57,16 +56,15 @@ def isrd_loss(decoded: Tensor, image_large: Tensor) -> Tensor:
     return F.l1_loss(decoded, image_large)
 
 
-def build_decoder(cfg: CfgNode, feat_shape: tuple[int, int, int]) -> SRDecoder:
+def build_decoder(feat_shape: tuple[int, int, int], out_size: int) -> SRDecoder:
     """Build the ISRD decoder for a student feature of shape (C, h, w).
 
     Args:
-        cfg: config; DATA.CROP_SIZE is the teacher's image size that the decoder reconstructs.
         feat_shape: (C, h, w) of the student's decoded feature (FSR.POSITION picks it).
+        out_size: side of the large image that the decoder reconstructs (DATA.CROP_SIZE, the teacher's input).
 
     Returns:
-        An SRDecoder with scale ceil(CROP_SIZE / w).
+        An SRDecoder with scale ceil(out_size / w).
     """
     channels, _, width = feat_shape
-    out_size = cfg.DATA.CROP_SIZE
     return SRDecoder(channels, isrd_scale(out_size, width), out_size)

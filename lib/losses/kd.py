@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor, nn
-from yacs.config import CfgNode
+from torch import Tensor
 
 from .pairs import upcast
 
-__all__ = ["kd_loss", "kd_terms", "KDLoss"]
+__all__ = ["kd_loss", "kd_terms"]
 
 
 def kd_loss(logits_s: Tensor, logits_t: Tensor, temperature: float) -> Tensor:
@@ -48,17 +47,3 @@ def kd_terms(logits_s: Tensor, logits_t: Tensor, target: Tensor, temperature: fl
         "loss_ce": (1.0 - alpha) * F.cross_entropy(logits_s, target),
         "loss_kd": alpha * kd_loss(logits_s, logits_t, temperature),
     }
-
-
-class KDLoss(nn.Module):
-    """(1 - KD.ALPHA) * CE(student, label) + KD.ALPHA * kd_loss, the release's KD objective."""
-
-    def __init__(self, cfg: CfgNode):
-        super().__init__()
-        self.alpha = cfg.KD.ALPHA
-        self.temperature = cfg.KD.TEMP
-
-    def forward(self, logits_s: Tensor, logits_t: Tensor, target: Tensor) -> Tensor:
-        """Return the weighted sum of cross-entropy and KD for student logits (B, K) and labels (B,)."""
-        terms = kd_terms(logits_s, logits_t, target, self.temperature, self.alpha)
-        return terms["loss_ce"] + terms["loss_kd"]
