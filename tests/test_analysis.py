@@ -39,9 +39,10 @@ _one_error_line = one_error_line
 STUDENT = {"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18"}, "DATA": {"LESSEN_RATIO": 2.0}}
 
 
-def _checkpoint(path, arch="resnet18", classes=4) -> str:
+def _checkpoint(path, arch="resnet18", classes=4, **meta) -> str:
     torch.manual_seed(0)
-    torch.save({"epoch": 1, "state_dict": build_model(arch, classes, False).state_dict(), "best_acc": 0.0}, path)
+    torch.save({"epoch": 1, "state_dict": build_model(arch, classes, False).state_dict(), "best_acc": 0.0, **meta},
+               path)
     return str(path)
 
 
@@ -52,6 +53,7 @@ def test_eval_reports_a_real_checkpoint_at_the_student_size(tiny_cub, write_conf
     config = write_config(STUDENT, tiny_cub)
     assert run_in_process(EVAL, config, "TEST.CHECKPOINT", ckpt, monkeypatch=monkeypatch) == 0
     out = capsys.readouterr().out
+    assert "was trained at" not in out
     out_dir = ckpt_dir / "eval" / "model_best_32px"  # 64 px crop / LESSEN_RATIO 2
     for word in ("top-1", "top-5", "mean per-class", str(out_dir)):
         assert word in out, (word, out)
@@ -85,6 +87,14 @@ def test_eval_reports_a_real_checkpoint_at_the_student_size(tiny_cub, write_conf
     with torch.no_grad():
         correct = (model(batch["image"]).argmax(1) == batch["target"]).float().mean().item() * 100.0
     assert metrics["top1"] == pytest.approx(correct)
+
+
+def test_eval_warns_when_the_checkpoint_was_trained_at_another_input_size(tiny_cub, write_config, tmp_path,
+                                                                          monkeypatch, capsys):
+    ckpt = _checkpoint(tmp_path / "model_best.pth", input_size=64)
+    assert run_in_process(EVAL, write_config(STUDENT, tiny_cub), "TEST.CHECKPOINT", ckpt, monkeypatch=monkeypatch) == 0
+    assert (f"warning: the checkpoint {ckpt} was trained at 64 px and sees 32 px images here (DATA.CROP_SIZE / "
+            "DATA.LESSEN_RATIO; give the experiment's config.yaml to match)") in capsys.readouterr().out
 
 
 def test_eval_reads_a_runs_last_pth_as_its_last_epochs_weights(tiny_cub, write_config, tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ import platform
 import statistics
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -317,7 +317,7 @@ def format_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def run_cost(archs: Sequence[str], sizes: Sequence[int], batch_sizes: Sequence[int], device_name: str,
              warmup: int | None, repeats: int | None, out_dir: str, num_classes: int = DEFAULT_NUM_CLASSES,
-             log=print) -> list[dict[str, Any]]:
+             log: Callable[[str], object] = print) -> list[dict[str, Any]]:
     """Measure every (arch, size) pair and write cost.md, cost.csv and cost.json into `out_dir`.
 
     Args:

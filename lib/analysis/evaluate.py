@@ -28,7 +28,7 @@ from yacs.config import CfgNode
 
 from lib.config import resolve_path, small_crop_size
 from lib.datasets import BatchPreparer, build_dataset
-from lib.engine.checkpoint import load_weights, save_json
+from lib.engine.checkpoint import load_weights, save_json, warn_other_input_size
 from lib.engine.setup import get_logger, select_device, use_device
 from lib.engine.trainer import build_loader
 from lib.models.model_builder import build_model, check_input_size
@@ -177,10 +177,8 @@ def evaluate_checkpoint(cfg: CfgNode) -> dict[str, Any]:
 
     model = build_model(arch, num_classes, False)
     ckpt = load_weights(model, path, "checkpoint TEST.CHECKPOINT", arch, num_classes)
-    trained_size = ckpt.get("input_size")
-    if trained_size and trained_size != size:
-        log.info(f"warning: {path} was trained at {trained_size} px and is evaluated at {size} px "
-                 f"(DATA.CROP_SIZE / DATA.LESSEN_RATIO); use the experiment's config.yaml to match")
+    warn_other_input_size(ckpt, f"the checkpoint {path}", size,
+                          "DATA.CROP_SIZE / DATA.LESSEN_RATIO; give the experiment's config.yaml to match")
     test_set = build_dataset(cfg, is_train=False)
     device = select_device(cfg)
     use_device(device)

@@ -21,6 +21,7 @@ import os
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +125,7 @@ def _read_experiment(folder: str) -> Experiment:
         raise UserError(f"cannot read the experiment in {folder} ({type(err).__name__}: {err})") from None
 
 
-def find_experiments(root: str, warn=None) -> list[Experiment]:
+def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> list[Experiment]:
     """Every experiment (folder with results.json) under `root`; unreadable ones are reported through `warn`."""
     warn = warn or (lambda message: print(message, file=sys.stderr))
     check_output_root(root)
@@ -161,7 +162,7 @@ def _pick(candidates: list[Experiment], what: str, warn) -> Experiment:
     return best
 
 
-def build_rows(experiments: list[Experiment], warn=None) -> list[Row]:
+def build_rows(experiments: list[Experiment], warn: Callable[[str], object] | None = None) -> list[Row]:
     """Group experiments into table rows (see the module docstring)."""
     warn = warn or (lambda message: print(message, file=sys.stderr))
     singles: dict[tuple, list[Experiment]] = defaultdict(list)

@@ -6,8 +6,7 @@ from torch import nn
 from yacs.config import CfgNode
 
 from lib.config import resolve_path, small_crop_size
-from lib.engine.checkpoint import load_weights
-from lib.engine.setup import get_logger
+from lib.engine.checkpoint import load_weights, warn_other_input_size
 from lib.losses import ATLoss, DKDLoss, ICKDLoss, SPLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes
 from lib.utils.errors import UserError
@@ -60,7 +59,7 @@ def check_archs(cfg: CfgNode, method: str) -> None:
         check_input_size(arch_t, cfg.DATA.CROP_SIZE)
 
 
-def build_teacher(cfg: CfgNode):
+def build_teacher(cfg: CfgNode) -> nn.Module:
     """The teacher network with MODEL.MODELDICT_T loaded (checked against ARCH_T and NUM_CLASSES)."""
     if not cfg.MODEL.MODELDICT_T:
         raise UserError("MODEL.MODELDICT_T is empty; train a teacher with tools_0_base/train_teacher_1run.py "
@@ -69,23 +68,15 @@ def build_teacher(cfg: CfgNode):
     teacher = build_model(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, False)
     path = resolve_path(cfg.MODEL.MODELDICT_T)
     ckpt = load_weights(teacher, path, "teacher checkpoint MODEL.MODELDICT_T", cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES)
-    warn_other_input_size(ckpt, f"the teacher {path}", cfg.DATA.CROP_SIZE)
+    warn_other_input_size(ckpt, f"the teacher {path}", cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE")
     return teacher
-
-
-def warn_other_input_size(ckpt: dict, who: str, size: int) -> None:
-    """Warn when a loaded network (`who`) was trained at another input size than the `size` px it sees here."""
-    trained_size = ckpt.get("input_size")
-    if trained_size and trained_size != size:
-        get_logger().warning(f"warning: {who} was trained at {trained_size} px and sees {size} px images here "
-                             "(DATA.CROP_SIZE)")
 
 
 def _weights_file(path: str) -> str:
     return resolve_path(path) if path else ""
 
 
-def _build_student(cfg: CfgNode, method: str):
+def _build_student(cfg: CfgNode, method: str) -> nn.Module:
     if method == "single":
         return build_model(cfg.MODEL.ARCH, cfg.DATA.NUM_CLASSES, cfg.MODEL.PRETRAIN,
                            _weights_file(cfg.MODEL.PRETRAIN_FILE))

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# What a training step's forward returns: the student's logits (B, K) and its named, weighted loss terms.
+StepOutput = tuple[Tensor, dict[str, Tensor]]
+# A training step's forward: (image, image_large, target, epoch) -> StepOutput (Distiller.forward_train, or it
+# compiled).
+StepFn = Callable[[Tensor, Tensor, Tensor, int], StepOutput]
 
 
 class Distiller(nn.Module):
@@ -42,7 +50,8 @@ class Distiller(nn.Module):
         """Logits of the plain student (what is deployed)."""
         return self.student(image)
 
-    def teacher_forward(self, image_large: Tensor, return_feat: bool = False, pre_relu: bool = False):
+    def teacher_forward(self, image_large: Tensor, return_feat: bool = False,
+                        pre_relu: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Run the frozen teacher on the large image in inference mode (no autograd bookkeeping at all).
 
         Its outputs are inference tensors: the losses only ever compute new tensors from them (softmax, attention
@@ -56,11 +65,11 @@ class Distiller(nn.Module):
                 return self.teacher(image_large, return_feat=True, preReLU=pre_relu)
             return self.teacher(image_large)
 
-    def forward(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
+    def forward(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int) -> StepOutput:
         """The training step's forward (what DistributedDataParallel calls): see forward_train."""
         return self.forward_train(image, image_large, target, epoch)
 
-    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
+    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int) -> StepOutput:
         """Return (student logits, {"loss_<term>": weighted loss}); `epoch` counts from 1."""
         logits = self.student(image)
         return logits, {"loss_ce": F.cross_entropy(logits, target)}

@@ -11,7 +11,7 @@ from lib.losses import build_decoder, isrd_loss, kd_terms
 from lib.models.model_builder import feature_shapes
 from lib.utils.errors import UserError
 
-from .base import Distiller
+from .base import Distiller, StepOutput
 
 
 class KD(Distiller):
@@ -26,7 +26,7 @@ class KD(Distiller):
         """The weighted CE and KD terms (shared by ISRD and TAS)."""
         return kd_terms(logits_s, logits_t, target, self.temperature, self.alpha)
 
-    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
+    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int) -> StepOutput:
         """Student logits and the weighted CE and KD terms."""
         logits_s = self.student(image)
         return logits_s, self.logit_terms(logits_s, self.teacher_forward(image_large), target)
@@ -35,11 +35,11 @@ class KD(Distiller):
 class DKD(Distiller):
     """Zhao et al., CVPR 2022: CE + min(epoch / warmup, 1) T^2 (alpha TCKD + beta NCKD)."""
 
-    def __init__(self, student, teacher, criterion: nn.Module):
+    def __init__(self, student: nn.Module, teacher: nn.Module, criterion: nn.Module):
         super().__init__(student, teacher)
         self.criterion = criterion  # a DKDLoss: the warmed-up DKD term
 
-    def forward_train(self, image, image_large, target, epoch):
+    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int) -> StepOutput:
         """Student logits and the CE and warmed-up DKD terms."""
         logits_s = self.student(image)
         logits_t = self.teacher_forward(image_large)
@@ -52,8 +52,8 @@ class DKD(Distiller):
 class FeatureKD(Distiller):
     """CE + beta * sum of a feature loss over chosen layers (AT: the stages; SP and ICKD: the last one)."""
 
-    def __init__(self, student, teacher, criterion: nn.Module, name: str, beta: float, layers: slice,
-                 pre_relu: bool):
+    def __init__(self, student: nn.Module, teacher: nn.Module, criterion: nn.Module, name: str, beta: float,
+                 layers: slice, pre_relu: bool):
         super().__init__(student, teacher)
         self.criterion = criterion
         self.name = name
@@ -61,18 +61,18 @@ class FeatureKD(Distiller):
         self.layers = layers
         self.pre_relu = pre_relu
 
-    def get_learnable_parameters(self):
+    def get_learnable_parameters(self) -> list[nn.Parameter]:
         """The student's parameters, plus a trained ICKD embedding."""
         params = super().get_learnable_parameters()
         if hasattr(self.criterion, "learnable_parameters"):
             params += list(self.criterion.learnable_parameters())
         return params
 
-    def extra_modules(self):
+    def extra_modules(self) -> dict[str, nn.Module]:
         """The ICKD embedding (when the criterion has parameters)."""
         return {"criterion": self.criterion} if any(True for _ in self.criterion.parameters()) else {}
 
-    def forward_train(self, image, image_large, target, epoch):
+    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int) -> StepOutput:
         """Student logits and the CE and weighted feature terms."""
         logits_s, feats_s = self.student(image, return_feat=True, preReLU=self.pre_relu)
         _, feats_t = self.teacher_forward(image_large, return_feat=True, pre_relu=self.pre_relu)
@@ -86,18 +86,18 @@ class FeatureKD(Distiller):
 class ISRD(KD):
     """The paper's method: logit KD + eta * L1(decoder(student input feature), large image)."""
 
-    def __init__(self, student, teacher, temperature: float, alpha: float, decoder: nn.Module, eta: float,
-                 position: int):
+    def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float, alpha: float, decoder: nn.Module,
+                 eta: float, position: int):
         super().__init__(student, teacher, temperature, alpha)
         self.decoder = decoder
         self.eta = eta
         self.position = position
 
-    def get_learnable_parameters(self):
+    def get_learnable_parameters(self) -> list[nn.Parameter]:
         """The student's and the decoder's parameters."""
         return super().get_learnable_parameters() + list(self.decoder.parameters())
 
-    def extra_modules(self):
+    def extra_modules(self) -> dict[str, nn.Module]:
         """The decoder, trained with the student and saved beside it."""
         return {"decoder": self.decoder}
 
@@ -105,7 +105,7 @@ class ISRD(KD):
         """eta * L1 between the decoded input feature (B, 3, CROP, CROP) and the large image."""
         return self.eta * isrd_loss(self.decoder(feats_s[self.position]), image_large)
 
-    def forward_train(self, image, image_large, target, epoch):
+    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int) -> StepOutput:
         """Student logits and the weighted CE, KD and ISRD terms."""
         # The release's ISRD script asks for the features before their ReLU (preReLU=True): the same conv1 output
         # at FSR.POSITION 0, the stage outputs before their last ReLU at positions 1-4.

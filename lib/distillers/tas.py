@@ -19,12 +19,13 @@ from torch import Tensor, nn
 from yacs.config import CfgNode
 
 from lib.config import KDTYPES, check_cfg, get_cfg, resolve_path, small_crop_size
-from lib.engine.checkpoint import load_weights
+from lib.engine.checkpoint import load_weights, warn_other_input_size
 from lib.engine.setup import experiment_name, get_logger
 from lib.losses import FKD_INTERP_MODES, FKDLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes, is_vit, parse_arch
 from lib.utils.errors import UserError, require_file
 
+from .base import StepOutput
 from .methods import ISRD, build_isrd_decoder
 
 __all__ = ["TAS", "assistant_arch", "assistant_checkpoint", "assistant_config", "build_assistant", "build_tas",
@@ -182,9 +183,7 @@ def build_assistant(cfg: CfgNode) -> nn.Module:
     assistant = build_model(cfg.MODEL.ARCH_A, cfg.DATA.NUM_CLASSES, False)
     ckpt = load_weights(assistant, path, "assistant checkpoint MODEL.MODELDICT_A", cfg.MODEL.ARCH_A,
                         cfg.DATA.NUM_CLASSES)
-    from . import warn_other_input_size
-
-    warn_other_input_size(ckpt, f"the assistant {path}", cfg.DATA.CROP_SIZE)
+    warn_other_input_size(ckpt, f"the assistant {path}", cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE")
     return assistant
 
 
@@ -237,7 +236,7 @@ class TAS(ISRD):
         """The frozen assistant (stored as the base class's teacher)."""
         return self.teacher
 
-    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int):
+    def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int) -> StepOutput:
         """Student logits and the weighted CE, KD, ISRD and feature distillation terms."""
         logits_s, feats_s = self.student(image, return_feat=True, preReLU=True)  # (ISRD's, see the class docstring)
         logits_a, feats_a = self.teacher_forward(image_large, return_feat=True, pre_relu=self.pre_relu)

@@ -24,7 +24,7 @@ from lib.models.model_builder import build_model
 
 from .checkpoint import atomic_write
 from .setup import configure_backends, get_logger, seed_everything, select_device, use_device
-from .trainer import autocast, build_loader, compile_step, place_for_training, train_epoch
+from .trainer import autocast, build_loader, compile_step, optimizer_step, place_for_training, train_epoch
 
 
 def benchmark_method(cfg: CfgNode) -> str:
@@ -163,14 +163,7 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     _reset_peak(device)
 
     def model_step(i: int) -> None:
-        b = resident[i % len(resident)]
-        with autocast(cfg, device):
-            _, losses = step_fn(b["image"], b["image_large"], b["target"], 1)
-            loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(step_fn, resident[i % len(resident)], 1, optimizer, scaler, cfg, device)
 
     # Teacher forward alone (no gradients), on the large images.
     if distiller.teacher is not None:

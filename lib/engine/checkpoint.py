@@ -10,7 +10,8 @@ import json
 import os
 import random
 import tempfile
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 try:
     import fcntl
@@ -24,8 +25,10 @@ from torch import nn
 from lib.models.model_builder import clean_state_dict
 from lib.utils.errors import UserError, first_line, require_file
 
+from .setup import get_logger
 
-def atomic_write(path: str, write_fn) -> None:
+
+def atomic_write(path: str, write_fn: Callable[[IO[bytes]], object]) -> None:
     """Write through a temporary file in the same folder, fsync it, then rename over `path`.
 
     A kill at any instant leaves either the old file or the new one, never a torn one (rename is atomic on
@@ -165,7 +168,7 @@ def load_json(path: str) -> Any:
         return json.load(f)
 
 
-def read_saved(path: str, read, fix: str) -> Any:
+def read_saved(path: str, read: Callable[[str], Any], fix: str) -> Any:
     """read(path) of a file a run saved; a UserError naming it as damaged, and how to go on, when that fails."""
     try:
         return read(path)
@@ -259,3 +262,11 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
             )
     model.load_state_dict(state_dict, strict=True)
     return ckpt
+
+
+def warn_other_input_size(ckpt: dict, who: str, size: int, where: str) -> None:
+    """Warn when a loaded network (`who`) was trained at another input size than the `size` px (`where`) it sees."""
+    trained_size = ckpt.get("input_size")
+    if trained_size and trained_size != size:
+        get_logger().warning(f"warning: {who} was trained at {trained_size} px and sees {size} px images here "
+                             f"({where})")

@@ -32,6 +32,7 @@ from lib.datasets import BatchPreparer, TwoScaleDataset, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
+from lib.distillers.base import StepFn, StepOutput
 from lib.utils.errors import FRESH_START_INTERRUPTED_MESSAGE, TERMINATED_EXIT, UserError, first_line, raise_terminated
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent
 
@@ -211,7 +212,7 @@ class StepMonitor:
         return {n: total / max(self.seen, 1) for n, total in zip(self.names, self.sums)}
 
 
-def compile_step(cfg: CfgNode, step):
+def compile_step(cfg: CfgNode, step: StepFn) -> StepFn:
     """The training step's forward, compiled (TRAIN.COMPILE_BACKEND, _MODE) when TRAIN.COMPILE is on, else as given.
 
     torch.compile builds on the first call: a build that fails there (no C++ compiler on the CPU or Triton on a
@@ -253,9 +254,25 @@ def autocast(cfg: CfgNode, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[cfg.TRAIN.AMP])
 
 
+def optimizer_step(step_fn: StepFn, batch: dict[str, torch.Tensor], epoch: int, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, cfg: CfgNode, device: torch.device) -> StepOutput:
+    """One training step on a prepared batch: forward under TRAIN.AMP's autocast, backward, optimiser and scaler.
+
+    Returns the step's (student logits, loss terms). The benchmark's "model only" figure times this same function.
+    """
+    with autocast(cfg, device):
+        logits, losses = step_fn(batch["image"], batch["image_large"], batch["target"], epoch)
+        loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return logits, losses
+
+
 def train_epoch(distiller: Distiller, batches: Iterator, steps: int, prep: BatchPreparer,
                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, cfg: CfgNode, device: torch.device,
-                epoch: int, where: str, step_fn=None) -> dict:
+                epoch: int, where: str, step_fn: StepFn | None = None) -> dict:
     """Train on the next `steps` batches of the stream `batches` (one epoch of the training loader).
 
     Returns the mean of every loss term, their sum ("loss") and the train top-1 (%), over every DDP rank's shard.
@@ -274,13 +291,7 @@ def train_epoch(distiller: Distiller, batches: Iterator, steps: int, prep: Batch
     start = time.time()
     for step, batch in enumerate(iterator, 1):
         batch = prep(batch)
-        with autocast(cfg, device):
-            logits, losses = step_fn(batch["image"], batch["image_large"], batch["target"], epoch)
-            loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        logits, losses = optimizer_step(step_fn, batch, epoch, optimizer, scaler, cfg, device)
         n = batch["target"].shape[0]
         monitor.push(losses, n, epoch, step)
         correct += (logits.detach().argmax(1) == batch["target"]).sum()
