@@ -45,6 +45,10 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 DEVICES = ("auto", "cpu", "cuda")
 LESSEN_TYPES = (0, 1, 2, 3, 4, 5)
+# DATA.LESSEN_TYPE (PIL resample codes) -> F.interpolate mode of the batched pipelines. PIL's nearest samples pixel
+# centres, which is torch's "nearest-exact"; PIL's box filter is an area average. Lanczos (1) and hamming (5)
+# have no F.interpolate equivalent and need DATA.PIPELINE "pil".
+TENSOR_INTERPOLATION = {0: "nearest-exact", 2: "bilinear", 3: "bicubic", 4: "area"}
 # The shorter side the published teachers and distillation configs resize to (their RESIZE_SIZE).
 DEFAULT_CACHE_SIZE = 256
 
@@ -381,7 +385,7 @@ def check_cfg(cfg: CfgNode) -> None:
     _require(data.LESSEN_TYPE in LESSEN_TYPES, f"DATA.LESSEN_TYPE must be one of {LESSEN_TYPES} (PIL codes), got {data.LESSEN_TYPE}")
     _require(data.PIPELINE in PIPELINES, f"DATA.PIPELINE must be one of {', '.join(PIPELINES)}, got {data.PIPELINE!r}")
     _require(
-        data.PIPELINE == "pil" or data.LESSEN_TYPE in (0, 2, 3, 4),
+        data.PIPELINE == "pil" or data.LESSEN_TYPE in TENSOR_INTERPOLATION,
         f"DATA.LESSEN_TYPE {data.LESSEN_TYPE} (lanczos/hamming) has no batched equivalent; use DATA.PIPELINE 'pil'",
     )
     _require(len(data.IMAGE_MEAN) == 3 and len(data.IMAGE_STD) == 3, "DATA.IMAGE_MEAN and DATA.IMAGE_STD need 3 values")

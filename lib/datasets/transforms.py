@@ -48,7 +48,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from yacs.config import CfgNode
 
-from lib.config import small_crop_size, small_resize_size, train_cache_size
+from lib.config import TENSOR_INTERPOLATION, small_crop_size, small_resize_size, train_cache_size
 from lib.utils.errors import UserError
 
 from .cache import ShorterSideResize, build_cache, load_rgb, read_all, verify_image
@@ -68,12 +68,6 @@ __all__ = [
     "TwoScaleDataset",
     "BatchPreparer",
 ]
-
-# DATA.LESSEN_TYPE (PIL resample codes) -> F.interpolate mode of the tensor pipeline. PIL's nearest samples pixel
-# centres, which is torch's "nearest-exact"; PIL's box filter is an area average. Lanczos (1) and hamming (5)
-# have no F.interpolate equivalent and need DATA.PIPELINE "pil".
-TENSOR_INTERPOLATION = {0: "nearest-exact", 2: "bilinear", 3: "bicubic", 4: "area"}
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pixel operations shared by both pipelines
@@ -373,7 +367,7 @@ class BatchPreparer:
         self.channels_last = channels_last
         self.mean = torch.tensor(cfg.DATA.IMAGE_MEAN, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.DATA.IMAGE_STD, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        if self.pipeline != "pil" and not self.same_scale and self.lessen_type not in TENSOR_INTERPOLATION:
+        if self.pipeline != "pil" and not self.same_scale:
             check_tensor_lessen_type(self.lessen_type)
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:

@@ -200,13 +200,9 @@ def tas_feature_layers(cfg: CfgNode, student: nn.Module) -> list[int]:
         if outside:
             raise UserError(f"TAS.VIT_BLOCKS {list(cfg.TAS.VIT_BLOCKS)} names block(s) {outside}, but {arch} has "
                             f"blocks 1..{depth}")
-        layers, what = list(cfg.TAS.VIT_BLOCKS), "blocks in TAS.VIT_BLOCKS"
-    else:
-        layers, what = list(range(1, num_feats)), f"stages after the input module of {arch}"
-    if len(layers) != len(cfg.TAS.FEAT_WEIGHTS):
-        raise UserError(f"TAS.FEAT_WEIGHTS has {len(cfg.TAS.FEAT_WEIGHTS)} weights for {len(layers)} {what}; "
-                        "give one weight per feature (0 switches one off)")
-    return layers
+        return list(cfg.TAS.VIT_BLOCKS)
+    # check_tas_archs has matched TAS.FEAT_WEIGHTS to these (with the ViT's to TAS.VIT_BLOCKS).
+    return list(range(1, num_feats))
 
 
 class TAS(ISRD):
