@@ -110,7 +110,8 @@ def test_a_blocked_output_folder_fails_before_anything_is_measured_naming_the_fi
     assert "img_s" not in out and "GFLOPs" not in out  # nothing was measured first
 
 
-def test_the_cpu_peak_memory_restarts_for_each_pipeline():
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="only Linux can restart a process's peak RSS")
+def test_resetting_the_cpu_peak_forgets_memory_freed_before_so_each_pipeline_has_its_own_peak():
     from lib.engine.benchmark import _peak_memory_mb, _reset_peak
 
     cpu = torch.device("cpu")

@@ -222,17 +222,6 @@ def test_teacher_checkpoint_mismatches_name_the_file_and_the_difference(tmp_path
     assert "t.pth" in str(err.value)
 
 
-def test_a_teacher_trained_at_another_input_size_is_used_with_a_warning(tmp_path, capsys):
-    teacher_path = str(tmp_path / "t.pth")
-    _save_teacher(teacher_path, "resnet18", input_size=32)  # the config's teacher sees 64 px
-    build_distiller(_cfg(teacher_path), "kd")
-    out = capsys.readouterr().out
-    assert "warning: the teacher" in out and "trained at 32 px and sees 64 px" in out, out
-    _save_teacher(teacher_path, "resnet18", input_size=64)
-    build_distiller(_cfg(teacher_path), "kd")
-    assert "warning" not in capsys.readouterr().out
-
-
 def test_release_teacher_checkpoints_with_module_prefix_and_fc_cls_load(tmp_path):
     teacher_path = str(tmp_path / "release.pth")
     model = build_model("resnet18", 4, False)
@@ -281,7 +270,7 @@ def test_isrd_trains_cnn_and_vit_students_and_saves_the_decoder_beside_the_plain
     assert {"loss_ce", "loss_kd", "loss_isrd"} <= set(stats)
 
 
-def test_a_vit_teacher_distils_into_a_cnn_student_with_kd(tiny_cub, write_config, tmp_path, monkeypatch):
+def test_a_vit_teacher_distils_into_a_cnn_student_with_dkd(tiny_cub, write_config, tmp_path, monkeypatch):
     teacher_path = str(tmp_path / "vit_teacher.pth")
     _save_teacher(teacher_path, "vit_tiny_patch16_64")
     config = write_config({"MODEL": {"ARCH_T": "vit_tiny_patch16_64", "MODELDICT_T": teacher_path,
@@ -289,6 +278,10 @@ def test_a_vit_teacher_distils_into_a_cnn_student_with_kd(tiny_cub, write_config
                            "DATA": {"LESSEN_RATIO": 2.0}, "BASIC": {"NUM_RUNS": 1},
                            "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
     assert run_in_process(KD_SCRIPT, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_dkd_vit_tiny_patch16_64_64_resnet18_32_seed0_0.01"
+    assert json.loads((exp / "results.json").read_text())["runs"][0]["best_epoch"] == 1
+    stats = json.loads((exp / "log" / "run0" / "stats.jsonl").read_text().splitlines()[-1])
+    assert {"loss_ce", "loss_dkd"} <= set(stats) and stats["loss_dkd"] > 0
 
 
 def test_isrd_on_the_device_pipeline_sees_what_the_tensor_pipeline_sees(tiny_cub, tiny_teacher, write_config,
@@ -368,15 +361,16 @@ def test_a_teacher_or_assistant_trained_at_another_input_size_loads_with_a_warni
     from lib.distillers.tas import build_assistant
 
     path = tmp_path / f"{role}.pth"
-    torch.save({"state_dict": build_model("resnet18", 4, False).state_dict(), "arch": "resnet18",
-                "input_size": 112}, path)
     cfg = get_cfg()
     cfg.DATA.NUM_CLASSES, cfg.DATA.CROP_SIZE = 4, 64
-    if role == "teacher":
-        cfg.MODEL.ARCH_T, cfg.MODEL.MODELDICT_T = "resnet18", str(path)
-        build_teacher(cfg)
-    else:
-        cfg.MODEL.ARCH_A, cfg.MODEL.MODELDICT_A = "resnet18", str(path)
-        build_assistant(cfg)
-    out = capsys.readouterr().out
-    assert f"warning: the {role} {path} was trained at 112 px and sees 64 px images here (DATA.CROP_SIZE)" in out
+    cfg.MODEL.ARCH_T, cfg.MODEL.MODELDICT_T = "resnet18", str(path)
+    cfg.MODEL.ARCH_A, cfg.MODEL.MODELDICT_A = "resnet18", str(path)
+    for input_size in (112, 64):
+        torch.save({"state_dict": build_model("resnet18", 4, False).state_dict(), "arch": "resnet18",
+                    "input_size": input_size}, path)
+        (build_teacher if role == "teacher" else build_assistant)(cfg)
+        out = capsys.readouterr().out
+        if input_size == 112:
+            assert f"warning: the {role} {path} was trained at 112 px and sees 64 px images here (DATA.CROP_SIZE)" in out
+        else:
+            assert "was trained at" not in out
