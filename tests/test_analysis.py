@@ -59,7 +59,8 @@ def test_eval_reports_a_real_checkpoint_at_the_student_size(tiny_cub, write_conf
         assert word in out, (word, out)
 
     metrics = json.loads((out_dir / "metrics.json").read_text())
-    assert (metrics["arch"], metrics["input_size"], metrics["num_images"], metrics["num_classes"]) == ("resnet18", 32, 16, 4)
+    assert (metrics["arch"], metrics["input_size"], metrics["num_images"], metrics["num_classes"]) == (
+        "resnet18", 32, 16, 4)
     with open(out_dir / "confusion_matrix.csv") as f:
         rows = list(csv.reader(f))
     confusion = np.array([[int(v) for v in row[1:]] for row in rows[1:]])

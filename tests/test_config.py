@@ -390,7 +390,8 @@ def test_an_override_given_twice_takes_the_last_value_with_one_warning_line(caps
                                        "last value, 6\n")
     cfg = _load("BASIC.SEED", "1", "BASIC.SEED", "2", "BASIC.SEED", "3")
     assert cfg.BASIC.SEED == 3
-    assert capsys.readouterr().err == "warning: BASIC.SEED is given 3 times on the command line; using the last value, 3\n"
+    err = capsys.readouterr().err
+    assert err == "warning: BASIC.SEED is given 3 times on the command line; using the last value, 3\n"
 
 
 def test_an_override_repeated_with_the_same_value_or_refused_gives_no_warning(capsys):

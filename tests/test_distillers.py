@@ -371,6 +371,7 @@ def test_a_teacher_or_assistant_trained_at_another_input_size_loads_with_a_warni
         (build_teacher if role == "teacher" else build_assistant)(cfg)
         out = capsys.readouterr().out
         if input_size == 112:
-            assert f"warning: the {role} {path} was trained at 112 px and sees 64 px images here (DATA.CROP_SIZE)" in out
+            assert f"warning: the {role} {path} was trained at 112 px and sees 64 px images here (DATA.CROP_SIZE)" \
+                in out
         else:
             assert "was trained at" not in out

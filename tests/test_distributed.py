@@ -204,7 +204,8 @@ try:
 except BaseException:
     time.sleep(120)  # as the pool process would, waiting on its dead parent's queue for the next task
 """
-_PARENT = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', *sys.argv[1:]]); import time; time.sleep(120)"
+_PARENT = ("import subprocess, sys; subprocess.Popen([sys.executable, '-c', *sys.argv[1:]]); import time; "
+           "time.sleep(120)")
 
 
 def test_a_run_process_whose_parent_is_killed_unwinds_and_exits_instead_of_training_on(tiny_cub, write_config,

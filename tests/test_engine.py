@@ -256,7 +256,8 @@ def test_rerunning_a_finished_experiment_prints_results_and_rewrites_nothing(tin
     stamps = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(exp / "**" / "*"), recursive=True)}
     capsys.readouterr()
     # Neither the workers nor BASIC.NUM_RUNS (the teacher's script always trains one run) make it another experiment.
-    assert run_in_process(TEACHER, config, "BASIC.NUM_WORKERS", "1", "BASIC.NUM_RUNS", "5", monkeypatch=monkeypatch) == 0
+    assert run_in_process(TEACHER, config, "BASIC.NUM_WORKERS", "1", "BASIC.NUM_RUNS", "5",
+                          monkeypatch=monkeypatch) == 0
     assert "is finished" in capsys.readouterr().out
     assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(exp / "**" / "*"), recursive=True)} == stamps
 

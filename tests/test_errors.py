@@ -75,8 +75,10 @@ def _case(name, tmp_path, broken_cub, tiny_cub):
         extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path, "resnet34")}}
         return KD_SCRIPT, extra, [], ["teacher_resnet34_4.pth", "resnet18"], tiny_cub
     if name == "teacher of another architecture, named in the checkpoint":
-        extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path, "resnet34", record_arch=True)}}
-        return KD_SCRIPT, extra, [], ["teacher_resnet34_4.pth", "was trained as resnet34", "asks for resnet18"], tiny_cub
+        resnet34 = _teacher(tmp_path, "resnet34", record_arch=True)
+        extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": resnet34}}
+        words = ["teacher_resnet34_4.pth", "was trained as resnet34", "asks for resnet18"]
+        return KD_SCRIPT, extra, [], words, tiny_cub
     if name == "teacher of another class count":
         extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path, classes=9)}}
         return KD_SCRIPT, extra, [], ["9 classes", "DATA.NUM_CLASSES is 4"], tiny_cub

@@ -162,14 +162,16 @@ def test_dkd_loss_golden():
 )
 def test_dkd_warmup_factor(epoch, factor):
     full = _naive_dkd(DKD_S, DKD_T, DKD_TARGET, 1.0, 2.0, 4.0)
-    got = DKDLoss(alpha=1.0, beta=2.0, temperature=4.0, warmup=20)(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), epoch).item()
+    criterion = DKDLoss(alpha=1.0, beta=2.0, temperature=4.0, warmup=20)
+    got = criterion(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), epoch).item()
     assert got == pytest.approx(factor * full, rel=1e-10)
 
 
 @pytest.mark.parametrize(("epoch", "factor"), [(1, 2 / 20), (19, 1.0), (20, 1.0)])
 def test_dkd_release_warmup_switch_reproduces_the_releases_one_epoch_ahead_factor(epoch, factor):
     full = _naive_dkd(DKD_S, DKD_T, DKD_TARGET, 1.0, 2.0, 4.0)
-    got = DKDLoss(alpha=1.0, beta=2.0, temperature=4.0, warmup=20, release_warmup=True)(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), epoch).item()
+    criterion = DKDLoss(alpha=1.0, beta=2.0, temperature=4.0, warmup=20, release_warmup=True)
+    got = criterion(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), epoch).item()
     assert got == pytest.approx(factor * full, rel=1e-10)
 
 

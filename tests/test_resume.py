@@ -77,7 +77,8 @@ def test_a_run_killed_at_several_moments_resumes_to_exactly_the_uninterrupted_re
         # Every epoch's losses, accuracies and learning rate, bit for bit (LR_STEPS [2]: the resumed scheduler
         # must decay before epoch 3), and the final weights.
         histories = [[{k: v for k, v in json.loads(line).items() if k != "time_s"}
-                      for line in (tmp_path / root / exp / "log" / f"run{run}" / "stats.jsonl").read_text().splitlines()]
+                      for line in (tmp_path / root / exp / "log" / f"run{run}" / "stats.jsonl").read_text()
+                      .splitlines()]
                      for root in ("reference", "interrupted")]
         assert [s["epoch"] for s in histories[1]] == [1, 2, 3]
         assert [s["lr"] for s in histories[1]] == pytest.approx([0.01, 0.01, 0.001])

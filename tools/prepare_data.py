@@ -21,7 +21,8 @@ def parse_args() -> argparse.Namespace:
                         help=f"CUB archive URL, or the archive's path (default {ARCHIVES['cub'].url})")
     parser.add_argument("--url-aircraft", default=None,
                         help=f"Aircraft archive URL, or the archive's path (default {ARCHIVES['aircraft'].url})")
-    parser.add_argument("--md5-cub", default=None, help=f"expected MD5 of the CUB archive (default {ARCHIVES['cub'].md5})")
+    parser.add_argument("--md5-cub", default=None,
+                        help=f"expected MD5 of the CUB archive (default {ARCHIVES['cub'].md5})")
     parser.add_argument("--md5-aircraft", default=None,
                         help=f"expected MD5 of the Aircraft archive (default {ARCHIVES['aircraft'].md5})")
     parser.add_argument("--no-verify", action="store_true", help="skip the archives' size and MD5 checks")

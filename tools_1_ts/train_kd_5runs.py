@@ -1,4 +1,7 @@
-"""One-stage pixel distillation with MODEL.KDTYPE (kd, at, sp, ickd, dkd): teacher at DATA.CROP_SIZE, student at CROP_SIZE / LESSEN_RATIO."""
+"""One-stage pixel distillation with MODEL.KDTYPE (kd, at, sp, ickd, dkd).
+
+The teacher sees DATA.CROP_SIZE images, the student CROP_SIZE / LESSEN_RATIO.
+"""
 
 from lib.config import load_config, parse_args
 from lib.utils.errors import cli_main

@@ -204,7 +204,9 @@ def extract(archive: str, top_folder: str, dest: str, check: Callable[[str], Any
                 raise  # a full or read-only destination, not a damaged archive: cli_main names the folder
             # tarfile's ReadError lists every compression it tried, one per line: its first line says enough.
             detail = first_line(err).rstrip(":")
-            raise DamagedArchive(f"{archive} is damaged or not a tar archive ({type(err).__name__}: {detail})") from None
+            raise DamagedArchive(
+                f"{archive} is damaged or not a tar archive ({type(err).__name__}: {detail})"
+            ) from None
         source = os.path.join(tmp, top_folder)
         if not os.path.isdir(source):
             found = ", ".join(sorted(os.listdir(tmp))[:5]) or "nothing"

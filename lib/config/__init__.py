@@ -380,9 +380,11 @@ def check_cfg(cfg: CfgNode) -> None:
     _require(data.DATADIR != "", "DATA.DATADIR is empty; set it to the dataset folder (see data/README.md)")
     _require(data.NUM_CLASSES > 0, f"DATA.NUM_CLASSES must be positive, got {data.NUM_CLASSES}")
     _require(data.CROP_SIZE > 0 and data.RESIZE_SIZE > 0, "DATA.CROP_SIZE and DATA.RESIZE_SIZE must be positive")
-    _require(data.RESIZE_SIZE >= data.CROP_SIZE, f"DATA.RESIZE_SIZE ({data.RESIZE_SIZE}) must be >= DATA.CROP_SIZE ({data.CROP_SIZE})")
+    _require(data.RESIZE_SIZE >= data.CROP_SIZE,
+             f"DATA.RESIZE_SIZE ({data.RESIZE_SIZE}) must be >= DATA.CROP_SIZE ({data.CROP_SIZE})")
     _require(data.LESSEN_RATIO >= 1.0, f"DATA.LESSEN_RATIO must be >= 1, got {data.LESSEN_RATIO}")
-    _require(data.LESSEN_TYPE in LESSEN_TYPES, f"DATA.LESSEN_TYPE must be one of {LESSEN_TYPES} (PIL codes), got {data.LESSEN_TYPE}")
+    _require(data.LESSEN_TYPE in LESSEN_TYPES,
+             f"DATA.LESSEN_TYPE must be one of {LESSEN_TYPES} (PIL codes), got {data.LESSEN_TYPE}")
     _require(data.PIPELINE in PIPELINES, f"DATA.PIPELINE must be one of {', '.join(PIPELINES)}, got {data.PIPELINE!r}")
     _require(
         data.PIPELINE == "pil" or data.LESSEN_TYPE in TENSOR_INTERPOLATION,
@@ -414,7 +416,8 @@ def check_cfg(cfg: CfgNode) -> None:
              f"TRAIN.COMPILE_MODE {cfg.TRAIN.COMPILE_MODE} is a mode of the inductor backend, but "
              f"TRAIN.COMPILE_BACKEND is {cfg.TRAIN.COMPILE_BACKEND}; set TRAIN.COMPILE_MODE default or "
              "TRAIN.COMPILE_BACKEND inductor")
-    _require(cfg.TRAIN.BATCH_SIZE > 0 and cfg.TEST.BATCH_SIZE > 0, "TRAIN.BATCH_SIZE and TEST.BATCH_SIZE must be positive")
+    _require(cfg.TRAIN.BATCH_SIZE > 0 and cfg.TEST.BATCH_SIZE > 0,
+             "TRAIN.BATCH_SIZE and TEST.BATCH_SIZE must be positive")
     _require(cfg.SOLVER.NUM_EPOCHS > 0, f"SOLVER.NUM_EPOCHS must be positive, got {cfg.SOLVER.NUM_EPOCHS}")
     _require(cfg.SOLVER.START_LR > 0, f"SOLVER.START_LR must be positive, got {cfg.SOLVER.START_LR}")
     _require(cfg.SOLVER.WEIGHT_DECAY >= 0, f"SOLVER.WEIGHT_DECAY must be >= 0, got {cfg.SOLVER.WEIGHT_DECAY}")
@@ -470,7 +473,7 @@ def diff_cfg(saved: CfgNode, requested: CfgNode, ignore: Iterable[str] = ()) -> 
 
 
 def cfg_value(cfg: CfgNode, full_key: str) -> Any:
-    """The value of `full_key` (SECTION.KEY) in `cfg`; None where the config lacks it (one saved by an older version)."""
+    """The value of `full_key` (SECTION.KEY) in `cfg`; None where the config lacks it (saved by an older version)."""
     node: Any = cfg
     for part in full_key.split("."):
         if not isinstance(node, CfgNode) or part not in node:

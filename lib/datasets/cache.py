@@ -13,7 +13,7 @@ import functools
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ class ShorterSideResize:
         return f"ShorterSideResize({self.size})"
 
 
-def decode_uint8(path: str, transform: Optional[PilTransform] = None) -> np.ndarray:
+def decode_uint8(path: str, transform: PilTransform | None = None) -> np.ndarray:
     """Decode a file as RGB, apply a PIL transform, return a contiguous uint8 array (3, H, W)."""
     image = load_rgb(path)
     if transform is not None:
@@ -81,7 +81,7 @@ class _FileList(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, Any, Optional[str]]:
+    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
         try:
             return index, self.fn(self.paths[index]), None
         except Exception as err:  # any decoder failure is the file's fault; read_all names the file
@@ -120,7 +120,7 @@ def read_all(
 
 
 def build_cache(
-    paths: Sequence[str], transform: Optional[PilTransform], num_workers: int = 0, desc: str = "caching images"
+    paths: Sequence[str], transform: PilTransform | None, num_workers: int = 0, desc: str = "caching images"
 ) -> list[torch.Tensor]:
     """Decode every file once into a uint8 tensor (3, H, W) after `transform`, in parallel."""
     arrays = read_all(paths, functools.partial(decode_uint8, transform=transform), num_workers, desc)

@@ -37,7 +37,6 @@ import math
 import os
 import random
 import stat
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -241,8 +240,8 @@ class TwoScaleDataset(Dataset):
 
         paths = [path for path, _ in samples]
         workers = cfg.BASIC.NUM_WORKERS
-        self.cache: Optional[list[torch.Tensor]] = None
-        self.cache_size: Optional[int] = None  # the training cache's shorter side (tensor and device pipelines)
+        self.cache: list[torch.Tensor] | None = None
+        self.cache_size: int | None = None  # the training cache's shorter side (tensor and device pipelines)
         self.transform = None
         if self.pipeline in ("tensor", "device"):  # "device" items are "tensor" items (lib/datasets/device.py)
             if is_train:
@@ -273,7 +272,7 @@ class TwoScaleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: Union[int, tuple[int, int]]) -> dict[str, Union[torch.Tensor, int]]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         """Item `key`: an index, or (index, augmentation seed) as the trainer's sampler gives it."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         # Without a seed (plain DataLoader use) the augmentation draws its seed from torch's global RNG.
@@ -358,7 +357,7 @@ class BatchPreparer:
     already made both, so batches are only moved. Test batches have no "image_large".
     """
 
-    def __init__(self, cfg: CfgNode, device: Union[str, torch.device], channels_last: bool = False):
+    def __init__(self, cfg: CfgNode, device: str | torch.device, channels_last: bool = False):
         self.device = torch.device(device)
         self.pipeline = cfg.DATA.PIPELINE
         self.small_size = small_crop_size(cfg)

@@ -66,7 +66,7 @@ def _same_arch_at(arch: str, size: int) -> str:
 
 
 def assistant_arch(cfg: CfgNode) -> str:
-    """MODEL.ARCH_A, or when it is empty the student's architecture at DATA.CROP_SIZE (resnet18, vit_tiny_patch16_224)."""
+    """MODEL.ARCH_A, or when it is empty the student's architecture at DATA.CROP_SIZE (e.g. vit_tiny_patch16_224)."""
     if cfg.MODEL.ARCH_A:
         return cfg.MODEL.ARCH_A
     if not cfg.MODEL.ARCH_S:

@@ -172,7 +172,7 @@ def read_saved(path: str, read: Callable[[str], Any], fix: str) -> Any:
     """read(path) of a file a run saved; a UserError naming it as damaged, and how to go on, when that fails."""
     try:
         return read(path)
-    except Exception as err:  # noqa: BLE001 - truncated, empty, garbage: whatever the reader raises
+    except Exception as err:  # truncated, empty, garbage: whatever the reader raises
         detail = first_line(err)
         if len(detail) > 120:  # torch's zip reader appends three sentences of advice to its one fact
             detail = detail.split(". ")[0]
@@ -224,8 +224,10 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
     require_file(path, what)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise UserError(f"{what} {path} could not be read ({type(err).__name__}: {err}); is it a torch checkpoint?") from None
+    except Exception as err:  # any unpickling failure is a bad file
+        raise UserError(
+            f"{what} {path} could not be read ({type(err).__name__}: {err}); is it a torch checkpoint?"
+        ) from None
     if isinstance(ckpt, dict) and "state_dict" in ckpt:
         state_dict = ckpt["state_dict"]
     elif isinstance(ckpt, dict) and isinstance(ckpt.get("student"), dict):  # last.pth: the last epoch's weights

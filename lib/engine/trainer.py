@@ -472,7 +472,8 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
             if not main:
                 continue
             if improved:
-                save_checkpoint(best_checkpoint(exp, distiller, epoch, best_acc), os.path.join(ckpt_dir, "model_best.pth"))
+                save_checkpoint(best_checkpoint(exp, distiller, epoch, best_acc),
+                                os.path.join(ckpt_dir, "model_best.pth"))
             # The logs before last.pth: a kill between the two redoes this epoch, which rewrites stats.jsonl from the
             # history and purges tensorboard's later steps; the other order would lose the epoch's logs for good.
             _write_epoch_logs(writer, log_dir, history, stats)
@@ -565,7 +566,8 @@ def format_table(results: dict) -> str:
     """The results as a small text table."""
     lines = ["run  seed  best_acc  best_epoch  last_acc"]
     for r in results["runs"]:
-        lines.append(f"{r['run']:>3}  {r['seed']:>4}  {r['best_acc']:>8.2f}  {r['best_epoch']:>10}  {r['last_acc']:>8.2f}")
+        lines.append(f"{r['run']:>3}  {r['seed']:>4}  {r['best_acc']:>8.2f}  {r['best_epoch']:>10}  "
+                     f"{r['last_acc']:>8.2f}")
     lines.append(f"best_acc {results['best_acc_mean']:.2f} ± {results['best_acc_std']:.2f}   "
                  f"last_acc {results['last_acc_mean']:.2f} ± {results['last_acc_std']:.2f}   "
                  f"({len(results['runs'])} run{'s' if len(results['runs']) > 1 else ''})")
@@ -742,7 +744,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     stale = checking and _stale_attempt(exp_dir, lambda: _check_saved_config(cfg, exp_dir),
                                         lambda: _check_saved_inputs(cfg, method, exp_dir))
     if checking and not stale and os.path.isfile(results_path):
-        results = read_saved(results_path, load_json, "delete it and re-run: it is made again from the runs' result.json")
+        results = read_saved(results_path, load_json,
+                             "delete it and re-run: it is made again from the runs' result.json")
         log.info(f"{exp_dir} is finished; its results:\n{format_table(results)}")
         return results
 

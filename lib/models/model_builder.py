@@ -92,7 +92,8 @@ def check_input_size(arch: str, size: int) -> None:
         if size < CNN_MIN_INPUT_SIZE:
             raise UserError(
                 f"{arch} cannot take {size}x{size} inputs: it needs at least {CNN_MIN_INPUT_SIZE}x"
-                f"{CNN_MIN_INPUT_SIZE} (below it the last stages see only padding); lower DATA.LESSEN_RATIO or raise DATA.CROP_SIZE"
+                f"{CNN_MIN_INPUT_SIZE} (below it the last stages see only padding); lower DATA.LESSEN_RATIO or raise "
+                "DATA.CROP_SIZE"
             )
         return
     if size < VIT_PATCH_SIZE:

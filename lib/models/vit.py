@@ -25,7 +25,7 @@ PRETRAINED_TAG = "augreg_in21k_ft_in1k"
 
 def tokens_to_map(tokens: Tensor, grid: tuple[int, int]) -> Tensor:
     """Reshape patch tokens (B, N, D) into a feature map (B, D, h, w), N = h * w."""
-    b, n, d = tokens.shape
+    b, _, d = tokens.shape
     h, w = grid
     return tokens.transpose(1, 2).reshape(b, d, h, w)
 

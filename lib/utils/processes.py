@@ -7,14 +7,14 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 __all__ = ["watch_parent", "exit_with_parent", "process_ended", "LOADER_START_METHOD"]
 
 # How loader workers start: fork on Linux, whatever Python's default (3.14 made it forkserver there). A forked
 # worker shares the decoded-image cache with the process that made it, page for page; a forkserver or spawned one
 # would get the cache pickled to it (gigabytes, a shared-memory file per image). Elsewhere, Python's default.
-LOADER_START_METHOD: Optional[str] = "fork" if sys.platform.startswith("linux") else None
+LOADER_START_METHOD: str | None = "fork" if sys.platform.startswith("linux") else None
 
 
 def process_ended(pid: int) -> bool:
