@@ -27,7 +27,7 @@ from lib.engine.trainer import (
     format_duration,
     format_table,
     place_for_training,
-    summarize,
+    summarize_runs,
 )
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
@@ -593,7 +593,7 @@ def test_loader_workers_are_forked_whatever_pythons_default_start_method(tiny_cu
 def test_summary_reports_mean_and_sample_std_of_best_and_last():
     rows = [{"run": 0, "seed": 0, "best_acc": 50.0, "best_epoch": 3, "last_acc": 40.0},
             {"run": 1, "seed": 1, "best_acc": 60.0, "best_epoch": 5, "last_acc": 50.0}]
-    results = summarize(rows)
+    results = summarize_runs(rows)
     assert results["best_acc_mean"] == 55.0 and results["last_acc_mean"] == 45.0
     assert abs(results["best_acc_std"] - 7.0710678) < 1e-6
     table = format_table(results)

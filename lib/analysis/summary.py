@@ -34,21 +34,21 @@ from lib.utils.errors import UserError
 from . import check_output_root, markdown_table, write_csv, write_text
 from .cost import flops_of, input_cost
 
-__all__ = ["METHODS", "Experiment", "Row", "find_experiments", "build_rows", "format_markdown", "write_summary",
-           "plot_accuracy_vs_cost", "summarize"]
+__all__ = ["METHOD_COLUMNS", "ExperimentResult", "Row", "find_experiments", "build_rows", "format_markdown",
+           "write_summary", "plot_accuracy_vs_cost", "summarize"]
 
 # Table columns in the paper's order; "student" is the student's own single-network baseline.
-METHODS = ("student", "kd", "at", "sp", "ickd", "dkd", "isrd", "tas")
+METHOD_COLUMNS = ("student", "kd", "at", "sp", "ickd", "dkd", "isrd", "tas")
 METHOD_LABELS = {"student": "baseline", "kd": "KD", "at": "AT", "sp": "SP", "ickd": "ICKD", "dkd": "DKD",
                  "isrd": "ISRD", "tas": "TAS"}
-_DISTILL_NAME = re.compile(r"\d+runs_(kd|at|sp|ickd|dkd|isrd|tas)_")
+_DISTILL_NAME = re.compile(rf"\d+runs_({'|'.join(METHOD_COLUMNS[1:])})_")
 _MOVED_ASIDE = re.compile(r".*\.old\d+")
 _DEMO_FOLDER = "demo"  # ckpt/demo, the BASIC.OUTPUT_ROOT of configs/demo/*
 _RUN_DIR = re.compile(r"run\d+")
 
 
 @dataclass
-class Experiment:
+class ExperimentResult:
     """One experiment folder: what it trained and its results.json."""
 
     path: str
@@ -78,8 +78,8 @@ class Row:
     size: int
     teacher: str | None = None
     teacher_size: int | None = None
-    teacher_result: Experiment | None = None
-    cells: dict[str, Experiment] = field(default_factory=dict)
+    teacher_result: ExperimentResult | None = None
+    cells: dict[str, ExperimentResult] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -95,7 +95,7 @@ def _teacher_dir(checkpoint: str) -> str:
     return os.path.dirname(ckpt_dir)
 
 
-def _read_experiment(folder: str) -> Experiment:
+def _read_experiment(folder: str) -> ExperimentResult:
     """Read results.json and config.yaml of one experiment folder (UserError if unreadable)."""
     results_path, config_path = os.path.join(folder, "results.json"), os.path.join(folder, "config.yaml")
     if not os.path.isfile(config_path):
@@ -108,7 +108,7 @@ def _read_experiment(folder: str) -> Experiment:
         distill = bool(match and cfg.MODEL.ARCH_T and cfg.MODEL.ARCH_S)
         # TAS without a teacher: the assistant takes the teacher's place (stage 2's ARCH_T), and its checkpoint too.
         teacher_file = cfg.MODEL.MODELDICT_T or (cfg.MODEL.MODELDICT_A if distill and match.group(1) == "tas" else "")
-        return Experiment(
+        return ExperimentResult(
             path=folder,
             method=match.group(1) if distill else "single",
             dataset=cfg.DATA.DATASET,
@@ -125,7 +125,7 @@ def _read_experiment(folder: str) -> Experiment:
         raise UserError(f"cannot read the experiment in {folder} ({type(err).__name__}: {err})") from None
 
 
-def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> list[Experiment]:
+def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> list[ExperimentResult]:
     """Every experiment (folder with results.json) under `root`; unreadable ones are reported through `warn`."""
     warn = warn or (lambda message: print(message, file=sys.stderr))
     check_output_root(root)
@@ -153,7 +153,7 @@ def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> 
     return found
 
 
-def _pick(candidates: list[Experiment], what: str, warn) -> Experiment:
+def _pick(candidates: list[ExperimentResult], what: str, warn) -> ExperimentResult:
     """The experiment with the most runs, then the newest; the others are reported."""
     best = max(candidates, key=lambda e: (e.runs, e.mtime))
     others = [e.path for e in candidates if e is not best]
@@ -162,11 +162,11 @@ def _pick(candidates: list[Experiment], what: str, warn) -> Experiment:
     return best
 
 
-def build_rows(experiments: list[Experiment], warn: Callable[[str], object] | None = None) -> list[Row]:
+def build_rows(experiments: list[ExperimentResult], warn: Callable[[str], object] | None = None) -> list[Row]:
     """Group experiments into table rows (see the module docstring)."""
     warn = warn or (lambda message: print(message, file=sys.stderr))
-    singles: dict[tuple, list[Experiment]] = defaultdict(list)
-    pairs: dict[tuple, dict[str, list[Experiment]]] = defaultdict(lambda: defaultdict(list))
+    singles: dict[tuple, list[ExperimentResult]] = defaultdict(list)
+    pairs: dict[tuple, dict[str, list[ExperimentResult]]] = defaultdict(lambda: defaultdict(list))
     for e in experiments:
         if e.method == "single":
             singles[(e.dataset, e.arch, e.size)].append(e)
@@ -199,7 +199,7 @@ def build_rows(experiments: list[Experiment], warn: Callable[[str], object] | No
     return rows
 
 
-def _cell(e: Experiment | None) -> str:
+def _cell(e: ExperimentResult | None) -> str:
     if e is None:
         return "–"
     r = e.results
@@ -209,12 +209,13 @@ def _cell(e: Experiment | None) -> str:
 
 def format_markdown(rows: list[Row]) -> str:
     """The table as markdown, with a line saying how to read a cell."""
-    headers = ["dataset", "teacher", "teacher top-1", "student", *(METHOD_LABELS[m] for m in METHODS)]
+    headers = ["dataset", "teacher", "teacher top-1", "student", *(METHOD_LABELS[m] for m in METHOD_COLUMNS)]
     table = []
     for r in rows:
         teacher = f"{r.teacher}@{r.teacher_size}" if r.teacher else "–"
         teacher_acc = f"{r.teacher_result.results['best_acc_mean']:.2f}" if r.teacher_result else "–"
-        table.append([r.dataset, teacher, teacher_acc, f"{r.arch}@{r.size}", *(_cell(r.cells.get(m)) for m in METHODS)])
+        cells = (_cell(r.cells.get(m)) for m in METHOD_COLUMNS)
+        table.append([r.dataset, teacher, teacher_acc, f"{r.arch}@{r.size}", *cells])
     return (markdown_table(headers, table)
             + "\nEach cell: best test top-1 mean ± std / last-epoch test top-1 mean ± std (number of runs), in %. "
               "'baseline' is the student trained alone at its size (the single-network experiment).\n")
@@ -223,7 +224,7 @@ def format_markdown(rows: list[Row]) -> str:
 def _csv_rows(rows: list[Row], root: str, flops: dict) -> tuple[list[str], list[list[Any]]]:
     headers = ["dataset", "teacher_arch", "teacher_size", "teacher_best_acc_mean", "student_arch", "student_size",
                "student_flops", "student_input_pixels", "student_input_bytes"]
-    for m in METHODS:
+    for m in METHOD_COLUMNS:
         headers += [f"{m}_best_mean", f"{m}_best_std", f"{m}_last_mean", f"{m}_last_std", f"{m}_runs",
                     f"{m}_experiment"]
     lines = []
@@ -232,7 +233,7 @@ def _csv_rows(rows: list[Row], root: str, flops: dict) -> tuple[list[str], list[
         line: list[Any] = [r.dataset, r.teacher or "", r.teacher_size or "",
                            r.teacher_result.results["best_acc_mean"] if r.teacher_result else "",
                            r.arch, r.size, flops.get((r.arch, r.size, r.num_classes), ""), pixels, nbytes]
-        for m in METHODS:
+        for m in METHOD_COLUMNS:
             e = r.cells.get(m)
             if e is None:
                 line += [""] * 6
@@ -252,12 +253,12 @@ def plot_accuracy_vs_cost(rows: list[Row], flops: dict, path: str, x_axis: str) 
     datasets = sorted({r.dataset for r in rows})
     fig = Figure(figsize=(6.5 * len(datasets), 5))
     FigureCanvasAgg(fig)
-    markers = dict(zip(METHODS, "osD^v<>P"))
-    colors = {m: f"C{i}" for i, m in enumerate(METHODS)}  # the same colour for a method in every panel
+    markers = dict(zip(METHOD_COLUMNS, "osD^v<>P"))
+    colors = {m: f"C{i}" for i, m in enumerate(METHOD_COLUMNS)}  # the same colour for a method in every panel
     for i, dataset in enumerate(datasets):
         ax = fig.add_subplot(1, len(datasets), i + 1)
         named = set()
-        for method in METHODS:
+        for method in METHOD_COLUMNS:
             xs, ys, errs = [], [], []
             for r in (r for r in rows if r.dataset == dataset and method in r.cells):
                 x = flops.get((r.arch, r.size, r.num_classes)) if x_axis == "flops" else input_cost(r.size)[0]

@@ -551,7 +551,7 @@ def _write_epoch_logs(writer, log_dir: str, history: list[dict], stats: dict) ->
 # ---------------------------------------------------------------------------------------------------------------
 # An experiment: several seeded runs
 # ---------------------------------------------------------------------------------------------------------------
-def summarize(rows: list[dict]) -> dict:
+def summarize_runs(rows: list[dict]) -> dict:
     """results.json: the runs, and mean / std (sample std, 0 for one run) of the best and last accuracy."""
     out: dict = {"runs": rows}
     for key in ("best_acc", "last_acc"):
@@ -812,7 +812,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
                     done[run] = train_run(exp, run, device, first if run == pending[0] else None)
             finally:
                 torch.set_num_threads(default_threads)
-        results = summarize([done[run] for run in range(num_runs)])
+        results = summarize_runs([done[run] for run in range(num_runs)])
         if info.is_main:
             save_json(results, results_path)
             log.info(f"results ({results_path}):\n{format_table(results)}")
