@@ -12,7 +12,7 @@ def main() -> None:
     cfg = load_config(parse_args(description=__doc__))
     # Imported once the arguments are read, inside cli_main: --help and config mistakes answer at once,
     # and Ctrl-C while torch loads is one line too.
-    from lib.distillers.tas import train_two_stages
+    from lib.engine.tas import train_two_stages
 
     train_two_stages(cfg)
 

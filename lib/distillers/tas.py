@@ -6,7 +6,7 @@ experiment run on a config derived from the user's (`assistant_config`), written
 says. Stage 2 compresses the input: the frozen assistant at CROP_SIZE distils into the student, the same
 architecture at CROP_SIZE / LESSEN_RATIO. Because the two networks now match layer for layer, their intermediate
 features can be paired: stage 2 = logit KD + ISRD + feature distillation (lib/losses/fkd.py). Every choice the
-paper leaves open is a config key of the TAS section; docs/tas.md lists them.
+paper leaves open is a config key of the TAS section; docs/tas.md lists them. lib/engine/tas.py runs the stages.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from yacs.config import CfgNode
 
 from lib.config import KDTYPES, check_cfg, get_cfg, resolve_path, small_crop_size
 from lib.engine.checkpoint import load_weights, warn_other_input_size
-from lib.engine.setup import experiment_name, get_logger
+from lib.engine.setup import experiment_name
 from lib.losses import FKD_INTERP_MODES, FKDLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes, is_vit, parse_arch
 from lib.utils.errors import UserError, require_file
@@ -29,8 +29,7 @@ from .base import StepOutput
 from .methods import ISRD, build_isrd_decoder
 
 __all__ = ["TAS", "assistant_arch", "assistant_checkpoint", "assistant_config", "build_assistant", "build_tas",
-           "check_tas_archs", "tas_config", "tas_feature_layers", "train_assistant", "train_tas",
-           "train_two_stages"]
+           "check_tas_archs", "tas_config", "tas_feature_layers"]
 
 # Every CNN of lib.models has four stages after its input module (ResNet layer1..4, ShuffleNetV2 stage2..4 +
 # conv5): stage 2 pairs all four, one TAS.FEAT_WEIGHTS entry each.
@@ -262,61 +261,3 @@ def build_tas(cfg: CfgNode, student: nn.Module, assistant: nn.Module) -> TAS:
     return TAS(student, assistant, cfg.KD.TEMP, cfg.KD.ALPHA, decoder, cfg.FSR.ETA, cfg.FSR.POSITION,
                FKDLoss(cfg.TAS.FEAT_INTERP), layers, cfg.TAS.FEAT_WEIGHTS, cfg.MODEL.PRERELU,
                relu_stages=not is_vit(cfg.MODEL.ARCH_S))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The stages, as the scripts run them
-# ---------------------------------------------------------------------------------------------------------------
-# run_experiment is imported inside these functions: lib.engine.trainer imports lib.distillers.
-
-
-def train_assistant(cfg: CfgNode) -> dict:
-    """Stage 1: one seeded run of teacher -> assistant at DATA.CROP_SIZE; returns its results.json content."""
-    from lib.engine.trainer import run_experiment
-
-    stage = assistant_config(cfg)
-    return run_experiment(stage, stage.MODEL.KDTYPE, num_runs=1, multi_run=False)
-
-
-def train_tas(cfg: CfgNode) -> dict:
-    """Stage 2: BASIC.NUM_RUNS seeded runs of assistant -> student; returns the results.json content."""
-    from lib.engine.trainer import run_experiment
-
-    stage = tas_config(cfg)
-    return run_experiment(stage, "tas", num_runs=stage.BASIC.NUM_RUNS, multi_run=True)
-
-
-def _stage1_interrupted(exp_dir: str) -> bool:
-    """An experiment folder with a config but no results.json: a stage 1 that has not finished."""
-    return os.path.isfile(os.path.join(exp_dir, "config.yaml")) and not os.path.isfile(
-        os.path.join(exp_dir, "results.json"))
-
-
-def train_two_stages(cfg: CfgNode) -> dict:
-    """Both stages in order; stage 1 is skipped when its assistant checkpoint exists (and is not mid-run).
-
-    Everything stage 2 needs from the config is checked before stage 1 starts. MODEL.MODELDICT_A must be empty
-    or name stage 1's output (to distil from another assistant, run train_tas_5runs.py).
-    """
-    log = get_logger()
-    stage1, stage2 = assistant_config(cfg), tas_config(cfg)
-    ckpt = assistant_checkpoint(cfg)
-    if resolve_path(stage2.MODEL.MODELDICT_A) != resolve_path(ckpt):
-        raise UserError(f"MODEL.MODELDICT_A is {cfg.MODEL.MODELDICT_A}, but stage 1 writes the assistant to {ckpt}; "
-                        "leave MODEL.MODELDICT_A '' here, or run tools_2_tas/train_tas_5runs.py to use another one")
-    from . import check_archs  # the registry's checks of both stages, before any training
-
-    check_archs(stage1, stage1.MODEL.KDTYPE)
-    check_archs(stage2, "tas")
-    tas_feature_layers(stage2, build_model(stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES, False))
-
-    exp_dir = os.path.dirname(os.path.dirname(resolve_path(ckpt)))
-    if os.path.isfile(resolve_path(ckpt)) and not _stage1_interrupted(exp_dir):
-        log.info(f"stage 1 skipped: the assistant checkpoint {ckpt} exists")
-    else:
-        log.info(f"stage 1: {stage1.MODEL.ARCH_T}@{stage1.DATA.CROP_SIZE} -> assistant "
-                 f"{stage1.MODEL.ARCH_S}@{stage1.DATA.CROP_SIZE} ({stage1.MODEL.KDTYPE})")
-        train_assistant(cfg)
-    log.info(f"stage 2: assistant {stage2.MODEL.ARCH_A}@{stage2.DATA.CROP_SIZE} -> student "
-             f"{stage2.MODEL.ARCH_S}@{small_crop_size(stage2)} (tas, {stage2.BASIC.NUM_RUNS} runs)")
-    return train_tas(cfg)

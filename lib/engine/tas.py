@@ -1,0 +1,68 @@
+"""Two-stage pixel distillation (TAS) as the scripts run it: stage 1, stage 2, or both in order.
+
+The stages' configs and the stage-2 distiller are lib.distillers.tas; each stage is one run_experiment.
+"""
+
+from __future__ import annotations
+
+import os
+
+from yacs.config import CfgNode
+
+from lib.config import resolve_path, small_crop_size
+from lib.distillers import check_archs
+from lib.distillers.tas import assistant_checkpoint, assistant_config, tas_config, tas_feature_layers
+from lib.models.model_builder import build_model
+from lib.utils.errors import UserError
+
+from .setup import get_logger
+from .trainer import run_experiment
+
+__all__ = ["train_assistant", "train_tas", "train_two_stages"]
+
+
+def train_assistant(cfg: CfgNode) -> dict:
+    """Stage 1: one seeded run of teacher -> assistant at DATA.CROP_SIZE; returns its results.json content."""
+    stage = assistant_config(cfg)
+    return run_experiment(stage, stage.MODEL.KDTYPE, num_runs=1, multi_run=False)
+
+
+def train_tas(cfg: CfgNode) -> dict:
+    """Stage 2: BASIC.NUM_RUNS seeded runs of assistant -> student; returns the results.json content."""
+    stage = tas_config(cfg)
+    return run_experiment(stage, "tas", num_runs=stage.BASIC.NUM_RUNS, multi_run=True)
+
+
+def _stage1_interrupted(exp_dir: str) -> bool:
+    """An experiment folder with a config but no results.json: a stage 1 that has not finished."""
+    return os.path.isfile(os.path.join(exp_dir, "config.yaml")) and not os.path.isfile(
+        os.path.join(exp_dir, "results.json"))
+
+
+def train_two_stages(cfg: CfgNode) -> dict:
+    """Both stages in order; stage 1 is skipped when its assistant checkpoint exists (and is not mid-run).
+
+    Everything stage 2 needs from the config is checked before stage 1 starts. MODEL.MODELDICT_A must be empty
+    or name stage 1's output (to distil from another assistant, run train_tas_5runs.py).
+    """
+    log = get_logger()
+    stage1, stage2 = assistant_config(cfg), tas_config(cfg)
+    ckpt = assistant_checkpoint(cfg)
+    if resolve_path(stage2.MODEL.MODELDICT_A) != resolve_path(ckpt):
+        raise UserError(f"MODEL.MODELDICT_A is {cfg.MODEL.MODELDICT_A}, but stage 1 writes the assistant to {ckpt}; "
+                        "leave MODEL.MODELDICT_A '' here, or run tools_2_tas/train_tas_5runs.py to use another one")
+    # The registry's checks of both stages, before any training.
+    check_archs(stage1, stage1.MODEL.KDTYPE)
+    check_archs(stage2, "tas")
+    tas_feature_layers(stage2, build_model(stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES, False))
+
+    exp_dir = os.path.dirname(os.path.dirname(resolve_path(ckpt)))
+    if os.path.isfile(resolve_path(ckpt)) and not _stage1_interrupted(exp_dir):
+        log.info(f"stage 1 skipped: the assistant checkpoint {ckpt} exists")
+    else:
+        log.info(f"stage 1: {stage1.MODEL.ARCH_T}@{stage1.DATA.CROP_SIZE} -> assistant "
+                 f"{stage1.MODEL.ARCH_S}@{stage1.DATA.CROP_SIZE} ({stage1.MODEL.KDTYPE})")
+        train_assistant(cfg)
+    log.info(f"stage 2: assistant {stage2.MODEL.ARCH_A}@{stage2.DATA.CROP_SIZE} -> student "
+             f"{stage2.MODEL.ARCH_S}@{small_crop_size(stage2)} (tas, {stage2.BASIC.NUM_RUNS} runs)")
+    return train_tas(cfg)
