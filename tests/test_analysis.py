@@ -274,7 +274,7 @@ def test_summarize_builds_the_paper_table_and_plots(experiment_tree, tmp_path, m
         ("aircraft", "resnet50", "vit_tiny_patch16_32", "32"), ("cub", "resnet50", "resnet18", "32"),
         ("cub", "", "resnet50", "64")]
     pair = rows[1]
-    assert float(pair["teacher_best_acc_mean"]) == 80.0 and pair["teacher_size"] == "64"
+    assert float(pair["teacher_best_acc"]) == 80.0 and pair["teacher_size"] == "64"
     assert float(pair["student_best_mean"]) == 51.0 and pair["student_runs"] == "2"  # the 2-run baseline
     assert float(pair["kd_best_mean"]) == 56.0 and float(pair["kd_last_mean"]) == 55.0
     assert float(pair["isrd_best_mean"]) == 59.0 and float(pair["isrd_best_std"]) == pytest.approx(2**0.5)
@@ -329,7 +329,38 @@ def test_the_teacher_accuracy_is_that_of_the_checkpoint_the_pair_distilled_from(
     assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
     with open(root / "summary" / "summary.csv") as f:
         pair = next(r for r in csv.DictReader(f) if r["teacher_arch"])
-    assert float(pair["teacher_best_acc_mean"]) == 80.0
+    assert float(pair["teacher_best_acc"]) == 80.0
+
+
+def test_the_teacher_accuracy_of_one_run_of_a_multi_run_teacher_experiment_is_that_runs(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "ckpt"
+    used = _experiment(root, "cub", "3runs_resnet50_64_seed0_0.01", [20.0, 35.0, 32.0], MODEL__ARCH="resnet50",
+                       DATA__CROP_SIZE=64)
+    _experiment(root, "cub", "2runs_kd_resnet50_64_resnet18_32_seed0_0.01", [55.0, 57.0],
+                MODEL__MODELDICT_T=str(used / "ckpt" / "run1" / "model_best.pth"), **DISTILL)
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    with open(root / "summary" / "summary.csv") as f:
+        pair = next(r for r in csv.DictReader(f) if r["teacher_arch"])
+    assert float(pair["teacher_best_acc"]) == 35.0  # run 1's, not the mean 29.0
+    assert "| cub | resnet50@64 | 35.00 |" in capsys.readouterr().out
+
+
+def test_unfinished_and_damaged_experiments_are_named_on_stderr_and_the_rest_is_tabled(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "ckpt"
+    _experiment(root, "cub", "2runs_resnet18_32_seed0_0.01", [50.0, 52.0], MODEL__ARCH="resnet18", DATA__CROP_SIZE=32)
+    running = _experiment(root, "cub", "2runs_kd_resnet50_64_resnet18_32_seed0_0.01", [55.0, 57.0], **DISTILL)
+    (running / "results.json").unlink()  # run 0 finished, run 1 still training
+    (running / "ckpt" / "run0" / "result.json").write_text("{}")
+    nulls = _experiment(root, "cub", "2runs_isrd_resnet50_64_resnet18_32_seed0_0.01", [58.0, 60.0], **DISTILL)
+    (nulls / "results.json").write_text(json.dumps({"runs": [], "best_acc_mean": None, "best_acc_std": None,
+                                                     "last_acc_mean": None, "last_acc_std": None}))
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    err = capsys.readouterr().err
+    assert f"note: {running} is not finished (1 runs done, no results.json)" in err
+    assert f"skipped: {nulls}/results.json lacks a number in best_acc_mean" in err
+    with open(root / "summary" / "summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["student_best_mean"]) == 51.0 and row["kd_best_mean"] == "" and row["isrd_best_mean"] == ""
 
 
 def test_a_teacherless_tas_rows_teacher_accuracy_is_its_assistants_and_none_for_a_checkpoint_not_found(
@@ -350,8 +381,8 @@ def test_a_teacherless_tas_rows_teacher_accuracy_is_its_assistants_and_none_for_
     assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
     with open(root / "summary" / "summary.csv") as f:
         rows = {r["dataset"]: r for r in csv.DictReader(f) if r["tas_best_mean"]}
-    assert float(rows["cub"]["teacher_best_acc_mean"]) == 70.0
-    assert rows["aircraft"]["teacher_best_acc_mean"] == ""
+    assert float(rows["cub"]["teacher_best_acc"]) == 70.0
+    assert rows["aircraft"]["teacher_best_acc"] == ""
 
 
 def test_summarize_leaves_the_demo_out_of_the_papers_table_unless_asked_for_it(tmp_path):

@@ -62,6 +62,7 @@ class ExperimentResult:
     results: dict
     mtime: float
     teacher_dir: str | None = None  # the experiment folder MODEL.MODELDICT_T points into (<folder>/ckpt/...)
+    teacher_run: int | None = None  # the run whose checkpoint that is (<folder>/ckpt/run<i>/...), None for ckpt/
 
     @property
     def runs(self) -> int:
@@ -79,7 +80,19 @@ class Row:
     teacher: str | None = None
     teacher_size: int | None = None
     teacher_result: ExperimentResult | None = None
+    teacher_run: int | None = None  # the teacher's run the cells distilled from (None: its mean over runs)
     cells: dict[str, ExperimentResult] = field(default_factory=dict)
+
+    @property
+    def teacher_acc(self) -> float | None:
+        """Best test top-1 of the teacher checkpoint the cells distilled from (of one run when they name one)."""
+        if self.teacher_result is None:
+            return None
+        results = self.teacher_result.results
+        if self.teacher_run is None:
+            return results["best_acc_mean"]
+        run = next((r for r in results.get("runs", []) if r.get("run") == self.teacher_run), {})
+        return run["best_acc"] if _is_number(run.get("best_acc")) else None
 
     @property
     def num_classes(self) -> int:
@@ -87,12 +100,14 @@ class Row:
         return next(iter(self.cells.values())).num_classes
 
 
-def _teacher_dir(checkpoint: str) -> str:
-    """The experiment folder of a teacher checkpoint <folder>/ckpt/model_best.pth (or <folder>/ckpt/run<i>/...)."""
+def _teacher_source(checkpoint: str) -> tuple[str, int | None]:
+    """(experiment folder, run) of a teacher checkpoint <folder>/ckpt/model_best.pth (run None) or
+    <folder>/ckpt/run<i>/model_best.pth (run i)."""
     ckpt_dir = os.path.dirname(os.path.realpath(resolve_path(checkpoint)))
+    run = None
     if _RUN_DIR.fullmatch(os.path.basename(ckpt_dir)):
-        ckpt_dir = os.path.dirname(ckpt_dir)
-    return os.path.dirname(ckpt_dir)
+        ckpt_dir, run = os.path.dirname(ckpt_dir), int(os.path.basename(ckpt_dir)[len("run"):])
+    return os.path.dirname(ckpt_dir), run
 
 
 def _read_experiment(folder: str) -> ExperimentResult:
@@ -108,6 +123,7 @@ def _read_experiment(folder: str) -> ExperimentResult:
         distill = bool(match and cfg.MODEL.ARCH_T and cfg.MODEL.ARCH_S)
         # TAS without a teacher: the assistant takes the teacher's place (stage 2's ARCH_T), and its checkpoint too.
         teacher_file = cfg.MODEL.MODELDICT_T or (cfg.MODEL.MODELDICT_A if distill and match.group(1) == "tas" else "")
+        teacher_dir, teacher_run = _teacher_source(teacher_file) if distill and teacher_file else (None, None)
         return ExperimentResult(
             path=folder,
             method=match.group(1) if distill else "single",
@@ -119,7 +135,8 @@ def _read_experiment(folder: str) -> ExperimentResult:
             num_classes=cfg.DATA.NUM_CLASSES,
             results=results,
             mtime=os.path.getmtime(results_path),
-            teacher_dir=_teacher_dir(teacher_file) if distill and teacher_file else None,
+            teacher_dir=teacher_dir,
+            teacher_run=teacher_run,
         )
     except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
         raise UserError(f"cannot read the experiment in {folder} ({type(err).__name__}: {err})") from None
@@ -138,6 +155,10 @@ def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> 
             warn(f"skipped: {os.path.join(root, _DEMO_FOLDER)} (the demo's synthetic data; --root "
                  f"{os.path.join(root, _DEMO_FOLDER)} summarizes it)")
         if "results.json" not in files:
+            if "config.yaml" in files:  # an experiment still running, interrupted or failed: not in the table
+                dirs[:] = []
+                warn(f"note: {folder} is not finished ({_finished_runs(folder)} runs done, no results.json); it is "
+                     "not in the table")
             continue
         dirs[:] = []  # an experiment's own subfolders (ckpt/, log/) hold no experiments
         try:
@@ -145,12 +166,25 @@ def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> 
         except UserError as err:
             warn(f"skipped: {err}")
             continue
-        if not all("best_acc_mean" in experiment.results and key in experiment.results
-                   for key in ("best_acc_std", "last_acc_mean", "last_acc_std")):
-            warn(f"skipped: {folder}/results.json lacks best_acc_mean/std or last_acc_mean/std")
+        if not all(_is_number(experiment.results.get(key)) for key in _SUMMARY_KEYS):
+            warn(f"skipped: {folder}/results.json lacks a number in {', '.join(_SUMMARY_KEYS)}")
             continue
         found.append(experiment)
     return found
+
+
+_SUMMARY_KEYS = ("best_acc_mean", "best_acc_std", "last_acc_mean", "last_acc_std")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finished_runs(folder: str) -> int:
+    """Runs of an unfinished experiment that have written their result.json (ckpt/run<i>/ or the teacher's ckpt/)."""
+    ckpt = os.path.join(folder, "ckpt")
+    runs = [os.path.join(ckpt, d) for d in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if _RUN_DIR.fullmatch(d)]
+    return sum(os.path.isfile(os.path.join(d, "result.json")) for d in [ckpt, *runs])
 
 
 def _pick(candidates: list[ExperimentResult], what: str, warn) -> ExperimentResult:
@@ -182,12 +216,13 @@ def build_rows(experiments: list[ExperimentResult], warn: Callable[[str], object
         # The teacher's accuracy: that of the experiment whose checkpoint the shown cells distilled from (their
         # MODEL.MODELDICT_T), when they agree on one: none when it is not under the root (not another teacher's of
         # the same name). Cells that name no checkpoint, or different ones: the pick among teacher@size experiments.
-        used_teachers = {e.teacher_dir for e in cells.values() if e.teacher_dir}
+        used_teachers = {(e.teacher_dir, e.teacher_run) for e in cells.values() if e.teacher_dir}
         if len(used_teachers) == 1:
-            teacher_result = by_folder.get(used_teachers.pop())
+            teacher_dir, teacher_run = used_teachers.pop()
+            teacher_result = by_folder.get(teacher_dir)
         else:
-            teacher_result = single.get((dataset, teacher, teacher_size))
-        row = Row(dataset, arch, size, teacher, teacher_size, teacher_result, cells)
+            teacher_result, teacher_run = single.get((dataset, teacher, teacher_size)), None
+        row = Row(dataset, arch, size, teacher, teacher_size, teacher_result, teacher_run, cells)
         if (dataset, arch, size) in single:
             row.cells["student"] = single[(dataset, arch, size)]
             used.add((dataset, arch, size))
@@ -213,16 +248,18 @@ def format_markdown(rows: list[Row]) -> str:
     table = []
     for r in rows:
         teacher = f"{r.teacher}@{r.teacher_size}" if r.teacher else "–"
-        teacher_acc = f"{r.teacher_result.results['best_acc_mean']:.2f}" if r.teacher_result else "–"
+        teacher_acc = "–" if r.teacher_acc is None else f"{r.teacher_acc:.2f}"
         cells = (_cell(r.cells.get(m)) for m in METHOD_COLUMNS)
         table.append([r.dataset, teacher, teacher_acc, f"{r.arch}@{r.size}", *cells])
     return (markdown_table(headers, table)
             + "\nEach cell: best test top-1 mean ± std / last-epoch test top-1 mean ± std (number of runs), in %. "
-              "'baseline' is the student trained alone at its size (the single-network experiment).\n")
+              "'baseline' is the student trained alone at its size (the single-network experiment). 'teacher top-1': "
+              "the best test top-1 of the teacher checkpoint the cells distilled from (its run's, when it is one run "
+              "of a multi-run experiment; else its experiment's mean).\n")
 
 
 def _csv_rows(rows: list[Row], root: str, flops: dict) -> tuple[list[str], list[list[Any]]]:
-    headers = ["dataset", "teacher_arch", "teacher_size", "teacher_best_acc_mean", "student_arch", "student_size",
+    headers = ["dataset", "teacher_arch", "teacher_size", "teacher_best_acc", "student_arch", "student_size",
                "student_flops", "student_input_pixels", "student_input_bytes"]
     for m in METHOD_COLUMNS:
         headers += [f"{m}_best_mean", f"{m}_best_std", f"{m}_last_mean", f"{m}_last_std", f"{m}_runs",
@@ -231,7 +268,7 @@ def _csv_rows(rows: list[Row], root: str, flops: dict) -> tuple[list[str], list[
     for r in rows:
         pixels, nbytes = input_cost(r.size)
         line: list[Any] = [r.dataset, r.teacher or "", r.teacher_size or "",
-                           r.teacher_result.results["best_acc_mean"] if r.teacher_result else "",
+                           "" if r.teacher_acc is None else r.teacher_acc,
                            r.arch, r.size, flops.get((r.arch, r.size, r.num_classes), ""), pixels, nbytes]
         for m in METHOD_COLUMNS:
             e = r.cells.get(m)
