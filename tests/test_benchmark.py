@@ -29,9 +29,25 @@ def test_benchmark_measures_every_pipeline_and_writes_benchmark_json(tiny_cub, w
     for pipeline, row in result["pipelines"].items():
         assert all(row[key] > 0 for key in KEYS) and row["stream_start_s"] > 0, (pipeline, row)
         assert len(row["repeats"]["end_to_end_img_s"]) == 1
-    assert all(result[key] == result["pipelines"]["tensor"][key] for key in KEYS)
+    assert result["pipeline"] == "tensor" and all(result[key] == result["pipelines"]["tensor"][key] for key in KEYS)
     assert not (tmp_path / "ckpt" / "profile").exists()  # only with --profile
     assert "end_to_end_img_s" in capsys.readouterr().out
+
+
+def test_benchmark_measures_the_method_asked_for_and_names_the_pipeline_of_its_top_level_figures(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    # An ISRD config (FSR.ETA > 0) with MODEL.KDTYPE at, as the demo's configs serve both scripts.
+    config = write_config({"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18", "KDTYPE": "at"},
+                           "FSR": {"ETA": 10.0}, "DATA": {"LESSEN_RATIO": 2.0}, "BASIC": {"DEVICE": "cpu"}}, tiny_cub)
+    flags = ("--steps", "1", "--warmup", "0", "--repeats", "1", "--pipelines", "device")
+    assert run_cli("tools/benchmark.py", "--config_file", config, *flags, monkeypatch=monkeypatch) == 0
+    assert "note: FSR.ETA > 0, so ISRD is measured; MODEL.KDTYPE at is not (--method at" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ckpt" / "benchmark.json").read_text())["method"] == "isrd"
+    assert run_cli("tools/benchmark.py", "--config_file", config, *flags, "--method", "at",
+                   monkeypatch=monkeypatch) == 0
+    result = json.loads((tmp_path / "ckpt" / "benchmark.json").read_text())
+    assert result["method"] == "at" and "note:" not in capsys.readouterr().out
+    assert result["pipeline"] == "device" and all(result[key] == result["pipelines"]["device"][key] for key in KEYS)
 
 
 def test_benchmark_counts_the_short_last_batch_of_an_epoch(tiny_cub, write_config, tmp_path, monkeypatch):
@@ -58,6 +74,8 @@ def test_benchmark_counts_the_short_last_batch_of_an_epoch(tiny_cub, write_confi
     (["--repeats", "0"], ["--repeats >= 1", "--repeats 0"]),
     (["--pipelines", "tensor,gpu"], ["--pipelines takes a comma-separated list of tensor, pil, device",
                                      "'tensor,gpu'"]),
+    (["--method", "crd"], ["--method must be one of auto, single, kd, at, sp, ickd, dkd, isrd", "'crd'"]),
+    (["--method", "isrd"], ["--method isrd distils from a teacher, but MODEL.ARCH_T is empty"]),
 ])
 def test_benchmark_flag_mistakes_are_one_line_and_write_nothing(flags, words, tiny_cub, write_config, tmp_path,
                                                                 monkeypatch, capsys):

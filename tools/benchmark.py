@@ -1,7 +1,7 @@
 """Benchmark the training step: end to end, model only, teacher forward, loader; every input pipeline.
 
 python tools/benchmark.py --config_file configs/bench/cpu_isrd.yaml [--steps N] [--warmup N] [--repeats N]
-    [--pipelines tensor,pil,device] [--profile] [KEY VALUE ...]
+    [--pipelines tensor,pil,device] [--method auto|single|kd|at|sp|ickd|dkd|isrd] [--profile] [KEY VALUE ...]
 Prints a table and writes benchmark.json into BASIC.OUTPUT_ROOT (--profile: also torch.profiler traces and tables
 of model-only and end-to-end steps into BASIC.OUTPUT_ROOT/profile).
 """
@@ -26,6 +26,9 @@ def main() -> None:
                              "(default: %(default)s)")
     parser.add_argument("--pipelines", default=",".join(PIPELINES),
                         help="comma-separated DATA.PIPELINE values (default: %(default)s)")
+    parser.add_argument("--method", default="auto",
+                        help="the training step to measure: single, kd, at, sp, ickd, dkd or isrd; auto (default): "
+                             "single without MODEL.ARCH_T, isrd when FSR.ETA > 0, else MODEL.KDTYPE")
     parser.add_argument("--profile", action="store_true",
                         help="also profile model-only and end-to-end steps (Chrome traces, top host operations)")
     args = parse_args(parser=parser)
@@ -38,13 +41,14 @@ def main() -> None:
     cfg = load_config(args)
     # Imported once the arguments are read, inside cli_main: --help and config mistakes answer at once,
     # and Ctrl-C while torch loads is one line too.
-    from lib.engine.benchmark import format_benchmark, run_benchmark
+    from lib.engine.benchmark import benchmark_method, format_benchmark, run_benchmark
     from lib.engine.checkpoint import save_json
 
+    method = benchmark_method(cfg, args.method)
     root = resolve_path(cfg.BASIC.OUTPUT_ROOT)
     os.makedirs(root, exist_ok=True)  # a blocked or forbidden output folder fails now, not after the measurements
     result = run_benchmark(cfg, args.steps, args.warmup, pipelines, args.repeats,
-                           os.path.join(root, "profile") if args.profile else None)
+                           os.path.join(root, "profile") if args.profile else None, method)
     print(format_benchmark(result))
     path = os.path.join(root, "benchmark.json")
     save_json(result, path)

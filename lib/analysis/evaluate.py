@@ -187,7 +187,9 @@ def evaluate_checkpoint(cfg: CfgNode) -> dict[str, Any]:
     report = classification_report(scores, targets, list(test_set.classes))
     meta = {"checkpoint": path, "arch": arch, "input_size": size, "dataset": cfg.DATA.DATASET, "split": "test",
             "datadir": resolve_path(cfg.DATA.DATADIR), "epoch": ckpt.get("epoch"),
-            "best_acc_in_checkpoint": ckpt.get("best_acc")}
+            # The run's best test top-1 as the checkpoint records it: these weights' own score for a model_best.pth,
+            # the best of the epochs up to "epoch" for a last.pth (whose weights score top1 here).
+            "run_best_acc": ckpt.get("best_acc")}
     out_dir = eval_dir(path, size)
     write_report(report, meta, list(test_set.classes), out_dir)
     log.info(f"{arch} @ {size} px, {cfg.DATA.DATASET} test split ({report['num_images']} images, "

@@ -17,21 +17,37 @@ import time
 import torch
 from yacs.config import CfgNode
 
-from lib.config import resolve_path
+from lib.config import KDTYPES, resolve_path
 from lib.datasets import BatchPreparer, build_dataset
 from lib.distillers import build_distiller
 from lib.models.model_builder import build_model
+from lib.utils.errors import UserError
 
 from .checkpoint import atomic_write
 from .setup import configure_backends, get_logger, seed_everything, select_device, use_device
 from .trainer import autocast, build_loader, compile_step, optimizer_step, place_for_training, train_epoch
 
+# The methods --method names; "auto" reads the config (benchmark_method).
+BENCHMARK_METHODS = ("auto", "single", *KDTYPES, "isrd")
 
-def benchmark_method(cfg: CfgNode) -> str:
-    """The method a config describes: single (no teacher), isrd (FSR.ETA > 0), else MODEL.KDTYPE."""
+
+def benchmark_method(cfg: CfgNode, method: str = "auto") -> str:
+    """The method to measure: `method`, or for "auto" the one the config describes: single (no MODEL.ARCH_T),
+    isrd (FSR.ETA > 0, as the ISRD configs set it), else MODEL.KDTYPE."""
+    if method not in BENCHMARK_METHODS:
+        raise UserError(f"--method must be one of {', '.join(BENCHMARK_METHODS)}, got {method!r}")
+    if method != "auto":
+        if method != "single" and not cfg.MODEL.ARCH_T:
+            raise UserError(f"--method {method} distils from a teacher, but MODEL.ARCH_T is empty; name it")
+        return method
     if not cfg.MODEL.ARCH_T:
         return "single"
-    return "isrd" if cfg.FSR.ETA > 0 else cfg.MODEL.KDTYPE
+    if cfg.FSR.ETA > 0:
+        if cfg.MODEL.KDTYPE != "kd":
+            get_logger().info(f"note: FSR.ETA > 0, so ISRD is measured; MODEL.KDTYPE {cfg.MODEL.KDTYPE} is not "
+                              f"(--method {cfg.MODEL.KDTYPE} measures it)")
+        return "isrd"
+    return cfg.MODEL.KDTYPE
 
 
 def _sync(device: torch.device) -> None:
@@ -236,15 +252,16 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
 
 def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3,
                   pipelines: tuple[str, ...] = ("tensor", "pil", "device"), repeats: int = 3,
-                  profile_dir: str | None = None) -> dict:
-    """Measure every pipeline of `pipelines`; the "tensor" figures are also given at the top level.
+                  profile_dir: str | None = None, method: str = "auto") -> dict:
+    """Measure `method` (see benchmark_method) on every pipeline of `pipelines`; the "tensor" figures (else the
+    first pipeline's) are also given at the top level, which "pipeline" names.
 
     With `profile_dir`, each pipeline also gets Chrome traces of model-only and end-to-end steps and a table of
     the top host operations of each (profile_<pipeline>.txt) there.
     """
     configure_backends(cfg)
     device = select_device(cfg)
-    method = benchmark_method(cfg)
+    method = benchmark_method(cfg, method)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     result: dict = {
         "device": name, "method": method, "batch_size": cfg.TRAIN.BATCH_SIZE, "amp": cfg.TRAIN.AMP,
@@ -257,8 +274,10 @@ def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3,
     for pipeline in pipelines:
         result["pipelines"][pipeline] = measure_pipeline(_with_pipeline(cfg, pipeline), method, steps, warmup, repeats,
                                                          profile_dir)
-    top = result["pipelines"].get("tensor") or next(iter(result["pipelines"].values()))
-    result.update({k: v for k, v in top.items() if k.endswith("_img_s") or k in ("peak_memory_mb",)})
+    top = "tensor" if "tensor" in result["pipelines"] else next(iter(result["pipelines"]))
+    result["pipeline"] = top
+    result.update({k: v for k, v in result["pipelines"][top].items()
+                   if k.endswith("_img_s") or k in ("peak_memory_mb",)})
     return result
 
 
