@@ -19,7 +19,7 @@ from yacs.config import CfgNode
 
 from lib.config import KDTYPES, resolve_path
 from lib.datasets import BatchPreparer, build_dataset
-from lib.distillers import build_distiller
+from lib.distillers import Distiller, build_distiller
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 
@@ -90,10 +90,11 @@ def _with_pipeline(cfg: CfgNode, pipeline: str) -> CfgNode:
     return out
 
 
-def _build(cfg: CfgNode, method: str):
+def _build(cfg: CfgNode, method: str) -> Distiller:
     """The distiller; a random-weight teacher stands in when MODEL.MODELDICT_T is not there (speed only)."""
     teacher = None
-    if method != "single" and not os.path.isfile(resolve_path(cfg.MODEL.MODELDICT_T or "/nonexistent")):
+    has_teacher_file = bool(cfg.MODEL.MODELDICT_T) and os.path.isfile(resolve_path(cfg.MODEL.MODELDICT_T))
+    if method != "single" and not has_teacher_file:
         teacher = build_model(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, False)
     return build_distiller(cfg, method, teacher=teacher)
 
