@@ -400,6 +400,28 @@ def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> dic
     return done
 
 
+def _load_last(last_path: str, run: int, distiller: Distiller, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+               device: torch.device) -> dict:
+    """Restore a run from its last.pth: the student, the extra modules, the optimiser, scheduler and scaler, and the
+    random number generators; returns the saved state for its epoch, best and history."""
+    fix = _resume_fix(run)
+    state = read_saved(last_path, lambda p: torch.load(p, map_location="cpu", weights_only=False), fix)
+    try:
+        distiller.student.load_state_dict(state["student"])
+        for name, module in distiller.extra_modules().items():
+            module.load_state_dict(state["extra"][name])
+    except (KeyError, RuntimeError) as err:  # e.g. written before a module changed shape (the ISRD decoder)
+        detail = str(err) if len(str(err)) <= 300 else str(err)[:297] + "..."  # cli_main joins its lines
+        raise UserError(f"{last_path} does not fit the model of this config ({type(err).__name__}: {detail}); "
+                        f"it was written by another version of the code; {fix}") from None
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"], device)
+    return state
+
+
 def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distiller | None = None) -> dict:
     """Train (or resume) run `run` of the experiment to the end; returns its result row."""
     from torch.utils.tensorboard import SummaryWriter
@@ -424,22 +446,9 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
 
     start_epoch, best_acc, best_epoch, history = 0, 0.0, 0, []
     if os.path.isfile(last_path):
-        fix = _resume_fix(run)
-        state = read_saved(last_path, lambda p: torch.load(p, map_location="cpu", weights_only=False), fix)
-        try:
-            distiller.student.load_state_dict(state["student"])
-            for name, module in distiller.extra_modules().items():
-                module.load_state_dict(state["extra"][name])
-        except (KeyError, RuntimeError) as err:  # e.g. written before a module changed shape (the ISRD decoder)
-            detail = str(err) if len(str(err)) <= 300 else str(err)[:297] + "..."  # cli_main joins its lines
-            raise UserError(f"{last_path} does not fit the model of this config ({type(err).__name__}: {detail}); "
-                            f"it was written by another version of the code; {fix}") from None
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        state = _load_last(last_path, run, distiller, optimizer, scheduler, scaler, device)
         start_epoch, best_acc, best_epoch, history = (state["epoch"], state["best_acc"], state["best_epoch"],
                                                       state["history"])
-        set_rng_state(state["rng"], device)
         log.info(f"{where}: resuming after epoch {start_epoch} from {last_path}")
     else:
         seed_everything(seed)  # the same RNG state at epoch 1 whether or not the distiller was prebuilt
@@ -483,7 +492,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "best_acc": best_acc, "best_epoch": best_epoch,
                 "history": history, "rng": rng_state(device), "seed": seed,
-            }, last_path)
+            }, last_path)  # (what _load_last restores)
             trained_s += stats["time_s"]
             left = cfg.SOLVER.NUM_EPOCHS - epoch
             eta = f", {where} ends in ~{format_duration(trained_s / (epoch - start_epoch) * left)}" if left else ""
