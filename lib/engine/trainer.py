@@ -782,18 +782,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         first = build_distiller(cfg, method)
 
     if info.is_main:
-        if fresh:
-            why = ("an earlier attempt with another config, teacher or dataset, which saved no epoch," if stale
-                   else "BASIC.FRESH_START: the earlier attempt")
-            log.info(f"{why} was moved to {_move_aside(exp_dir)}")
-            exists = False
-        os.makedirs(exp_dir, exist_ok=True)
-        lock.take(exp_dir)  # a new folder (or the one made after moving the old aside)
-        if not exists:
-            with open(os.path.join(exp_dir, "config.yaml"), "w") as f:
-                f.write(cfg.dump())
-            save_json({**checkpoint_fingerprints(cfg, method), **data_fingerprint(train_set, test_set)},
-                      os.path.join(exp_dir, "inputs.json"))
+        _claim_folder(exp, lock, exists, fresh, stale)
     _barrier(info)
     for line in warnings:
         log.warning(line)
@@ -834,6 +823,24 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+
+
+def _claim_folder(exp: Experiment, lock: ExperimentLock, exists: bool, fresh: bool, stale: bool) -> None:
+    """The main process's bookkeeping once everything is checked: move an earlier attempt aside when starting over
+    (`fresh`; `stale`: it saved no epoch under another config, teacher or dataset), make and lock the folder, and
+    give a new experiment its config.yaml and inputs.json."""
+    if fresh:
+        why = ("an earlier attempt with another config, teacher or dataset, which saved no epoch," if stale
+               else "BASIC.FRESH_START: the earlier attempt")
+        get_logger().info(f"{why} was moved to {_move_aside(exp.exp_dir)}")
+        exists = False
+    os.makedirs(exp.exp_dir, exist_ok=True)
+    lock.take(exp.exp_dir)  # a new folder (or the one made after moving the old aside)
+    if not exists:
+        with open(os.path.join(exp.exp_dir, "config.yaml"), "w") as f:
+            f.write(exp.cfg.dump())
+        save_json({**checkpoint_fingerprints(exp.cfg, exp.method), **data_fingerprint(exp.train_set, exp.test_set)},
+                  os.path.join(exp.exp_dir, "inputs.json"))
 
 
 def _barrier(info: DistInfo) -> None:
