@@ -39,6 +39,8 @@ REPO_ROOT = _repo_root()
 
 DATASETS = ("cub", "aircraft")
 KDTYPES = ("kd", "at", "sp", "ickd", "dkd")
+# TAS.FEAT_INTERP: how stage 2 resizes a student feature to the assistant's size (F.interpolate modes).
+FKD_INTERP_MODES = ("bilinear", "bicubic", "nearest")
 PIPELINES = ("tensor", "pil", "device")
 AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -435,6 +437,15 @@ def check_cfg(cfg: CfgNode) -> None:
                                        f"{cfg.BASIC.DISP_FREQ}")
     _require(cfg.BASIC.PARALLEL_RUNS >= 0, f"BASIC.PARALLEL_RUNS must be >= 0 (0 = one run per GPU), got "
                                            f"{cfg.BASIC.PARALLEL_RUNS}")
+    tas = cfg.TAS
+    _require(tas.STAGE1_KDTYPE in KDTYPES,
+             f"TAS.STAGE1_KDTYPE must be one of {', '.join(KDTYPES)}, got {tas.STAGE1_KDTYPE!r}")
+    _require(tas.FEAT_INTERP in FKD_INTERP_MODES,
+             f"TAS.FEAT_INTERP must be one of {', '.join(FKD_INTERP_MODES)}, got {tas.FEAT_INTERP!r}")
+    _require(all(w >= 0 for w in tas.FEAT_WEIGHTS),
+             f"TAS.FEAT_WEIGHTS must be >= 0 (0 switches a feature off), got {list(tas.FEAT_WEIGHTS)}")
+    _require(all(b >= 1 for b in tas.VIT_BLOCKS),
+             f"TAS.VIT_BLOCKS are 1-based block numbers, got {list(tas.VIT_BLOCKS)}")
 
 
 def small_crop_size(cfg: CfgNode) -> int:

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from lib.config import KDTYPES, check_cfg, get_cfg, resolve_path, small_crop_size
+from lib.config import check_cfg, get_cfg, resolve_path, small_crop_size
 from lib.engine.checkpoint import load_weights, warn_other_input_size
 from lib.engine.setup import experiment_name
-from lib.losses import FKD_INTERP_MODES, FKDLoss
+from lib.losses import FKDLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes, is_vit, parse_arch
 from lib.utils.errors import UserError, require_file
 
@@ -45,19 +45,6 @@ _STAGE2_ONLY_KEYS = ("MODEL.MODELDICT_A", "MODEL.MODELDICT_S", "FSR.ETA", "FSR.P
 # ---------------------------------------------------------------------------------------------------------------
 # Configs of the two stages
 # ---------------------------------------------------------------------------------------------------------------
-def check_tas_cfg(cfg: CfgNode) -> None:
-    """Check the allowed values of the TAS section (lib.config.check_cfg predates it)."""
-    tas = cfg.TAS
-    if tas.STAGE1_KDTYPE not in KDTYPES:
-        raise UserError(f"TAS.STAGE1_KDTYPE must be one of {', '.join(KDTYPES)}, got {tas.STAGE1_KDTYPE!r}")
-    if tas.FEAT_INTERP not in FKD_INTERP_MODES:
-        raise UserError(f"TAS.FEAT_INTERP must be one of {', '.join(FKD_INTERP_MODES)}, got {tas.FEAT_INTERP!r}")
-    if any(w < 0 for w in tas.FEAT_WEIGHTS):
-        raise UserError(f"TAS.FEAT_WEIGHTS must be >= 0 (0 switches a feature off), got {list(tas.FEAT_WEIGHTS)}")
-    if any(b < 1 for b in tas.VIT_BLOCKS):
-        raise UserError(f"TAS.VIT_BLOCKS are 1-based block numbers, got {list(tas.VIT_BLOCKS)}")
-
-
 def _same_arch_at(arch: str, size: int) -> str:
     """`arch` at input size `size`: a CNN's name is size-free, a ViT's carries the size."""
     family, vit_size = parse_arch(arch)
@@ -95,7 +82,6 @@ def assistant_config(cfg: CfgNode) -> CfgNode:
     architecture (PRETRAIN_S := PRETRAIN_A, PRETRAIN_FILE_S := TAS.PRETRAIN_FILE_A), DATA.LESSEN_RATIO := 1,
     MODEL.KDTYPE := TAS.STAGE1_KDTYPE, one run; the keys only stage 2 reads are reset to their defaults.
     """
-    check_tas_cfg(cfg)
     arch_a = assistant_arch(cfg)
     if cfg.MODEL.ARCH_S:
         _check_families(cfg, arch_a, cfg.MODEL.ARCH_S)
@@ -135,7 +121,6 @@ def tas_config(cfg: CfgNode) -> CfgNode:
     <n>runs_tas_<teacher>_<crop>_<student>_<small crop>_seed<seed>_<lr>, the assistant being the student's
     architecture at <crop>. Without a teacher (ARCH_T empty, MODELDICT_A given) the assistant takes its place.
     """
-    check_tas_cfg(cfg)
     stage = cfg.clone()
     stage.defrost()
     stage.MODEL.ARCH_A = assistant_arch(cfg)
@@ -149,7 +134,6 @@ def tas_config(cfg: CfgNode) -> CfgNode:
 
 def check_tas_archs(cfg: CfgNode) -> None:
     """Refuse stage-2 architectures that cannot be paired (check_archs of the "tas" method)."""
-    check_tas_cfg(cfg)
     arch_a, arch_s = cfg.MODEL.ARCH_A, cfg.MODEL.ARCH_S
     if not arch_s:
         raise UserError("MODEL.ARCH_S is empty; name the student's architecture, e.g. MODEL.ARCH_S resnet18")

@@ -13,12 +13,11 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lib.config import FKD_INTERP_MODES
+
 from .pairs import full_precision, per_pair, upcast
 
 __all__ = ["FKD_INTERP_MODES", "feature_distillation_loss", "FKDLoss"]
-
-# F.interpolate modes that upsample a feature map; align_corners=False where the mode has corners.
-FKD_INTERP_MODES = ("bilinear", "bicubic", "nearest")
 
 
 def feature_distillation_loss(f_s: Tensor, f_a: Tensor, mode: str = "bilinear") -> Tensor:
