@@ -25,7 +25,9 @@ from lib.utils.errors import ArgumentParser, UserError, first_line, require_file
 
 from .defaults import _C, UNUSED_KEYS
 
-__all__ = ["get_cfg", "load_config", "parse_args", "merge_file", "merge_list", "check_cfg", "REPO_ROOT", "UNUSED_KEYS"]
+__all__ = ["get_cfg", "load_config", "parse_args", "config_parser", "merge_file", "merge_list", "check_cfg",
+           "resolve_path", "cfg_value", "diff_cfg", "small_crop_size", "small_resize_size", "train_cache_size",
+           "REPO_ROOT", "UNUSED_KEYS", "KDTYPES", "PIPELINES", "TENSOR_INTERPOLATION", "FKD_INTERP_MODES"]
 
 def _repo_root() -> str:
     """The checkout holding this `lib` (installed with `pip install -e .`), else the working directory."""

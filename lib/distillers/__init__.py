@@ -16,7 +16,7 @@ from .methods import DKD, ISRD, KD, FeatureKD, build_isrd_decoder
 from .tas import TAS, build_assistant, build_tas, check_tas_archs
 
 __all__ = ["Distiller", "Vanilla", "KD", "DKD", "FeatureKD", "ISRD", "TAS", "build_distiller", "build_teacher",
-           "build_assistant", "METHODS", "method_archs", "method_checkpoints"]
+           "build_assistant", "check_archs", "METHODS", "method_archs", "method_checkpoints"]
 
 # "tas" is stage 2 of two-stage distillation (lib/distillers/tas.py): its teacher-side network is the assistant.
 METHODS = ("single", "kd", "at", "sp", "ickd", "dkd", "isrd", "tas")
