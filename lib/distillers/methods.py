@@ -13,6 +13,8 @@ from lib.utils.errors import UserError
 
 from .base import Distiller, StepOutput
 
+__all__ = ["KD", "DKD", "FeatureKD", "ISRD", "build_isrd_decoder"]
+
 
 class KD(Distiller):
     """Hinton et al.: (1 - alpha) CE + alpha T^2 KL(teacher || student) on the logits."""
@@ -123,5 +125,3 @@ def build_isrd_decoder(cfg: CfgNode, student: nn.Module, arch: str) -> nn.Module
                         f"{len(shapes)} features (0 = its input module)")
     return build_decoder(shapes[cfg.FSR.POSITION], cfg.DATA.CROP_SIZE)
 
-
-__all__ = ["KD", "DKD", "FeatureKD", "ISRD", "build_isrd_decoder"]
