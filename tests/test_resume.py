@@ -177,6 +177,31 @@ def test_a_kill_right_after_the_last_epochs_checkpoint_loses_no_epoch_of_the_log
     assert [json.loads(line)["epoch"] for line in stats.read_text().splitlines()] == [1, 2]
 
 
+def test_an_attempt_killed_before_its_first_last_pth_leaves_no_duplicate_tensorboard_steps(tiny_cub, write_config,
+                                                                                           tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lib.engine import trainer
+
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}, "BASIC": {"NUM_RUNS": 1},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    real_save = trainer.save_checkpoint
+
+    def die_before_the_first_last_pth(obj, path):  # epoch 1's logs are written, its last.pth is not
+        if path.endswith("last.pth") and obj["epoch"] == 1:
+            raise KeyboardInterrupt
+        real_save(obj, path)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", die_before_the_first_last_pth)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 130
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    events = EventAccumulator(str(tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "log" / "run0"))
+    events.Reload()
+    for tag in ("test/top1", "train/loss", "lr"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
+
+
 @pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
 def test_a_ctrl_c_or_sigterm_inside_a_deferred_block_is_raised_after_it_not_swallowed(signum, raised):
     from lib.engine.trainer import deferred_interrupt

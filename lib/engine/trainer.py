@@ -454,7 +454,9 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
         seed_everything(seed)  # the same RNG state at epoch 1 whether or not the distiller was prebuilt
 
     os.makedirs(ckpt_dir, exist_ok=True)
-    writer = SummaryWriter(log_dir, purge_step=start_epoch + 1 if start_epoch else None) if main else None
+    # Tensorboard drops the events from start_epoch + 1 on that an earlier attempt wrote, from epoch 1 too: an
+    # attempt killed before its first last.pth (or whose last.pth was deleted) has logged epochs all the same.
+    writer = SummaryWriter(log_dir, purge_step=start_epoch + 1) if main else None
     prep = BatchPreparer(cfg, device, channels_last=cfg.TRAIN.CHANNELS_LAST)
     test_loader = build_loader(cfg, exp.test_set, False, device)
     train_loader = build_loader(cfg, exp.train_set, True, device, exp.dist)
