@@ -1,6 +1,9 @@
 """lib/utils/processes.py: a process that started another is watched, and its end noticed, however it ends."""
 
+import os
+import signal
 import subprocess
+import sys
 import threading
 
 from lib.utils.processes import watch_parent
@@ -19,3 +22,47 @@ def test_the_end_of_a_watched_process_that_is_not_this_ones_parent_is_noticed_be
     finally:
         watched.kill()
         watched.wait()
+
+
+# A loader still referenced when the interpreter exits, as the traceback of an error raised inside the training
+# loop keeps it: its workers ignore SIGTERM, which multiprocessing's exit handler sends them before waiting.
+_EXIT_WITH_A_LIVE_LOADER = """
+import torch
+from lib.config import get_cfg
+from lib.engine.trainer import build_loader
+class Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 64
+    def __getitem__(self, item):
+        return 0
+cfg = get_cfg()
+cfg.BASIC.NUM_WORKERS = 2
+loader = build_loader(cfg, Items(), False, torch.device("cpu"))
+batches = iter(loader)
+next(batches)
+print("exiting", flush=True)
+"""
+
+
+def test_a_process_exits_at_once_with_a_loader_still_referenced_and_says_nothing_of_its_workers():
+    proc = subprocess.Popen([sys.executable, "-c", _EXIT_WITH_A_LIVE_LOADER], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)  # it waited for ever
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert (proc.returncode, out, err) == (0, "exiting\n", "")
+
+
+def test_a_one_line_error_on_a_closed_stderr_pipe_still_exits_with_its_status():
+    # `... 2>&1 | head -c 100` ended before the error line: printing it failed, and the failure escaped.
+    code = ("import sys\nfrom lib.utils.errors import UserError, cli_main\n"
+            "@cli_main\ndef main():\n    raise UserError('x' * 100)\n"
+            "main()\n")
+    read, write = os.pipe()
+    os.close(read)
+    proc = subprocess.run([sys.executable, "-c", code], stdout=write, stderr=write, timeout=60)
+    os.close(write)
+    assert proc.returncode == 2

@@ -34,7 +34,7 @@ from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
 from lib.distillers.base import StepFn, StepOutput
 from lib.utils.errors import FRESH_START_INTERRUPTED_MESSAGE, TERMINATED_EXIT, UserError, first_line, raise_terminated
-from lib.utils.processes import LOADER_START_METHOD, exit_with_parent
+from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit
 
 from .checkpoint import (
     ExperimentLock,
@@ -129,6 +129,8 @@ def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.d
     uses): a resumed run's RNG stream matches an uninterrupted one's.
     """
     workers = min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1)
+    if workers > 0:
+        reap_loader_workers_at_exit()
     sampler = EpochSampler(len(dataset), shuffle=is_train, rank=dist.rank if is_train else 0,
                            world_size=dist.world_size if is_train else 1)
     if is_train:

@@ -152,8 +152,21 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
 def _exit(line: str, status: int) -> NoReturn:
     # Under torchrun every rank meets the same mistake: rank 0 alone says it.
     if not _torchrun_rank_other_than_0():
-        print(line, file=sys.stderr, flush=True)
+        try:
+            print(line, file=sys.stderr, flush=True)
+        except OSError:  # stderr is a closed pipe (`... 2>&1 | head`): the exit status still tells
+            _silence_output()
     sys.exit(status)
+
+
+def _silence_output() -> None:
+    """Point stdout and stderr at /dev/null, so that flushing them at exit cannot fail again (exit status 120)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor behind them (a test's capture): nothing to do
+        pass
 
 
 def _torchrun_rank_other_than_0() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -9,7 +10,7 @@ import threading
 import time
 from typing import Callable
 
-__all__ = ["watch_parent", "exit_with_parent", "process_ended", "LOADER_START_METHOD"]
+__all__ = ["watch_parent", "exit_with_parent", "reap_loader_workers_at_exit", "process_ended", "LOADER_START_METHOD"]
 
 # How loader workers start: fork on Linux, whatever Python's default (3.14 made it forkserver there). A forked
 # worker shares the decoded-image cache with the process that made it, page for page; a forkserver or spawned one
@@ -65,3 +66,32 @@ def exit_with_parent(parent: int, worker_id: int | None = None) -> None:
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     watch_parent(lambda: os._exit(1), parent)
+
+
+_reaper_registered = False
+
+
+def reap_loader_workers_at_exit() -> None:
+    """Kill this process's daemonic children (its loader workers) when it exits; call it where loaders are made.
+
+    The workers ignore SIGTERM (exit_with_parent), and multiprocessing's exit handler stops daemonic children with
+    SIGTERM, then waits for them without a time limit: a loader still referenced when the interpreter exits (by
+    the traceback of an error raised inside the training loop) kept the process waiting for ever. atexit runs the
+    handler registered last first, so this one runs before multiprocessing's, which then finds them gone.
+    """
+    global _reaper_registered
+    if not _reaper_registered:
+        atexit.register(_kill_daemonic_children)
+        _reaper_registered = True
+
+
+def _kill_daemonic_children() -> None:
+    import multiprocessing
+
+    # torch's SIGCHLD handler would report each killed worker as a failure ("DataLoader worker is killed by
+    # signal"), in a traceback, on the way out.
+    if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
