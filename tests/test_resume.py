@@ -202,6 +202,29 @@ def test_an_attempt_killed_before_its_first_last_pth_leaves_no_duplicate_tensorb
         assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
 
 
+def test_a_resumed_run_whose_model_best_pth_is_gone_says_so(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    from lib.engine import trainer
+
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}, "BASIC": {"NUM_RUNS": 1},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    real_save = trainer.save_checkpoint
+
+    def save_then_die(obj, path):  # killed once epoch 1 is saved
+        real_save(obj, path)
+        if path.endswith("last.pth") and obj["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 130
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    ckpt = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "ckpt" / "run0"
+    (ckpt / "model_best.pth").unlink()
+    capsys.readouterr()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert (f"warning: {ckpt / 'model_best.pth'} (run 0's best epoch so far) is missing; it is written again only "
+            f"if a later epoch scores higher; delete {ckpt} to train run 0 again") in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
 def test_a_ctrl_c_or_sigterm_inside_a_deferred_block_is_raised_after_it_not_swallowed(signum, raised):
     from lib.engine.trainer import deferred_interrupt

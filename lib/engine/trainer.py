@@ -386,19 +386,27 @@ def _resume_fix(run: int) -> str:
             "whole experiment over")
 
 
-def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> dict[int, dict]:
+def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int], warnings: list[str]) -> dict[int, dict]:
     """Read the finished runs' result.json and check that the pending runs' last.pth can be read, before anything
-    is written or logged: a damaged file is one line naming it. Returns the finished runs' rows."""
+    is written or logged: a damaged file is one line naming it. A saved run without its model_best.pth gets a
+    line in `warnings`. Returns the finished runs' rows."""
     done = {}
     for run in range(num_runs):
+        ckpt_dir = exp.run_dir("ckpt", run)
+        last = os.path.join(ckpt_dir, "last.pth")
         if run in pending:
-            last = os.path.join(exp.run_dir("ckpt", run), "last.pth")
             if os.path.isfile(last):  # mapped, not read: checks the archive, costs nothing for a large model
                 read_saved(last, lambda p: torch.load(p, map_location="cpu", weights_only=False, mmap=True),
                            _resume_fix(run))
         else:
-            done[run] = read_saved(os.path.join(exp.run_dir("ckpt", run), "result.json"), load_json,
+            done[run] = read_saved(os.path.join(ckpt_dir, "result.json"), load_json,
                                    f"delete it and re-run: run {run} is summed up again from its last.pth")
+        best = os.path.join(ckpt_dir, "model_best.pth")
+        if (run not in pending or os.path.isfile(last)) and not os.path.isfile(best):
+            later = ("it is written again only if a later epoch scores higher" if run in pending
+                     else "it cannot be made again")
+            warnings.append(f"warning: {best} (run {run}'s best epoch so far) is missing; {later}; delete {ckpt_dir} "
+                            f"to train run {run} again")
     return done
 
 
@@ -779,7 +787,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     fresh = exists and (cfg.BASIC.FRESH_START or stale)
     pending = [r for r in range(num_runs)
                if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
-    done = {} if fresh else _check_saved_runs(exp, num_runs, pending)
+    done = {} if fresh else _check_saved_runs(exp, num_runs, pending, warnings)
     first = None
     if pending:
         seed_everything(cfg.BASIC.SEED + pending[0])
