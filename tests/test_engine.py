@@ -273,6 +273,9 @@ def test_a_different_config_in_the_same_directory_is_refused_naming_the_keys(tin
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "SOLVER.WEIGHT_DECAY" in err and "BASIC.FRESH_START" in err
     assert (exp / "config.yaml").read_text() == saved
+    # The test batch size too: the test loss's rounding depends on it, so a resumed run would log other numbers.
+    assert run_in_process(TEACHER, config, "TEST.BATCH_SIZE", "7", monkeypatch=monkeypatch) == 2
+    assert "TEST.BATCH_SIZE" in capsys.readouterr().err
     # FRESH_START moves the old attempt aside and starts over.
     assert run_in_process(TEACHER, config, "SOLVER.WEIGHT_DECAY", "0.001", "BASIC.FRESH_START", "True",
                           monkeypatch=monkeypatch) == 0

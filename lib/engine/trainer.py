@@ -71,7 +71,8 @@ from .setup import (
 # re-run experiment may differ in these from the saved config.
 RUNTIME_KEYS = ("BASIC.GPU_ID", "BASIC.DEVICE", "BASIC.NUM_WORKERS", "BASIC.PARALLEL_RUNS", "BASIC.DISP_FREQ",
                 "BASIC.FRESH_START", "BASIC.OUTPUT_ROOT",  # (the folder found is the same, however it is spelt)
-                "TEST.BATCH_SIZE", "TEST.CHECKPOINT",  # (tools/eval.py's; training never reads it)
+                "TEST.CHECKPOINT",  # (tools/eval.py's; training never reads it. TEST.BATCH_SIZE is not here: the
+                # test loss's rounding depends on it)
                 "DATA.GENERATE_IF_MISSING",  # (it only makes a dataset where there is none)
                 *UNUSED_KEYS)
 
