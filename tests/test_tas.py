@@ -221,6 +221,11 @@ def test_two_stage_command_trains_both_stages_then_skips_stage1(tiny_cub, write_
     # A stage 1 killed after writing its checkpoint but before finishing is resumed, not skipped.
     os.remove(assistant.parent.parent / "results.json")
     os.remove(assistant.parent / "result.json")
+    # Stage 2 alone does not distil from that unfinished assistant (its model_best.pth is an earlier epoch's).
+    assert run_in_process(STAGE2, config, monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "model_best.pth comes from a stage 1 that has not finished" in err
+    assert "tools_2_tas/train_assistant_1run.py" in err and err.count("\n") == 1
     assert run_in_process(TWO_STAGES, config, monkeypatch=monkeypatch) == 0
     out = capsys.readouterr().out
     assert "stage 1 skipped" not in out and "resuming after epoch 1" in out

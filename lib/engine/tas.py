@@ -28,9 +28,23 @@ def train_assistant(cfg: CfgNode) -> dict:
 
 
 def train_tas(cfg: CfgNode) -> dict:
-    """Stage 2: BASIC.NUM_RUNS seeded runs of assistant -> student; returns the results.json content."""
+    """Stage 2: BASIC.NUM_RUNS seeded runs of assistant -> student; returns the results.json content.
+
+    An assistant that stage 1 of this config is still writing (or was interrupted writing) is refused: its
+    model_best.pth is that of an epoch before the last.
+    """
     stage = tas_config(cfg)
+    ckpt = assistant_checkpoint(cfg)
+    if resolve_path(stage.MODEL.MODELDICT_A) == resolve_path(ckpt) and _stage1_interrupted(_stage1_dir(ckpt)):
+        raise UserError(f"the assistant {ckpt} comes from a stage 1 that has not finished ({_stage1_dir(ckpt)} holds "
+                        "no results.json); finish it with tools_2_tas/train_assistant_1run.py (or run "
+                        "tools_2_tas/train_tas_2stages.py, which does both stages)")
     return run_experiment(stage, "tas", num_runs=stage.BASIC.NUM_RUNS, multi_run=True)
+
+
+def _stage1_dir(ckpt: str) -> str:
+    """The experiment folder of stage 1's assistant checkpoint <folder>/ckpt/model_best.pth."""
+    return os.path.dirname(os.path.dirname(resolve_path(ckpt)))
 
 
 def _stage1_interrupted(exp_dir: str) -> bool:
@@ -56,8 +70,7 @@ def train_two_stages(cfg: CfgNode) -> dict:
     check_archs(stage2, "tas")
     tas_feature_layers(stage2, build_model(stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES, False))
 
-    exp_dir = os.path.dirname(os.path.dirname(resolve_path(ckpt)))
-    if os.path.isfile(resolve_path(ckpt)) and not _stage1_interrupted(exp_dir):
+    if os.path.isfile(resolve_path(ckpt)) and not _stage1_interrupted(_stage1_dir(ckpt)):
         log.info(f"stage 1 skipped: the assistant checkpoint {ckpt} exists")
     else:
         log.info(f"stage 1: {stage1.MODEL.ARCH_T}@{stage1.DATA.CROP_SIZE} -> assistant "
