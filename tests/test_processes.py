@@ -1,5 +1,6 @@
 """lib/utils/processes.py: a process that started another is watched, and its end noticed, however it ends."""
 
+import functools
 import os
 import signal
 import subprocess
@@ -66,3 +67,23 @@ def test_a_one_line_error_on_a_closed_stderr_pipe_still_exits_with_its_status():
     proc = subprocess.run([sys.executable, "-c", code], stdout=write, stderr=write, timeout=60)
     os.close(write)
     assert proc.returncode == 2
+
+
+def _raised_in(filename: str, error: BaseException):
+    """(type, error, traceback) of `error` raised by code that says it lives in `filename`."""
+    try:
+        exec(compile("raise error", filename, "exec"), {"error": error})
+    except BaseException as caught:  # the one raised above
+        return type(caught), caught, caught.__traceback__
+
+
+def test_a_loader_worker_is_silent_on_a_batch_hand_over_that_its_stopping_parent_broke_off_and_on_nothing_else():
+    from lib.utils.processes import _quiet_about_hand_overs_broken_off
+
+    reported = []
+    hook = functools.partial(_quiet_about_hand_overs_broken_off, lambda *exc: reported.append(exc[0]))
+    hook(*_raised_in("/usr/lib/python3/multiprocessing/resource_sharer.py", ConnectionResetError(104, "reset")))
+    assert reported == []
+    hook(*_raised_in("/usr/lib/python3/multiprocessing/resource_sharer.py", ValueError("a bug")))
+    hook(*_raised_in("/work/lib/datasets/cub.py", ConnectionResetError(104, "reset")))
+    assert reported == [ValueError, ConnectionResetError]

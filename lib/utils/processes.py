@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import signal
 import sys
 import threading
 import time
+from types import TracebackType
 from typing import Callable
 
 __all__ = ["watch_parent", "exit_with_parent", "reap_loader_workers_at_exit", "process_ended", "LOADER_START_METHOD"]
@@ -63,9 +65,33 @@ def exit_with_parent(parent: int, worker_id: int | None = None) -> None:
     The worker also ignores SIGTERM: `timeout`, Slurm's preemption and systemd send it to every process of the
     job, and a worker dead of it made the parent, unwinding from its own SIGTERM, print torch's "DataLoader worker
     is killed by signal" traceback. The parent stops its workers on its way out; if it dies, the watch above does.
+    Nor does the worker print the traceback of a batch hand-over that the parent broke off on its way out.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.excepthook = functools.partial(_quiet_about_hand_overs_broken_off, sys.excepthook)
     watch_parent(lambda: os._exit(1), parent)
+
+
+def _quiet_about_hand_overs_broken_off(hook: Callable, exc_type: type, exc: BaseException, tb: TracebackType | None
+                                       ) -> None:
+    """sys.excepthook of a loader worker: silent on the connection errors of multiprocessing's resource sharer.
+
+    A worker hands each batch's shared memory to the parent as a file descriptor, served by a thread of the
+    worker (multiprocessing.resource_sharer), which reports its errors through sys.excepthook. A parent stopped by
+    a signal in the middle of taking one resets the connection: the worker printed "ConnectionResetError" in a
+    traceback into the job's stderr, after the parent's one line. Everything else goes to `hook`.
+    """
+    import multiprocessing
+
+    files = []
+    frame = tb
+    while frame is not None:
+        files.append(frame.tb_frame.f_code.co_filename)
+        frame = frame.tb_next
+    broken_off = issubclass(exc_type, (OSError, EOFError, multiprocessing.AuthenticationError))
+    if broken_off and any(name.endswith("resource_sharer.py") for name in files):
+        return
+    hook(exc_type, exc, tb)
 
 
 _reaper_registered = False
