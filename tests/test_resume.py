@@ -277,7 +277,7 @@ def test_sigterm_to_the_whole_process_group_is_the_same_one_line_and_exit_143(ti
     # that died of it made the main process print torch's worker traceback, or exit 1 with it.
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 50}, "BASIC": {"NUM_RUNS": 1,
                            "NUM_WORKERS": 2, "DISP_FREQ": 1}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
@@ -286,7 +286,11 @@ def test_sigterm_to_the_whole_process_group_is_the_same_one_line_and_exit_143(ti
             if line.startswith("run 0 epoch 2 [1/"):  # the workers are busy with the next batches
                 os.killpg(proc.pid, signal.SIGTERM)
                 break
-        _, err = proc.communicate(timeout=120)
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:  # where it waits: faulthandler prints every thread's stack on SIGABRT
+            os.kill(proc.pid, signal.SIGABRT)
+            pytest.fail(f"still running 120 s after SIGTERM:\n{proc.communicate(timeout=30)[1]}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
