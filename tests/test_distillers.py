@@ -210,6 +210,8 @@ def test_isrd_decodes_the_students_features_before_relu_as_the_release(tmp_path)
 @pytest.mark.parametrize("change, message", [
     ({"arch": "resnet34"}, "does not fit resnet18.*another architecture"),
     ({"classes": 7}, "7 classes, but DATA.NUM_CLASSES is 4"),
+    ({"classes": 7, "arch": "vit_tiny_patch16_64", "arch_t": "vit_tiny_patch16_64"},
+     "7 classes, but DATA.NUM_CLASSES is 4"),  # a ViT's classifier is its head
     ({"missing": True}, "not found"),
 ])
 def test_teacher_checkpoint_mismatches_name_the_file_and_the_difference(tmp_path, change, message):
@@ -218,7 +220,7 @@ def test_teacher_checkpoint_mismatches_name_the_file_and_the_difference(tmp_path
         torch.save({"state_dict": build_model(change.get("arch", "resnet18"), change.get("classes", 4),
                                               False).state_dict()}, teacher_path)
     with pytest.raises(UserError, match=message) as err:
-        build_distiller(_cfg(teacher_path), "kd")
+        build_distiller(_cfg(teacher_path, arch_t=change.get("arch_t", "resnet18")), "kd")
     assert "t.pth" in str(err.value)
 
 

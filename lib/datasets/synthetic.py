@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from yacs.config import CfgNode
 
-from lib.config import resolve_path
+from lib.config import get_cfg, resolve_path
 from lib.engine.setup import get_logger
 from lib.utils.errors import UserError
 
@@ -48,7 +48,7 @@ AIRCRAFT_VARIANTS = [
 # Picked first, so even a 3-class set has names with spaces and slashes to parse.
 AIRCRAFT_FIRST = ["Boeing 737-300", "F-16A/B", "F/A-18", "BAE 146-200"]
 
-DEFAULT_SIZE = (80, 60)  # (W, H): small so a demo dataset is generated in seconds
+DEFAULT_SIZE = tuple(get_cfg().DATA.GENERATE_IMAGE_SIZE)  # (W, H): small so a demo dataset is generated in seconds
 JPEG_QUALITY = 90
 GRAYSCALE_EVERY = 5
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib.models.model_builder import clean_state_dict
+from lib.models.model_builder import CLASSIFIER_MODULES, clean_state_dict
 from lib.utils.errors import UserError, first_line, require_file
 
 from .setup import get_logger
@@ -252,9 +252,8 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
         )
     for key, value in state_dict.items():
         if tuple(value.shape) != tuple(own[key].shape):
-            if value.ndim >= 1 and own[key].ndim >= 1 and value.shape[0] != own[key].shape[0] and key.endswith(
-                ("fc.weight", "fc.bias", "head.weight", "head.bias")
-            ):
+            if (value.ndim >= 1 and own[key].ndim >= 1 and value.shape[0] != own[key].shape[0]
+                    and key.rpartition(".")[0] in CLASSIFIER_MODULES):
                 raise UserError(
                     f"{what} {path} has {value.shape[0]} classes, but DATA.NUM_CLASSES is {num_classes}"
                 )

@@ -61,6 +61,8 @@ _PRETRAIN_KEYS = "MODEL.PRETRAIN / PRETRAIN_S (a TAS assistant: MODEL.PRETRAIN_A
 # Classifier parameter prefix of each kind of model (torchvision: fc, timm ViT: head).
 _CNN_CLASSIFIER = "fc"
 _VIT_CLASSIFIER = "head"
+# The classifier modules of every network here (a fine-grained head of DATA.NUM_CLASSES outputs).
+CLASSIFIER_MODULES = (_CNN_CLASSIFIER, _VIT_CLASSIFIER)
 
 
 def _valid_names() -> str:
