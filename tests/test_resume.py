@@ -156,22 +156,33 @@ def test_saved_files_are_readable_by_others_as_the_umask_allows(tmp_path):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
 
 
-def test_a_kill_right_after_the_last_epochs_checkpoint_loses_no_epoch_of_the_logs(tiny_cub, write_config, tmp_path,
-                                                                                  monkeypatch):
+def _student_killed_at_a_last_pth(tiny_cub, write_config, monkeypatch, epoch: int, saved: bool) -> str:
+    """The config of a 1-run, 2-epoch student whose first attempt was interrupted (exit 130) at epoch `epoch`'s
+    last.pth: right after writing it (`saved`) or right before. save_checkpoint is real again on return."""
     from lib.engine import trainer
 
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}, "BASIC": {"NUM_RUNS": 1},
                            "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
     real_save = trainer.save_checkpoint
 
-    def save_then_die(obj, path):  # the process is killed the moment the final epoch's last.pth is on disk
+    def save_and_die(obj, path):
+        at_the_moment = path.endswith("last.pth") and obj["epoch"] == epoch
+        if at_the_moment and not saved:
+            raise KeyboardInterrupt
         real_save(obj, path)
-        if path.endswith("last.pth") and obj["epoch"] == 2:
+        if at_the_moment:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(trainer, "save_checkpoint", save_and_die)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 130
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    return config
+
+
+def test_a_kill_right_after_the_last_epochs_checkpoint_loses_no_epoch_of_the_logs(tiny_cub, write_config, tmp_path,
+                                                                                  monkeypatch):
+    # The process is killed the moment the final epoch's last.pth is on disk.
+    config = _student_killed_at_a_last_pth(tiny_cub, write_config, monkeypatch, epoch=2, saved=True)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     stats = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "log" / "run0" / "stats.jsonl"
     assert [json.loads(line)["epoch"] for line in stats.read_text().splitlines()] == [1, 2]
@@ -181,20 +192,8 @@ def test_an_attempt_killed_before_its_first_last_pth_leaves_no_duplicate_tensorb
                                                                                            tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lib.engine import trainer
-
-    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}, "BASIC": {"NUM_RUNS": 1},
-                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
-    real_save = trainer.save_checkpoint
-
-    def die_before_the_first_last_pth(obj, path):  # epoch 1's logs are written, its last.pth is not
-        if path.endswith("last.pth") and obj["epoch"] == 1:
-            raise KeyboardInterrupt
-        real_save(obj, path)
-
-    monkeypatch.setattr(trainer, "save_checkpoint", die_before_the_first_last_pth)
-    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 130
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    # Epoch 1's logs are written, its last.pth is not.
+    config = _student_killed_at_a_last_pth(tiny_cub, write_config, monkeypatch, epoch=1, saved=False)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     events = EventAccumulator(str(tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "log" / "run0"))
     events.Reload()
@@ -203,20 +202,7 @@ def test_an_attempt_killed_before_its_first_last_pth_leaves_no_duplicate_tensorb
 
 
 def test_a_resumed_run_whose_model_best_pth_is_gone_says_so(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
-    from lib.engine import trainer
-
-    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}, "BASIC": {"NUM_RUNS": 1},
-                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
-    real_save = trainer.save_checkpoint
-
-    def save_then_die(obj, path):  # killed once epoch 1 is saved
-        real_save(obj, path)
-        if path.endswith("last.pth") and obj["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
-    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 130
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    config = _student_killed_at_a_last_pth(tiny_cub, write_config, monkeypatch, epoch=1, saved=True)
     ckpt = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "ckpt" / "run0"
     (ckpt / "model_best.pth").unlink()
     capsys.readouterr()
