@@ -354,13 +354,17 @@ def test_unfinished_and_damaged_experiments_are_named_on_stderr_and_the_rest_is_
     nulls = _experiment(root, "cub", "2runs_isrd_resnet50_64_resnet18_32_seed0_0.01", [58.0, 60.0], **DISTILL)
     (nulls / "results.json").write_text(json.dumps({"runs": [], "best_acc_mean": None, "best_acc_std": None,
                                                      "last_acc_mean": None, "last_acc_std": None}))
+    listed = _experiment(root, "cub", "2runs_dkd_resnet50_64_resnet18_32_seed0_0.01", [58.0, 60.0], **DISTILL)
+    (listed / "results.json").write_text("[58.0, 60.0]")
     assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
     err = capsys.readouterr().err
     assert f"note: {running} is not finished (1 runs done, no results.json)" in err
     assert f"skipped: {nulls}/results.json lacks a number in best_acc_mean" in err
+    assert f"skipped: cannot read the experiment in {listed} (ValueError: results.json holds a JSON list" in err
     with open(root / "summary" / "summary.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert float(row["student_best_mean"]) == 51.0 and row["kd_best_mean"] == "" and row["isrd_best_mean"] == ""
+    assert row["dkd_best_mean"] == ""
 
 
 def test_a_teacherless_tas_rows_teacher_accuracy_is_its_assistants_and_none_for_a_checkpoint_not_found(

@@ -117,6 +117,8 @@ def _read_experiment(folder: str) -> ExperimentResult:
         raise UserError(f"{folder} has results.json but no config.yaml")
     try:
         results = load_json(results_path)
+        if not isinstance(results, dict):
+            raise ValueError(f"results.json holds a JSON {type(results).__name__}, not an object")
         with open(config_path) as f:
             cfg = CfgNode.load_cfg(f)
         match = _DISTILL_NAME.match(os.path.basename(folder))
