@@ -136,6 +136,35 @@ def test_stray_torchrun_variables_in_the_environment_are_one_line_not_a_tracebac
     assert str(err.value).startswith(message), str(err.value)
 
 
+def test_a_process_left_waiting_for_its_ddp_peers_says_so_and_gives_up_with_one_line(monkeypatch, capsys):
+    # WORLD_SIZE and MASTER_* left by a cluster's launcher, no torchrun: the one process waited in the rendezvous
+    # without a word for torch's 30 minutes, then gave a traceback.
+    import datetime
+    import socket
+
+    from lib.engine import distributed
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, "RENDEZVOUS_NOTICE_S", 0.2)
+    monkeypatch.setattr(distributed, "RENDEZVOUS_TIMEOUT", datetime.timedelta(seconds=2))
+    with pytest.raises(UserError) as err:
+        distributed.init_distributed(get_cfg())
+    assert str(err.value).startswith(f"rank 0 of WORLD_SIZE 2 could not join its DDP job at 127.0.0.1:{port} ("), \
+        str(err.value)
+    assert str(err.value).endswith("); were all 2 processes started? torchrun starts them; to train in one "
+                                   "process, unset RANK WORLD_SIZE LOCAL_RANK")
+    assert "\n" not in str(err.value)
+    assert capsys.readouterr().out == (f"rank 0 of WORLD_SIZE 2 has waited 0 s at 127.0.0.1:{port} for the other "
+                                       "processes of its DDP job; were all 2 processes started? torchrun starts "
+                                       "them; to train in one process, unset RANK WORLD_SIZE LOCAL_RANK\n")
+    assert not torch.distributed.is_initialized()
+
+
 def test_bf16_autocast_gives_the_fp32_losses_within_tolerance(tmp_path):
     teacher = tmp_path / "t.pth"
     torch.save({"state_dict": build_model("resnet18", 4, False).state_dict()}, teacher)

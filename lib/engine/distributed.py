@@ -9,8 +9,10 @@ experiment at the same time, one process per GPU, gathered into the same results
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -18,8 +20,10 @@ import torch
 import torch.distributed as dist
 from yacs.config import CfgNode
 
-from lib.utils.errors import TERMINATED_EXIT, UserError
+from lib.utils.errors import TERMINATED_EXIT, UserError, first_line
 from lib.utils.processes import watch_parent
+
+from .setup import get_logger
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,11 @@ class DistInfo:
         """Rank 0 writes every file and log line."""
         return self.rank == 0
 
+
+# How long a process waits for the others of its DDP job before it says so (they may be starting on other nodes),
+# and before it gives up (None: torch's default, 30 minutes).
+RENDEZVOUS_NOTICE_S = 60.0
+RENDEZVOUS_TIMEOUT: datetime.timedelta | None = None
 
 _UNSET_HINT = ("torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; to train in one process, unset them "
                "(unset RANK WORLD_SIZE LOCAL_RANK)")
@@ -87,10 +96,32 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
             raise UserError(f"the environment variable WORLD_SIZE is {info.world_size}, but {' and '.join(missing)} "
                             f"{'is' if len(missing) == 1 else 'are'} not set; start DDP with torchrun, which sets "
                             "them all, or unset RANK WORLD_SIZE LOCAL_RANK to train in one process")
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        _join_group("nccl" if use_cuda else "gloo", info)
         atexit.register(_leave_group)  # NCCL warns at exit about a process group never destroyed
         stop_when_parent_dies()  # torchrun's agent killed with -9 leaves its workers running otherwise
     return info, device
+
+
+def _join_group(backend: str, info: DistInfo) -> None:
+    """init_process_group, saying so when the other processes keep it waiting, and one line if they never come.
+
+    Without torchrun, variables that a cluster's launcher left in the environment (WORLD_SIZE, MASTER_ADDR, ...)
+    make a single process wait there for peers that will never start.
+    """
+    where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+    job = f"rank {info.rank} of WORLD_SIZE {info.world_size}"
+    hint = (f"were all {info.world_size} processes started? torchrun starts them; to train in one process, unset "
+            "RANK WORLD_SIZE LOCAL_RANK")
+    notice = threading.Timer(RENDEZVOUS_NOTICE_S, lambda: get_logger().warning(
+        f"{job} has waited {RENDEZVOUS_NOTICE_S:.0f} s at {where} for the other processes of its DDP job; {hint}"))
+    notice.daemon = True
+    notice.start()
+    try:
+        dist.init_process_group(backend=backend, timeout=RENDEZVOUS_TIMEOUT)
+    except dist.DistError as err:
+        raise UserError(f"{job} could not join its DDP job at {where} ({first_line(err)}); {hint}") from None
+    finally:
+        notice.cancel()
 
 
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
