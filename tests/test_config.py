@@ -272,7 +272,8 @@ def test_loaded_config_is_frozen():
     (["DATA.PIPELINE", "gpu"], "DATA.PIPELINE"),
     (["DATA.LESSEN_TYPE", "1"], "DATA.PIPELINE"),
     (["TAS.STAGE1_KDTYPE", "isrd"], "TAS.STAGE1_KDTYPE must be one of kd, at, sp, ickd, dkd, got 'isrd'"),
-    (["TAS.FEAT_INTERP", "area"], "TAS.FEAT_INTERP must be one of bilinear, bicubic, nearest, got 'area'"),
+    (["TAS.FEAT_INTERP", "area"],
+     "TAS.FEAT_INTERP must be one of bilinear, bicubic, nearest, bilinear_align_corners, got 'area'"),
     (["TAS.FEAT_WEIGHTS", "[1.0, -1.0, 1.0, 1.0]"], r"TAS.FEAT_WEIGHTS must be >= 0 \(0 switches a feature off\)"),
     (["TAS.VIT_BLOCKS", "[0, 6, 9, 12]"], r"TAS.VIT_BLOCKS are 1-based block numbers, got \[0, 6, 9, 12\]"),
 ])

@@ -270,8 +270,16 @@ def test_a_different_config_in_the_same_directory_is_refused_naming_the_keys(tin
     saved = (exp / "config.yaml").read_text()
     capsys.readouterr()
     assert run_in_process(TEACHER, config, "SOLVER.WEIGHT_DECAY", "0.001", monkeypatch=monkeypatch) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "SOLVER.WEIGHT_DECAY" in err and "BASIC.FRESH_START" in err
+    assert capsys.readouterr().err == (
+        f"error: {exp} holds an experiment with another config: SOLVER.WEIGHT_DECAY (0.0005 -> 0.001). Re-run with "
+        "the same settings to resume; to keep both (a sweep, say), give this one its own BASIC.OUTPUT_ROOT; or add "
+        "BASIC.FRESH_START True to move the old one aside and start over\n")
+    assert (exp / "config.yaml").read_text() == saved
+    # Its own output root keeps both.
+    assert run_in_process(TEACHER, config, "SOLVER.WEIGHT_DECAY", "0.001", "BASIC.OUTPUT_ROOT", f"'{tmp_path}/wd'",
+                          monkeypatch=monkeypatch) == 0
+    kept = tmp_path / "wd" / "cub" / "1runs_resnet18_64_seed0_0.01" / "config.yaml"
+    assert "WEIGHT_DECAY: 0.001" in kept.read_text()
     assert (exp / "config.yaml").read_text() == saved
     # The test batch size too: the test loss's rounding depends on it, so a resumed run would log other numbers.
     assert run_in_process(TEACHER, config, "TEST.BATCH_SIZE", "7", monkeypatch=monkeypatch) == 2

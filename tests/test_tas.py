@@ -59,6 +59,10 @@ def test_feature_distillation_loss_golden_value():
     assert loss.item() == pytest.approx(7.03125, abs=1e-6)
     loss.backward()
     assert f_s.grad is not None and f_s.grad.abs().sum() > 0
+    # The release's unused loss, align_corners=True: rows [1, 4/3, 5/3, 2], [5/3, 2, 7/3, 8/3], [7/3, 8/3, 3, 10/3],
+    # [3, 10/3, 11/3, 4]; squares sum to 1000/9 over 16 positions.
+    assert feature_distillation_loss(f_s, torch.zeros(1, 1, 4, 4), "bilinear_align_corners").item() == \
+        pytest.approx(1000 / 9 / 16, abs=1e-6)
     same = torch.randn(2, 3, 5, 5)
     assert feature_distillation_loss(same, same).item() == 0.0
     with pytest.raises(ValueError, match="same batch and channels"):

@@ -41,8 +41,9 @@ REPO_ROOT = _repo_root()
 
 DATASETS = ("cub", "aircraft")
 KDTYPES = ("kd", "at", "sp", "ickd", "dkd")
-# TAS.FEAT_INTERP: how stage 2 resizes a student feature to the assistant's size (F.interpolate modes).
-FKD_INTERP_MODES = ("bilinear", "bicubic", "nearest")
+# TAS.FEAT_INTERP: how stage 2 resizes a student feature to the assistant's size (F.interpolate modes, with
+# align_corners=False; "bilinear_align_corners": bilinear with align_corners=True, as the release's unused loss).
+FKD_INTERP_MODES = ("bilinear", "bicubic", "nearest", "bilinear_align_corners")
 PIPELINES = ("tensor", "pil", "device")
 AMP_MODES = ("none", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")

@@ -276,7 +276,9 @@ _C.TAS.FEAT_WEIGHTS = [1.0, 1.0, 1.0, 1.0]
 # before the final norm, as (B, D, S/16, S/16) maps) are distilled, one per TAS.FEAT_WEIGHTS entry.
 _C.TAS.VIT_BLOCKS = [3, 6, 9, 12]
 # Stage 2: how the student's features are resized to the assistant's spatial size before the MSE:
-# bilinear | bicubic | nearest (align_corners=False).
+# bilinear | bicubic | nearest (align_corners=False: a feature position stands for its region's centre, as the
+# small image was made from the large one) | bilinear_align_corners (align_corners=True: the release's unused
+# "feature distillation loss in input compression stage").
 _C.TAS.FEAT_INTERP = "bilinear"
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -633,7 +633,8 @@ def _check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
     differing = diff_cfg(saved, cfg, ignore=ignore)
     if differing:
         raise UserError(f"{exp_dir} holds an experiment with another config: {'; '.join(differing)}. "
-                        "Re-run with the same settings to resume, or add BASIC.FRESH_START True to start over")
+                        "Re-run with the same settings to resume; to keep both (a sweep, say), give this one its own "
+                        "BASIC.OUTPUT_ROOT; or add BASIC.FRESH_START True to move the old one aside and start over")
 
 
 def _sha256(path: str) -> str:

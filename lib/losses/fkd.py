@@ -2,8 +2,9 @@
 
 The assistant sees the large image and the student the same crop K times smaller, so their features have the
 same channels but K times fewer positions in the student. The release's unused "feature distillation loss in
-input compression stage" upsampled the student's feature bilinearly to the assistant's size and took the MSE;
-the published loss is unknown, so this is that hint, made explicit (docs/tas.md).
+input compression stage" upsampled the student's feature bilinearly (align_corners=True) to the assistant's size
+and took the MSE; the published loss is unknown, so this is that hint, made explicit (docs/tas.md), by default with
+align_corners=False (mode "bilinear_align_corners" is the release's).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def feature_distillation_loss(f_s: Tensor, f_a: Tensor, mode: str = "bilinear") 
     Args:
         f_s: student feature, (B, C, h, w), from the small image.
         f_a: assistant feature, (B, C, H, W), from the large image; treated as a constant (the assistant is frozen).
-        mode: interpolation of f_s to (H, W), one of FKD_INTERP_MODES (align_corners=False for bilinear/bicubic).
+        mode: interpolation of f_s to (H, W), one of FKD_INTERP_MODES: bilinear, bicubic (align_corners=False),
+            nearest, or bilinear_align_corners (bilinear with align_corners=True, the release's).
 
     Returns:
         Scalar mean over batch, channels and the assistant's positions of (up(f_s) - f_a)^2.
@@ -38,8 +40,9 @@ def feature_distillation_loss(f_s: Tensor, f_a: Tensor, mode: str = "bilinear") 
         raise ValueError(f"unknown interpolation {mode!r}; valid: {', '.join(FKD_INTERP_MODES)}")
     f_a = f_a.detach()
     if f_s.shape[2:] != f_a.shape[2:]:
-        corners = False if mode in ("bilinear", "bicubic") else None
-        f_s = F.interpolate(f_s, size=f_a.shape[2:], mode=mode, align_corners=corners)  # (B, C, H, W)
+        resize, corners = {"bilinear": ("bilinear", False), "bicubic": ("bicubic", False), "nearest": ("nearest", None),
+                           "bilinear_align_corners": ("bilinear", True)}[mode]
+        f_s = F.interpolate(f_s, size=f_a.shape[2:], mode=resize, align_corners=corners)  # (B, C, H, W)
     # The MSE written out: F.mse_loss would keep f_a for its backward, which autograd refuses for a teacher's
     # inference-mode output; (f_s - f_a) keeps only the difference. In fp32 under mixed precision, as the other
     # feature statistics: a squared difference of deep features passes fp16's 65 504.
