@@ -233,10 +233,14 @@ def _experiment(root, dataset, name, accs, *, config=True, **keys):
     folder.mkdir(parents=True)
     if config:
         (folder / "config.yaml").write_text(cfg.dump())
-    runs = [{"run": i, "seed": i, "best_acc": a, "best_epoch": 3, "last_acc": a - 1.0} for i, a in enumerate(accs)]
+    # Each last accuracy 1 below the mean, spread twice as wide as the best: a swapped column would show.
+    mean = statistics.mean(accs)
+    lasts = [mean - 1.0 + 2 * (a - mean) for a in accs]
+    runs = [{"run": i, "seed": i, "best_acc": a, "best_epoch": 3, "last_acc": last}
+            for i, (a, last) in enumerate(zip(accs, lasts))]
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-    results = {"runs": runs, "best_acc_mean": statistics.mean(accs), "best_acc_std": std,
-               "last_acc_mean": statistics.mean(accs) - 1.0, "last_acc_std": std}
+    results = {"runs": runs, "best_acc_mean": mean, "best_acc_std": std, "last_acc_mean": mean - 1.0,
+               "last_acc_std": 2 * std}
     (folder / "results.json").write_text(json.dumps(results))
     (folder / "ckpt" / "run0").mkdir(parents=True)
     return folder
@@ -278,12 +282,13 @@ def test_summarize_builds_the_paper_table_and_plots(experiment_tree, tmp_path, m
     assert float(pair["student_best_mean"]) == 51.0 and pair["student_runs"] == "2"  # the 2-run baseline
     assert float(pair["kd_best_mean"]) == 56.0 and float(pair["kd_last_mean"]) == 55.0
     assert float(pair["isrd_best_mean"]) == 59.0 and float(pair["isrd_best_std"]) == pytest.approx(2**0.5)
+    assert float(pair["isrd_last_mean"]) == 58.0 and float(pair["isrd_last_std"]) == pytest.approx(2 * 2**0.5)
     assert pair["dkd_best_mean"] == "" and pair["sp_best_mean"] == ""  # .old1 and config-less folders skipped
     assert int(pair["student_flops"]) == flops_of("resnet18", 32, 4)
     assert (pair["student_input_pixels"], pair["student_input_bytes"]) == ("1024", "3072")
     assert float(rows[0]["at_best_mean"]) == 40.5 and rows[0]["student_best_mean"] == ""
     markdown = (out / "summary.md").read_text()
-    assert "| cub | resnet50@64 | 80.00 | resnet18@32 | 51.00 ± 1.41 / 50.00 ± 1.41 (2) |" in markdown
+    assert "| cub | resnet50@64 | 80.00 | resnet18@32 | 51.00 ± 1.41 / 50.00 ± 2.83 (2) |" in markdown
     assert markdown in captured.out
     for name in ("acc_vs_flops.png", "acc_vs_pixels.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC

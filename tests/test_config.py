@@ -10,6 +10,7 @@ import torch
 from lib.config import (
     REPO_ROOT,
     UNUSED_KEYS,
+    cfg_value,
     diff_cfg,
     get_cfg,
     load_config,
@@ -251,6 +252,19 @@ def test_numbers_that_would_crash_later_are_refused_with_their_allowed_range(opt
     with pytest.raises(UserError) as err:
         load_config(args)
     assert str(err.value).startswith(message), str(err.value)
+
+
+@pytest.mark.parametrize("opts, values", [
+    (["KD.ALPHA", "1.0"], {"KD.ALPHA": 1.0}),  # pure KD
+    (["KD.ALPHA", "0.0"], {"KD.ALPHA": 0.0}),
+    # The last first seed that leaves run 1's seed below 2**32 (numpy's seeds are 32-bit).
+    (["BASIC.SEED", str(2**32 - 2), "BASIC.NUM_RUNS", "2"], {"BASIC.SEED": 2**32 - 2, "BASIC.NUM_RUNS": 2}),
+])
+def test_the_ends_of_an_allowed_range_are_accepted(opts, values):
+    args = argparse.Namespace(config_file=os.path.join(REPO_ROOT, "configs/base/cub/cub_resnet_single_224.yaml"),
+                              opts=opts)
+    cfg = load_config(args)
+    assert {key: cfg_value(cfg, key) for key in values} == values
 
 
 def test_loaded_config_is_frozen():

@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,10 +15,15 @@ from torchvision.transforms.v2 import functional as TF
 
 from lib.config import get_cfg
 from lib.datasets import DATASETS, BatchPreparer, build_dataset
-from lib.datasets.cache import build_cache, decode_uint8, load_rgb
+from lib.datasets.cache import ShorterSideResize, build_cache, decode_uint8, load_rgb
 from lib.datasets.sampler import EpochSampler
 from lib.datasets.synthetic import make_aircraft, make_cub
-from lib.datasets.transforms import pil_vs_tensor_small_image_difference, sample_crop, uint8_to_normalized
+from lib.datasets.transforms import (
+    pil_vs_tensor_small_image_difference,
+    sample_crop,
+    small_test_geometry,
+    uint8_to_normalized,
+)
 from lib.utils.errors import UserError
 
 NUM_CLASSES = 3
@@ -306,6 +312,41 @@ def test_grayscale_and_cmyk_jpegs_load_as_rgb(roots, tmp_path):
     gray = next(p for p, m in zip(sorted(paths), modes) if m == "L")
     for path in (gray, cmyk):
         assert load_rgb(path).mode == "RGB" and decode_uint8(path).shape[0] == 3
+
+
+def test_the_teachers_and_the_students_training_images_are_normalised_for_imagenet_weights():
+    # A teacher fed 0..1 images where it learned on normalised ones would be a broken teacher for every method.
+    cfg = make_cfg("cub", "unused")
+    cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE, cfg.DATA.LESSEN_RATIO = 32, 36, 2.0
+    white = {"image_large": torch.full((1, 3, 32, 32), 255, dtype=torch.uint8), "target": torch.tensor([0])}
+    out = BatchPreparer(cfg, "cpu")(white)
+    expected = [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]
+    for key in ("image_large", "image"):
+        assert out[key][0, :, 0, 0].tolist() == pytest.approx(expected, rel=1e-6), key
+
+
+def test_the_students_test_view_is_resize_size_over_k_then_crop_size_over_k():
+    # Red = column index of a 144 x 72 image; K = 2: Resize(36) halves it to 72 x 36 (column j ~ 2j + 0.5),
+    # CenterCrop(32) keeps columns 20..51. Resize(RESIZE_SIZE) would crop a third of the width from a 72 px image.
+    cfg = make_cfg("cub", "unused")
+    cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE, cfg.DATA.LESSEN_RATIO = 64, 72, 2.0
+    pixels = np.zeros((72, 144, 3), np.uint8)
+    pixels[:, :, 0] = np.arange(144)[None, :]
+    out = np.asarray(small_test_geometry(cfg)(Image.fromarray(pixels)))
+    assert out.shape == (32, 32, 3)
+    assert np.abs(out[16, :, 0] - (2 * np.arange(20, 52) + 0.5)).max() <= 1
+
+
+def test_a_crop_no_try_could_fit_falls_back_to_the_centred_box_inside_the_image():
+    # 90-100% of a 10:1 image's area never has an aspect ratio within 3/4..4/3: torchvision's central fallback.
+    assert sample_crop(100, 1000, random.Random(0), scale=(0.9, 1.0))[:4] == (0, 433, 100, 133)
+    assert sample_crop(1000, 100, random.Random(0), scale=(0.9, 1.0))[:4] == (433, 0, 133, 100)
+
+
+def test_the_cache_never_upscales_an_image_whose_shorter_side_is_below_its_size():
+    # Its longer side above the size does not count: 40 x 30 stays as it is at 35.
+    assert ShorterSideResize(35)(Image.new("RGB", (40, 30))).size == (40, 30)
+    assert ShorterSideResize(20)(Image.new("RGB", (40, 30))).size == (26, 20)
 
 
 def test_train_cache_shorter_side(roots):

@@ -216,6 +216,28 @@ def test_each_run_and_each_epoch_sees_its_own_data_order(tiny_cub, write_config)
     assert sorted(orders[0, 1]) == sorted(orders[1, 1])
 
 
+def test_no_two_runs_or_epochs_share_an_epoch_seed():
+    # An epoch seed of run seed + epoch would give run 1 at epoch e exactly run 0's data at epoch e + 1: five
+    # shifted copies of one augmentation stream, and an understated std over runs.
+    seeds = {trainer.epoch_seed(run_seed, epoch) for run_seed in range(5) for epoch in range(1, 201)}
+    assert len(seeds) == 5 * 200
+    assert trainer.epoch_seed(1, 1) != trainer.epoch_seed(0, 2)
+
+
+def test_a_runs_last_acc_is_its_last_epochs_and_best_acc_its_first_maximum(tiny_cub, write_config, tmp_path,
+                                                                          monkeypatch):
+    scores = iter([30.0, 50.0, 50.0, 40.0])
+    monkeypatch.setattr(trainer, "test_epoch",
+                        lambda *args: {"test_top1": next(scores), "test_top5": 0.0, "test_loss": 1.0})
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 4},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "BASIC": {"NUM_RUNS": 1}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    results = json.loads((tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "results.json").read_text())
+    (run,) = results["runs"]
+    assert (run["best_acc"], run["best_epoch"], run["last_acc"]) == (50.0, 2, 40.0)
+    assert (results["best_acc_mean"], results["last_acc_mean"]) == (50.0, 40.0)
+
+
 def test_the_epoch_means_weight_each_step_by_its_batch_and_the_test_pass_scores_top1_top5_and_ce():
     monitor = StepMonitor(torch.device("cpu"), "run 0")
     monitor.push({"loss_ce": torch.tensor(1.0)}, 8, 1, 1)
