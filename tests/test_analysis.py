@@ -361,11 +361,18 @@ def test_unfinished_and_damaged_experiments_are_named_on_stderr_and_the_rest_is_
                                                      "last_acc_mean": None, "last_acc_std": None}))
     listed = _experiment(root, "cub", "2runs_dkd_resnet50_64_resnet18_32_seed0_0.01", [58.0, 60.0], **DISTILL)
     (listed / "results.json").write_text("[58.0, 60.0]")
+    runless = _experiment(root, "cub", "2runs_at_resnet50_64_resnet18_32_seed0_0.01", [58.0, 60.0], **DISTILL)
+    (runless / "results.json").write_text(json.dumps({"runs": [{"run": 0, "best_acc": "58"}], "best_acc_mean": 58.0,
+                                                      "best_acc_std": 0.0, "last_acc_mean": 58.0, "last_acc_std": 0.0}))
     assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
     err = capsys.readouterr().err
     assert f"note: {running} is not finished (1 runs done, no results.json)" in err
-    assert f"skipped: {nulls}/results.json lacks a number in best_acc_mean" in err
-    assert f"skipped: cannot read the experiment in {listed} (ValueError: results.json holds a JSON list" in err
+    assert (f"skipped: cannot read the experiment in {nulls} (ValueError: results.json lacks a number in "
+            "best_acc_mean, best_acc_std, last_acc_mean, last_acc_std)") in err
+    assert (f"skipped: cannot read the experiment in {listed} (ValueError: results.json holds a JSON list, not an "
+            "object)") in err
+    assert (f"skipped: cannot read the experiment in {runless} (ValueError: run 0 of results.json lacks a number in "
+            "seed, best_acc, best_epoch, last_acc)") in err
     with open(root / "summary" / "summary.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert float(row["student_best_mean"]) == 51.0 and row["kd_best_mean"] == "" and row["isrd_best_mean"] == ""

@@ -348,6 +348,11 @@ def test_a_path_spelt_another_way_a_runtime_knob_or_an_unused_key_is_the_same_ex
 @pytest.mark.parametrize("name, content, words", [
     ("ckpt/last.pth", b"PK\x03\x04 truncated", ["last.pth", "damaged", "delete it to train run 0 again"]),
     ("results.json", b"{garbage", ["results.json", "damaged", "made again from the runs' result.json"]),
+    # Valid JSON of another shape was a traceback when a finished experiment was re-run.
+    ("results.json", b"[1, 2]", ["results.json holds a JSON list, not an object", "damaged"]),
+    ("results.json", b"{}", ["results.json lacks a number in best_acc_mean", "damaged"]),
+    ("ckpt/result.json", b'"x"', ["result.json holds a JSON str, not an object", "damaged", "summed up again"]),
+    ("ckpt/result.json", b'{"run": 0}', ["result.json lacks a number in seed, best_acc, best_epoch, last_acc"]),
     ("config.yaml", b"", ["config.yaml", "damaged", "BASIC.FRESH_START True"]),
 ])
 def test_a_damaged_file_of_an_experiment_is_one_line_naming_it(name, content, words, tiny_cub, write_config, tmp_path,
@@ -355,8 +360,9 @@ def test_a_damaged_file_of_an_experiment_is_one_line_naming_it(name, content, wo
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
     assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
     exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
-    if name == "ckpt/last.pth":  # an unfinished run resumes from last.pth
+    if name.startswith("ckpt/"):  # an unfinished experiment: its runs are read, finished or not
         os.remove(exp / "results.json")
+    if name == "ckpt/last.pth":  # an unfinished run resumes from last.pth
         os.remove(exp / "ckpt" / "result.json")
     (exp / name).write_bytes(content)
     log = (exp / "train.log").read_text()

@@ -1,7 +1,8 @@
 """Evaluate the checkpoint TEST.CHECKPOINT on the test split at the student's resolution.
 
-Prints top-1, top-5 and mean per-class accuracy; writes a per-class report and the confusion matrix (CSV, JSON,
-PNG) into <checkpoint folder>/eval/<checkpoint name>_<size>px/. Usually run with the experiment's config.yaml:
+Prints top-1, top-5 and mean per-class accuracy; writes them (metrics.json), a per-class report (CSV) and the
+confusion matrix (CSV, PNG) into <checkpoint folder>/eval/<checkpoint name>_<size>px/. Usually run with the
+experiment's config.yaml:
 
     python tools/eval.py --config_file ckpt/cub/<experiment>/config.yaml TEST.CHECKPOINT <.../model_best.pth>
 """

@@ -28,7 +28,7 @@ from typing import Any
 from yacs.config import CfgNode
 
 from lib.config import resolve_path, small_crop_size
-from lib.engine.checkpoint import load_json
+from lib.engine.checkpoint import load_results
 from lib.utils.errors import UserError
 
 from . import check_output_root, markdown_table, write_csv, write_text
@@ -67,7 +67,7 @@ class ExperimentResult:
     @property
     def runs(self) -> int:
         """Number of finished runs."""
-        return len(self.results.get("runs", []))
+        return len(self.results["runs"])
 
 
 @dataclass
@@ -91,8 +91,8 @@ class Row:
         results = self.teacher_result.results
         if self.teacher_run is None:
             return results["best_acc_mean"]
-        run = next((r for r in results.get("runs", []) if r.get("run") == self.teacher_run), {})
-        return run["best_acc"] if _is_number(run.get("best_acc")) else None
+        run = next((r for r in results["runs"] if r["run"] == self.teacher_run), None)
+        return run["best_acc"] if run else None
 
     @property
     def num_classes(self) -> int:
@@ -116,9 +116,7 @@ def _read_experiment(folder: str) -> ExperimentResult:
     if not os.path.isfile(config_path):
         raise UserError(f"{folder} has results.json but no config.yaml")
     try:
-        results = load_json(results_path)
-        if not isinstance(results, dict):
-            raise ValueError(f"results.json holds a JSON {type(results).__name__}, not an object")
+        results = load_results(results_path)
         with open(config_path) as f:
             cfg = CfgNode.load_cfg(f)
         match = _DISTILL_NAME.match(os.path.basename(folder))
@@ -168,18 +166,8 @@ def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> 
         except UserError as err:
             warn(f"skipped: {err}")
             continue
-        if not all(_is_number(experiment.results.get(key)) for key in _SUMMARY_KEYS):
-            warn(f"skipped: {folder}/results.json lacks a number in {', '.join(_SUMMARY_KEYS)}")
-            continue
         found.append(experiment)
     return found
-
-
-_SUMMARY_KEYS = ("best_acc_mean", "best_acc_std", "last_acc_mean", "last_acc_std")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _finished_runs(folder: str) -> int:

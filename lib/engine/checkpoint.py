@@ -168,6 +168,46 @@ def load_json(path: str) -> Any:
         return json.load(f)
 
 
+def load_json_object(path: str) -> dict:
+    """Read a JSON file that holds an object (ValueError naming what it holds instead)."""
+    loaded = load_json(path)
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{os.path.basename(path)} holds a JSON {type(loaded).__name__}, not an object")
+    return loaded
+
+
+# A run's result.json, and each entry of results.json's "runs"; results.json's own figures.
+RUN_RESULT_KEYS = ("run", "seed", "best_acc", "best_epoch", "last_acc")
+RESULTS_KEYS = ("best_acc_mean", "best_acc_std", "last_acc_mean", "last_acc_std")
+
+
+def _require_numbers(loaded: dict, keys: tuple[str, ...], where: str) -> None:
+    missing = [key for key in keys
+               if not isinstance(loaded.get(key), (int, float)) or isinstance(loaded.get(key), bool)]
+    if missing:
+        raise ValueError(f"{where} lacks a number in {', '.join(missing)}")
+
+
+def load_run_result(path: str) -> dict:
+    """A run's result.json: {"run", "seed", "best_acc", "best_epoch", "last_acc"}, numbers (ValueError if not)."""
+    loaded = load_json_object(path)
+    _require_numbers(loaded, RUN_RESULT_KEYS, os.path.basename(path))
+    return loaded
+
+
+def load_results(path: str) -> dict:
+    """An experiment's results.json: "runs" (a list of run results) and RESULTS_KEYS, numbers (ValueError if not)."""
+    loaded = load_json_object(path)
+    name = os.path.basename(path)
+    _require_numbers(loaded, RESULTS_KEYS, name)
+    runs = loaded.get("runs")
+    if not isinstance(runs, list) or not runs or not all(isinstance(run, dict) for run in runs):
+        raise ValueError(f"{name} lacks its list of runs")
+    for run in runs:
+        _require_numbers(run, RUN_RESULT_KEYS, f"run {run.get('run', '?')} of {name}")
+    return loaded
+
+
 def read_saved(path: str, read: Callable[[str], Any], fix: str) -> Any:
     """read(path) of a file a run saved; a UserError naming it as damaged, and how to go on, when that fails."""
     try:

@@ -31,11 +31,12 @@ def train_tas(cfg: CfgNode) -> dict:
     """Stage 2: BASIC.NUM_RUNS seeded runs of assistant -> student; returns the results.json content.
 
     An assistant that stage 1 of this config is still writing (or was interrupted writing) is refused: its
-    model_best.pth is that of an epoch before the last.
+    model_best.pth is that of an epoch before the last. Without a teacher (MODEL.ARCH_T empty), MODEL.MODELDICT_A
+    names the assistant, and there is no stage 1 of this config.
     """
     stage = tas_config(cfg)
-    ckpt = assistant_checkpoint(cfg)
-    if resolve_path(stage.MODEL.MODELDICT_A) == resolve_path(ckpt) and _stage1_interrupted(_stage1_dir(ckpt)):
+    ckpt = assistant_checkpoint(cfg) if cfg.MODEL.ARCH_T else None
+    if ckpt and resolve_path(stage.MODEL.MODELDICT_A) == resolve_path(ckpt) and _stage1_interrupted(_stage1_dir(ckpt)):
         raise UserError(f"the assistant {ckpt} comes from a stage 1 that has not finished ({_stage1_dir(ckpt)} holds "
                         "no results.json); finish it with tools_2_tas/train_assistant_1run.py (or run "
                         "tools_2_tas/train_tas_2stages.py, which does both stages)")

@@ -39,7 +39,9 @@ from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_load
 from .checkpoint import (
     ExperimentLock,
     atomic_write,
-    load_json,
+    load_json_object,
+    load_results,
+    load_run_result,
     read_saved,
     rng_state,
     save_checkpoint,
@@ -400,7 +402,7 @@ def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int], warnin
                 read_saved(last, lambda p: torch.load(p, map_location="cpu", weights_only=False, mmap=True),
                            _resume_fix(run))
         else:
-            done[run] = read_saved(os.path.join(ckpt_dir, "result.json"), load_json,
+            done[run] = read_saved(os.path.join(ckpt_dir, "result.json"), load_run_result,
                                    f"delete it and re-run: run {run} is summed up again from its last.pth")
         best = os.path.join(ckpt_dir, "model_best.pth")
         if (run not in pending or os.path.isfile(last)) and not os.path.isfile(best):
@@ -596,13 +598,6 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _read_mapping_json(path: str) -> dict:
-    loaded = load_json(path)
-    if not isinstance(loaded, dict):
-        raise ValueError(f"a JSON object was expected, found {type(loaded).__name__}")
-    return loaded
-
-
 def _read_saved_cfg(path: str) -> CfgNode:
     with open(path) as f:
         saved = CfgNode.load_cfg(f)
@@ -656,7 +651,7 @@ def _saved_inputs(exp_dir: str) -> dict:
     saved_path = os.path.join(exp_dir, "inputs.json")
     if not os.path.isfile(saved_path):
         return {}
-    return read_saved(saved_path, _read_mapping_json, "delete it to skip this check, or add BASIC.FRESH_START True "
+    return read_saved(saved_path, load_json_object, "delete it to skip this check, or add BASIC.FRESH_START True "
                       "to start over")
 
 
@@ -767,7 +762,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     stale = checking and _stale_attempt(exp_dir, lambda: _check_saved_config(cfg, exp_dir),
                                         lambda: _check_saved_inputs(cfg, method, exp_dir))
     if checking and not stale and os.path.isfile(results_path):
-        results = read_saved(results_path, load_json,
+        results = read_saved(results_path, load_results,
                              "delete it and re-run: it is made again from the runs' result.json")
         log.info(f"{exp_dir} is finished; its results:\n{format_table(results)}")
         return results
