@@ -21,7 +21,8 @@ from .conftest import run_in_process
 
 TWO_STAGES = "tools_2_tas/train_tas_2stages.py"
 STAGE2 = "tools_2_tas/train_tas_5runs.py"
-TAS_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "tas", "*", "*.yaml")))
+TAS_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "tas", "*", "*.yaml"))) + [
+    os.path.join(REPO_ROOT, "configs", "demo", "cub_demo_tas.yaml")]
 
 
 def _save_net(path, arch, num_classes=4):
@@ -234,6 +235,15 @@ def test_two_stage_command_trains_both_stages_then_skips_stage1(tiny_cub, write_
     out = capsys.readouterr().out
     assert "stage 1 skipped" not in out and "resuming after epoch 1" in out
     assert (assistant.parent.parent / "results.json").is_file()
+
+
+def test_stage2_without_a_teacher_names_its_folder_after_the_assistant(tiny_cub, write_config, tmp_path, monkeypatch):
+    # docs/tas.md: MODEL.ARCH_T '' with an explicit MODELDICT_A. It was refused, as if stage 1 had to be found.
+    config = _tas_config(write_config, tiny_cub, "", ARCH_T="", ARCH_A="resnet34", ARCH_S="resnet34",
+                         MODELDICT_A=_save_net(tmp_path / "a.pth", "resnet34"))
+    assert run_in_process(STAGE2, config, monkeypatch=monkeypatch) == 0
+    results = tmp_path / "ckpt" / "cub" / "1runs_tas_resnet34_64_resnet34_32_seed0_0.01" / "results.json"
+    assert len(json.loads(results.read_text())["runs"]) == 1
 
 
 def test_stage2_with_another_family_exits_2_with_one_line(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
