@@ -13,7 +13,7 @@ import torch
 import yaml
 from torch import nn
 
-from lib.analysis.cost import LiveTensorBytes, count_flops, expand_archs, flops_of
+from lib.analysis.cost import LiveTensorBytes, count_flops, expand_archs, flops_of, format_markdown
 from lib.analysis.evaluate import classification_report
 from lib.config import get_cfg
 from lib.models.model_builder import CNN_MIN_INPUT_SIZE, build_model
@@ -412,3 +412,14 @@ def test_summarize_leaves_the_demo_out_of_the_papers_table_unless_asked_for_it(t
     assert len(warnings) == 1 and "demo" in warnings[0] and f"--root {tmp_path / 'demo'}" in warnings[0]
     found = find_experiments(str(tmp_path / "demo"), warn=warnings.append)
     assert [Path(e.path).name for e in found] == ["5runs_resnet18_32_seed0_0.05"]
+
+
+def test_cost_table_puts_flops_and_macs_in_their_own_columns():
+    row = {"arch": "resnet18", "size": 32, "params": 11_200_000, "flops": 4_000_000_000, "macs": 2_000_000_000,
+           "input_pixels": 1024, "input_bytes": 3072, "latency_ms": {1: 1.5}, "peak_mem_mb": {1: 2.25}}
+    meta = {"batch_sizes": [1], "device_name": "cpu", "device": "cpu", "torch": "x", "cpu_threads": 2, "repeats": 1,
+            "warmup": 0, "memory_method": "m"}
+    lines = format_markdown([row], meta).splitlines()
+    assert lines[0] == ("| arch | size | params (M) | GFLOPs | GMACs | pixels | input bytes | latency b1 (ms) | "
+                        "peak act. mem b1 (MiB) |")
+    assert lines[2] == "| resnet18 | 32 | 11.2 | 4.0 | 2.0 | 1024 | 3072 | 1.5 | 2.25 |"  # by hand

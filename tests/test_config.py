@@ -17,6 +17,7 @@ from lib.config import (
     merge_file,
     merge_list,
     parse_args,
+    resolve_path,
     small_crop_size,
     small_resize_size,
 )
@@ -458,3 +459,10 @@ def test_a_script_flag_appears_in_the_usage_before_the_overrides(capsys):
     parser.add_argument("--steps", type=int, metavar="N")
     _help(["--help"], parser=parser)
     assert "[-h] --config_file FILE [--steps N] [KEY VALUE ...]" in " ".join(capsys.readouterr().out.split())
+
+
+def test_config_paths_with_dot_segments_or_a_home_folder_resolve_to_one_absolute_path(monkeypatch, tmp_path):
+    assert resolve_path("./ckpt/cub/x.pth") == resolve_path("ckpt/cub/../cub/x.pth") == os.path.join(
+        REPO_ROOT, "ckpt", "cub", "x.pth")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_path("~/data/cub") == os.path.join(str(tmp_path), "data", "cub")

@@ -1,6 +1,7 @@
 """Several processes on the CPU: DDP under torchrun (gloo, 2 processes), runs in parallel, mixed precision."""
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -14,6 +15,8 @@ import torch
 
 from lib.config import REPO_ROOT, get_cfg, load_config
 from lib.distillers import build_distiller
+from lib.engine import trainer
+from lib.engine.distributed import parallel_slots
 from lib.engine.trainer import autocast
 from lib.models.model_builder import build_model
 from lib.utils.errors import INTERRUPTED_MESSAGE, UserError
@@ -302,3 +305,46 @@ def test_every_run_gets_the_same_cpu_thread_count_whether_it_trains_beside_other
     default = torch.get_num_threads()
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     assert threads_seen == {1: 2} and torch.get_num_threads() == default
+
+
+def test_parallel_runs_on_cuda_go_one_to_each_gpu_of_gpu_id(monkeypatch, tmp_path):
+    submitted = []
+
+    class RecordingPool:  # what _train_in_parallel hands each run process, without starting one
+        def __init__(self, *args, **kwargs):
+            self._processes = {}
+
+        def submit(self, fn, *args):
+            submitted.append(args)
+            future = concurrent.futures.Future()
+            future.set_result({})
+            return future
+
+        def shutdown(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", RecordingPool)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    cfg = get_cfg()
+    cfg.BASIC.GPU_ID = [2, 3]
+    exp = trainer.Experiment(cfg, "single", str(tmp_path), True, None, None)
+    trainer._train_in_parallel(exp, [0, 1, 2], 2, torch.device("cuda", 2), 0)
+    # (cfg yaml, method, exp_dir, multi_run, runs, device, threads) of each process.
+    assert [(args[4], args[5]) for args in submitted] == [([0, 2], "cuda:2"), ([1], "cuda:3")]
+
+
+def test_no_more_runs_at_once_than_runs_left():
+    cfg = get_cfg()
+    cfg.BASIC.GPU_ID = [0, 1, 2, 3, 4]
+    assert parallel_slots(cfg, torch.device("cuda", 0), 5) == 5
+    assert parallel_slots(cfg, torch.device("cuda", 0), 2) == 2  # a resume with two runs left
+    cfg.BASIC.PARALLEL_RUNS = 3
+    assert parallel_slots(cfg, torch.device("cpu"), 1) == 1
+
+
+def test_on_the_cpu_runs_go_one_at_a_time_whatever_gpu_id_lists():
+    # BASIC.PARALLEL_RUNS 0 is "one per GPU listed in GPU_ID on CUDA, one at a time on the CPU" (defaults.py).
+    cfg = get_cfg()
+    cfg.BASIC.GPU_ID = [0, 1, 2, 3, 4]
+    assert parallel_slots(cfg, torch.device("cpu"), 5) == 1

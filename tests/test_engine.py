@@ -22,6 +22,7 @@ from lib.engine import trainer
 from lib.engine.checkpoint import ExperimentLock
 from lib.engine.setup import experiment_name
 from lib.engine.trainer import (
+    NonFiniteLoss,
     StepMonitor,
     build_loader,
     format_duration,
@@ -721,3 +722,108 @@ def test_an_experiment_lock_moves_with_the_folder_and_forked_loader_workers_do_n
     with pytest.raises(UserError, match="is being trained by another process"):
         ExperimentLock().take(folder)
     lock.release()
+
+
+def test_each_optimiser_step_uses_its_own_batchs_gradient_alone():
+    # loss = w * 1, so d loss / d w = 1 at every step; plain SGD, lr 0.1: w = 1 -> 0.9 -> 0.8 (by hand). Gradients
+    # left over from the previous step would give 0.7; gradients cleared after backward would leave w at 1.
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batch = {"image": torch.ones(1, 1), "image_large": None, "target": torch.zeros(1, dtype=torch.long)}
+
+    def step(image, image_large, target, epoch):
+        out = model(image)
+        return out, {"loss_ce": out.sum()}
+
+    for expected in (0.9, 0.8):
+        trainer.optimizer_step(step, batch, 1, optimizer, scaler, get_cfg(), torch.device("cpu"))
+        assert model.weight.item() == pytest.approx(expected)
+
+
+def test_the_test_pass_records_no_autograd_graph():
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 4)
+
+        def forward(self, image):
+            seen.append(torch.is_grad_enabled())
+            return self.linear(image.mean((2, 3)))
+
+    batch = {"image": torch.zeros(2, 3, 4, 4), "target": torch.tensor([0, 1])}
+    trainer.test_epoch(Vanilla(Recording()), [batch], lambda b: b, get_cfg(), torch.device("cpu"))
+    assert seen == [False]
+
+
+def test_an_infinite_loss_stops_the_run_as_a_nan_does():
+    monitor = StepMonitor(torch.device("cpu"), "run 0")
+    with pytest.raises(NonFiniteLoss, match=r"not finite in run 0, epoch 1, step 3 \(loss_ce=inf"):
+        monitor.push({"loss_ce": torch.tensor(float("inf"))}, 8, 1, 3)
+
+
+# A resnet18 student at 32 px, one run (its experiment folder: 1runs_resnet18_32_seed0_0.01).
+ONE_RUN = {"MODEL": {"ARCH": "resnet18"}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "BASIC": {"NUM_RUNS": 1}}
+ONE_RUN_EXP = os.path.join("ckpt", "cub", "1runs_resnet18_32_seed0_0.01")
+
+
+def test_an_epoch_trains_at_the_learning_rate_before_its_decay_step(tiny_cub, write_config, monkeypatch):
+    # LR_STEPS [1]: epoch 1 trains at START_LR 0.01, epoch 2 at 0.01 * 0.1 (by hand).
+    used = {}
+    original = trainer.optimizer_step
+
+    def recording(step_fn, batch, epoch, optimizer, *args):
+        used.setdefault(epoch, []).append(optimizer.param_groups[0]["lr"])
+        return original(step_fn, batch, epoch, optimizer, *args)
+
+    monkeypatch.setattr(trainer, "optimizer_step", recording)
+    config = write_config({**ONE_RUN, "SOLVER": {"NUM_EPOCHS": 2, "LR_STEPS": [1]}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert sorted(used) == [1, 2]
+    assert all(lr == pytest.approx(0.01) for lr in used[1]), used
+    assert all(lr == pytest.approx(0.001) for lr in used[2]), used
+
+
+def test_tensorboard_curves_hold_each_epochs_own_figures(tiny_cub, write_config, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scores = iter([30.0, 50.0])
+    monkeypatch.setattr(trainer, "test_epoch",
+                        lambda *args: {"test_top1": next(scores), "test_top5": 70.0, "test_loss": 1.5})
+    config = write_config({**ONE_RUN, "SOLVER": {"NUM_EPOCHS": 2, "LR_STEPS": [1]}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    log = tmp_path / ONE_RUN_EXP / "log" / "run0"
+    stats = [json.loads(line) for line in (log / "stats.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(log))
+    events.Reload()
+
+    def curve(tag):
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    assert curve("test/top1") == [(1, 30.0), (2, 50.0)]
+    assert curve("test/top5") == [(1, 70.0), (2, 70.0)] and curve("test/loss") == [(1, 1.5), (2, 1.5)]
+    assert curve("lr") == [(1, pytest.approx(0.01)), (2, pytest.approx(0.001))]
+    assert curve("train/top1") == [(s["epoch"], pytest.approx(s["train_top1"])) for s in stats]
+    assert curve("train/loss") == [(s["epoch"], pytest.approx(s["loss"])) for s in stats]
+
+
+@pytest.mark.parametrize("key", ["DATA.DATADIR", "MODEL.MODELDICT_T", "MODEL.MODELDICT_A", "MODEL.MODELDICT_S",
+                                 "MODEL.PRETRAIN_FILE", "MODEL.PRETRAIN_FILE_S", "TAS.PRETRAIN_FILE_A"])
+def test_a_path_key_spelt_another_way_is_the_same_experiment_and_another_file_is_not(key, tmp_path):
+    section, leaf = key.split(".")
+    cfg = get_cfg()
+    cfg.DATA.DATADIR = "data/cub"
+    cfg[section][leaf] = "ckpt/cub/x/model_best.pth"
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "config.yaml").write_text(cfg.dump())
+    other = cfg.clone()
+    other[section][leaf] = os.path.join(REPO_ROOT, "ckpt", "cub", "x", "model_best.pth")
+    trainer._check_saved_config(other, str(exp))
+    other[section][leaf] = "ckpt/cub/y/model_best.pth"
+    with pytest.raises(UserError, match=key):
+        trainer._check_saved_config(other, str(exp))

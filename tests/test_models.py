@@ -554,3 +554,45 @@ def test_a_cnn_run_never_imports_timm(tiny_teacher):
                 if line.startswith("import time:")}
     assert {"torch", "torchvision", "lib.engine.trainer"} <= imported  # the listing is there and complete
     assert not {name for name in imported if name == "timm" or name.startswith("timm.")}, "timm was imported"
+
+
+def test_clean_state_dict_strips_every_leading_module_prefix():
+    # A DataParallel model saved from inside another wrapper: "module." twice.
+    weight, bias = torch.ones(2, 3), torch.zeros(2)
+    cleaned = clean_state_dict({"module.module.conv1.weight": weight, "module.module.fc_cls.bias": bias})
+    assert cleaned == {"conv1.weight": weight, "fc.bias": bias}
+
+
+def test_a_pretrain_file_lacking_backbone_weights_is_refused_not_half_loaded(tmp_path):
+    imagenet = torchvision.models.resnet18().state_dict()
+    del imagenet["layer4.1.bn2.weight"]  # that layer would keep its random initialisation
+    path = tmp_path / "partial.pth"
+    torch.save(imagenet, path)
+    missing = r"does not fit resnet18: 1 missing keys \(e\.g\. \['layer4\.1\.bn2\.weight'\]\)"
+    with pytest.raises(UserError, match=missing):
+        build_model("resnet18", 4, pretrained=True, pretrain_file=str(path))
+
+
+@torch.no_grad()
+def test_resnet_input_conv_feature_is_conv1_output_before_bn_even_when_bn_is_not_an_identity():
+    # A fresh BatchNorm in eval mode (mean 0, var 1, weight 1, bias 0) is the identity up to 1e-5: the feature must be
+    # compared on a network whose bn1 moves values, or conv1 and bn1(conv1) look alike.
+    torch.manual_seed(0)
+    model = build_model("resnet18", 4, False).eval()
+    model.bn1.running_mean.uniform_(-1, 1)
+    model.bn1.running_var.uniform_(0.5, 2)
+    model.bn1.weight.uniform_(0.5, 1.5)
+    model.bn1.bias.uniform_(-1, 1)
+    x = torch.randn(2, 3, 32, 32)
+    _, feats = model(x, return_feat=True)
+    torch.testing.assert_close(feats[0], model.conv1(x))
+    assert not torch.allclose(feats[0], model.bn1(model.conv1(x)), atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "shufflenet_v2_x0_5"])
+def test_a_cnn_takes_inputs_of_exactly_its_minimum_size(arch):
+    check_input_size(arch, 16)  # CNN_MIN_INPUT_SIZE: "from 16 px on" (model_builder.py)
+    with torch.no_grad():
+        assert build_model(arch, 4, False).eval()(torch.zeros(1, 3, 16, 16)).shape == (1, 4)
+    with pytest.raises(UserError, match="at least 16x16"):
+        check_input_size(arch, 15)

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from lib.analysis.prepare import ARCHIVES
+from lib.analysis.prepare import ARCHIVES, download, prepare_dataset
 from lib.config import REPO_ROOT
 from lib.datasets.synthetic import make_aircraft, make_cub
 
@@ -202,3 +202,41 @@ def test_hints_name_the_root_given_and_a_root_that_is_the_dataset_folder_is_caug
     with pytest.raises(UserError, match=f"did you mean --root {tmp_path / 'data'}\\?"):
         prepare(["cub"], str(inside), urls={"cub": "http://127.0.0.1:9/none.tgz"}, log=lambda line: None)
     assert os.listdir(inside) == []
+
+
+def test_an_md5_given_in_upper_case_is_accepted(tmp_path):
+    source = tmp_path / "archive.bin"
+    source.write_bytes(b"pixel distillation")
+    md5 = hashlib.md5(b"pixel distillation").hexdigest().upper()  # --md5-<name> takes [0-9a-fA-F]{32}
+    download(source.as_uri(), str(tmp_path / "copy.bin"), size=18, md5=md5)
+    assert (tmp_path / "copy.bin").read_bytes() == b"pixel distillation"
+
+
+def _cub_archive(path, build):
+    make_cub(str(build / "CUB_200_2011"), num_classes=2, per_class=1, image_size=(24, 20))
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(build / "CUB_200_2011", arcname="CUB_200_2011")
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_an_archive_in_the_root_with_the_right_md5_is_extracted_without_downloading(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    md5 = _cub_archive(root / "CUB_200_2011.tgz", tmp_path / "build")
+    lines = []
+    report = prepare_dataset("cub", str(root), url="http://127.0.0.1:9/unreachable.tgz", md5=md5, log=lines.append)
+    assert (report["train_images"], report["test_images"]) == (2, 2)
+    assert not any("downloading" in line for line in lines), lines
+
+
+def test_an_archive_in_the_root_with_a_wrong_md5_is_downloaded_again(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    good = tmp_path / "Downloads" / "CUB_200_2011.tgz"
+    good.parent.mkdir()
+    md5 = _cub_archive(good, tmp_path / "build")
+    (root / "CUB_200_2011.tgz").write_bytes(b"an older, truncated download")
+    lines = []
+    report = prepare_dataset("cub", str(root), url=str(good), md5=md5, log=lines.append)
+    assert (report["train_images"], report["test_images"]) == (2, 2)
+    assert any("its MD5 is wrong; downloading it again" in line for line in lines), lines

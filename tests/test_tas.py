@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.config import REPO_ROOT, diff_cfg, get_cfg, load_config
+from lib.config import REPO_ROOT, diff_cfg, get_cfg, load_config, resolve_path
 from lib.distillers import TAS, build_distiller
 from lib.distillers.tas import assistant_checkpoint, assistant_config, tas_config
+from lib.engine import tas as engine_tas
+from lib.engine.setup import experiment_dir
 from lib.losses import feature_distillation_loss, isrd_loss, kd_loss
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
@@ -260,3 +262,78 @@ def test_stage2_without_its_assistant_says_how_to_train_it(tiny_cub, write_confi
     assert run_in_process(STAGE2, config, monkeypatch=monkeypatch) == 2
     err = capsys.readouterr().err
     assert "1runs_kd_resnet18_64_resnet18_64_seed0_0.01" in err and "train_assistant_1run.py" in err
+
+
+def _stage_cfg(assistant_path=""):
+    cfg = get_cfg()
+    cfg.DATA.DATASET, cfg.DATA.DATADIR, cfg.DATA.NUM_CLASSES = "cub", "unused", 4
+    cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE, cfg.DATA.LESSEN_RATIO = 64, 72, 2.0
+    cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_A, cfg.MODEL.ARCH_S = "resnet50", "resnet18", "resnet18"
+    cfg.MODEL.MODELDICT_A = assistant_path
+    cfg.FSR.ETA = 10.0
+    return cfg
+
+
+def test_stage1_config_and_folder_ignore_every_stage2_only_key():
+    cfg = _stage_cfg()
+    other = cfg.clone()
+    other.MODEL.MODELDICT_A, other.MODEL.MODELDICT_S = "a.pth", "s.pth"
+    other.FSR.ETA, other.FSR.POSITION = 5.0, 2
+    other.TAS.FEAT_WEIGHTS, other.TAS.VIT_BLOCKS, other.TAS.FEAT_INTERP = [0.0, 1.0, 0.0, 1.0], [1, 2, 3, 4], "bicubic"
+    other.DATA.LESSEN_TYPE = 3
+    assert diff_cfg(assistant_config(cfg), assistant_config(other)) == []
+    assert assistant_checkpoint(other) == assistant_checkpoint(cfg)
+
+
+def test_stage1_starts_the_assistant_from_the_assistants_pretraining_keys_not_the_students():
+    cfg = _stage_cfg()
+    cfg.MODEL.PRETRAIN_A, cfg.MODEL.PRETRAIN_S = True, False
+    cfg.TAS.PRETRAIN_FILE_A, cfg.MODEL.PRETRAIN_FILE_S = "assistant.pth", "student.pth"
+    stage = assistant_config(cfg)
+    assert (stage.MODEL.PRETRAIN_S, stage.MODEL.PRETRAIN_FILE_S) == (True, "assistant.pth")
+    cfg.MODEL.PRETRAIN_A, cfg.MODEL.PRETRAIN_S = False, True
+    assert assistant_config(cfg).MODEL.PRETRAIN_S is False
+
+
+def test_stage1_is_named_and_written_after_tas_stage1_kdtype_whatever_model_kdtype():
+    cfg = _stage_cfg()
+    cfg.MODEL.KDTYPE, cfg.TAS.STAGE1_KDTYPE = "kd", "at"
+    stage = assistant_config(cfg)
+    assert stage.MODEL.KDTYPE == "at"
+    # By hand: <OUTPUT_ROOT>/<dataset>/1runs_<STAGE1_KDTYPE>_<teacher>_<crop>_<assistant>_<crop>_seed0_<lr>/ckpt/...
+    assert assistant_checkpoint(cfg) == os.path.join(
+        "ckpt", "cub", "1runs_at_resnet50_64_resnet18_64_seed0_0.1", "ckpt", "model_best.pth")
+    # ... where stage 1 (run_experiment(stage, stage.MODEL.KDTYPE, 1, multi_run=False)) writes its best checkpoint.
+    assert resolve_path(assistant_checkpoint(cfg)) == os.path.join(experiment_dir(stage, "at", 1), "ckpt",
+                                                                   "model_best.pth")
+
+
+def test_with_prerelu_both_sides_of_every_feature_pair_are_taken_before_their_relu(tmp_path):
+    path = tmp_path / "a.pth"
+    torch.save({"epoch": 1, "state_dict": build_model("resnet18", 4, False).state_dict(), "best_acc": 0.0}, path)
+    cfg = _stage_cfg(str(path))
+    cfg.MODEL.PRERELU = True
+    distiller = build_distiller(cfg, "tas")
+    distiller.train()
+    torch.manual_seed(0)
+    image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
+    _, losses = distiller.forward_train(image, image_large, torch.tensor([0, 1]), 1)
+    with torch.no_grad():
+        _, feats_s = distiller.student(image, return_feat=True, preReLU=True)
+        _, feats_a = distiller.assistant(image_large, return_feat=True, preReLU=True)
+    assert all((feats_s[i] < 0).any() for i in (1, 2, 3))  # a ReLU on one side would change these pairs
+    expected = sum(feature_distillation_loss(feats_s[i], feats_a[i]) for i in (1, 2, 3, 4))  # FEAT_WEIGHTS all 1
+    torch.testing.assert_close(losses["loss_fkd"].detach(), expected)
+
+
+def test_the_two_stage_command_takes_the_stage1_checkpoint_however_its_path_is_spelt(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(engine_tas, "train_assistant", lambda cfg: calls.append("stage 1"))
+    monkeypatch.setattr(engine_tas, "train_tas", lambda cfg: calls.append("stage 2") or {})
+    cfg = _stage_cfg()
+    cfg.BASIC.OUTPUT_ROOT = str(tmp_path / "out")
+    ckpt = assistant_checkpoint(cfg)
+    cfg.MODEL.MODELDICT_A = ckpt.replace(str(tmp_path), str(tmp_path / "." / "out" / ".."), 1)  # same file
+    assert cfg.MODEL.MODELDICT_A != ckpt
+    engine_tas.train_two_stages(cfg)
+    assert calls == ["stage 1", "stage 2"]
