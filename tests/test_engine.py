@@ -225,15 +225,19 @@ def test_no_two_runs_or_epochs_share_an_epoch_seed():
     assert trainer.epoch_seed(1, 1) != trainer.epoch_seed(0, 2)
 
 
+# A resnet18 student at 32 px, one run (its experiment folder: 1runs_resnet18_32_seed0_0.01).
+ONE_RUN = {"MODEL": {"ARCH": "resnet18"}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "BASIC": {"NUM_RUNS": 1}}
+ONE_RUN_EXP = os.path.join("ckpt", "cub", "1runs_resnet18_32_seed0_0.01")
+
+
 def test_a_runs_last_acc_is_its_last_epochs_and_best_acc_its_first_maximum(tiny_cub, write_config, tmp_path,
                                                                           monkeypatch):
     scores = iter([30.0, 50.0, 50.0, 40.0])
     monkeypatch.setattr(trainer, "test_epoch",
                         lambda *args: {"test_top1": next(scores), "test_top5": 0.0, "test_loss": 1.0})
-    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 4},
-                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "BASIC": {"NUM_RUNS": 1}}, tiny_cub)
+    config = write_config({**ONE_RUN, "SOLVER": {"NUM_EPOCHS": 4}}, tiny_cub)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
-    results = json.loads((tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "results.json").read_text())
+    results = json.loads((tmp_path / ONE_RUN_EXP / "results.json").read_text())
     (run,) = results["runs"]
     assert (run["best_acc"], run["best_epoch"], run["last_acc"]) == (50.0, 2, 40.0)
     assert (results["best_acc_mean"], results["last_acc_mean"]) == (50.0, 40.0)
@@ -764,11 +768,6 @@ def test_an_infinite_loss_stops_the_run_as_a_nan_does():
     monitor = StepMonitor(torch.device("cpu"), "run 0")
     with pytest.raises(NonFiniteLoss, match=r"not finite in run 0, epoch 1, step 3 \(loss_ce=inf"):
         monitor.push({"loss_ce": torch.tensor(float("inf"))}, 8, 1, 3)
-
-
-# A resnet18 student at 32 px, one run (its experiment folder: 1runs_resnet18_32_seed0_0.01).
-ONE_RUN = {"MODEL": {"ARCH": "resnet18"}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "BASIC": {"NUM_RUNS": 1}}
-ONE_RUN_EXP = os.path.join("ckpt", "cub", "1runs_resnet18_32_seed0_0.01")
 
 
 def test_an_epoch_trains_at_the_learning_rate_before_its_decay_step(tiny_cub, write_config, monkeypatch):

@@ -214,9 +214,7 @@ def test_an_md5_given_in_upper_case_is_accepted(tmp_path):
 
 def _cub_archive(path, build):
     make_cub(str(build / "CUB_200_2011"), num_classes=2, per_class=1, image_size=(24, 20))
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(build / "CUB_200_2011", arcname="CUB_200_2011")
-    return hashlib.md5(path.read_bytes()).hexdigest()
+    return _tar_gz(path, build / "CUB_200_2011", "CUB_200_2011")
 
 
 def test_an_archive_in_the_root_with_the_right_md5_is_extracted_without_downloading(tmp_path):

@@ -264,18 +264,8 @@ def test_stage2_without_its_assistant_says_how_to_train_it(tiny_cub, write_confi
     assert "1runs_kd_resnet18_64_resnet18_64_seed0_0.01" in err and "train_assistant_1run.py" in err
 
 
-def _stage_cfg(assistant_path=""):
-    cfg = get_cfg()
-    cfg.DATA.DATASET, cfg.DATA.DATADIR, cfg.DATA.NUM_CLASSES = "cub", "unused", 4
-    cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE, cfg.DATA.LESSEN_RATIO = 64, 72, 2.0
-    cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_A, cfg.MODEL.ARCH_S = "resnet50", "resnet18", "resnet18"
-    cfg.MODEL.MODELDICT_A = assistant_path
-    cfg.FSR.ETA = 10.0
-    return cfg
-
-
 def test_stage1_config_and_folder_ignore_every_stage2_only_key():
-    cfg = _stage_cfg()
+    cfg = _cfg("")
     other = cfg.clone()
     other.MODEL.MODELDICT_A, other.MODEL.MODELDICT_S = "a.pth", "s.pth"
     other.FSR.ETA, other.FSR.POSITION = 5.0, 2
@@ -286,7 +276,7 @@ def test_stage1_config_and_folder_ignore_every_stage2_only_key():
 
 
 def test_stage1_starts_the_assistant_from_the_assistants_pretraining_keys_not_the_students():
-    cfg = _stage_cfg()
+    cfg = _cfg("")
     cfg.MODEL.PRETRAIN_A, cfg.MODEL.PRETRAIN_S = True, False
     cfg.TAS.PRETRAIN_FILE_A, cfg.MODEL.PRETRAIN_FILE_S = "assistant.pth", "student.pth"
     stage = assistant_config(cfg)
@@ -296,7 +286,7 @@ def test_stage1_starts_the_assistant_from_the_assistants_pretraining_keys_not_th
 
 
 def test_stage1_is_named_and_written_after_tas_stage1_kdtype_whatever_model_kdtype():
-    cfg = _stage_cfg()
+    cfg = _cfg("")
     cfg.MODEL.KDTYPE, cfg.TAS.STAGE1_KDTYPE = "kd", "at"
     stage = assistant_config(cfg)
     assert stage.MODEL.KDTYPE == "at"
@@ -309,15 +299,9 @@ def test_stage1_is_named_and_written_after_tas_stage1_kdtype_whatever_model_kdty
 
 
 def test_with_prerelu_both_sides_of_every_feature_pair_are_taken_before_their_relu(tmp_path):
-    path = tmp_path / "a.pth"
-    torch.save({"epoch": 1, "state_dict": build_model("resnet18", 4, False).state_dict(), "best_acc": 0.0}, path)
-    cfg = _stage_cfg(str(path))
+    cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
     cfg.MODEL.PRERELU = True
-    distiller = build_distiller(cfg, "tas")
-    distiller.train()
-    torch.manual_seed(0)
-    image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
-    _, losses = distiller.forward_train(image, image_large, torch.tensor([0, 1]), 1)
+    distiller, image, image_large, losses = _stage2_step(cfg)
     with torch.no_grad():
         _, feats_s = distiller.student(image, return_feat=True, preReLU=True)
         _, feats_a = distiller.assistant(image_large, return_feat=True, preReLU=True)
@@ -330,7 +314,7 @@ def test_the_two_stage_command_takes_the_stage1_checkpoint_however_its_path_is_s
     calls = []
     monkeypatch.setattr(engine_tas, "train_assistant", lambda cfg: calls.append("stage 1"))
     monkeypatch.setattr(engine_tas, "train_tas", lambda cfg: calls.append("stage 2") or {})
-    cfg = _stage_cfg()
+    cfg = _cfg("")
     cfg.BASIC.OUTPUT_ROOT = str(tmp_path / "out")
     ckpt = assistant_checkpoint(cfg)
     cfg.MODEL.MODELDICT_A = ckpt.replace(str(tmp_path), str(tmp_path / "." / "out" / ".."), 1)  # same file

@@ -36,22 +36,21 @@ def train_tas(cfg: CfgNode) -> dict:
     """
     stage = tas_config(cfg)
     ckpt = assistant_checkpoint(cfg) if cfg.MODEL.ARCH_T else None
-    if ckpt and resolve_path(stage.MODEL.MODELDICT_A) == resolve_path(ckpt) and _stage1_interrupted(_stage1_dir(ckpt)):
-        raise UserError(f"the assistant {ckpt} comes from a stage 1 that has not finished ({_stage1_dir(ckpt)} holds "
+    unfinished = ckpt and resolve_path(stage.MODEL.MODELDICT_A) == resolve_path(ckpt) and _unfinished_stage1(ckpt)
+    if unfinished:
+        raise UserError(f"the assistant {ckpt} comes from a stage 1 that has not finished ({unfinished} holds "
                         "no results.json); finish it with tools_2_tas/train_assistant_1run.py (or run "
                         "tools_2_tas/train_tas_2stages.py, which does both stages)")
     return run_experiment(stage, "tas", num_runs=stage.BASIC.NUM_RUNS, multi_run=True)
 
 
-def _stage1_dir(ckpt: str) -> str:
-    """The experiment folder of stage 1's assistant checkpoint <folder>/ckpt/model_best.pth."""
-    return os.path.dirname(os.path.dirname(resolve_path(ckpt)))
-
-
-def _stage1_interrupted(exp_dir: str) -> bool:
-    """An experiment folder with a config but no results.json: a stage 1 that has not finished."""
-    return os.path.isfile(os.path.join(exp_dir, "config.yaml")) and not os.path.isfile(
+def _unfinished_stage1(ckpt: str) -> str | None:
+    """The experiment folder of stage 1's assistant checkpoint <folder>/ckpt/model_best.pth when that stage has not
+    finished (a config but no results.json), else None."""
+    exp_dir = os.path.dirname(os.path.dirname(resolve_path(ckpt)))
+    unfinished = os.path.isfile(os.path.join(exp_dir, "config.yaml")) and not os.path.isfile(
         os.path.join(exp_dir, "results.json"))
+    return exp_dir if unfinished else None
 
 
 def train_two_stages(cfg: CfgNode) -> dict:
@@ -71,7 +70,7 @@ def train_two_stages(cfg: CfgNode) -> dict:
     check_archs(stage2, "tas")
     tas_feature_layers(stage2, build_model(stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES, False))
 
-    if os.path.isfile(resolve_path(ckpt)) and not _stage1_interrupted(_stage1_dir(ckpt)):
+    if os.path.isfile(resolve_path(ckpt)) and not _unfinished_stage1(ckpt):
         log.info(f"stage 1 skipped: the assistant checkpoint {ckpt} exists")
     else:
         log.info(f"stage 1: {stage1.MODEL.ARCH_T}@{stage1.DATA.CROP_SIZE} -> assistant "
