@@ -161,6 +161,16 @@ def test_verify_only_finds_missing_files(server, tmp_path, monkeypatch, capsys):
     assert "aircraft" in line and "does not exist" in line  # and the absent aircraft folder, in the same line
 
 
+def test_verify_only_checks_a_root_that_is_the_dataset_folder_itself(server, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "demo_cub"  # a DATA.DATADIR such as the demo's data/demo_cub, not a root holding cub/
+    shutil.copytree(server["build"] / "CUB_200_2011", folder)
+    assert _run("--datasets", "cub", "--root", str(folder), "--verify-only", monkeypatch=monkeypatch) == 0
+    assert f"cub: {folder} is complete" in capsys.readouterr().out
+    os.remove(folder / "image_class_labels.txt")  # without the dataset's own files it is a root again
+    assert _run("--datasets", "cub", "--root", str(folder), "--verify-only", monkeypatch=monkeypatch) == 2
+    assert f"{folder / 'cub'} does not exist" in _one_error_line(capsys.readouterr().err)
+
+
 def test_published_sources():
     cub, aircraft = ARCHIVES["cub"], ARCHIVES["aircraft"]
     assert cub.url.startswith("https://data.caltech.edu/records/") and cub.filename in cub.url

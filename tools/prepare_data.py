@@ -26,7 +26,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--md5-aircraft", default=None,
                         help=f"expected MD5 of the Aircraft archive (default {ARCHIVES['aircraft'].md5})")
     parser.add_argument("--no-verify", action="store_true", help="skip the archives' size and MD5 checks")
-    parser.add_argument("--verify-only", action="store_true", help="only check the datasets already under --root")
+    parser.add_argument("--verify-only", action="store_true",
+                        help="only check the datasets already under --root (or --root itself when it is a "
+                             "dataset's own folder, e.g. data/demo_cub)")
     return parser.parse_args()
 
 

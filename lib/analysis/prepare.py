@@ -278,10 +278,17 @@ def _refuse_dataset_folder_as_root(name: str, root: str) -> None:
                         f"did you mean --root {os.path.dirname(os.path.normpath(root))}?")
 
 
+# A file only dataset `name`'s own folder holds: --verify-only --root data/demo_cub checks that folder itself.
+LAYOUT_MARKERS = {"cub": "image_class_labels.txt", "aircraft": os.path.join("data", "variants.txt")}
+
+
 def verify_existing(name: str, root: str) -> dict[str, Any]:
-    """Check the layout of dataset `name` already under `root` (--verify-only)."""
-    _refuse_dataset_folder_as_root(name, root)
+    """Check the layout of dataset `name` under `root` (--verify-only): <root>/<target>, or `root` itself when it is
+    the dataset's own folder (the demo's data/demo_cub, a DATA.DATADIR elsewhere)."""
     folder = os.path.join(root, ARCHIVES[name].target)
+    if not os.path.isdir(folder) and os.path.isfile(os.path.join(root, LAYOUT_MARKERS[name])):
+        return verify_layout(name, root)
+    _refuse_dataset_folder_as_root(name, root)
     if not os.path.isdir(folder):
         where = "" if os.path.normpath(root) == resolve_path("data") else f" --root {root}"
         raise UserError(f"{name}: {folder} does not exist; run tools/prepare_data.py --datasets {name}{where} "
