@@ -7,10 +7,10 @@ setup(
     version="0.1.0",
     description="Pixel Distillation: cost-flexible distillation across image sizes and heterogeneous networks",
     packages=find_packages(include=["lib", "lib.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
+        "torch>=2.3",
+        "torchvision>=0.18",
         "timm>=0.9",
         "yacs>=0.1.8",
         "PyYAML>=6.0",

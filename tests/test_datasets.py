@@ -232,7 +232,7 @@ def test_device_pipeline_cache_too_large_for_the_device_is_one_line(roots, monke
     dataset = build_dataset(cfg, True)
 
     def out_of_memory(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory")
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     # Before a run starts: a GPU with less free memory than the cache.
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (dataset.cache_nbytes - 1, 2**40))

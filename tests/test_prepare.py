@@ -214,6 +214,16 @@ def test_hints_name_the_root_given_and_a_root_that_is_the_dataset_folder_is_caug
     assert os.listdir(inside) == []
 
 
+def test_a_python_without_safe_tar_extraction_is_refused_before_any_download(tmp_path, monkeypatch):
+    from lib.analysis.prepare import prepare
+    from lib.utils.errors import UserError
+
+    monkeypatch.delattr(tarfile, "data_filter")  # Python before 3.10.12 / 3.11.4
+    with pytest.raises(UserError, match="cannot extract archives safely .* use Python 3.10.12, 3.11.4, 3.12"):
+        prepare(["cub"], str(tmp_path / "data"), urls={"cub": "http://127.0.0.1:9/none.tgz"}, log=lambda line: None)
+    assert not (tmp_path / "data").exists()
+
+
 def test_an_md5_given_in_upper_case_is_accepted(tmp_path):
     source = tmp_path / "archive.bin"
     source.write_bytes(b"pixel distillation")

@@ -37,6 +37,7 @@ import hashlib
 import http.client
 import os
 import pathlib
+import platform
 import re
 import shutil
 import tarfile
@@ -45,9 +46,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -371,6 +372,11 @@ def prepare(names: Sequence[str], root: str, urls: dict[str, str | None] | None 
     unknown = [n for n in names if n not in ARCHIVES]
     if unknown or not names:
         raise UserError(f"--datasets takes {', '.join(ARCHIVES)}; got {', '.join(names) or 'nothing'}")
+    if not verify_only and not hasattr(tarfile, "data_filter"):
+        # Before any download: extraction passes filter="data" (no member outside its folder, no device files),
+        # which Python has from 3.10.12, 3.11.4 and 3.12 on.
+        raise UserError(f"this Python ({platform.python_version()}) cannot extract archives safely (tarfile's "
+                        "filter='data'); use Python 3.10.12, 3.11.4, 3.12 or newer")
     urls, md5s = urls or {}, md5s or {}
     reports, failures = [], []
     for name in dict.fromkeys(names):

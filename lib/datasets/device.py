@@ -80,7 +80,7 @@ class DeviceCropLoader:
             self.pixels = torch.empty(nbytes, dtype=torch.uint8, device=device)  # every image, flattened
             for offset, image in zip(offsets.tolist(), cache):
                 self.pixels[offset:offset + image.numel()].copy_(image.reshape(-1))
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from torch 2.5 on, the same class
             raise _too_large(nbytes, device) from None
         # Per image: offset, H, W; and the labels, all on the device.
         self.layout = torch.tensor([[o, h, w] for o, (h, w) in zip(offsets.tolist(), self.shapes)], device=device)

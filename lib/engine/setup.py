@@ -63,9 +63,7 @@ def configure_backends(cfg: CfgNode) -> None:
         # Deterministic mode also fills every new tensor with NaN (a guard against reading uninitialised memory,
         # which this code never does): one extra fill per allocation, about 8% of a CPU step and an extra kernel
         # launch per allocation on a GPU. Results are the same without it.
-        deterministic = getattr(torch.utils, "deterministic", None)  # torch >= 2.2
-        if deterministic is not None:
-            deterministic.fill_uninitialized_memory = False
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def seed_everything(seed: int) -> None:

@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 # Exit status for a mistake the user can fix (bad config, missing file, ...). argparse uses 2 as well.
 USER_ERROR_EXIT = 2
