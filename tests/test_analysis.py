@@ -211,7 +211,7 @@ def test_live_tensor_bytes_tracks_the_peak_and_frees():
     assert tracker.live == 0
 
 
-def test_expand_archs():
+def test_cost_arch_list_gives_each_vit_its_size_and_refuses_a_cnn_below_its_minimum():
     pairs = expand_archs(["resnet18", "vit_tiny_patch16", "vit_small_patch16_56"], [112, 56])
     assert pairs == [("resnet18", 112), ("resnet18", 56), ("vit_tiny_patch16_112", 112), ("vit_tiny_patch16_56", 56),
                      ("vit_small_patch16_56", 56)]

@@ -98,7 +98,7 @@ ITEM_FORMATS = {
 @pytest.mark.parametrize("dataset", ["cub", "aircraft"])
 @pytest.mark.parametrize("pipeline", ["pil", "tensor"])
 @pytest.mark.parametrize("is_train", [True, False])
-def test_item_format(roots, dataset, pipeline, is_train):
+def test_every_item_has_its_pipeline_keys_shapes_and_dtypes_and_three_channels(roots, dataset, pipeline, is_train):
     data = build_dataset(make_cfg(dataset, roots[dataset], pipeline), is_train)
     assert len(data) == NUM_CLASSES * PER_CLASS
     expected = ITEM_FORMATS[(pipeline, is_train)]
@@ -349,7 +349,7 @@ def test_the_cache_never_upscales_an_image_whose_shorter_side_is_below_its_size(
     assert ShorterSideResize(20)(Image.new("RGB", (40, 30))).size == (26, 20)
 
 
-def test_train_cache_shorter_side(roots):
+def test_train_cache_resizes_the_shorter_side_down_but_never_up(roots):
     paths = [path for path, _ in build_dataset(make_cfg("cub", roots["cub"], "pil"), True).samples]
     # 40x30 JPEGs: shorter side 20 -> 20x26 (torchvision's Resize arithmetic); 64 would upscale, so kept.
     data = build_dataset(make_cfg("cub", roots["cub"], CACHE_SIZE=20), True)

@@ -175,7 +175,7 @@ def test_dkd_release_warmup_switch_reproduces_the_releases_one_epoch_ahead_facto
     assert got == pytest.approx(factor * full, rel=1e-10)
 
 
-def test_dkd_no_warmup():
+def test_dkd_without_warmup_matches_the_naive_formula_from_the_first_epoch():
     got = DKDLoss(alpha=1.0, beta=8.0, temperature=4.0, warmup=0)(_t(DKD_S), _t(DKD_T), torch.tensor(DKD_TARGET), 1)
     assert got.item() == pytest.approx(_naive_dkd(DKD_S, DKD_T, DKD_TARGET, 1.0, 8.0, 4.0), rel=1e-10)
 
@@ -352,7 +352,7 @@ def test_logit_losses_take_fp32_softmaxes_under_bf16_autocast(loss_fn):
 # ------------------------------------------------------------------------------------------------------------
 # ISRD
 # ------------------------------------------------------------------------------------------------------------
-def test_isrd_scale():
+def test_isrd_scale_is_the_ceiling_of_image_over_feature_size():
     assert isrd_scale(224, 28) == 8  # ResNet-18@56: conv1 output 64x28x28
     assert isrd_scale(224, 3) == 75  # ViT-Tiny@56: 3x3 patches, ceil(74.67)
     assert isrd_scale(224, 7) == 32  # ViT@112

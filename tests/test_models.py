@@ -207,14 +207,6 @@ def test_prerelu_features_are_the_stage_outputs_before_their_relu(arch):
     assert all((f < 0).any() for f in pre[1:4])  # stages carry their negative half when preReLU
 
 
-def test_resnet_input_conv_feature_is_conv1_output_before_bn():
-    model = _cached_model("resnet18").eval()
-    x = _image(32)
-    with torch.no_grad():
-        _, feats = model(x, return_feat=True)
-        torch.testing.assert_close(feats[0], model.conv1(x))
-
-
 # ------------------------------------------------------------------------------------------------ torchvision
 
 
