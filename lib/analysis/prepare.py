@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 from lib.config import get_cfg, resolve_path
 from lib.utils.errors import UserError, first_line, os_error_message
+from lib.utils.files import file_digest
 
 __all__ = ["DamagedArchive", "DatasetArchive", "ARCHIVES", "download", "extract", "verify_layout", "prepare_dataset",
            "verify_existing", "prepare"]
@@ -171,15 +172,6 @@ def download(url: str, dest: str, size: int | None = None, md5: str | None = Non
     except BaseException:
         _remove(part)
         raise
-
-
-def md5_of(path: str) -> str:
-    """MD5 hex digest of a file."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def extract(archive: str, top_folder: str, dest: str, check: Callable[[str], Any] | None = None) -> Any:
@@ -339,7 +331,7 @@ def prepare_dataset(name: str, root: str, url: str | None = None, md5: str | Non
     expected_md5 = (md5 or spec.md5) if verify else None
     expected_size = spec.size if verify and (md5 is None or md5.lower() == spec.md5) else None
     archive = os.path.join(root, spec.filename)
-    if os.path.isfile(archive) and expected_md5 is not None and md5_of(archive) != expected_md5.lower():
+    if os.path.isfile(archive) and expected_md5 is not None and file_digest(archive, "md5") != expected_md5.lower():
         log(f"{name}: {archive} is there but its MD5 is wrong; downloading it again")
         os.remove(archive)
     if not os.path.isfile(archive):

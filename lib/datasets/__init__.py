@@ -10,7 +10,6 @@ Usage::
 
 from __future__ import annotations
 
-from torch.utils.data import Dataset
 from yacs.config import CfgNode
 
 from lib.utils.errors import UserError
@@ -26,7 +25,7 @@ __all__ = ["DATASETS", "build_dataset", "BatchPreparer", "CUBDataset", "Aircraft
 DATASETS = {"cub": CUBDataset, "aircraft": AircraftDataset}
 
 
-def build_dataset(cfg: CfgNode, is_train: bool) -> Dataset:
+def build_dataset(cfg: CfgNode, is_train: bool) -> TwoScaleDataset:
     """Build the training or test split of DATA.DATASET, all files checked before it returns.
 
     Args:

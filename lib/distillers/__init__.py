@@ -117,7 +117,7 @@ def build_distiller(cfg: CfgNode, method: str, teacher: nn.Module | None = None)
         dkd = cfg.DKD
         return DKD(student, teacher, DKDLoss(dkd.ALPHA, dkd.BETA, dkd.TEMP, dkd.WARMUP, dkd.RELEASE_WARMUP))
     if method == "isrd":
-        decoder = build_isrd_decoder(cfg, student, cfg.MODEL.ARCH_S)
+        decoder = build_isrd_decoder(cfg, student)
         return ISRD(student, teacher, cfg.KD.TEMP, cfg.KD.ALPHA, decoder, cfg.FSR.ETA, cfg.FSR.POSITION)
     # Feature methods: AT pairs the features after the input module, SP and ICKD the last feature.
     shapes_s = feature_shapes(student, small)

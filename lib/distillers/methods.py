@@ -117,11 +117,11 @@ class ISRD(KD):
         return logits_s, terms
 
 
-def build_isrd_decoder(cfg: CfgNode, student: nn.Module, arch: str) -> nn.Module:
+def build_isrd_decoder(cfg: CfgNode, student: nn.Module) -> nn.Module:
     """The ISRD decoder of the student's feature FSR.POSITION at its input size (a UserError when out of range)."""
     shapes = feature_shapes(student, small_crop_size(cfg))
     if not 0 <= cfg.FSR.POSITION < len(shapes):
-        raise UserError(f"FSR.POSITION {cfg.FSR.POSITION} is out of range: {arch} has "
+        raise UserError(f"FSR.POSITION {cfg.FSR.POSITION} is out of range: {cfg.MODEL.ARCH_S} has "
                         f"{len(shapes)} features (0 = its input module)")
     return build_decoder(shapes[cfg.FSR.POSITION], cfg.DATA.CROP_SIZE)
 

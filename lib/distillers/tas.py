@@ -240,7 +240,7 @@ def build_tas(cfg: CfgNode, student: nn.Module, assistant: nn.Module) -> TAS:
     Returns:
         A TAS distiller; its learnable parameters are the student's and the ISRD decoder's.
     """
-    decoder = build_isrd_decoder(cfg, student, cfg.MODEL.ARCH_S)
+    decoder = build_isrd_decoder(cfg, student)
     layers = tas_feature_layers(cfg, student)
     return TAS(student, assistant, cfg.KD.TEMP, cfg.KD.ALPHA, decoder, cfg.FSR.ETA, cfg.FSR.POSITION,
                FKDLoss(cfg.TAS.FEAT_INTERP), layers, cfg.TAS.FEAT_WEIGHTS, cfg.MODEL.PRERELU,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import itertools
 import json
 import math
@@ -20,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
 from lib.distillers.base import StepFn, StepOutput
 from lib.utils.errors import FRESH_START_INTERRUPTED_MESSAGE, TERMINATED_EXIT, UserError, first_line, raise_terminated
+from lib.utils.files import file_digest
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit
 
 from .checkpoint import (
@@ -69,6 +70,9 @@ from .setup import (
     use_device,
 )
 
+if TYPE_CHECKING:  # imported where a run starts: tensorboard takes a second to load
+    from torch.utils.tensorboard import SummaryWriter
+
 # Keys that change how fast or where a run goes, not what it learns, and the keys nothing reads: a resumed or
 # re-run experiment may differ in these from the saved config.
 RUNTIME_KEYS = ("BASIC.GPU_ID", "BASIC.DEVICE", "BASIC.NUM_WORKERS", "BASIC.PARALLEL_RUNS", "BASIC.DISP_FREQ",
@@ -102,18 +106,6 @@ class Experiment:
 # ---------------------------------------------------------------------------------------------------------------
 # Data loading
 # ---------------------------------------------------------------------------------------------------------------
-def _init_worker(worker_id: int, parent: int) -> None:
-    """Seed numpy and python in a loader worker from torch's per-worker seed; exit with the `parent` process."""
-    import random
-
-    import numpy as np
-
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-    exit_with_parent(parent)
-
-
 def epoch_seed(run_seed: int, epoch: int) -> int:
     """The data-order seed of an epoch: a function of (run seed, epoch) only, so a resumed run sees the same data."""
     return run_seed * 1_000_003 + epoch
@@ -148,7 +140,7 @@ def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.d
         **batching,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        worker_init_fn=functools.partial(_init_worker, parent=os.getpid()),
+        worker_init_fn=functools.partial(exit_with_parent, os.getpid()),  # torch seeds random/numpy/torch per worker
         multiprocessing_context=LOADER_START_METHOD if workers > 0 else None,
         generator=torch.Generator().manual_seed(0),
         persistent_workers=workers > 0 and not is_train,  # a training stream lives for the whole run anyway
@@ -252,7 +244,7 @@ def compile_failure(cfg: CfgNode, cause: BaseException) -> str:
             f"({what}); {advice}")
 
 
-def autocast(cfg: CfgNode, device: torch.device):
+def autocast(cfg: CfgNode, device: torch.device) -> contextlib.AbstractContextManager:
     """The TRAIN.AMP autocast context on `device` (a no-op for "none")."""
     if cfg.TRAIN.AMP == "none":
         return contextlib.nullcontext()
@@ -528,7 +520,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
 
 
 @contextlib.contextmanager
-def deferred_interrupt():
+def deferred_interrupt() -> Iterator[None]:
     """Hold back a Ctrl-C (or a SIGTERM the script turns into Terminated) that arrives inside the block and raise
     it after the block.
 
@@ -556,7 +548,7 @@ def deferred_interrupt():
         ours[received[0]](received[0], None)
 
 
-def _write_epoch_logs(writer, log_dir: str, history: list[dict], stats: dict) -> None:
+def _write_epoch_logs(writer: SummaryWriter, log_dir: str, history: list[dict], stats: dict) -> None:
     """Tensorboard scalars of this epoch, and the whole history as JSON lines (rewritten atomically)."""
     epoch = stats["epoch"]
     for key, value in stats.items():
@@ -632,17 +624,9 @@ def _check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
                         "BASIC.OUTPUT_ROOT; or add BASIC.FRESH_START True to move the old one aside and start over")
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checkpoint_fingerprints(cfg: CfgNode, method: str) -> dict[str, dict[str, str]]:
     """{config key: {"path", "sha256"}} of the checkpoints `method` starts from (inputs.json of an experiment)."""
-    return {key: {"path": path, "sha256": _sha256(path)}
+    return {key: {"path": path, "sha256": file_digest(path, "sha256")}
             for key, path in method_checkpoints(cfg, method).items() if os.path.isfile(path)}
 
 

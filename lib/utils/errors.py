@@ -109,7 +109,7 @@ def os_error_message(err: OSError) -> str | None:
            f"({_WHERE_OUTPUTS_GO})"
 
 
-def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTERRUPTED_MESSAGE):
+def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTERRUPTED_MESSAGE) -> Callable:
     """Wrap a script's main(): a UserError (or an unwritable or full output folder) becomes `error: <message>`
     on stderr and exit status 2; Ctrl-C becomes one line, `interrupted` (how to resume, by default), and exit
     status 130.
