@@ -201,7 +201,7 @@ def _raises(exc: BaseException):
 
 
 def test_a_folder_given_for_a_checkpoint_is_named_a_folder_not_missing(tmp_path):
-    from lib.engine.checkpoint import load_weights
+    from lib.models.weights import load_weights
 
     with pytest.raises(UserError) as err:
         load_weights(torch.nn.Linear(1, 1), str(tmp_path), "teacher checkpoint MODEL.MODELDICT_T", "resnet18", 4)

@@ -28,11 +28,13 @@ from yacs.config import CfgNode
 
 from lib.config import resolve_path, small_crop_size
 from lib.datasets import BatchPreparer, build_dataset
-from lib.engine.checkpoint import load_weights, save_json, warn_other_input_size
-from lib.engine.setup import get_logger, select_device, use_device
+from lib.engine.checkpoint import save_json
+from lib.engine.setup import select_device, use_device
 from lib.engine.trainer import build_loader
-from lib.models.model_builder import build_model, check_input_size
+from lib.models.model_builder import check_input_size
+from lib.models.weights import load_network
 from lib.utils.errors import UserError, require_file
+from lib.utils.log import get_logger
 
 from . import write_csv
 
@@ -175,10 +177,8 @@ def evaluate_checkpoint(cfg: CfgNode) -> dict[str, Any]:
     check_input_size(arch, size)
     num_classes = cfg.DATA.NUM_CLASSES
 
-    model = build_model(arch, num_classes, False)
-    ckpt = load_weights(model, path, "checkpoint TEST.CHECKPOINT", arch, num_classes)
-    warn_other_input_size(ckpt, f"the checkpoint {path}", size,
-                          "DATA.CROP_SIZE / DATA.LESSEN_RATIO; give the experiment's config.yaml to match")
+    model, ckpt = load_network(arch, num_classes, path, "checkpoint TEST.CHECKPOINT", size,
+                               "DATA.CROP_SIZE / DATA.LESSEN_RATIO; give the experiment's config.yaml to match")
     test_set = build_dataset(cfg, is_train=False)
     device = select_device(cfg)
     use_device(device)

@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 from yacs.config import CfgNode
 
 from lib.config import get_cfg, resolve_path
-from lib.engine.setup import get_logger
 from lib.utils.errors import UserError
+from lib.utils.log import get_logger
 
 __all__ = ["make_cub", "make_aircraft", "ensure_dataset", "GENERATORS"]
 

@@ -6,9 +6,9 @@ from torch import nn
 from yacs.config import CfgNode
 
 from lib.config import resolve_path, small_crop_size
-from lib.engine.checkpoint import load_weights, warn_other_input_size
 from lib.losses import ATLoss, DKDLoss, ICKDLoss, SPLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes
+from lib.models.weights import load_network, load_weights
 from lib.utils.errors import UserError
 
 from .base import Distiller, Vanilla
@@ -65,10 +65,8 @@ def build_teacher(cfg: CfgNode) -> nn.Module:
         raise UserError("MODEL.MODELDICT_T is empty; train a teacher with tools_0_base/train_teacher_1run.py "
                         "and pass its ckpt/.../model_best.pth")
     # Every weight comes from the checkpoint: no ImageNet initialisation first (MODEL.PRETRAIN_T is unused).
-    teacher = build_model(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, False)
-    path = resolve_path(cfg.MODEL.MODELDICT_T)
-    ckpt = load_weights(teacher, path, "teacher checkpoint MODEL.MODELDICT_T", cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES)
-    warn_other_input_size(ckpt, f"the teacher {path}", cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE")
+    teacher, _ = load_network(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, resolve_path(cfg.MODEL.MODELDICT_T),
+                              "teacher checkpoint MODEL.MODELDICT_T", cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE")
     return teacher
 
 

@@ -19,11 +19,11 @@ from torch import Tensor, nn
 from yacs.config import CfgNode
 
 from lib.config import check_cfg, get_cfg, resolve_path, small_crop_size
-from lib.engine.checkpoint import load_weights, warn_other_input_size
 from lib.engine.setup import experiment_name
 from lib.losses import FKDLoss
-from lib.models.model_builder import build_model, check_input_size, feature_shapes, is_vit, parse_arch
-from lib.utils.errors import UserError, require_file
+from lib.models.model_builder import check_input_size, feature_shapes, is_vit, parse_arch
+from lib.models.weights import load_network
+from lib.utils.errors import UserError
 
 from .base import StepOutput
 from .methods import ISRD, build_isrd_decoder
@@ -159,14 +159,11 @@ def build_assistant(cfg: CfgNode) -> nn.Module:
     if not cfg.MODEL.MODELDICT_A:
         raise UserError("MODEL.MODELDICT_A is empty; train the assistant with tools_2_tas/train_assistant_1run.py "
                         "and pass its ckpt/.../model_best.pth (tools_2_tas/train_tas_2stages.py does both)")
-    path = resolve_path(cfg.MODEL.MODELDICT_A)
-    require_file(path, "assistant checkpoint MODEL.MODELDICT_A", "; train it with tools_2_tas/train_assistant_1run.py "
-                 "(or run tools_2_tas/train_tas_2stages.py)")
     # Every weight comes from the checkpoint: no ImageNet initialisation first.
-    assistant = build_model(cfg.MODEL.ARCH_A, cfg.DATA.NUM_CLASSES, False)
-    ckpt = load_weights(assistant, path, "assistant checkpoint MODEL.MODELDICT_A", cfg.MODEL.ARCH_A,
-                        cfg.DATA.NUM_CLASSES)
-    warn_other_input_size(ckpt, f"the assistant {path}", cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE")
+    assistant, _ = load_network(cfg.MODEL.ARCH_A, cfg.DATA.NUM_CLASSES, resolve_path(cfg.MODEL.MODELDICT_A),
+                                "assistant checkpoint MODEL.MODELDICT_A", cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE",
+                                hint="; train it with tools_2_tas/train_assistant_1run.py (or run "
+                                     "tools_2_tas/train_tas_2stages.py)")
     return assistant
 
 

@@ -22,9 +22,10 @@ from lib.datasets import BatchPreparer, build_dataset
 from lib.distillers import Distiller, build_distiller
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
+from lib.utils.log import get_logger
 
 from .checkpoint import atomic_write
-from .setup import configure_backends, get_logger, seed_everything, select_device, use_device
+from .setup import configure_backends, seed_everything, select_device, use_device
 from .trainer import autocast, build_loader, compile_step, optimizer_step, place_for_training, train_epoch
 
 # The methods --method names; "auto" reads the config (benchmark_method).

@@ -1,5 +1,5 @@
-"""Checkpoints: atomic writes, resumable run state, the experiment folder's lock, and loading model weights with
-clear errors."""
+"""Checkpoints: atomic writes, resumable run state, the experiment folder's lock, and saved results read back with
+clear errors (model weights: lib.models.weights)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,8 @@ except ImportError:  # not POSIX: experiments go unguarded
 
 import numpy as np
 import torch
-from torch import nn
 
-from lib.models.model_builder import CLASSIFIER_MODULES, clean_state_dict
-from lib.utils.errors import UserError, first_line, require_file
-
-from .setup import get_logger
+from lib.utils.errors import UserError, first_line
 
 
 def atomic_write(path: str, write_fn: Callable[[IO[bytes]], object]) -> None:
@@ -245,69 +241,3 @@ def set_rng_state(state: dict, device: torch.device) -> None:
             cuda = cuda[index] if index < len(cuda) else None
         if cuda is not None:
             torch.cuda.set_rng_state(cuda, device)
-
-
-def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes: int) -> dict:
-    """Load a model_best.pth-style checkpoint into `model`, or raise one clear UserError.
-
-    Args:
-        model: the freshly built network.
-        path: checkpoint file; a dict with "state_dict" (this project, the original release), a run's last.pth
-            (its last epoch's weights under "student"), or a bare state dict. Keys of the original release
-            (`module.` prefix, `fc_cls.*`) are converted.
-        what: how the user names this file, e.g. "teacher checkpoint MODEL.MODELDICT_T".
-        arch: the architecture the config asks for (named in the error message).
-        num_classes: the class count the config asks for (named in the error message).
-    Returns:
-        The loaded checkpoint dict (for its metadata).
-    """
-    require_file(path, what)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # any unpickling failure is a bad file
-        raise UserError(
-            f"{what} {path} could not be read ({type(err).__name__}: {err}); is it a torch checkpoint?"
-        ) from None
-    if isinstance(ckpt, dict) and "state_dict" in ckpt:
-        state_dict = ckpt["state_dict"]
-    elif isinstance(ckpt, dict) and isinstance(ckpt.get("student"), dict):  # last.pth: the last epoch's weights
-        state_dict = ckpt["student"]
-    elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
-        state_dict, ckpt = ckpt, {}
-    else:
-        raise UserError(f"{what} {path} holds no state_dict")
-    saved_arch = ckpt.get("arch")
-    if saved_arch and saved_arch != arch:
-        raise UserError(f"{what} {path} was trained as {saved_arch}, but the config asks for {arch}; name "
-                        f"{saved_arch} in the config or give a {arch} checkpoint")
-    state_dict = clean_state_dict(state_dict)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    if missing or unexpected:
-        example = (missing or unexpected)[0]
-        raise UserError(
-            f"{what} {path} does not fit {arch}: {len(missing)} missing and {len(unexpected)} unexpected "
-            f"weights (e.g. {example}); it was trained with another architecture"
-        )
-    for key, value in state_dict.items():
-        if tuple(value.shape) != tuple(own[key].shape):
-            if (value.ndim >= 1 and own[key].ndim >= 1 and value.shape[0] != own[key].shape[0]
-                    and key.rpartition(".")[0] in CLASSIFIER_MODULES):
-                raise UserError(
-                    f"{what} {path} has {value.shape[0]} classes, but DATA.NUM_CLASSES is {num_classes}"
-                )
-            raise UserError(
-                f"{what} {path} does not fit {arch}: {key} has shape {tuple(value.shape)}, "
-                f"expected {tuple(own[key].shape)}"
-            )
-    model.load_state_dict(state_dict, strict=True)
-    return ckpt
-
-
-def warn_other_input_size(ckpt: dict, who: str, size: int, where: str) -> None:
-    """Warn when a loaded network (`who`) was trained at another input size than the `size` px (`where`) it sees."""
-    trained_size = ckpt.get("input_size")
-    if trained_size and trained_size != size:
-        get_logger().warning(f"warning: {who} was trained at {trained_size} px and sees {size} px images here "
-                             f"({where})")

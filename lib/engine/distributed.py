@@ -21,9 +21,8 @@ import torch.distributed as dist
 from yacs.config import CfgNode
 
 from lib.utils.errors import TERMINATED_EXIT, UserError, first_line
+from lib.utils.log import get_logger
 from lib.utils.processes import watch_parent
-
-from .setup import get_logger
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import random
@@ -15,8 +14,7 @@ from yacs.config import CfgNode
 
 from lib.config import REPO_ROOT, resolve_path, small_crop_size
 from lib.utils.errors import UserError
-
-LOGGER_NAME = "pixel_distill"
+from lib.utils.log import get_logger
 
 
 def select_device(cfg: CfgNode, slot: int = 0, warnings: list[str] | None = None) -> torch.device:
@@ -31,7 +29,7 @@ def select_device(cfg: CfgNode, slot: int = 0, warnings: list[str] | None = None
         if cfg.BASIC.GPU_ID:
             line = "warning: CUDA is not available; running on the CPU"
             if warnings is None:
-                logging.getLogger(LOGGER_NAME).warning(line)
+                get_logger().warning(line)
             else:
                 warnings.append(line)
         return torch.device("cpu")
@@ -94,38 +92,6 @@ def experiment_name(cfg: CfgNode, method: str, num_runs: int) -> str:
 def experiment_dir(cfg: CfgNode, method: str, num_runs: int) -> str:
     """<OUTPUT_ROOT>/<dataset>/<experiment_name>."""
     return os.path.join(resolve_path(cfg.BASIC.OUTPUT_ROOT), cfg.DATA.DATASET, experiment_name(cfg, method, num_runs))
-
-
-class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever sys.stdout is at the time of each record (it may be replaced, e.g. by pytest)."""
-
-    @property
-    def stream(self):
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def get_logger() -> logging.Logger:
-    """The project logger, printing plain lines to stdout."""
-    logger = logging.getLogger(LOGGER_NAME)
-    if not logger.handlers:
-        handler = _StdoutHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
-
-
-def add_log_file(path: str) -> logging.FileHandler:
-    """Also append the log to `path` (with timestamps); returns the handler so it can be removed."""
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    get_logger().addHandler(handler)
-    return handler
 
 
 def git_commit() -> str:

@@ -14,8 +14,8 @@ from lib.distillers import check_archs
 from lib.distillers.tas import assistant_checkpoint, assistant_config, tas_config, tas_feature_layers
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
+from lib.utils.log import get_logger
 
-from .setup import get_logger
 from .trainer import run_experiment
 
 __all__ = ["train_assistant", "train_tas", "train_two_stages"]

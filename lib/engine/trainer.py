@@ -35,6 +35,7 @@ from lib.distillers import Distiller, build_distiller, check_archs, method_archs
 from lib.distillers.base import StepFn, StepOutput
 from lib.utils.errors import FRESH_START_INTERRUPTED_MESSAGE, TERMINATED_EXIT, UserError, first_line, raise_terminated
 from lib.utils.files import file_digest
+from lib.utils.log import add_log_file, get_logger
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit
 
 from .checkpoint import (
@@ -60,11 +61,9 @@ from .distributed import (
     sum_over_ranks,
 )
 from .setup import (
-    add_log_file,
     configure_backends,
     environment_lines,
     experiment_dir,
-    get_logger,
     seed_everything,
     select_device,
     use_device,

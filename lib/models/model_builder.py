@@ -18,8 +18,8 @@ from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
-from lib.engine.setup import get_logger
 from lib.utils.errors import UserError, first_line, require_file
+from lib.utils.log import get_logger
 
 from . import resnet, shufflenet
 

@@ -1,0 +1,94 @@
+"""A trained network back from its checkpoint (this project's, the original release's, a bare state dict), with one
+clear error for every way the file can fail to fit."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lib.utils.errors import UserError, require_file
+from lib.utils.log import get_logger
+
+from .model_builder import CLASSIFIER_MODULES, build_model, clean_state_dict
+
+
+def load_network(arch: str, num_classes: int, path: str, what: str, size: int, where: str,
+                 hint: str = "") -> tuple[nn.Module, dict]:
+    """Build `arch` without pretraining, load every weight from the checkpoint `path`, and warn when it was trained
+    at another input size than the `size` px it sees here (the warning names it by `what`'s first word).
+
+    Args:
+        arch, num_classes: the network the config asks for.
+        path: the checkpoint file (see load_weights).
+        what: how the user names this file, e.g. "teacher checkpoint MODEL.MODELDICT_T".
+        size, where: the input size it sees here and the keys that set it (named in the warning).
+        hint: appended to the "not found" error, e.g. how to make the file.
+    Returns:
+        The network (on the CPU, in training mode) and the loaded checkpoint dict (for its metadata).
+    """
+    require_file(path, what, hint)
+    model = build_model(arch, num_classes, False)
+    ckpt = load_weights(model, path, what, arch, num_classes)
+    trained_size = ckpt.get("input_size")
+    if trained_size and trained_size != size:
+        get_logger().warning(f"warning: the {what.split()[0]} {path} was trained at {trained_size} px and sees "
+                             f"{size} px images here ({where})")
+    return model, ckpt
+
+
+def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes: int) -> dict:
+    """Load a model_best.pth-style checkpoint into `model`, or raise one clear UserError.
+
+    Args:
+        model: the freshly built network.
+        path: checkpoint file; a dict with "state_dict" (this project, the original release), a run's last.pth
+            (its last epoch's weights under "student"), or a bare state dict. Keys of the original release
+            (`module.` prefix, `fc_cls.*`) are converted.
+        what: how the user names this file, e.g. "teacher checkpoint MODEL.MODELDICT_T".
+        arch: the architecture the config asks for (named in the error message).
+        num_classes: the class count the config asks for (named in the error message).
+    Returns:
+        The loaded checkpoint dict (for its metadata).
+    """
+    require_file(path, what)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # any unpickling failure is a bad file
+        raise UserError(
+            f"{what} {path} could not be read ({type(err).__name__}: {err}); is it a torch checkpoint?"
+        ) from None
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        state_dict = ckpt["state_dict"]
+    elif isinstance(ckpt, dict) and isinstance(ckpt.get("student"), dict):  # last.pth: the last epoch's weights
+        state_dict = ckpt["student"]
+    elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        state_dict, ckpt = ckpt, {}
+    else:
+        raise UserError(f"{what} {path} holds no state_dict")
+    saved_arch = ckpt.get("arch")
+    if saved_arch and saved_arch != arch:
+        raise UserError(f"{what} {path} was trained as {saved_arch}, but the config asks for {arch}; name "
+                        f"{saved_arch} in the config or give a {arch} checkpoint")
+    state_dict = clean_state_dict(state_dict)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        raise UserError(
+            f"{what} {path} does not fit {arch}: {len(missing)} missing and {len(unexpected)} unexpected "
+            f"weights (e.g. {example}); it was trained with another architecture"
+        )
+    for key, value in state_dict.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            if (value.ndim >= 1 and own[key].ndim >= 1 and value.shape[0] != own[key].shape[0]
+                    and key.rpartition(".")[0] in CLASSIFIER_MODULES):
+                raise UserError(
+                    f"{what} {path} has {value.shape[0]} classes, but DATA.NUM_CLASSES is {num_classes}"
+                )
+            raise UserError(
+                f"{what} {path} does not fit {arch}: {key} has shape {tuple(value.shape)}, "
+                f"expected {tuple(own[key].shape)}"
+            )
+    model.load_state_dict(state_dict, strict=True)
+    return ckpt

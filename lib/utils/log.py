@@ -1,0 +1,38 @@
+"""The project's logger: plain lines on stdout, and a run's train.log beside them."""
+
+import logging
+import sys
+
+LOGGER_NAME = "pixel_distill"
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time of each record (it may be replaced, e.g. by pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def get_logger() -> logging.Logger:
+    """The project logger, printing plain lines to stdout."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not logger.handlers:
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def add_log_file(path: str) -> logging.FileHandler:
+    """Also append the log to `path` (with timestamps); returns the handler so it can be removed."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    get_logger().addHandler(handler)
+    return handler
