@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from lib.analysis.cost import LiveTensorBytes, count_flops, expand_archs, flops_of, format_markdown
 from lib.analysis.evaluate import classification_report
+from lib.analysis.summary import find_experiments
 from lib.config import get_cfg
 from lib.models.model_builder import CNN_MIN_INPUT_SIZE, build_model
 from lib.utils.errors import UserError
@@ -355,7 +357,12 @@ def test_unfinished_and_damaged_experiments_are_named_on_stderr_and_the_rest_is_
     _experiment(root, "cub", "2runs_resnet18_32_seed0_0.01", [50.0, 52.0], MODEL__ARCH="resnet18", DATA__CROP_SIZE=32)
     running = _experiment(root, "cub", "2runs_kd_resnet50_64_resnet18_32_seed0_0.01", [55.0, 57.0], **DISTILL)
     (running / "results.json").unlink()  # run 0 finished, run 1 still training
-    (running / "ckpt" / "run0" / "result.json").write_text("{}")
+    (running / "ckpt" / "run0" / "result.json").write_text(json.dumps(
+        {"run": 0, "seed": 0, "best_acc": 55.0, "best_epoch": 1, "last_acc": 55.0}))
+    (running / "ckpt" / "run1").mkdir()
+    (running / "ckpt" / "run1" / "result.json").write_text("{}")  # damaged: not a finished run
+    broken = _experiment(root, "cub", "2runs_sp_resnet50_64_resnet18_32_seed0_0.01", [58.0, 60.0], **DISTILL)
+    (broken / "config.yaml").write_text("MODEL: [\n")
     nulls = _experiment(root, "cub", "2runs_isrd_resnet50_64_resnet18_32_seed0_0.01", [58.0, 60.0], **DISTILL)
     (nulls / "results.json").write_text(json.dumps({"runs": [], "best_acc_mean": None, "best_acc_std": None,
                                                      "last_acc_mean": None, "last_acc_std": None}))
@@ -367,6 +374,7 @@ def test_unfinished_and_damaged_experiments_are_named_on_stderr_and_the_rest_is_
     assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
     err = capsys.readouterr().err
     assert f"note: {running} is not finished (1 runs done, no results.json)" in err
+    assert f"skipped: cannot read the experiment in {broken} (ParserError: while parsing " in err
     assert (f"skipped: cannot read the experiment in {nulls} (ValueError: results.json lacks a number in "
             "best_acc_mean, best_acc_std, last_acc_mean, last_acc_std)") in err
     assert (f"skipped: cannot read the experiment in {listed} (ValueError: results.json holds a JSON list, not an "
@@ -376,7 +384,23 @@ def test_unfinished_and_damaged_experiments_are_named_on_stderr_and_the_rest_is_
     with open(root / "summary" / "summary.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert float(row["student_best_mean"]) == 51.0 and row["kd_best_mean"] == "" and row["isrd_best_mean"] == ""
-    assert row["dkd_best_mean"] == ""
+    assert row["dkd_best_mean"] == "" and row["sp_best_mean"] == ""
+
+
+def test_an_experiment_a_process_trains_now_is_named_so(tmp_path):
+    from lib.engine.checkpoint import ExperimentLock
+
+    root = tmp_path / "ckpt"
+    running = _experiment(root, "cub", "2runs_kd_resnet50_64_resnet18_32_seed0_0.01", [55.0, 57.0], **DISTILL)
+    (running / "results.json").unlink()
+    lock = ExperimentLock()
+    lock.take(str(running))  # as the trainer holds it while it trains
+    try:
+        notes = []
+        find_experiments(str(root), warn=notes.append)
+    finally:
+        lock.release()
+    assert notes == [f"note: {running} is training now (pid {os.getpid()}) (0 runs done); it is not in the table"]
 
 
 def test_a_teacherless_tas_rows_teacher_accuracy_is_its_assistants_and_none_for_a_checkpoint_not_found(
@@ -402,8 +426,6 @@ def test_a_teacherless_tas_rows_teacher_accuracy_is_its_assistants_and_none_for_
 
 
 def test_summarize_leaves_the_demo_out_of_the_papers_table_unless_asked_for_it(tmp_path):
-    from lib.analysis.summary import find_experiments
-
     _experiment(tmp_path, "cub", "1runs_resnet50_64_seed0_0.01", [80.0])
     _experiment(tmp_path / "demo", "cub", "5runs_resnet18_32_seed0_0.05", [45.0, 40.0])
     warnings = []

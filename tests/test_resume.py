@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from lib.analysis.summary import find_experiments
 from lib.config import REPO_ROOT
 from lib.distillers.base import Distiller, Vanilla
 from lib.distillers.methods import ISRD
@@ -104,8 +105,13 @@ def test_a_non_finite_loss_stops_the_run_naming_where_and_keeps_the_last_good_ch
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the loss is not finite in run 0, epoch 2, step 1 (loss_ce=nan")
-    last = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01" / "ckpt" / "run0" / "last.pth"
-    assert torch.load(last, weights_only=False)["epoch"] == 1
+    exp = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01"
+    assert torch.load(exp / "ckpt" / "run0" / "last.pth", weights_only=False)["epoch"] == 1
+    # train.log ends with the same line, so the folder tells a failed experiment from a running one.
+    assert (exp / "train.log").read_text().splitlines()[-1].split(" ", 2)[2] == err
+    notes = []
+    assert find_experiments(str(tmp_path / "ckpt"), warn=notes.append) == []
+    assert notes == [f"note: {exp} stopped with an error (0 runs done): {err[len('error: '):]}; it is not in the table"]
 
 
 class _FullDisk:
@@ -183,6 +189,10 @@ def test_a_kill_right_after_the_last_epochs_checkpoint_loses_no_epoch_of_the_log
                                                                                   monkeypatch):
     # The process is killed the moment the final epoch's last.pth is on disk.
     config = _student_killed_at_a_last_pth(tiny_cub, write_config, monkeypatch, epoch=2, saved=True)
+    notes = []
+    find_experiments(str(tmp_path / "ckpt"), warn=notes.append)
+    assert notes == [f"note: {tmp_path / 'ckpt' / 'cub' / '1runs_resnet18_32_seed0_0.01'} was interrupted (0 runs "
+                     "done); re-run its command to resume; it is not in the table"]
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     stats = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "log" / "run0" / "stats.jsonl"
     assert [json.loads(line)["epoch"] for line in stats.read_text().splitlines()] == [1, 2]

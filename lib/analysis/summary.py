@@ -25,11 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from yacs.config import CfgNode
 
 from lib.config import resolve_path, small_crop_size
-from lib.engine.checkpoint import load_results
-from lib.utils.errors import UserError
+from lib.engine.checkpoint import load_results, load_run_result, lock_holder
+from lib.utils.errors import UserError, first_line
+from lib.utils.log import ERROR_PREFIX, INTERRUPTED_LINE
 
 from . import check_output_root, markdown_table, write_csv, write_text
 from .cost import flops_of, input_cost
@@ -138,8 +140,8 @@ def _read_experiment(folder: str) -> ExperimentResult:
             teacher_dir=teacher_dir,
             teacher_run=teacher_run,
         )
-    except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
-        raise UserError(f"cannot read the experiment in {folder} ({type(err).__name__}: {err})") from None
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read the experiment in {folder} ({type(err).__name__}: {first_line(err)})") from None
 
 
 def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> list[ExperimentResult]:
@@ -157,8 +159,7 @@ def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> 
         if "results.json" not in files:
             if "config.yaml" in files:  # an experiment still running, interrupted or failed: not in the table
                 dirs[:] = []
-                warn(f"note: {folder} is not finished ({_finished_runs(folder)} runs done, no results.json); it is "
-                     "not in the table")
+                warn(_unfinished_note(folder))
             continue
         dirs[:] = []  # an experiment's own subfolders (ckpt/, log/) hold no experiments
         try:
@@ -171,10 +172,47 @@ def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> 
 
 
 def _finished_runs(folder: str) -> int:
-    """Runs of an unfinished experiment that have written their result.json (ckpt/run<i>/ or the teacher's ckpt/)."""
+    """Runs of an unfinished experiment that have written a readable result.json (ckpt/run<i>/ or the teacher's
+    ckpt/)."""
     ckpt = os.path.join(folder, "ckpt")
     runs = [os.path.join(ckpt, d) for d in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if _RUN_DIR.fullmatch(d)]
-    return sum(os.path.isfile(os.path.join(d, "result.json")) for d in [ckpt, *runs])
+    finished = 0
+    for run_dir in [ckpt, *runs]:
+        try:
+            load_run_result(os.path.join(run_dir, "result.json"))
+            finished += 1
+        except (OSError, ValueError):  # not written yet, or damaged: the run trains again when its command resumes
+            pass
+    return finished
+
+
+def _last_log_line(folder: str) -> str:
+    """The message of train.log's last line (without its timestamp), '' when there is none."""
+    try:
+        with open(os.path.join(folder, "train.log"), "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    # "2026-12-06 19:50:00 <message>": the date and the time, then the message.
+    return lines[-1].split(" ", 2)[-1] if lines else ""
+
+
+def _unfinished_note(folder: str) -> str:
+    """How an experiment folder without results.json stands: training now (a process holds its lock), stopped by an
+    error or interrupted (train.log's last line says so), or else not finished (killed, or its machine went down)."""
+    done = f"{_finished_runs(folder)} runs done"
+    holder = lock_holder(folder)
+    last = _last_log_line(folder)
+    if holder:
+        state = f"is training now{holder} ({done})"
+    elif last.startswith(ERROR_PREFIX):
+        state = f"stopped with an error ({done}): {last[len(ERROR_PREFIX):]}"
+    elif last == INTERRUPTED_LINE:
+        state = f"was interrupted ({done}); re-run its command to resume"
+    else:
+        state = f"is not finished ({done}, no results.json)"
+    return f"note: {folder} {state}; it is not in the table"
 
 
 def _pick(candidates: list[ExperimentResult], what: str, warn) -> ExperimentResult:
@@ -339,5 +377,6 @@ def summarize(root: str, out_dir: str) -> list[Row]:
     rows = build_rows(experiments)
     paths = write_summary(rows, root, out_dir)
     print(format_markdown(rows))
-    print(f"{len(experiments)} experiments, {len(rows)} rows; wrote {', '.join(paths)}")
+    print(f"{len(experiments)} experiment{'s' * (len(experiments) != 1)}, {len(rows)} row{'s' * (len(rows) != 1)}; "
+          f"wrote {', '.join(paths)}")
     return rows

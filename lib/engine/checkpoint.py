@@ -128,6 +128,15 @@ class ExperimentLock:
         self._fd = self._inode = None
 
 
+def lock_holder(folder: str) -> str:
+    """' (pid N)' while a process trains into the experiment `folder` (holds its ExperimentLock), else '' (also where
+    /proc/locks is not there to tell)."""
+    try:
+        return _flock_holder(os.stat(folder))
+    except OSError:
+        return ""
+
+
 def _flock_holder(stat: os.stat_result) -> str:
     """' (pid N)' of the process holding a flock on the file `stat` describes, from Linux's /proc/locks; '' where
     unknown."""

@@ -35,7 +35,7 @@ from lib.distillers import Distiller, build_distiller, check_archs, method_archs
 from lib.distillers.base import StepFn, StepOutput
 from lib.utils.errors import FRESH_START_INTERRUPTED_MESSAGE, TERMINATED_EXIT, UserError, first_line, raise_terminated
 from lib.utils.files import file_digest
-from lib.utils.log import add_log_file, get_logger
+from lib.utils.log import add_log_file, get_logger, log_stop
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit
 
 from .checkpoint import (
@@ -807,9 +807,11 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
             save_json(results, results_path)
             log.info(f"results ({results_path}):\n{format_table(results)}")
         return results
-    except KeyboardInterrupt as err:
-        if cfg.BASIC.FRESH_START:  # the same command would move this attempt aside and start over again
-            err.message = FRESH_START_INTERRUPTED_MESSAGE
+    except BaseException as err:
+        if handler is not None:  # the log says how it ended: tools/summarize.py tells a failed run from a running one
+            log_stop(handler, err)
+        if isinstance(err, KeyboardInterrupt) and cfg.BASIC.FRESH_START:
+            err.message = FRESH_START_INTERRUPTED_MESSAGE  # the same command would move this attempt aside again
         raise
     finally:
         if handler is not None:

@@ -64,7 +64,8 @@ def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [""])[0]
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
+    """`message` on one line: its lines stripped and joined by spaces (what the scripts print after `error:`)."""
     # A message may quote a library's multi-line text; the promise is one line.
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
@@ -133,7 +134,7 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
         try:
             fn()
         except UserError as err:
-            _exit(f"error: {_one_line(str(err))}", USER_ERROR_EXIT)
+            _exit(f"error: {one_line(str(err))}", USER_ERROR_EXIT)
         except KeyboardInterrupt as err:
             # A run may say better how to resume (`message`: a command given BASIC.FRESH_START True).
             _exit(getattr(err, "message", interrupted), TERMINATED_EXIT if isinstance(err, Terminated)
@@ -142,7 +143,7 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             message = os_error_message(err)
             if message is None:
                 raise
-            _exit(f"error: {_one_line(message)}", USER_ERROR_EXIT)
+            _exit(f"error: {one_line(message)}", USER_ERROR_EXIT)
         finally:
             if catch:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)

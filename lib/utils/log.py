@@ -3,6 +3,8 @@
 import logging
 import sys
 
+from .errors import UserError, first_line, one_line
+
 LOGGER_NAME = "pixel_distill"
 
 
@@ -36,3 +38,19 @@ def add_log_file(path: str) -> logging.FileHandler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     get_logger().addHandler(handler)
     return handler
+
+
+# The last line of a train.log whose command stopped before its results.json (tools/summarize.py reads it back).
+ERROR_PREFIX, INTERRUPTED_LINE = "error: ", "stopped: interrupted; re-run the same command to resume"
+
+
+def log_stop(handler: logging.Handler, err: BaseException) -> None:
+    """Append why a command stopped to its train.log alone (`handler`): the error line that the script prints on
+    stderr, or that it was interrupted (Ctrl-C, SIGTERM)."""
+    if isinstance(err, KeyboardInterrupt):
+        line = INTERRUPTED_LINE
+    elif isinstance(err, UserError):
+        line = ERROR_PREFIX + one_line(str(err))
+    else:
+        line = f"{ERROR_PREFIX}{type(err).__name__}: {first_line(err)}"
+    handler.handle(logging.makeLogRecord({"msg": line, "levelno": logging.ERROR, "levelname": "ERROR"}))
