@@ -114,6 +114,31 @@ def test_a_non_finite_loss_stops_the_run_naming_where_and_keeps_the_last_good_ch
     assert notes == [f"note: {exp} stopped with an error (0 runs done): {err[len('error: '):]}; it is not in the table"]
 
 
+def test_a_non_finite_test_loss_stops_the_run_before_that_epoch_can_count_as_the_best(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    train, test = Distiller.forward_train, Distiller.forward_test
+    trained = {"epoch": 0}
+
+    def counting(self, image, image_large, target, epoch):
+        trained["epoch"] = epoch
+        return train(self, image, image_large, target, epoch)
+
+    def diverged(self, image):  # from epoch 2 on the student's logits are NaN at test time only
+        logits = test(self, image)
+        return logits * float("nan") if trained["epoch"] >= 2 else logits
+
+    monkeypatch.setattr(Distiller, "forward_train", counting)
+    monkeypatch.setattr(Distiller, "forward_test", diverged)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 3}, "BASIC": {"NUM_RUNS": 1},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
+    assert capsys.readouterr().err.startswith("error: the test loss is not finite in run 0, epoch 2 (test_loss=nan")
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
+    assert torch.load(exp / "ckpt" / "run0" / "model_best.pth", weights_only=False)["epoch"] == 1
+    stats = (exp / "log" / "run0" / "stats.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in stats] == [1]
+
+
 class _FullDisk:
     """A file whose device fills after `room` bytes: write raises ENOSPC, as the OS does."""
 

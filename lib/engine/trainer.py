@@ -477,6 +477,12 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                                 step_fn)
             scheduler.step()
             stats.update(test_epoch(distiller, test_loader, prep, cfg, device))
+            if not math.isfinite(stats["test_loss"]):
+                # NaN logits rank as the largest: the epoch's accuracy would be noise, and might be kept as the best.
+                raise NonFiniteLoss(f"the test loss is not finite in {where}, epoch {epoch} (test_loss="
+                                    f"{stats['test_loss']:.4g}; the student's test logits hold NaN or inf); the "
+                                    "checkpoints of the epochs before it are kept. Lower SOLVER.START_LR or a loss "
+                                    "weight, or train without TRAIN.AMP fp16, then re-run")
             stats.update(epoch=epoch, lr=lr, time_s=round(time.time() - tic, 3))
             # The first epoch is the best so far whatever it scores: a run at 0% still gets its model_best.pth.
             improved = best_epoch == 0 or stats["test_top1"] > best_acc
