@@ -18,7 +18,7 @@ from lib.config import REPO_ROOT, get_cfg, load_config
 from lib.datasets import build_dataset
 from lib.distillers import build_distiller
 from lib.distillers.base import Distiller, Vanilla
-from lib.engine import trainer
+from lib.engine import resume, trainer
 from lib.engine.checkpoint import ExperimentLock
 from lib.engine.setup import experiment_name
 from lib.engine.trainer import (
@@ -823,7 +823,7 @@ def test_a_path_key_spelt_another_way_is_the_same_experiment_and_another_file_is
     (exp / "config.yaml").write_text(cfg.dump())
     other = cfg.clone()
     other[section][leaf] = os.path.join(REPO_ROOT, "ckpt", "cub", "x", "model_best.pth")
-    trainer._check_saved_config(other, str(exp))
+    resume.check_saved_config(other, str(exp))
     other[section][leaf] = "ckpt/cub/y/model_best.pth"
     with pytest.raises(UserError, match=key):
-        trainer._check_saved_config(other, str(exp))
+        resume.check_saved_config(other, str(exp))

@@ -1,1 +1,2 @@
-"""Training machinery shared by every script: setup, checkpoints, the one trainer."""
+"""Training machinery shared by every script: setup, checkpoints, resume checks, the one trainer, TAS, DDP and the
+benchmark."""

@@ -13,11 +13,10 @@ import itertools
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,21 +26,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from yacs.config import CfgNode
 
-from lib.config import UNUSED_KEYS, cfg_value, diff_cfg, resolve_path, small_crop_size
-from lib.datasets import BatchPreparer, TwoScaleDataset, build_dataset
+from lib.config import small_crop_size
+from lib.datasets import BatchPreparer, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
-from lib.distillers import Distiller, build_distiller, check_archs, method_archs, method_checkpoints
+from lib.distillers import Distiller, build_distiller, check_archs, method_archs
 from lib.distillers.base import StepFn, StepOutput
 from lib.utils.errors import FRESH_START_INTERRUPTED_MESSAGE, TERMINATED_EXIT, UserError, first_line, raise_terminated
-from lib.utils.files import file_digest
 from lib.utils.log import add_log_file, get_logger, log_stop
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit
 
 from .checkpoint import (
     ExperimentLock,
     atomic_write,
-    load_json_object,
     load_results,
     load_run_result,
     read_saved,
@@ -60,6 +57,15 @@ from .distributed import (
     stop_when_parent_dies,
     sum_over_ranks,
 )
+from .resume import (
+    check_saved_config,
+    check_saved_data,
+    check_saved_inputs,
+    checkpoint_fingerprints,
+    data_fingerprint,
+    move_aside,
+    stale_attempt,
+)
 from .setup import (
     configure_backends,
     environment_lines,
@@ -71,15 +77,6 @@ from .setup import (
 
 if TYPE_CHECKING:  # imported where a run starts: tensorboard takes a second to load
     from torch.utils.tensorboard import SummaryWriter
-
-# Keys that change how fast or where a run goes, not what it learns, and the keys nothing reads: a resumed or
-# re-run experiment may differ in these from the saved config.
-RUNTIME_KEYS = ("BASIC.GPU_ID", "BASIC.DEVICE", "BASIC.NUM_WORKERS", "BASIC.PARALLEL_RUNS", "BASIC.DISP_FREQ",
-                "BASIC.FRESH_START", "BASIC.OUTPUT_ROOT",  # (the folder found is the same, however it is spelt)
-                "TEST.CHECKPOINT",  # (tools/eval.py's; training never reads it. TEST.BATCH_SIZE is not here: the
-                # test loss's rounding depends on it)
-                "DATA.GENERATE_IF_MISSING",  # (it only makes a dataset where there is none)
-                *UNUSED_KEYS)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SINGLE_PROCESS = DistInfo()
@@ -595,126 +592,6 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _read_saved_cfg(path: str) -> CfgNode:
-    with open(path) as f:
-        saved = CfgNode.load_cfg(f)
-    if not isinstance(saved, CfgNode) or "BASIC" not in saved or "DATA" not in saved:
-        raise ValueError("not a config of this project")
-    return saved
-
-
-# Keys that name a file or folder: the same one spelt another way (./ckpt/x, an absolute path, a link) is not
-# another config. What a checkpoint holds is checked apart, by its SHA-256 in inputs.json.
-PATH_KEYS = ("DATA.DATADIR", "MODEL.MODELDICT_T", "MODEL.MODELDICT_A", "MODEL.MODELDICT_S", "MODEL.PRETRAIN_FILE",
-             "MODEL.PRETRAIN_FILE_S", "TAS.PRETRAIN_FILE_A")
-
-
-def _same_path(a: str, b: str) -> bool:
-    if not a or not b:
-        return a == b
-    return os.path.realpath(resolve_path(a)) == os.path.realpath(resolve_path(b))
-
-
-def _check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
-    saved = read_saved(os.path.join(exp_dir, "config.yaml"), _read_saved_cfg,
-                       "restore it, or add BASIC.FRESH_START True to start over")
-    # BASIC.NUM_RUNS is in the folder's name already ("<n>runs_"), except for the teacher's script, which ignores it.
-    ignore = RUNTIME_KEYS + ("BASIC.NUM_RUNS",)
-    ignore += tuple(key for key in PATH_KEYS
-                    if _same_path(str(cfg_value(saved, key) or ""), str(cfg_value(cfg, key) or "")))
-    differing = diff_cfg(saved, cfg, ignore=ignore)
-    if differing:
-        raise UserError(f"{exp_dir} holds an experiment with another config: {'; '.join(differing)}. "
-                        "Re-run with the same settings to resume; to keep both (a sweep, say), give this one its own "
-                        "BASIC.OUTPUT_ROOT; or add BASIC.FRESH_START True to move the old one aside and start over")
-
-
-def checkpoint_fingerprints(cfg: CfgNode, method: str) -> dict[str, dict[str, str]]:
-    """{config key: {"path", "sha256"}} of the checkpoints `method` starts from (inputs.json of an experiment)."""
-    return {key: {"path": path, "sha256": file_digest(path, "sha256")}
-            for key, path in method_checkpoints(cfg, method).items() if os.path.isfile(path)}
-
-
-def _saved_inputs(exp_dir: str) -> dict:
-    """An experiment's inputs.json ({} for an experiment from before it was written)."""
-    saved_path = os.path.join(exp_dir, "inputs.json")
-    if not os.path.isfile(saved_path):
-        return {}
-    return read_saved(saved_path, load_json_object, "delete it to skip this check, or add BASIC.FRESH_START True "
-                      "to start over")
-
-
-def _check_saved_inputs(cfg: CfgNode, method: str, exp_dir: str) -> None:
-    """Refuse to resume or re-report an experiment whose teacher (assistant, student init) file has changed since."""
-    saved = _saved_inputs(exp_dir)
-    for key, now in checkpoint_fingerprints(cfg, method).items():
-        entry = saved.get(key)
-        then = entry.get("sha256") if isinstance(entry, dict) else None
-        if then and then != now["sha256"]:
-            raise UserError(f"{key} {now['path']} has changed since {exp_dir} started from it (SHA-256 {then[:12]} "
-                            f"then, {now['sha256'][:12]} now): what it holds was learnt from the old file. Restore "
-                            "that, or add BASIC.FRESH_START True to start over from the new one")
-
-
-def data_fingerprint(train_set: TwoScaleDataset, test_set: TwoScaleDataset) -> dict[str, dict]:
-    """{"DATA.DATADIR": {"path", "train", "test", "train_cache_size"}}: the entry of inputs.json a resumed run checks
-    its data against."""
-    return {"DATA.DATADIR": {"path": train_set.root, "train": train_set.fingerprint, "test": test_set.fingerprint,
-                             "train_cache_size": train_set.cache_size}}
-
-
-def _check_saved_data(cfg: CfgNode, exp_dir: str, train_set: TwoScaleDataset, test_set: TwoScaleDataset) -> None:
-    """Refuse to resume an experiment whose dataset (a split's files, labels or file sizes), or the size its training
-    images are cached at, has changed since."""
-    entry = _saved_inputs(exp_dir).get("DATA.DATADIR")
-    if not isinstance(entry, dict):
-        return  # an experiment from before its data was fingerprinted
-    # The cache's side follows a rule (lib.config.train_cache_size) that a new version of this code may change; an
-    # entry from before it was recorded was written under the first rule, CACHE_SIZE or RESIZE_SIZE.
-    then = entry.get("train_cache_size", cfg.DATA.CACHE_SIZE or cfg.DATA.RESIZE_SIZE)
-    now = train_set.cache_size
-    if None not in (then, now) and then != now:
-        raise UserError(f"{exp_dir} started with its training images cached at a shorter side of {then} px, and "
-                        f"this version of the code caches them at {now} px (DATA.CACHE_SIZE 0 now means the larger of "
-                        "RESIZE_SIZE and 256): its remaining runs would crop other images. Add BASIC.FRESH_START True "
-                        "to start over, or finish it with the version it started with")
-    for split, dataset in (("train", train_set), ("test", test_set)):
-        then, now = entry.get(split), dataset.fingerprint
-        if isinstance(then, dict) and then.get("sha256") not in (None, now["sha256"]):
-            what = (f"{then.get('images')} images then, {now['images']} now" if then.get("images") != now["images"]
-                    else f"{now['images']} images, but other files, labels or file sizes")
-            raise UserError(f"the {dataset.split} split of DATA.DATADIR {dataset.root} has changed since {exp_dir} "
-                            f"started on it ({what}): its saved runs were trained on the old data. Restore that, or "
-                            "add BASIC.FRESH_START True to start over on the new data")
-
-
-def _saved_any_epoch(exp_dir: str) -> bool:
-    """Whether an experiment folder holds a run's checkpoint or result (a start that failed in epoch 1 does not)."""
-    return any(name in ("last.pth", "result.json", "results.json")
-               for _, _, files in os.walk(exp_dir) for name in files)
-
-
-def _stale_attempt(exp_dir: str, *checks: Callable[[], None]) -> bool:
-    """Run the checks of an earlier attempt in `exp_dir` against this command: True when one fails and the attempt
-    saved no epoch (another config, teacher or dataset, and nothing to keep); a failure where it did is raised."""
-    try:
-        for check in checks:
-            check()
-    except UserError:
-        if _saved_any_epoch(exp_dir):
-            raise
-        return True
-    return False
-
-
-def _move_aside(exp_dir: str) -> str:
-    n = 1
-    while os.path.exists(f"{exp_dir}.old{n}"):
-        n += 1
-    shutil.move(exp_dir, f"{exp_dir}.old{n}")
-    return f"{exp_dir}.old{n}"
-
-
 def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = True) -> dict:
     """Train `num_runs` seeded runs of `method` (resuming what an earlier attempt left) and write results.json.
 
@@ -748,8 +625,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
                             "against; restore its config.yaml to resume, or add BASIC.FRESH_START True to start over")
         exists = True  # an earlier attempt: moved aside below
     checking = exists and not cfg.BASIC.FRESH_START  # an earlier attempt, to resume or re-report
-    stale = checking and _stale_attempt(exp_dir, lambda: _check_saved_config(cfg, exp_dir),
-                                        lambda: _check_saved_inputs(cfg, method, exp_dir))
+    stale = checking and stale_attempt(exp_dir, lambda: check_saved_config(cfg, exp_dir),
+                                        lambda: check_saved_inputs(cfg, method, exp_dir))
     if checking and not stale and os.path.isfile(results_path):
         results = read_saved(results_path, load_results,
                              "delete it and re-run: it is made again from the runs' result.json")
@@ -768,8 +645,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     if cfg.DATA.PIPELINE == "device":
         check_cache_fits(train_set, device)
     exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set, info)
-    stale = stale or (checking and _stale_attempt(
-        exp_dir, lambda: _check_saved_data(cfg, exp_dir, train_set, test_set)))
+    stale = stale or (checking and stale_attempt(
+        exp_dir, lambda: check_saved_data(cfg, exp_dir, train_set, test_set)))
     fresh = exists and (cfg.BASIC.FRESH_START or stale)
     pending = [r for r in range(num_runs)
                if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
@@ -832,7 +709,7 @@ def _claim_folder(exp: Experiment, lock: ExperimentLock, exists: bool, fresh: bo
     if fresh:
         why = ("an earlier attempt with another config, teacher or dataset, which saved no epoch," if stale
                else "BASIC.FRESH_START: the earlier attempt")
-        get_logger().info(f"{why} was moved to {_move_aside(exp.exp_dir)}")
+        get_logger().info(f"{why} was moved to {move_aside(exp.exp_dir)}")
         exists = False
     os.makedirs(exp.exp_dir, exist_ok=True)
     lock.take(exp.exp_dir)  # a new folder (or the one made after moving the old aside)
