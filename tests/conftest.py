@@ -132,3 +132,16 @@ def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
+
+
+def save_network(path, network: str, num_classes: int = 4, seed: int = 0, **extra) -> str:
+    """A model_best.pth-like checkpoint of a randomly initialised architecture `network` (seeded; no training
+    needed) at `path`, with `extra` keys beside its state dict (e.g. arch=...); returns the path as a string."""
+    import torch
+
+    from lib.models.model_builder import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(network, num_classes, False)
+    torch.save({"epoch": 1, "state_dict": model.state_dict(), "best_acc": 0.0, **extra}, path)
+    return str(path)

@@ -15,17 +15,10 @@ from lib.losses.isrd import isrd_loss
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 
-from .conftest import run_in_process, run_script
+from .conftest import run_in_process, run_script, save_network
 
 KD_SCRIPT = "tools_1_ts/train_kd_5runs.py"
 ISRD_SCRIPT = "tools_1_ts/train_isrd_5runs.py"
-
-
-def _save_teacher(path, arch, num_classes=4, seed=0, **extra):
-    torch.manual_seed(seed)
-    model = build_model(arch, num_classes, False)
-    torch.save({"epoch": 1, "state_dict": model.state_dict(), "best_acc": 0.0, **extra}, path)
-    return model
 
 
 def _cfg(teacher_path, arch_t="resnet18", arch_s="resnet18", kdtype="kd", crop=64, ratio=2.0):
@@ -40,7 +33,7 @@ def _cfg(teacher_path, arch_t="resnet18", arch_s="resnet18", kdtype="kd", crop=6
 @pytest.mark.parametrize("method", ["kd", "at", "sp", "ickd", "dkd", "isrd"])
 def test_every_learnable_parameter_reaches_the_optimiser_and_the_teacher_stays_bit_identical(tmp_path, method):
     teacher_path = str(tmp_path / "t.pth")
-    _save_teacher(teacher_path, "resnet18")
+    save_network(teacher_path, "resnet18")
     distiller = build_distiller(_cfg(teacher_path, kdtype=method), method)
     learnable = {id(p) for p in distiller.get_learnable_parameters()}
     for name, p in distiller.named_parameters():
@@ -89,7 +82,7 @@ def _expected_terms(distiller, cfg, method, image, image_large, target, epoch):
 def _assert_terms_are_weighted_pure_losses(tmp_path, method, epoch, pre_relu=False):
     """One training step of `method`, every term checked against _expected_terms; the distiller and its images."""
     teacher_path = str(tmp_path / "t.pth")
-    _save_teacher(teacher_path, "resnet18")
+    save_network(teacher_path, "resnet18")
     cfg = _cfg(teacher_path, kdtype=method)
     cfg.MODEL.PRERELU = pre_relu
     # Weights unlike their defaults and unlike each other, so a swapped or dropped one shows.
@@ -116,7 +109,7 @@ def test_every_loss_term_is_its_config_weight_times_the_pure_loss_on_the_right_f
 
 def test_dkd_release_warmup_reaches_the_distillers_loss(tmp_path):
     teacher_path = str(tmp_path / "t.pth")
-    _save_teacher(teacher_path, "resnet18")
+    save_network(teacher_path, "resnet18")
     cfg = _cfg(teacher_path, kdtype="dkd")
     cfg.DKD.WARMUP, cfg.DKD.RELEASE_WARMUP = 20, True
     assert build_distiller(cfg, "dkd").criterion.warmup_factor(1) == 2 / 20  # one epoch ahead, as the release
@@ -152,7 +145,7 @@ def test_feature_and_dkd_losses_leave_no_gradient_on_a_teacher_tensor_that_requi
 
 def test_ickd_embedding_is_trained_unless_the_release_switch_is_set(tmp_path):
     teacher_path = str(tmp_path / "t.pth")
-    _save_teacher(teacher_path, "resnet18")
+    save_network(teacher_path, "resnet18")
     cfg = _cfg(teacher_path, kdtype="ickd")
     trained = build_distiller(cfg, "ickd")
     assert isinstance(trained, FeatureKD)
@@ -165,7 +158,7 @@ def test_ickd_embedding_is_trained_unless_the_release_switch_is_set(tmp_path):
 
 def test_isrd_decodes_the_vit_patch_embedding_into_the_large_image(tmp_path):
     teacher_path = str(tmp_path / "t.pth")
-    _save_teacher(teacher_path, "resnet18")
+    save_network(teacher_path, "resnet18")
     cfg = _cfg(teacher_path, arch_s="vit_tiny_patch16_32", crop=64, ratio=2.0)
     distiller = build_distiller(cfg, "isrd")
     assert isinstance(distiller, ISRD)
@@ -178,7 +171,7 @@ def test_isrd_decodes_the_vit_patch_embedding_into_the_large_image(tmp_path):
 
 def test_at_pairs_a_vit_students_first_four_blocks_with_the_cnn_teachers_four_stages_as_the_release(tmp_path):
     teacher_path = str(tmp_path / "t.pth")
-    _save_teacher(teacher_path, "resnet18")
+    save_network(teacher_path, "resnet18")
     distiller = build_distiller(_cfg(teacher_path, arch_s="vit_tiny_patch16_32", kdtype="at"), "at")
     torch.manual_seed(0)
     image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
@@ -194,7 +187,7 @@ def test_at_pairs_a_vit_students_first_four_blocks_with_the_cnn_teachers_four_st
 
 def test_isrd_decodes_the_students_features_before_relu_as_the_release(tmp_path):
     teacher_path = str(tmp_path / "t.pth")
-    _save_teacher(teacher_path, "resnet18")
+    save_network(teacher_path, "resnet18")
     cfg = _cfg(teacher_path, kdtype="isrd")
     cfg.FSR.POSITION = 1  # layer1: its ReLU'd output would be >= 0 everywhere
     distiller = build_distiller(cfg, "isrd")
@@ -274,7 +267,7 @@ def test_isrd_trains_cnn_and_vit_students_and_saves_the_decoder_beside_the_plain
 
 def test_a_vit_teacher_distils_into_a_cnn_student_with_dkd(tiny_cub, write_config, tmp_path, monkeypatch):
     teacher_path = str(tmp_path / "vit_teacher.pth")
-    _save_teacher(teacher_path, "vit_tiny_patch16_64")
+    save_network(teacher_path, "vit_tiny_patch16_64")
     config = write_config({"MODEL": {"ARCH_T": "vit_tiny_patch16_64", "MODELDICT_T": teacher_path,
                                      "ARCH_S": "resnet18", "KDTYPE": "dkd"},
                            "DATA": {"LESSEN_RATIO": 2.0}, "BASIC": {"NUM_RUNS": 1},
@@ -322,7 +315,7 @@ def test_a_compiled_training_step_trains_like_the_eager_one(tiny_cub, write_conf
     # inductor does (dynamo, then AOTAutograd) and runs torch's own kernels: inductor's code generation takes
     # minutes of C++ compilation on a CPU without a warm cache; the GPU script (tools/gpu_benchmark.sh) runs it.
     teacher = tmp_path / "vit_teacher.pth"
-    _save_teacher(teacher, "vit_tiny_patch16_64")
+    save_network(teacher, "vit_tiny_patch16_64")
     config = write_config({"MODEL": {"ARCH_T": "vit_tiny_patch16_64", "MODELDICT_T": str(teacher),
                                      "ARCH_S": "resnet18"}, "DATA": {"LESSEN_RATIO": 2.0},
                            "FSR": {"ETA": 10.0}, "BASIC": {"NUM_RUNS": 1}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)

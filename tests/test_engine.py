@@ -34,7 +34,7 @@ from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 from lib.utils.processes import process_ended
 
-from .conftest import one_error_line, run_in_process
+from .conftest import one_error_line, run_in_process, save_network
 
 TEACHER = "tools_0_base/train_teacher_1run.py"
 STUDENT = "tools_0_base/train_student_5runs.py"
@@ -159,7 +159,7 @@ def test_sgd_gets_the_configs_learning_rate_momentum_and_weight_decay():
 def _isrd_config(tmp_path, kdtype: str = "kd"):
     """A tiny ISRD (or, with kdtype, feature KD) config: resnet18@64 teacher of random weights -> resnet18@32."""
     teacher = tmp_path / "teacher.pth"
-    torch.save({"state_dict": build_model("resnet18", 4, False).state_dict(), "arch": "resnet18"}, teacher)
+    save_network(teacher, "resnet18", arch="resnet18")
     cfg = get_cfg()
     cfg.DATA.DATASET, cfg.DATA.DATADIR, cfg.DATA.NUM_CLASSES = "cub", "unused", 4
     cfg.DATA.CROP_SIZE, cfg.DATA.RESIZE_SIZE, cfg.DATA.LESSEN_RATIO, cfg.FSR.ETA = 64, 72, 2.0, 10.0
@@ -421,7 +421,7 @@ def test_a_last_checkpoint_written_for_another_model_shape_is_one_line(tiny_cub,
 def test_a_teacher_file_that_changed_since_the_experiment_started_is_refused(tiny_cub, write_config, tmp_path,
                                                                            monkeypatch, capsys):
     teacher = tmp_path / "teacher.pth"
-    torch.save({"state_dict": build_model("resnet18", 4, False).state_dict(), "arch": "resnet18"}, teacher)
+    save_network(teacher, "resnet18", arch="resnet18")
     config = write_config({"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18", "MODELDICT_T": str(teacher)},
                            "DATA": {"LESSEN_RATIO": 2.0}, "SOLVER": {"NUM_EPOCHS": 1},
                            "BASIC": {"NUM_RUNS": 1}}, tiny_cub)
@@ -438,8 +438,7 @@ def test_a_teacher_file_that_changed_since_the_experiment_started_is_refused(tin
         assert "is finished" in capsys.readouterr().out
     # The teacher is trained again (another seed): re-running the finished experiment would report results that
     # were learnt from the old teacher.
-    torch.manual_seed(1)
-    torch.save({"state_dict": build_model("resnet18", 4, False).state_dict(), "arch": "resnet18"}, teacher)
+    save_network(teacher, "resnet18", seed=1, arch="resnet18")
     capsys.readouterr()
     assert run_in_process(KD, config, monkeypatch=monkeypatch) == 2
     line = one_error_line(capsys.readouterr().err)

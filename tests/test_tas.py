@@ -19,18 +19,12 @@ from lib.losses import feature_distillation_loss, isrd_loss, kd_loss
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 
-from .conftest import run_in_process
+from .conftest import run_in_process, save_network
 
 TWO_STAGES = "tools_2_tas/train_tas_2stages.py"
 STAGE2 = "tools_2_tas/train_tas_5runs.py"
 TAS_CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "tas", "*", "*.yaml"))) + [
     os.path.join(REPO_ROOT, "configs", "demo", "cub_demo_tas.yaml")]
-
-
-def _save_net(path, arch, num_classes=4):
-    """A model_best.pth-like checkpoint of a randomly initialised network (no training needed)."""
-    torch.save({"epoch": 1, "state_dict": build_model(arch, num_classes, False).state_dict(), "best_acc": 0.0}, path)
-    return str(path)
 
 
 def _cfg(assistant_path, arch_a="resnet18", arch_s="resnet18", crop=64, ratio=2.0):
@@ -74,7 +68,7 @@ def test_feature_distillation_loss_golden_value():
 
 # --- the stage-2 distiller ------------------------------------------------------------------------------------------
 def test_tas_trains_student_and_decoder_and_the_assistant_stays_bit_identical(tmp_path):
-    distiller = build_distiller(_cfg(_save_net(tmp_path / "a.pth", "resnet18")), "tas")
+    distiller = build_distiller(_cfg(save_network(tmp_path / "a.pth", "resnet18")), "tas")
     assert isinstance(distiller, TAS) and distiller.assistant is distiller.teacher
     learnable = {id(p) for p in distiller.get_learnable_parameters()}
     assert {id(p) for p in distiller.decoder.parameters()} <= learnable
@@ -97,7 +91,7 @@ def test_tas_trains_student_and_decoder_and_the_assistant_stays_bit_identical(tm
 
 
 def test_zero_feature_weights_leave_logit_kd_and_isrd(tmp_path):
-    cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
+    cfg = _cfg(save_network(tmp_path / "a.pth", "resnet18"))
     cfg.TAS.FEAT_WEIGHTS = [0.0, 0.0, 0.0, 0.0]
     _, losses = build_distiller(cfg, "tas").forward_train(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64),
                                                           torch.tensor([0, 1]), 1)
@@ -105,7 +99,7 @@ def test_zero_feature_weights_leave_logit_kd_and_isrd(tmp_path):
 
 
 def test_each_feature_pair_is_weighted_by_its_tas_feat_weight(tmp_path):
-    cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
+    cfg = _cfg(save_network(tmp_path / "a.pth", "resnet18"))
     cfg.TAS.FEAT_WEIGHTS = [1.0, 0.0, 0.0, 2.0]
     distiller, image, image_large, losses = _stage2_step(cfg)
     with torch.no_grad():
@@ -118,7 +112,7 @@ def test_each_feature_pair_is_weighted_by_its_tas_feat_weight(tmp_path):
 
 @pytest.mark.parametrize("pre_relu", [False, True])
 def test_stage2_decodes_the_pre_relu_feature_as_one_stage_isrd_whatever_the_feature_pairs_take(pre_relu, tmp_path):
-    cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
+    cfg = _cfg(save_network(tmp_path / "a.pth", "resnet18"))
     cfg.FSR.POSITION, cfg.MODEL.PRERELU = 2, pre_relu  # a stage output, where the ReLU matters
     distiller, image, image_large, losses = _stage2_step(cfg)
     with torch.no_grad():
@@ -129,7 +123,7 @@ def test_stage2_decodes_the_pre_relu_feature_as_one_stage_isrd_whatever_the_feat
 
 
 def test_stage2_logit_terms_distil_the_student_towards_the_assistants_logits(tmp_path):
-    cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
+    cfg = _cfg(save_network(tmp_path / "a.pth", "resnet18"))
     cfg.KD.TEMP, cfg.KD.ALPHA = 3.0, 0.7  # unlike their defaults, so a dropped or swapped weight shows
     distiller = build_distiller(cfg, "tas")
     distiller.train()
@@ -144,7 +138,7 @@ def test_stage2_logit_terms_distil_the_student_towards_the_assistants_logits(tmp
 
 
 def test_a_vit_student_distils_from_a_vit_assistant_of_its_size_family(tmp_path):
-    cfg = _cfg(_save_net(tmp_path / "a.pth", "vit_tiny_patch16_64"), "vit_tiny_patch16_64", "vit_tiny_patch16_32")
+    cfg = _cfg(save_network(tmp_path / "a.pth", "vit_tiny_patch16_64"), "vit_tiny_patch16_64", "vit_tiny_patch16_32")
     distiller = build_distiller(cfg, "tas")
     assert distiller.layers == [3, 6, 9, 12]  # TAS.VIT_BLOCKS: block b is feature b
     optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=0.01)
@@ -207,7 +201,7 @@ def _tas_config(write_config, tiny_cub, teacher, **model):
 
 
 def test_two_stage_command_trains_both_stages_then_skips_stage1(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
-    config = _tas_config(write_config, tiny_cub, _save_net(tmp_path / "teacher.pth", "resnet18"))
+    config = _tas_config(write_config, tiny_cub, save_network(tmp_path / "teacher.pth", "resnet18"))
     assert run_in_process(TWO_STAGES, config, monkeypatch=monkeypatch) == 0
     first = capsys.readouterr().out
     assistant = tmp_path / "ckpt" / "cub" / "1runs_kd_resnet18_64_resnet18_64_seed0_0.01" / "ckpt" / "model_best.pth"
@@ -242,7 +236,7 @@ def test_two_stage_command_trains_both_stages_then_skips_stage1(tiny_cub, write_
 def test_stage2_without_a_teacher_names_its_folder_after_the_assistant(tiny_cub, write_config, tmp_path, monkeypatch):
     # docs/tas.md: MODEL.ARCH_T '' with an explicit MODELDICT_A. It was refused, as if stage 1 had to be found.
     config = _tas_config(write_config, tiny_cub, "", ARCH_T="", ARCH_A="resnet34", ARCH_S="resnet34",
-                         MODELDICT_A=_save_net(tmp_path / "a.pth", "resnet34"))
+                         MODELDICT_A=save_network(tmp_path / "a.pth", "resnet34"))
     assert run_in_process(STAGE2, config, monkeypatch=monkeypatch) == 0
     results = tmp_path / "ckpt" / "cub" / "1runs_tas_resnet34_64_resnet34_32_seed0_0.01" / "results.json"
     assert len(json.loads(results.read_text())["runs"]) == 1
@@ -250,7 +244,7 @@ def test_stage2_without_a_teacher_names_its_folder_after_the_assistant(tiny_cub,
 
 def test_stage2_with_another_family_exits_2_with_one_line(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
     config = _tas_config(write_config, tiny_cub, "unused.pth", ARCH_A="resnet34",
-                         MODELDICT_A=_save_net(tmp_path / "a.pth", "resnet34"))
+                         MODELDICT_A=save_network(tmp_path / "a.pth", "resnet34"))
     assert run_in_process(STAGE2, config, monkeypatch=monkeypatch) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "MODEL.ARCH_A is resnet34" in err
@@ -299,7 +293,7 @@ def test_stage1_is_named_and_written_after_tas_stage1_kdtype_whatever_model_kdty
 
 
 def test_with_prerelu_both_sides_of_every_feature_pair_are_taken_before_their_relu(tmp_path):
-    cfg = _cfg(_save_net(tmp_path / "a.pth", "resnet18"))
+    cfg = _cfg(save_network(tmp_path / "a.pth", "resnet18"))
     cfg.MODEL.PRERELU = True
     distiller, image, image_large, losses = _stage2_step(cfg)
     with torch.no_grad():
