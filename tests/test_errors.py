@@ -85,6 +85,10 @@ def _case(name, tmp_path, broken_cub, tiny_cub):
     if name == "ISRD without its loss weight":
         extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path)}}
         return ISRD_SCRIPT, extra, ["FSR.ETA", "0.0"], ["FSR.ETA is 0", "plain KD", "train_kd_5runs.py"], tiny_cub
+    if name == "ISRD given another KD method":  # it was ignored, yet made a re-run with another "another config"
+        extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path)}}
+        return ISRD_SCRIPT, extra, ["FSR.ETA", "10.0", "MODEL.KDTYPE", "at"], \
+            ["MODEL.KDTYPE is 'at'", "reads no MODEL.KDTYPE", "train at with tools_1_ts/train_kd_5runs.py"], tiny_cub
     if name == "output folder blocked by a file":
         blocker = tmp_path / "out"
         return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, ["BASIC.OUTPUT_ROOT", str(blocker / "ckpt")], \
@@ -99,7 +103,7 @@ CASES = ["unknown key", "wrong type", "unknown arch", "unknown kdtype", "unknown
          "missing annotation file", "annotation names a missing image", "corrupt image", "teacher checkpoint missing",
          "teacher of another architecture", "teacher of another architecture, named in the checkpoint",
          "teacher of another class count", "student input too small", "ISRD without its loss weight",
-         "output folder blocked by a file"]
+         "ISRD given another KD method", "output folder blocked by a file"]
 
 
 @pytest.mark.parametrize("name", CASES)

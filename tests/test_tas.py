@@ -19,7 +19,7 @@ from lib.losses import feature_distillation_loss, isrd_loss, kd_loss
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 
-from .conftest import run_in_process, save_network
+from .conftest import one_error_line, run_in_process, save_network
 
 TWO_STAGES = "tools_2_tas/train_tas_2stages.py"
 STAGE2 = "tools_2_tas/train_tas_5runs.py"
@@ -249,6 +249,15 @@ def test_stage2_with_another_family_exits_2_with_one_line(tiny_cub, write_config
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "MODEL.ARCH_A is resnet34" in err
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_the_two_stage_command_refuses_a_stage2_decoder_position_before_stage1_trains(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    config = _tas_config(write_config, tiny_cub, save_network(tmp_path / "teacher.pth", "resnet18"))
+    assert run_in_process(TWO_STAGES, config, "FSR.POSITION", "7", monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == "error: FSR.POSITION 7 is out of range: resnet18 has 5 features (0 = its input module)"
+    assert not (tmp_path / "ckpt").exists()  # stage 1 did not start
 
 
 def test_stage2_without_its_assistant_says_how_to_train_it(tiny_cub, write_config, tmp_path, monkeypatch, capsys):

@@ -59,7 +59,8 @@ _C.MODEL.ARCH = ""
 _C.MODEL.PRETRAIN = False
 # new. Local file with ImageNet weights for MODEL.ARCH (a torchvision / timm state dict); "" uses the weight APIs.
 _C.MODEL.PRETRAIN_FILE = ""
-# One-stage distillation method of tools_1_ts/train_kd_5runs.py: kd | at | sp | ickd | dkd.
+# One-stage distillation method of tools_1_ts/train_kd_5runs.py: kd | at | sp | ickd | dkd. (ISRD's script distils
+# logits with KD and refuses any other value here.)
 _C.MODEL.KDTYPE = "kd"
 # Teacher architecture (sees DATA.CROP_SIZE images).
 _C.MODEL.ARCH_T = ""

@@ -11,6 +11,7 @@ from yacs.config import CfgNode
 
 from lib.config import resolve_path, small_crop_size
 from lib.distillers import check_archs
+from lib.distillers.methods import build_isrd_decoder
 from lib.distillers.tas import assistant_checkpoint, assistant_config, tas_config, tas_feature_layers
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
@@ -68,7 +69,9 @@ def train_two_stages(cfg: CfgNode) -> dict:
     # The registry's checks of both stages, before any training.
     check_archs(stage1, stage1.MODEL.KDTYPE)
     check_archs(stage2, "tas")
-    tas_feature_layers(stage2, build_model(stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES, False))
+    student = build_model(stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES, False)
+    tas_feature_layers(stage2, student)
+    build_isrd_decoder(stage2, student)  # FSR.POSITION in range (stage 1 reads no FSR key)
 
     if os.path.isfile(resolve_path(ckpt)) and not _unfinished_stage1(ckpt):
         log.info(f"stage 1 skipped: the assistant checkpoint {ckpt} exists")

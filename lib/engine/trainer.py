@@ -604,6 +604,9 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
         The results.json content.
     """
     check_archs(cfg, method)
+    if method == "isrd" and cfg.MODEL.KDTYPE != "kd":  # read by nothing here, yet it would make "another config"
+        raise UserError(f"MODEL.KDTYPE is {cfg.MODEL.KDTYPE!r}, but ISRD distils logits with KD and reads no "
+                        f"MODEL.KDTYPE; leave it 'kd', or train {cfg.MODEL.KDTYPE} with tools_1_ts/train_kd_5runs.py")
     lock = ExperimentLock()
     try:
         return _run_experiment(cfg, method, num_runs, multi_run, lock)
