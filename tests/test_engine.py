@@ -242,6 +242,23 @@ def test_a_runs_last_acc_is_its_last_epochs_and_best_acc_its_first_maximum(tiny_
     assert (results["best_acc_mean"], results["last_acc_mean"]) == (50.0, 40.0)
 
 
+def test_warnings_of_the_checks_print_once_they_pass_and_reach_train_log(tiny_cub, write_config, tmp_path, monkeypatch,
+                                                                         capsys):
+    ignored = tmp_path / "imagenet.pth"
+    ignored.write_bytes(b"never read")
+    config = write_config({**ONE_RUN, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    # Pretraining is off, so the weight file is ignored; GPU 0 is asked for, and there is no CUDA here.
+    assert run_in_process(STUDENT, config, "MODEL.PRETRAIN_FILE", str(ignored), "BASIC.GPU_ID", "[0]",
+                          monkeypatch=monkeypatch) == 0
+    warnings = [f"warning: weight file {ignored} for resnet18 is ignored: pretraining is off",
+                "warning: CUDA is not available; running on the CPU"]
+    out = capsys.readouterr().out.splitlines()
+    log = [line.split(" ", 2)[2] for line in (tmp_path / ONE_RUN_EXP / "train.log").read_text().splitlines()]
+    for lines in (out, log):
+        starts = [next(i for i, line in enumerate(lines) if line.startswith(w)) for w in warnings]
+        assert starts and max(starts) < next(i for i, line in enumerate(lines) if line.startswith("command: "))
+
+
 def test_the_epoch_means_weight_each_step_by_its_batch():
     monitor = StepMonitor(torch.device("cpu"), "run 0")
     monitor.push({"loss_ce": torch.tensor(1.0)}, 8, 1, 1)

@@ -17,9 +17,8 @@ from lib.utils.errors import UserError
 from lib.utils.log import get_logger
 
 
-def select_device(cfg: CfgNode, slot: int = 0, warnings: list[str] | None = None) -> torch.device:
-    """The device of a run: cuda:GPU_ID[slot] when CUDA is there (and wanted), else the CPU with a warning (logged
-    now, or appended to `warnings` for the caller to log once its checks have passed)."""
+def select_device(cfg: CfgNode, slot: int = 0) -> torch.device:
+    """The device of a run: cuda:GPU_ID[slot] when CUDA is there (and wanted), else the CPU with a warning."""
     wanted = cfg.BASIC.DEVICE
     if wanted == "cpu":
         return torch.device("cpu")
@@ -27,11 +26,7 @@ def select_device(cfg: CfgNode, slot: int = 0, warnings: list[str] | None = None
         if wanted == "cuda":
             raise UserError("BASIC.DEVICE is 'cuda' but CUDA is not available on this machine; use 'auto' or 'cpu'")
         if cfg.BASIC.GPU_ID:
-            line = "warning: CUDA is not available; running on the CPU"
-            if warnings is None:
-                get_logger().warning(line)
-            else:
-                warnings.append(line)
+            get_logger().warning("warning: CUDA is not available; running on the CPU")
         return torch.device("cpu")
     if not cfg.BASIC.GPU_ID:
         return torch.device("cuda", torch.cuda.current_device())

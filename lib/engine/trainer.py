@@ -33,7 +33,7 @@ from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs
 from lib.distillers.base import StepFn, StepOutput
 from lib.utils.errors import FRESH_START_INTERRUPTED_MESSAGE, TERMINATED_EXIT, UserError, first_line, raise_terminated
-from lib.utils.log import add_log_file, get_logger, log_stop
+from lib.utils.log import add_log_file, get_logger, held_warnings, log_stop
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit
 
 from .checkpoint import (
@@ -377,10 +377,10 @@ def _resume_fix(run: int) -> str:
             "whole experiment over")
 
 
-def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int], warnings: list[str]) -> dict[int, dict]:
+def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> dict[int, dict]:
     """Read the finished runs' result.json and check that the pending runs' last.pth can be read, before anything
-    is written or logged: a damaged file is one line naming it. A saved run without its model_best.pth gets a
-    line in `warnings`. Returns the finished runs' rows."""
+    is written: a damaged file is one line naming it. A saved run without its model_best.pth gets a warning.
+    Returns the finished runs' rows."""
     done = {}
     for run in range(num_runs):
         ckpt_dir = exp.run_dir("ckpt", run)
@@ -396,8 +396,8 @@ def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int], warnin
         if (run not in pending or os.path.isfile(last)) and not os.path.isfile(best):
             later = ("it is written again only if a later epoch scores higher" if run in pending
                      else "it cannot be made again")
-            warnings.append(f"warning: {best} (run {run}'s best epoch so far) is missing; {later}; delete {ckpt_dir} "
-                            f"to train run {run} again")
+            get_logger().warning(f"warning: {best} (run {run}'s best epoch so far) is missing; {later}; delete "
+                                 f"{ckpt_dir} to train run {run} again")
     return done
 
 
@@ -641,31 +641,32 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     info, device = init_distributed(cfg)
     if not info.is_main:
         log.setLevel("WARNING")
-    warnings: list[str] = []  # logged once everything is checked: a mistake stays one line
-    device = device or select_device(cfg, warnings=warnings)
-    use_device(device)
-    train_set, test_set = build_dataset(cfg, is_train=True), build_dataset(cfg, is_train=False)
-    if cfg.DATA.PIPELINE == "device":
-        check_cache_fits(train_set, device)
-    exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set, info)
-    stale = stale or (checking and stale_attempt(
-        exp_dir, lambda: check_saved_data(cfg, exp_dir, train_set, test_set)))
-    fresh = exists and (cfg.BASIC.FRESH_START or stale)
-    pending = [r for r in range(num_runs)
-               if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
-    done = {} if fresh else _check_saved_runs(exp, num_runs, pending, warnings)
-    first = None
-    if pending:
-        seed_everything(cfg.BASIC.SEED + pending[0])
-        first = build_distiller(cfg, method)
-
-    if info.is_main:
-        _claim_folder(exp, lock, exists, fresh, stale)
-    _barrier(info)
-    for line in warnings:
-        log.warning(line)
+    # Warnings (the CPU fallback, a teacher trained at another size, ...) wait until everything is checked: a mistake
+    # stays one line, and they go to train.log too.
+    with held_warnings() as warnings:
+        device = device or select_device(cfg)
+        use_device(device)
+        train_set, test_set = build_dataset(cfg, is_train=True), build_dataset(cfg, is_train=False)
+        if cfg.DATA.PIPELINE == "device":
+            check_cache_fits(train_set, device)
+        exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set, info)
+        stale = stale or (checking and stale_attempt(
+            exp_dir, lambda: check_saved_data(cfg, exp_dir, train_set, test_set)))
+        fresh = exists and (cfg.BASIC.FRESH_START or stale)
+        pending = [r for r in range(num_runs)
+                   if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
+        done = {} if fresh else _check_saved_runs(exp, num_runs, pending)
+        first = None
+        if pending:
+            seed_everything(cfg.BASIC.SEED + pending[0])
+            first = build_distiller(cfg, method)
+        if info.is_main:
+            _claim_folder(exp, lock, exists, fresh, stale)
+        _barrier(info)
     handler = add_log_file(os.path.join(exp_dir, "train.log")) if info.is_main else None
     try:
+        for line in warnings:
+            log.warning(line)
         for line in environment_lines():
             log.info(line)
         slots = 1 if info.enabled else parallel_slots(cfg, device, len(pending))

@@ -1,7 +1,9 @@
 """The project's logger: plain lines on stdout, and a run's train.log beside them."""
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from .errors import UserError, first_line, one_line
 
@@ -30,6 +32,33 @@ def get_logger() -> logging.Logger:
         logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger
+
+
+class _HeldWarnings(logging.Filter):
+    """Keeps the project logger's warnings (as lines) instead of letting them print."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        self.lines.append(record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def held_warnings() -> Iterator[list[str]]:
+    """Hold back the project logger's warnings inside the block; the yielded list holds their lines, for the caller
+    to log once its checks have passed (a mistake found meanwhile stays one line, and the warnings reach train.log)."""
+    holder = _HeldWarnings()
+    logger = get_logger()
+    logger.addFilter(holder)
+    try:
+        yield holder.lines
+    finally:
+        logger.removeFilter(holder)
 
 
 def add_log_file(path: str) -> logging.FileHandler:
