@@ -184,6 +184,23 @@ def test_yaml_floats_without_a_dot_are_read_as_floats(tmp_path):
     assert cfg.DATA.IMAGE_MEAN == [0.5, 0.5, 1.0] and isinstance(cfg.SOLVER.START_LR, float)
 
 
+def test_yaml_whole_numbers_in_exponent_form_are_read_as_ints_and_fractions_refused(tmp_path):
+    config = tmp_path / "sci.yaml"
+    config.write_text("DATA:\n  CROP_SIZE: 2.24e2\n  RESIZE_SIZE: 256\nSOLVER:\n  NUM_EPOCHS: 1e2\n")
+    cfg = get_cfg()
+    merge_file(cfg, str(config))
+    assert (cfg.DATA.CROP_SIZE, cfg.SOLVER.NUM_EPOCHS) == (224, 100) and isinstance(cfg.SOLVER.NUM_EPOCHS, int)
+    config.write_text("SOLVER:\n  NUM_EPOCHS: 1.5e0\n")
+    with pytest.raises(UserError, match="SOLVER.NUM_EPOCHS in .* expects an int, got '1.5e0'"):
+        merge_file(get_cfg(), str(config))
+
+
+def test_a_bool_key_given_a_lower_case_word_says_how_to_write_it():
+    with pytest.raises(UserError, match="MODEL.PRETRAIN on the command line expects a bool, got 'true' .*; write "
+                                        "True or False"):
+        merge_list(get_cfg(), ["MODEL.PRETRAIN", "true"])
+
+
 @pytest.mark.parametrize("word", ["abc", "nan", "inf", "1e-2x", ""])
 def test_strings_that_are_not_finite_numbers_are_still_refused_for_floats(word, tmp_path):
     config = tmp_path / "bad.yaml"

@@ -351,6 +351,10 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e3, without a dot, as the string '1e3' (as for floats)
+            number = _float_or_none(value)
+            if number is not None and number.is_integer():
+                return int(number)
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
@@ -361,7 +365,9 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
             return value
     else:
         return value
-    raise UserError(f"config key {key} {source} expects {_type_name(default)}, got {value!r} ({_type_name(value)})")
+    hint = "; write True or False" if isinstance(default, bool) else ""
+    raise UserError(f"config key {key} {source} expects {_type_name(default)}, got {value!r} ({_type_name(value)})"
+                    f"{hint}")
 
 
 def _float_or_none(text: str) -> float | None:
