@@ -101,6 +101,9 @@ def test_overrides_parse_python_literals_and_accept_ints_for_floats():
     (["MODEL.PRETRAIN", "1"], ["MODEL.PRETRAIN", "bool"]),
     (["BASIC.GPU_ID", "[0"], ["BASIC.GPU_ID", "list"]),
     (["SOLVER.START_LR"], ["KEY VALUE"]),
+    (["SOLVER.NUM_EPOCHS", "True"], ["SOLVER.NUM_EPOCHS", "expects an int, got True (a bool)"]),
+    (["MODEL.ARCH", "BASIC.NUM_RUNS"], ["MODEL.ARCH", "has no value", "BASIC.NUM_RUNS"]),  # the last pair too
+    (["SOLVR.X", "BASIC.SEED", "1"], ["unknown config key SOLVR.X"]),
 ])
 def test_bad_overrides_name_the_key(opts, words):
     with pytest.raises(UserError) as err:
@@ -182,6 +185,29 @@ def test_yaml_floats_without_a_dot_are_read_as_floats(tmp_path):
     merge_list(cfg, ["KD.ALPHA", "'9e-1'"])
     assert (cfg.SOLVER.START_LR, cfg.SOLVER.WEIGHT_DECAY, cfg.KD.ALPHA) == (0.01, 5e-4, 0.9)
     assert cfg.DATA.IMAGE_MEAN == [0.5, 0.5, 1.0] and isinstance(cfg.SOLVER.START_LR, float)
+
+
+def test_a_config_file_that_is_a_list_is_one_line(tmp_path):
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(UserError, match="list.yaml must hold a mapping of sections, got list"):
+        merge_file(get_cfg(), str(listed))
+
+
+@pytest.mark.parametrize("opts, accepted", [
+    (["BASIC.NUM_WORKERS", "-1"], None),
+    (["BASIC.NUM_WORKERS", "0"], 0),
+    (["DATA.PIPELINE", "'tensor'", "DATA.LESSEN_TYPE", "1"], None),
+    (["DATA.PIPELINE", "'pil'", "DATA.LESSEN_TYPE", "1"], 1),  # lanczos: the PIL pipeline only
+    (["DATA.RESIZE_SIZE", "64", "DATA.CROP_SIZE", "64"], 64),  # a crop the size of the resized image
+])
+def test_range_ends_of_workers_resampling_and_crop_size(opts, accepted):
+    args = argparse.Namespace(config_file=os.path.join(REPO_ROOT, "configs/demo/cub_demo_student.yaml"), opts=opts)
+    if accepted is None:
+        with pytest.raises(UserError, match=opts[-2]):
+            load_config(args)
+    else:
+        assert cfg_value(load_config(args), opts[-2]) == accepted
 
 
 def test_yaml_whole_numbers_in_exponent_form_are_read_as_ints_and_fractions_refused(tmp_path):

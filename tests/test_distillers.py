@@ -357,7 +357,7 @@ def test_a_teacher_or_assistant_trained_at_another_input_size_loads_with_a_warni
 
     path = tmp_path / f"{role}.pth"
     cfg = get_cfg()
-    cfg.DATA.NUM_CLASSES, cfg.DATA.CROP_SIZE = 4, 64
+    cfg.DATA.NUM_CLASSES, cfg.DATA.CROP_SIZE, cfg.DATA.LESSEN_RATIO = 4, 64, 2.0  # it sees the large image
     cfg.MODEL.ARCH_T, cfg.MODEL.MODELDICT_T = "resnet18", str(path)
     cfg.MODEL.ARCH_A, cfg.MODEL.MODELDICT_A = "resnet18", str(path)
     for input_size in (112, 64):

@@ -242,6 +242,14 @@ def test_a_runs_last_acc_is_its_last_epochs_and_best_acc_its_first_maximum(tiny_
     assert (results["best_acc_mean"], results["last_acc_mean"]) == (50.0, 40.0)
 
 
+def test_a_one_epoch_run_reports_that_epoch_as_its_best_and_its_last(tiny_cub, write_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "test_epoch", lambda *args: {"test_top1": 30.0, "test_top5": 0.0, "test_loss": 1.0})
+    config = write_config({**ONE_RUN, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    (run,) = json.loads((tmp_path / ONE_RUN_EXP / "results.json").read_text())["runs"]
+    assert (run["best_acc"], run["best_epoch"], run["last_acc"]) == (30.0, 1, 30.0)
+
+
 def test_warnings_of_the_checks_print_once_they_pass_and_reach_train_log(tiny_cub, write_config, tmp_path, monkeypatch,
                                                                          capsys):
     ignored = tmp_path / "imagenet.pth"

@@ -244,6 +244,24 @@ def test_a_resumed_run_whose_model_best_pth_is_gone_says_so(tiny_cub, write_conf
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     assert (f"warning: {ckpt / 'model_best.pth'} (run 0's best epoch so far) is missing; it is written again only "
             f"if a later epoch scores higher; delete {ckpt} to train run 0 again") in capsys.readouterr().out
+    # A finished run (its result.json written) cannot make it again: results.json is rebuilt, with the warning.
+    (ckpt / "model_best.pth").unlink(missing_ok=True)
+    (ckpt.parent.parent / "results.json").unlink()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert (f"warning: {ckpt / 'model_best.pth'} (run 0's best epoch so far) is missing; it cannot be made again; "
+            f"delete {ckpt} to train run 0 again") in capsys.readouterr().out
+
+
+def test_a_resumed_run_counts_its_best_epoch_from_the_first_epoch_not_from_the_resume(tiny_cub, write_config, tmp_path,
+                                                                                      monkeypatch):
+    from lib.engine import trainer
+
+    config = _student_killed_at_a_last_pth(tiny_cub, write_config, monkeypatch, epoch=1, saved=True)
+    monkeypatch.setattr(trainer, "test_epoch", lambda *args: {"test_top1": 100.0, "test_top5": 100.0, "test_loss": 0.1})
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0  # epoch 2 of 2, the best
+    results = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "results.json"
+    (run,) = json.loads(results.read_text())["runs"]
+    assert (run["best_acc"], run["best_epoch"], run["last_acc"]) == (100.0, 2, 100.0)
 
 
 @pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])

@@ -11,6 +11,9 @@ def test_the_same_epoch_seed_gives_the_same_order_and_item_seeds():
     assert list(a.epoch(7)) == list(b.epoch(7))
     assert sorted(index for index, _ in a.epoch(7)) == list(range(50))
     assert [i for i, _ in a.epoch(7)] != [i for i, _ in b.epoch(8)]
+    # Every bit of the seed counts: run 1's epoch seeds (run seed x 1_000_003 + epoch) are far from run 0's.
+    orders = {tuple(i for i, _ in a.epoch(seed)) for seed in (7, 1007, 1_000_003 + 7)}
+    assert len(orders) == 3
 
 
 def test_every_item_draws_new_augmentation_each_epoch_and_unlike_the_other_items():

@@ -324,3 +324,24 @@ def test_the_two_stage_command_takes_the_stage1_checkpoint_however_its_path_is_s
     assert cfg.MODEL.MODELDICT_A != ckpt
     engine_tas.train_two_stages(cfg)
     assert calls == ["stage 1", "stage 2"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"MODEL.MODELDICT_A": "elsewhere/model_best.pth"}, "leave MODEL.MODELDICT_A ''"),
+    ({"MODEL.ARCH_A": "vit_tiny_patch16_64", "MODEL.ARCH_S": "vit_tiny_patch16_32", "TAS.VIT_BLOCKS": [1, 2, 3, 13]},
+     "TAS.VIT_BLOCKS"),
+])
+def test_the_two_stage_command_refuses_what_stage2_cannot_do_before_stage1_trains(tmp_path, monkeypatch, change,
+                                                                                  message):
+    calls = []
+    monkeypatch.setattr(engine_tas, "train_assistant", lambda cfg: calls.append("stage 1"))
+    monkeypatch.setattr(engine_tas, "train_tas", lambda cfg: calls.append("stage 2") or {})
+    cfg = _cfg("")
+    cfg.BASIC.OUTPUT_ROOT = str(tmp_path / "out")
+    for key, value in change.items():
+        section, leaf = key.split(".")
+        cfg[section][leaf] = value
+    with pytest.raises(UserError, match=re.escape(message)):
+        engine_tas.train_two_stages(cfg)
+    assert calls == []
+
