@@ -2,13 +2,14 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lib.config import get_cfg
-from lib.distillers import ISRD, FeatureKD, build_distiller
+from lib.distillers import ISRD, FeatureKD, build_distiller, build_teacher, check_archs
 from lib.losses import dkd_loss, ickd_loss, kd_loss, sp_loss
 from lib.losses.at import at_loss
 from lib.losses.isrd import isrd_loss
@@ -370,3 +371,28 @@ def test_a_teacher_or_assistant_trained_at_another_input_size_loads_with_a_warni
                 in out
         else:
             assert "was trained at" not in out
+
+
+@pytest.mark.parametrize("method, change, message", [
+    ("kd", {"MODEL.ARCH_T": ""}, "MODEL.ARCH_T is empty"),
+    ("kd", {"MODEL.ARCH_T": "vit_tiny_patch16_224"}, "vit_tiny_patch16_224 takes 224x224 inputs but gets 64x64"),
+    ("tas", {"MODEL.ARCH_A": "vit_tiny_patch16_224", "MODEL.ARCH_S": "vit_tiny_patch16_32"},
+     "vit_tiny_patch16_224 takes 224x224 inputs but gets 64x64"),
+    ("tas", {"MODEL.ARCH_A": "resnet18", "DATA.LESSEN_RATIO": 8.0}, "resnet18 cannot take 8x8 inputs"),
+    ("tas", {"MODEL.ARCH_A": "vit_tiny_patch16_64", "MODEL.ARCH_S": "vit_tiny_patch16_32",
+             "TAS.FEAT_WEIGHTS": [1.0, 1.0, 1.0]}, "TAS.FEAT_WEIGHTS has 3 weights but TAS.VIT_BLOCKS names 4"),
+])
+def test_architecture_checks_refuse_every_network_that_cannot_take_its_input(method, change, message):
+    cfg = _cfg("unused.pth")
+    for key, value in change.items():
+        section, leaf = key.split(".")
+        cfg[section][leaf] = value
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_archs(cfg, method)
+
+
+def test_a_distillation_without_a_teacher_checkpoint_says_how_to_train_one():
+    with pytest.raises(UserError, match="MODEL.MODELDICT_T is empty; train a teacher with "
+                                        "tools_0_base/train_teacher_1run.py"):
+        build_teacher(_cfg(""))
+
