@@ -20,6 +20,7 @@ from lib.analysis.summary import find_experiments
 from lib.config import get_cfg
 from lib.models.model_builder import CNN_MIN_INPUT_SIZE, build_model
 from lib.utils.errors import UserError
+from lib.utils.log import INTERRUPTED_LINE
 
 from .conftest import one_error_line, run_cli, run_in_process
 
@@ -393,6 +394,12 @@ def test_an_experiment_a_process_trains_now_is_named_so(tmp_path):
     root = tmp_path / "ckpt"
     running = _experiment(root, "cub", "2runs_kd_resnet50_64_resnet18_32_seed0_0.01", [55.0, 57.0], **DISTILL)
     (running / "results.json").unlink()
+    (running / "train.log").write_text(f"2026-12-06 10:00:00 {INTERRUPTED_LINE}\n")  # an earlier attempt's end
+    teacher = _experiment(root, "cub", "1runs_resnet50_64_seed0_0.01", [80.0], MODEL__ARCH="resnet50")
+    (teacher / "results.json").unlink()
+    (teacher / "ckpt").mkdir(exist_ok=True)
+    (teacher / "ckpt" / "result.json").write_text(json.dumps(  # the teacher's one run sits in ckpt/ itself
+        {"run": 0, "seed": 0, "best_acc": 80.0, "best_epoch": 1, "last_acc": 80.0}))
     lock = ExperimentLock()
     lock.take(str(running))  # as the trainer holds it while it trains
     try:
@@ -400,7 +407,8 @@ def test_an_experiment_a_process_trains_now_is_named_so(tmp_path):
         find_experiments(str(root), warn=notes.append)
     finally:
         lock.release()
-    assert notes == [f"note: {running} is training now (pid {os.getpid()}) (0 runs done); it is not in the table"]
+    assert notes == [f"note: {teacher} is not finished (1 runs done, no results.json); it is not in the table",
+                     f"note: {running} is training now (pid {os.getpid()}) (0 runs done); it is not in the table"]
 
 
 def test_a_teacherless_tas_rows_teacher_accuracy_is_its_assistants_and_none_for_a_checkpoint_not_found(

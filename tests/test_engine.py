@@ -263,6 +263,7 @@ def test_warnings_of_the_checks_print_once_they_pass_and_reach_train_log(tiny_cu
     out = capsys.readouterr().out.splitlines()
     log = [line.split(" ", 2)[2] for line in (tmp_path / ONE_RUN_EXP / "train.log").read_text().splitlines()]
     for lines in (out, log):
+        assert all(sum(line.startswith(w) for line in lines) == 1 for w in warnings)  # held, then logged once
         starts = [next(i for i, line in enumerate(lines) if line.startswith(w)) for w in warnings]
         assert starts and max(starts) < next(i for i, line in enumerate(lines) if line.startswith("command: "))
 

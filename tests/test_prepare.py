@@ -158,6 +158,7 @@ def test_verify_only_finds_missing_files(server, tmp_path, monkeypatch, capsys):
     assert _run("--root", str(root), "--verify-only", monkeypatch=monkeypatch) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert os.path.basename(first) in line and "missing" in line  # the image of cub
+    assert line.count("cub: ") == 1 and line.count("aircraft: ") == 1  # each named once
     assert "aircraft" in line and "does not exist" in line  # and the absent aircraft folder, in the same line
 
 
@@ -166,6 +167,10 @@ def test_verify_only_checks_a_root_that_is_the_dataset_folder_itself(server, tmp
     shutil.copytree(server["build"] / "CUB_200_2011", folder)
     assert _run("--datasets", "cub", "--root", str(folder), "--verify-only", monkeypatch=monkeypatch) == 0
     assert f"cub: {folder} is complete" in capsys.readouterr().out
+    planes = tmp_path / "planes"
+    shutil.copytree(server["build"] / "fgvc-aircraft-2013b", planes)
+    assert _run("--datasets", "aircraft", "--root", str(planes), "--verify-only", monkeypatch=monkeypatch) == 0
+    assert f"aircraft: {planes} is complete" in capsys.readouterr().out
     os.remove(folder / "image_class_labels.txt")  # without the dataset's own files it is a root again
     assert _run("--datasets", "cub", "--root", str(folder), "--verify-only", monkeypatch=monkeypatch) == 2
     assert f"{folder / 'cub'} does not exist" in _one_error_line(capsys.readouterr().err)
@@ -214,7 +219,7 @@ def test_hints_name_the_root_given_and_a_root_that_is_the_dataset_folder_is_caug
     assert os.listdir(inside) == []
 
 
-def test_a_python_without_safe_tar_extraction_is_refused_before_any_download(tmp_path, monkeypatch):
+def test_a_python_without_safe_tar_extraction_is_refused_before_any_download(server, tmp_path, monkeypatch):
     from lib.analysis.prepare import prepare
     from lib.utils.errors import UserError
 
@@ -222,6 +227,10 @@ def test_a_python_without_safe_tar_extraction_is_refused_before_any_download(tmp
     with pytest.raises(UserError, match="cannot extract archives safely .* use Python 3.10.12, 3.11.4, 3.12"):
         prepare(["cub"], str(tmp_path / "data"), urls={"cub": "http://127.0.0.1:9/none.tgz"}, log=lambda line: None)
     assert not (tmp_path / "data").exists()
+    # Checking what is there extracts nothing: it still works.
+    shutil.copytree(server["build"] / "CUB_200_2011", tmp_path / "data" / "cub")
+    (report,) = prepare(["cub"], str(tmp_path / "data"), verify_only=True, log=lambda line: None)
+    assert report["train_images"] > 0
 
 
 def test_an_md5_given_in_upper_case_is_accepted(tmp_path):

@@ -420,3 +420,60 @@ def test_a_runs_cuda_rng_state_is_its_own_devices_and_comes_back_on_whatever_dev
     checkpoint.set_rng_state(old, torch.device("cuda", 1))
     checkpoint.set_rng_state(old, torch.device("cuda", 5))
     assert restored == [(7, "cuda:0"), (2, "cuda:1")]
+
+
+# --------------------------------------------------------------- the checks of an earlier attempt (lib.engine.resume)
+def test_moving_aside_takes_the_first_free_old_number(tmp_path):
+    from lib.engine.resume import move_aside
+
+    exp = tmp_path / "5runs_x"
+    for name in ("5runs_x", "5runs_x.old1", "5runs_x.old2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mark").write_text(name)
+    assert move_aside(str(exp)) == f"{exp}.old3"
+    assert (tmp_path / "5runs_x.old2" / "mark").read_text() == "5runs_x.old2"  # untouched
+    assert (tmp_path / "5runs_x.old3" / "mark").read_text() == "5runs_x" and not exp.exists()
+
+
+def test_a_path_key_set_where_the_saved_config_left_it_empty_is_another_config(tmp_path):
+    from lib.config import get_cfg
+    from lib.engine.resume import check_saved_config
+
+    (tmp_path / "config.yaml").write_text(get_cfg().dump())  # MODEL.MODELDICT_S ''
+    cfg = get_cfg()
+    check_saved_config(cfg, str(tmp_path))
+    cfg.MODEL.MODELDICT_S = str(tmp_path / "init.pth")
+    with pytest.raises(UserError, match="another config: MODEL.MODELDICT_S"):
+        check_saved_config(cfg, str(tmp_path))
+
+
+def test_inputs_json_entries_an_older_version_did_not_write_are_not_checked(tmp_path):
+    from types import SimpleNamespace
+
+    from lib.config import get_cfg
+    from lib.engine.resume import check_saved_data, check_saved_inputs
+
+    teacher = tmp_path / "teacher.pth"
+    teacher.write_bytes(b"weights")
+    cfg = get_cfg()
+    cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_S, cfg.MODEL.MODELDICT_T = "resnet18", "resnet18", str(teacher)
+    (tmp_path / "inputs.json").write_text(json.dumps({"DATA.DATADIR": {"train": {"images": 3}}}))
+    check_saved_inputs(cfg, "kd", str(tmp_path))  # no teacher entry
+    split = SimpleNamespace(root="data", split="train", cache_size=None, fingerprint={"images": 4, "sha256": "ab"})
+    check_saved_data(cfg, str(tmp_path), split, split)  # a split entry without its SHA-256
+
+
+def test_saved_results_must_hold_numbers_and_runs(tmp_path):
+    run = tmp_path / "result.json"
+    run.write_text(json.dumps({"run": 0, "seed": 0, "best_acc": True, "best_epoch": 1, "last_acc": 1.0}))
+    with pytest.raises(ValueError, match="result.json lacks a number in best_acc"):  # a bool is no accuracy
+        checkpoint.load_run_result(str(run))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"runs": [], "best_acc_mean": 1.0, "best_acc_std": 0.0, "last_acc_mean": 1.0,
+                                   "last_acc_std": 0.0}))
+    with pytest.raises(ValueError, match="results.json lacks its list of runs"):
+        checkpoint.load_results(str(results))
+
+
+def test_no_lock_holder_is_named_for_a_folder_that_is_gone(tmp_path):
+    assert checkpoint.lock_holder(str(tmp_path / "gone")) == ""
