@@ -19,16 +19,14 @@ def load_network(arch: str, num_classes: int, path: str, what: str, size: int, w
 
     Args:
         arch, num_classes: the network the config asks for.
-        path: the checkpoint file (see load_weights).
-        what: how the user names this file, e.g. "teacher checkpoint MODEL.MODELDICT_T".
+        path, what, hint: the checkpoint file, how the user names it and what a "not found" error adds (see
+            load_weights).
         size, where: the input size it sees here and the keys that set it (named in the warning).
-        hint: appended to the "not found" error, e.g. how to make the file.
     Returns:
         The network (on the CPU, in training mode) and the loaded checkpoint dict (for its metadata).
     """
-    require_file(path, what, hint)
     model = build_model(arch, num_classes, False)
-    ckpt = load_weights(model, path, what, arch, num_classes)
+    ckpt = load_weights(model, path, what, arch, num_classes, hint)
     trained_size = ckpt.get("input_size")
     if trained_size and trained_size != size:
         get_logger().warning(f"warning: the {what.split()[0]} {path} was trained at {trained_size} px and sees "
@@ -36,7 +34,7 @@ def load_network(arch: str, num_classes: int, path: str, what: str, size: int, w
     return model, ckpt
 
 
-def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes: int) -> dict:
+def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes: int, hint: str = "") -> dict:
     """Load a model_best.pth-style checkpoint into `model`, or raise one clear UserError.
 
     Args:
@@ -47,10 +45,11 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
         what: how the user names this file, e.g. "teacher checkpoint MODEL.MODELDICT_T".
         arch: the architecture the config asks for (named in the error message).
         num_classes: the class count the config asks for (named in the error message).
+        hint: appended to the "not found" error, e.g. how to make the file.
     Returns:
         The loaded checkpoint dict (for its metadata).
     """
-    require_file(path, what)
+    require_file(path, what, hint)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # any unpickling failure is a bad file
