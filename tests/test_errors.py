@@ -93,6 +93,15 @@ def _case(name, tmp_path, broken_cub, tiny_cub):
         blocker = tmp_path / "out"
         return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, ["BASIC.OUTPUT_ROOT", str(blocker / "ckpt")], \
             ["cannot create the folder", f"the file {blocker} stands where a folder is needed"], tiny_cub
+    if name == "output root where no folder can be made":  # /proc takes no new folders: ENOENT, not EACCES
+        return TEACHER, {"MODEL": {"ARCH": "resnet18"}}, ["BASIC.OUTPUT_ROOT", "/proc/pixel_distillation/ckpt"], \
+            ["cannot create the folder /proc/pixel_distillation/ckpt/", "choose another folder (BASIC.OUTPUT_ROOT"], \
+            tiny_cub
+    if name == "data folder to generate blocked by a file":
+        blocker = tmp_path / "disk"
+        blocker.write_text("a file where the data folder should be")
+        return TEACHER, {"MODEL": {"ARCH": "resnet18"}, "DATA": {"GENERATE_IF_MISSING": True}}, [], \
+            [f"cannot create the folder {blocker}", "choose another folder (DATA.DATADIR)"], str(blocker / "cub")
     if name == "student input too small":
         extra = {**teacher, "MODEL": {**teacher["MODEL"], "MODELDICT_T": _teacher(tmp_path)}}
         return KD_SCRIPT, extra, ["DATA.LESSEN_RATIO", "8.0"], ["8x8", "LESSEN_RATIO"], tiny_cub
@@ -103,7 +112,8 @@ CASES = ["unknown key", "wrong type", "unknown arch", "unknown kdtype", "unknown
          "missing annotation file", "annotation names a missing image", "corrupt image", "teacher checkpoint missing",
          "teacher of another architecture", "teacher of another architecture, named in the checkpoint",
          "teacher of another class count", "student input too small", "ISRD without its loss weight",
-         "ISRD given another KD method", "output folder blocked by a file"]
+         "ISRD given another KD method", "output folder blocked by a file", "output root where no folder can be made",
+         "data folder to generate blocked by a file"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -199,6 +199,7 @@ def test_a_full_disk_while_extracting_names_the_folder_and_keeps_the_verified_ar
                 "--md5-cub", md5, monkeypatch=monkeypatch) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "No space left on device" in line and "damaged" not in line, line
+    assert "choose another folder (--root);" in line, line  # the flag that picks it, not the trainer's keys
     assert _left(root) == ["CUB_200_2011.tgz"]  # the verified download is kept for the next try
 
 
@@ -267,3 +268,11 @@ def test_an_archive_in_the_root_with_a_wrong_md5_is_downloaded_again(tmp_path):
     report = prepare_dataset("cub", str(root), url=str(good), md5=md5, log=lines.append)
     assert (report["train_images"], report["test_images"]) == (2, 2)
     assert any("its MD5 is wrong; downloading it again" in line for line in lines), lines
+
+
+def test_a_root_where_no_folder_can_be_made_is_one_line_naming_the_flag(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "disk"
+    blocker.write_text("a file where the data folder should be")
+    assert _run("--datasets", "cub", "--root", str(blocker / "data"), monkeypatch=monkeypatch) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot create the folder {blocker / 'data'}: ") and line.endswith("(--root)"), line

@@ -10,7 +10,7 @@ import json
 import os
 
 from lib.config import PIPELINES, config_parser, load_config, parse_args, resolve_path
-from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, UserError, cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, UserError, cli_main, make_folder
 
 
 @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
@@ -46,7 +46,7 @@ def main() -> None:
 
     method = benchmark_method(cfg, args.method)
     root = resolve_path(cfg.BASIC.OUTPUT_ROOT)
-    os.makedirs(root, exist_ok=True)  # a blocked or forbidden output folder fails now, not after the measurements
+    make_folder(root)  # a blocked or forbidden output folder fails now, not after the measurements
     result = run_benchmark(cfg, args.steps, args.warmup, pipelines, args.repeats,
                            os.path.join(root, "profile") if args.profile else None, method)
     print(format_benchmark(result))

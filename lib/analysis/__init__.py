@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from lib.utils.errors import UserError
+from lib.utils.errors import UserError, make_folder
 
 __all__ = ["markdown_table", "write_text", "write_csv", "check_output_root"]
 
@@ -43,14 +43,14 @@ def _is_number(value: Any) -> bool:
 
 def write_text(path: str, text: str) -> None:
     """Write a text file, creating its folder."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    make_folder(os.path.dirname(os.path.abspath(path)))
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 
 
 def write_csv(path: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Write a CSV file with a header row, creating its folder."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    make_folder(os.path.dirname(os.path.abspath(path)))
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(headers)

@@ -21,7 +21,6 @@ Pixel distillation trades architecture against input size; this measures both si
 from __future__ import annotations
 
 import functools
-import os
 import platform
 import statistics
 import time
@@ -46,7 +45,7 @@ from lib.models.model_builder import (
     is_vit,
     parse_arch,
 )
-from lib.utils.errors import UserError
+from lib.utils.errors import UserError, make_folder
 
 from . import markdown_table, write_csv, write_text
 from .cost_defaults import (
@@ -344,7 +343,7 @@ def run_cost(archs: Sequence[str], sizes: Sequence[int], batch_sizes: Sequence[i
     warmup = DEFAULT_WARMUP[device.type] if warmup is None else warmup
     repeats = DEFAULT_REPEATS[device.type] if repeats is None else repeats
     batch_sizes = list(dict.fromkeys(batch_sizes))
-    os.makedirs(out_dir, exist_ok=True)  # a blocked or forbidden folder fails now, not after the measurements
+    make_folder(out_dir)  # a blocked or forbidden folder fails now, not after the measurements
     meta = {
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),

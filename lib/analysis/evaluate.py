@@ -33,7 +33,7 @@ from lib.engine.setup import select_device, use_device
 from lib.engine.trainer import build_loader
 from lib.models.model_builder import check_input_size
 from lib.models.weights import load_network
-from lib.utils.errors import UserError, require_file
+from lib.utils.errors import UserError, make_folder, require_file
 from lib.utils.log import get_logger
 
 from . import write_csv
@@ -140,7 +140,7 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: str, title: 
 
 def write_report(report: dict[str, Any], meta: dict[str, Any], classes: list[str], out_dir: str) -> list[str]:
     """Write metrics.json, per_class.csv, confusion_matrix.csv and .png into `out_dir`; returns the paths."""
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir)
     paths = [os.path.join(out_dir, name) for name in
              ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png")]
     summary = {k: v for k, v in report.items() if k != "confusion"}

@@ -53,7 +53,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lib.config import get_cfg, resolve_path
-from lib.utils.errors import UserError, first_line, os_error_message
+from lib.utils.errors import UserError, first_line, make_folder, os_error_message
 from lib.utils.files import file_digest
 
 __all__ = ["DamagedArchive", "DatasetArchive", "ARCHIVES", "download", "extract", "verify_layout", "prepare_dataset",
@@ -193,8 +193,9 @@ def extract(archive: str, top_folder: str, dest: str, check: Callable[[str], Any
                                leave=False)
                 tar.extractall(tmp, members=members, filter="data")
         except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-            if isinstance(err, OSError) and os_error_message(err) is not None:
-                raise  # a full or read-only destination, not a damaged archive: cli_main names the folder
+            message = os_error_message(err, "--root") if isinstance(err, OSError) else None
+            if message is not None:  # a full or read-only destination, not a damaged archive
+                raise UserError(message) from None
             # tarfile's ReadError lists every compression it tried, one per line: its first line says enough.
             detail = first_line(err).rstrip(":")
             raise DamagedArchive(
@@ -321,7 +322,7 @@ def prepare_dataset(name: str, root: str, url: str | None = None, md5: str | Non
     if md5 is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
         raise UserError(f"--md5-{name} {md5} is not an MD5 checksum (32 hexadecimal digits)")
     _refuse_dataset_folder_as_root(name, root)
-    os.makedirs(root, exist_ok=True)
+    make_folder(root, "--root")
     dest = os.path.join(root, spec.target)
     for stale in glob.glob(os.path.join(root, f".{spec.target}.partial-*")):
         _remove(stale)  # what a killed extraction left

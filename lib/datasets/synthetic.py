@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from yacs.config import CfgNode
 
 from lib.config import get_cfg, resolve_path
-from lib.utils.errors import UserError
+from lib.utils.errors import UserError, folder_error, make_folder, os_error_message
 from lib.utils.log import get_logger
 
 __all__ = ["make_cub", "make_aircraft", "ensure_dataset", "GENERATORS"]
@@ -233,12 +233,21 @@ def ensure_dataset(cfg: CfgNode) -> None:
     if cfg.DATA.DATASET not in GENERATORS:
         raise UserError(f"unknown DATA.DATASET {cfg.DATA.DATASET!r}; valid names: {', '.join(GENERATORS)}")
     parent = os.path.dirname(os.path.abspath(root))
-    os.makedirs(parent, exist_ok=True)
+    make_folder(parent, "DATA.DATADIR")
     # Written beside the target and renamed into place: a killed run never leaves half a dataset at DATADIR.
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.partial-", dir=parent)
+    try:
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.partial-", dir=parent)
+    except OSError as err:
+        raise folder_error(err, root, "DATA.DATADIR") from None
     try:
         os.chmod(tmp, 0o755)
-        GENERATORS[cfg.DATA.DATASET](tmp, cfg.DATA.NUM_CLASSES, cfg.DATA.GENERATE_PER_CLASS, image_size, seed=0)
+        try:
+            GENERATORS[cfg.DATA.DATASET](tmp, cfg.DATA.NUM_CLASSES, cfg.DATA.GENERATE_PER_CLASS, image_size, seed=0)
+        except OSError as err:  # a full disk: the folder to change is DATA.DATADIR, not an output folder
+            message = os_error_message(err, "DATA.DATADIR")
+            if message is None:
+                raise
+            raise UserError(message) from None
         try:
             os.rename(tmp, root)  # replaces an empty folder
         except OSError:

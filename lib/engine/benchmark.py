@@ -21,7 +21,7 @@ from lib.config import KDTYPES, resolve_path
 from lib.datasets import BatchPreparer, build_dataset
 from lib.distillers import Distiller, build_distiller
 from lib.models.model_builder import build_model
-from lib.utils.errors import UserError
+from lib.utils.errors import UserError, make_folder
 from lib.utils.log import get_logger
 
 from .checkpoint import atomic_write
@@ -234,7 +234,7 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     if profile_dir:
         # The same number of model-only and end-to-end steps under the profiler: where end to end spends
         # host time that model only does not is the input pipeline's cost on the main thread.
-        os.makedirs(profile_dir, exist_ok=True)
+        make_folder(profile_dir)
         n = min(steps, 10)
         batches = steady_stream(99)
         tables = []

@@ -21,7 +21,7 @@ except ImportError:  # not POSIX: experiments go unguarded
 import numpy as np
 import torch
 
-from lib.utils.errors import UserError, first_line
+from lib.utils.errors import UserError, first_line, make_folder
 
 
 def atomic_write(path: str, write_fn: Callable[[IO[bytes]], object]) -> None:
@@ -32,7 +32,7 @@ def atomic_write(path: str, write_fn: Callable[[IO[bytes]], object]) -> None:
     user gets one line naming the path.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are for the whole group to read

@@ -32,7 +32,14 @@ from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs
 from lib.distillers.base import StepFn, StepOutput
-from lib.utils.errors import FRESH_START_INTERRUPTED_MESSAGE, TERMINATED_EXIT, UserError, first_line, raise_terminated
+from lib.utils.errors import (
+    FRESH_START_INTERRUPTED_MESSAGE,
+    TERMINATED_EXIT,
+    UserError,
+    first_line,
+    make_folder,
+    raise_terminated,
+)
 from lib.utils.log import add_log_file, get_logger, held_warnings, log_stop
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit
 
@@ -454,7 +461,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     else:
         seed_everything(seed)  # the same RNG state at epoch 1 whether or not the distiller was prebuilt
 
-    os.makedirs(ckpt_dir, exist_ok=True)
+    make_folder(ckpt_dir)
     # Tensorboard drops the events from start_epoch + 1 on that an earlier attempt wrote, from epoch 1 too: an
     # attempt killed before its first last.pth (or whose last.pth was deleted) has logged epochs all the same.
     writer = SummaryWriter(log_dir, purge_step=start_epoch + 1) if main else None
@@ -715,7 +722,7 @@ def _claim_folder(exp: Experiment, lock: ExperimentLock, exists: bool, fresh: bo
                else "BASIC.FRESH_START: the earlier attempt")
         get_logger().info(f"{why} was moved to {move_aside(exp.exp_dir)}")
         exists = False
-    os.makedirs(exp.exp_dir, exist_ok=True)
+    make_folder(exp.exp_dir)
     lock.take(exp.exp_dir)  # a new folder (or the one made after moving the old aside)
     if not exists:
         with open(os.path.join(exp.exp_dir, "config.yaml"), "w") as f:

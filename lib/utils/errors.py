@@ -85,9 +85,10 @@ def _in_the_way(path: str | bytes) -> tuple[str, str] | None:
         path = parent
 
 
-def os_error_message(err: OSError) -> str | None:
+def os_error_message(err: OSError, where_to_choose: str = _WHERE_OUTPUTS_GO) -> str | None:
     """One line for an OSError the user fixes by choosing another folder (read-only, forbidden, full, a file or a
-    broken link where a folder should be), else None."""
+    broken link where a folder should be), else None. `where_to_choose` names the key or flag that picks the
+    folder (by default the output folders of every script)."""
     if err.errno not in _NOT_WRITABLE | _FULL | _FILE_IN_THE_WAY | {errno.ENOENT}:
         return None
     where = err.filename if err.filename is not None else "a file"
@@ -96,18 +97,34 @@ def os_error_message(err: OSError) -> str | None:
         if blocking and blocking[0] == "link":
             return f"cannot create the folder {where}: {blocking[1]} is a link to {os.readlink(blocking[1])}, " \
                    f"which does not exist (a disk that is not mounted?); mount or mend it, or choose another " \
-                   f"folder ({_WHERE_OUTPUTS_GO})"
+                   f"folder ({where_to_choose})"
         if err.errno == errno.ENOENT:
             return None  # a file that is missing: not a folder the user chose
         what = f"the file {blocking[1]}" if blocking else "a file"
         return f"cannot create the folder {where}: {err.strerror or err} ({what} stands where a folder is needed); " \
-               f"move that file or choose another folder ({_WHERE_OUTPUTS_GO})"
+               f"move that file or choose another folder ({where_to_choose})"
     if err.errno in _FULL:
         return f"cannot write {where}: {err.strerror or err}; free some space or choose another folder " \
-               f"({_WHERE_OUTPUTS_GO})"
+               f"({where_to_choose})"
     # EACCES/EPERM may also come from reading (a dataset file without read permission).
     return f"cannot open or write {where}: {err.strerror or err}; fix its permissions or choose a writable folder " \
-           f"({_WHERE_OUTPUTS_GO})"
+           f"({where_to_choose})"
+
+
+def make_folder(path: str, where_to_choose: str = _WHERE_OUTPUTS_GO) -> None:
+    """os.makedirs(path, exist_ok=True), or one UserError naming the folder and `where_to_choose` another (a
+    read-only, forbidden or full disk, a file or a broken link in the way, a place that takes no folders: /proc)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise folder_error(err, path, where_to_choose) from None
+
+
+def folder_error(err: OSError, path: str, where_to_choose: str = _WHERE_OUTPUTS_GO) -> UserError:
+    """The UserError for an OSError met while making the folder `path` (or a file in it)."""
+    return UserError(os_error_message(err, where_to_choose)
+                     or f"cannot create the folder {path}: {err.strerror or err}; choose another folder "
+                        f"({where_to_choose})")
 
 
 def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTERRUPTED_MESSAGE) -> Callable:
