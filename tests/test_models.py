@@ -199,12 +199,11 @@ def test_prerelu_features_are_the_stage_outputs_before_their_relu(arch):
         logits, post = model(x, return_feat=True)
         logits_pre, pre = model(x, return_feat=True, preReLU=True)
     torch.testing.assert_close(logits_pre, logits)
-    # feats[0] is the raw input-conv output either way (ISRD decodes it), with negative values.
-    assert torch.equal(pre[0], post[0]) and (pre[0] < 0).any()
-    for feat_pre, feat_post in zip(pre[1:], post[1:]):
+    # Every feature, the input conv's too (the release's convention), is ReLU'd unless preReLU.
+    for feat_pre, feat_post in zip(pre, post):
         torch.testing.assert_close(torch.relu(feat_pre), feat_post)
         assert (feat_post >= 0).all()
-    assert all((f < 0).any() for f in pre[1:4])  # stages carry their negative half when preReLU
+    assert all((f < 0).any() for f in pre[:4])  # the input conv and the stages carry their negative half
 
 
 # ------------------------------------------------------------------------------------------------ torchvision
@@ -572,7 +571,7 @@ def test_resnet_input_conv_feature_is_conv1_output_before_bn_even_when_bn_is_not
     model.bn1.weight.uniform_(0.5, 1.5)
     model.bn1.bias.uniform_(-1, 1)
     x = torch.randn(2, 3, 32, 32)
-    _, feats = model(x, return_feat=True)
+    _, feats = model(x, return_feat=True, preReLU=True)  # what ISRD decodes
     torch.testing.assert_close(feats[0], model.conv1(x))
     assert not torch.allclose(feats[0], model.bn1(model.conv1(x)), atol=1e-3)
 

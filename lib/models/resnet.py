@@ -76,8 +76,8 @@ class ResNet(tv_resnet.ResNet):
         """Return logits (B, num_classes), or (logits, feats) when `return_feat`.
 
         feats = [conv1 output before bn1/relu (B, 64, H/2, W/2), layer1 (H/4), layer2 (H/8), layer3 (H/16),
-        layer4 (H/32)]. The four stage outputs are ReLU'd unless `preReLU`; feats[0] is always the raw conv1
-        output, which ISRD decodes back to the image.
+        layer4 (H/32)], each ReLU'd unless `preReLU`, as in the original release (which ReLU'd conv1's pre-BN
+        output too; no loss here reads it so). ISRD asks for `preReLU` and decodes the raw conv1 output.
         """
         if not return_feat:
             # torchvision's memory profile: no stage output kept for the caller, the deferred ReLUs in place
@@ -94,10 +94,8 @@ class ResNet(tv_resnet.ResNet):
         feat3 = self.layer3(feat2)
         feat4 = self.layer4(feat3)  # (B, C4, H/32, W/32)
         logits = self.fc(torch.flatten(self.avgpool(F.relu(feat4)), 1))  # (B, num_classes)
-        stages = [feat1, feat2, feat3, feat4]
-        if not preReLU:
-            stages = [F.relu(f) for f in stages]
-        return logits, [feat_input, *stages]
+        feats = [feat_input, feat1, feat2, feat3, feat4]
+        return logits, feats if preReLU else [F.relu(f) for f in feats]
 
 
 def resnet18(num_classes: int = 1000) -> ResNet:

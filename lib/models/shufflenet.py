@@ -59,9 +59,8 @@ class ShuffleNetV2(tv_shufflenet.ShuffleNetV2):
         """Return logits (B, num_classes), or (logits, feats) when `return_feat`.
 
         feats = [conv1's conv+BN output before its ReLU (B, C0, H/2, W/2), stage2 (H/8), stage3 (H/16),
-        stage4 (H/32), conv5 (B, 1024, H/32, W/32)]. The stage outputs are ReLU'd unless `preReLU`; conv5 ends
-        with its own ReLU (in torchvision and in the original), so preReLU does not change it; feats[0] is
-        always raw, as for ResNet.
+        stage4 (H/32), conv5 (B, 1024, H/32, W/32)], each but conv5 ReLU'd unless `preReLU`, as in the original
+        release; conv5 ends with its own ReLU (in torchvision and in the original), so preReLU does not change it.
         """
         if not return_feat:  # no stage output kept for the caller: torchvision's memory profile
             x = self.maxpool(F.relu(_run_without_last(self.conv1, x)))
@@ -74,10 +73,8 @@ class ShuffleNetV2(tv_shufflenet.ShuffleNetV2):
         feat3 = self.stage4(feat2)
         feat4 = self.conv5(F.relu(feat3))  # (B, 1024, H/32, W/32), already ReLU'd
         logits = self.fc(feat4.mean([2, 3]))  # global average pool as torchvision
-        stages = [feat1, feat2, feat3]
-        if not preReLU:
-            stages = [F.relu(f) for f in stages]
-        return logits, [feat_input, *stages, feat4]
+        feats = [feat_input, feat1, feat2, feat3]
+        return logits, [*(feats if preReLU else [F.relu(f) for f in feats]), feat4]
 
 
 def shufflenet_v2_x0_5(num_classes: int = 1000) -> ShuffleNetV2:
