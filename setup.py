@@ -12,6 +12,7 @@ setup(
         "torch>=2.3",
         "torchvision>=0.18",
         "timm>=0.9",
+        "safetensors>=0.3",  # lib.models: PRETRAIN_FILE .safetensors weights
         "yacs>=0.1.8",
         "PyYAML>=6.0",
         "numpy>=1.24",

@@ -18,9 +18,10 @@ KEYS = ("end_to_end_img_s", "model_only_img_s", "loader_only_img_s", "teacher_fo
 
 def test_benchmark_measures_every_pipeline_and_writes_benchmark_json(tiny_cub, write_config, tmp_path, monkeypatch,
                                                                     capsys):
-    # No teacher checkpoint: the benchmark stands in a random-weight teacher (speed only).
+    # No teacher checkpoint: the benchmark stands in a random-weight teacher (speed only). GPU 0 asked for, no CUDA.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     config = write_config({"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18"}, "FSR": {"ETA": 10.0},
-                           "DATA": {"LESSEN_RATIO": 2.0}, "BASIC": {"DEVICE": "cpu"}}, tiny_cub)
+                           "DATA": {"LESSEN_RATIO": 2.0}, "BASIC": {"DEVICE": "auto", "GPU_ID": [0]}}, tiny_cub)
     assert run_cli("tools/benchmark.py", "--config_file", config, "--steps", "2", "--warmup", "1", "--repeats", "1",
                    monkeypatch=monkeypatch) == 0
     result = json.loads((tmp_path / "ckpt" / "benchmark.json").read_text())
@@ -31,7 +32,9 @@ def test_benchmark_measures_every_pipeline_and_writes_benchmark_json(tiny_cub, w
         assert len(row["repeats"]["end_to_end_img_s"]) == 1
     assert result["pipeline"] == "tensor" and all(result[key] == result["pipelines"]["tensor"][key] for key in KEYS)
     assert not (tmp_path / "ckpt" / "profile").exists()  # only with --profile
-    assert "end_to_end_img_s" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "end_to_end_img_s" in out
+    assert out.count("warning: CUDA is not available") == 1, out  # each pipeline selects the device: said once
 
 
 def test_benchmark_measures_the_method_asked_for_and_names_the_pipeline_of_its_top_level_figures(

@@ -334,6 +334,7 @@ def test_loaded_config_is_frozen():
      "TAS.FEAT_INTERP must be one of bilinear, bicubic, nearest, bilinear_align_corners, got 'area'"),
     (["TAS.FEAT_WEIGHTS", "[1.0, -1.0, 1.0, 1.0]"], r"TAS.FEAT_WEIGHTS must be >= 0 \(0 switches a feature off\)"),
     (["TAS.VIT_BLOCKS", "[0, 6, 9, 12]"], r"TAS.VIT_BLOCKS are 1-based block numbers, got \[0, 6, 9, 12\]"),
+    (["BASIC.OUTPUT_ROOT", "''"], "BASIC.OUTPUT_ROOT is empty"),  # an unset $OUT: it would write beside the code
 ])
 def test_invalid_values_are_refused_after_merging(opts, key):
     args = argparse.Namespace(config_file=os.path.join(REPO_ROOT, "configs/ts/cub/cub_resnet50_resnet_kd.yaml"),

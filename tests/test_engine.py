@@ -254,14 +254,17 @@ def test_warnings_of_the_checks_print_once_they_pass_and_reach_train_log(tiny_cu
                                                                          capsys):
     ignored = tmp_path / "imagenet.pth"
     ignored.write_bytes(b"never read")
-    config = write_config({**ONE_RUN, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
-    # Pretraining is off, so the weight file is ignored; GPU 0 is asked for, and there is no CUDA here.
+    config = write_config({**ONE_RUN, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 2}}, tiny_cub)
+    # Pretraining is off, so the weight file is ignored; a baseline reads no MODEL.MODELDICT_S; GPU 0 is asked for,
+    # and there is no CUDA here. Each run builds its network again, and warns once all the same.
     assert run_in_process(STUDENT, config, "MODEL.PRETRAIN_FILE", str(ignored), "BASIC.GPU_ID", "[0]",
-                          monkeypatch=monkeypatch) == 0
+                          "MODEL.MODELDICT_S", "student.pth", monkeypatch=monkeypatch) == 0
     warnings = [f"warning: weight file {ignored} for resnet18 is ignored: pretraining is off",
+                "warning: MODEL.MODELDICT_S student.pth is ignored: a teacher or student baseline trains MODEL.ARCH",
                 "warning: CUDA is not available; running on the CPU"]
     out = capsys.readouterr().out.splitlines()
-    log = [line.split(" ", 2)[2] for line in (tmp_path / ONE_RUN_EXP / "train.log").read_text().splitlines()]
+    train_log = tmp_path / ONE_RUN_EXP.replace("1runs", "2runs") / "train.log"
+    log = [line.split(" ", 2)[2] for line in train_log.read_text().splitlines()]
     for lines in (out, log):
         assert all(sum(line.startswith(w) for line in lines) == 1 for w in warnings)  # held, then logged once
         starts = [next(i for i, line in enumerate(lines) if line.startswith(w)) for w in warnings]
@@ -852,3 +855,21 @@ def test_a_path_key_spelt_another_way_is_the_same_experiment_and_another_file_is
     other[section][leaf] = "ckpt/cub/y/model_best.pth"
     with pytest.raises(UserError, match=key):
         resume.check_saved_config(other, str(exp))
+
+
+def test_an_experiment_folder_deleted_while_training_stops_the_run_in_one_line(tiny_cub, write_config, tmp_path,
+                                                                               monkeypatch, capsys):
+    output_root = tmp_path / "out"
+    test_epoch = trainer.test_epoch
+
+    def test_then_clean_up_by_hand(*args, **kwargs):  # `rm -rf ckpt/...` from another shell during epoch 1
+        stats = test_epoch(*args, **kwargs)
+        shutil.rmtree(output_root / "cub")
+        return stats
+
+    monkeypatch.setattr(trainer, "test_epoch", test_then_clean_up_by_hand)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub, output_root=str(output_root))
+    assert run_in_process("tools_0_base/train_teacher_1run.py", config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "was deleted or moved while run 0 trained (epoch 1)" in line, line
+    assert not (output_root / "cub").exists(), "nothing was written after the folder went"

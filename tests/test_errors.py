@@ -256,6 +256,16 @@ def test_an_unwritable_or_full_output_folder_is_one_line_naming_the_file(code, r
     assert "--out" in line and ("free some space" in line) == (code in (errno.ENOSPC, errno.EDQUOT)), line
 
 
+def test_a_folder_where_an_output_file_should_be_is_one_line(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub, output_root=str(tmp_path / "out"))
+    blocked = tmp_path / "out" / "cub" / "1runs_resnet18_64_seed0_0.01" / "config.yaml"
+    blocked.mkdir(parents=True)  # a folder made by mistake where the experiment's config.yaml goes
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot open or write {blocked}: it is a folder, where a file is needed; "), line
+    assert blocked.is_dir() and not os.listdir(blocked)
+
+
 def test_tools_that_train_nothing_say_interrupted_without_a_resume_hint(capsys):
     @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
     def tool():
@@ -331,3 +341,19 @@ def test_an_output_folder_through_a_link_to_nothing_is_one_line_naming_the_link(
     line = one_error_line(capsys.readouterr().err)
     assert f"{link} is a link to {tmp_path / 'unmounted' / 'ckpt'}, which does not exist" in line, line
     assert not (tmp_path / "unmounted").exists()
+
+
+def test_an_image_that_stops_decoding_in_a_loader_worker_is_the_workers_one_line(broken_cub, write_config, tmp_path,
+                                                                                 monkeypatch, capsys):
+    # The pil pipeline checks headers when it builds the dataset and decodes in loader workers: a truncated JPEG
+    # fails there, and torch re-raises the worker's UserError with the worker's traceback in its message.
+    image = _first_image(broken_cub)
+    image.write_bytes(image.read_bytes()[:-30])
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "DATA": {"PIPELINE": "pil"},
+                           "BASIC": {"NUM_WORKERS": 1}}, str(broken_cub), output_root=str(tmp_path / "out"))
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot read image {image} (OSError: image file is truncated"), line
+    assert "Traceback" not in line and "worker" not in line, line
+    (log,) = glob.glob(str(tmp_path / "out" / "cub" / "*" / "train.log"))
+    assert open(log).read().splitlines()[-1].endswith(line), "train.log ends with the line the script printed"

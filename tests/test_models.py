@@ -31,6 +31,7 @@ from lib.models import (
     parse_arch,
 )
 from lib.models.vit import resize_pos_embed
+from lib.models.weights import output_root_hint
 from lib.utils.errors import UserError
 
 NUM_CLASSES = 10
@@ -583,3 +584,18 @@ def test_a_cnn_takes_inputs_of_exactly_its_minimum_size(arch):
         assert build_model(arch, 4, False).eval()(torch.zeros(1, 3, 16, 16)).shape == (1, 4)
     with pytest.raises(UserError, match="at least 16x16"):
         check_input_size(arch, 15)
+
+
+def test_a_missing_checkpoint_outside_the_output_root_says_the_key_does_not_follow_it(tmp_path):
+    # The demo ISRD config names its teacher under ckpt/demo; a command with BASIC.OUTPUT_ROOT elsewhere trained
+    # the teacher there: the hint names that file when it exists.
+    root = str(tmp_path / "elsewhere")
+    written = tmp_path / "ckpt" / "demo" / "cub" / "1runs_resnet18_64_seed0_0.05" / "ckpt" / "model_best.pth"
+    there = os.path.join(root, "cub", "1runs_resnet18_64_seed0_0.05", "ckpt", "model_best.pth")
+    assert output_root_hint("MODEL.MODELDICT_T", str(written), root) == \
+        f"; MODEL.MODELDICT_T does not follow BASIC.OUTPUT_ROOT ({root}): give the path of the checkpoint to use"
+    os.makedirs(os.path.dirname(there))
+    open(there, "wb").close()
+    assert output_root_hint("MODEL.MODELDICT_T", str(written), root) == \
+        f"; MODEL.MODELDICT_T does not follow BASIC.OUTPUT_ROOT: did you mean MODEL.MODELDICT_T {there}?"
+    assert output_root_hint("MODEL.MODELDICT_T", os.path.join(root, "cub", "x.pth"), root) == ""  # under the root

@@ -389,6 +389,9 @@ def check_cfg(cfg: CfgNode) -> None:
     data = cfg.DATA
     _require(data.DATASET in DATASETS, f"DATA.DATASET must be one of {', '.join(DATASETS)}, got {data.DATASET!r}")
     _require(data.DATADIR != "", "DATA.DATADIR is empty; set it to the dataset folder (see data/README.md)")
+    # An unset shell variable (BASIC.OUTPUT_ROOT "$OUT") would otherwise write beside the code.
+    _require(cfg.BASIC.OUTPUT_ROOT.strip() != "",
+             "BASIC.OUTPUT_ROOT is empty; set it to the folder that receives the experiments (default ckpt)")
     _require(data.NUM_CLASSES > 0, f"DATA.NUM_CLASSES must be positive, got {data.NUM_CLASSES}")
     _require(data.CROP_SIZE > 0 and data.RESIZE_SIZE > 0, "DATA.CROP_SIZE and DATA.RESIZE_SIZE must be positive")
     _require(data.RESIZE_SIZE >= data.CROP_SIZE,

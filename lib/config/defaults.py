@@ -1,7 +1,9 @@
 """The one config schema: every key, its meaning, unit and allowed values.
 
 Every key of the original release (gyguo/PixelDistillation, lib/config/default.py) is here under the same
-name and default, so its YAML files load unchanged; keys marked "new" are this project's.
+name and default, so its YAML files load unchanged (KD.TEMP and DKD.TEMP are floats here, 4.0 for the release's
+int 4; an int is accepted wherever a float is expected; BASIC.TIME, the release's timestamp, is unused and "");
+keys marked "new" are this project's.
 Keys the original declared but never used are kept (so old files load) and say so.
 """
 
@@ -79,7 +81,8 @@ _C.MODEL.MODELDICT_A = ""
 _C.MODEL.PRETRAIN_A = False
 # Student architecture (sees DATA.CROP_SIZE / DATA.LESSEN_RATIO images).
 _C.MODEL.ARCH_S = ""
-# Student checkpoint to start from ("" = none).
+# Student checkpoint the distillation scripts (tools_1_ts, tools_2_tas) start the student from ("" = none); the
+# teacher and student baselines ignore it, with a warning.
 _C.MODEL.MODELDICT_S = ""
 # Initialise the student from ImageNet weights.
 _C.MODEL.PRETRAIN_S = False

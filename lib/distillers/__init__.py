@@ -8,8 +8,9 @@ from yacs.config import CfgNode
 from lib.config import resolve_path, small_crop_size
 from lib.losses import ATLoss, DKDLoss, ICKDLoss, SPLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes
-from lib.models.weights import load_network, load_weights
+from lib.models.weights import load_network, load_weights, output_root_hint
 from lib.utils.errors import UserError
+from lib.utils.log import get_logger
 
 from .base import Distiller, Vanilla
 from .methods import DKD, ISRD, KD, FeatureKD, build_isrd_decoder
@@ -65,8 +66,10 @@ def build_teacher(cfg: CfgNode) -> nn.Module:
         raise UserError("MODEL.MODELDICT_T is empty; train a teacher with tools_0_base/train_teacher_1run.py "
                         "and pass its ckpt/.../model_best.pth")
     # Every weight comes from the checkpoint: no ImageNet initialisation first (MODEL.PRETRAIN_T is unused).
-    teacher, _ = load_network(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, resolve_path(cfg.MODEL.MODELDICT_T),
-                              "teacher checkpoint MODEL.MODELDICT_T", cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE")
+    path = resolve_path(cfg.MODEL.MODELDICT_T)
+    teacher, _ = load_network(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, path, "teacher checkpoint MODEL.MODELDICT_T",
+                              cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE",
+                              output_root_hint("MODEL.MODELDICT_T", path, resolve_path(cfg.BASIC.OUTPUT_ROOT)))
     return teacher
 
 
@@ -76,6 +79,10 @@ def _weights_file(path: str) -> str:
 
 def _build_student(cfg: CfgNode, method: str) -> nn.Module:
     if method == "single":
+        if cfg.MODEL.MODELDICT_S:
+            get_logger().warning(f"warning: MODEL.MODELDICT_S {cfg.MODEL.MODELDICT_S} is ignored: a teacher or student "
+                                 "baseline trains MODEL.ARCH from MODEL.PRETRAIN(_FILE); the distillation scripts "
+                                 "start their student from MODEL.MODELDICT_S")
         return build_model(cfg.MODEL.ARCH, cfg.DATA.NUM_CLASSES, cfg.MODEL.PRETRAIN,
                            _weights_file(cfg.MODEL.PRETRAIN_FILE))
     student = build_model(cfg.MODEL.ARCH_S, cfg.DATA.NUM_CLASSES, cfg.MODEL.PRETRAIN_S,

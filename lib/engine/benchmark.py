@@ -22,7 +22,7 @@ from lib.datasets import BatchPreparer, build_dataset
 from lib.distillers import Distiller, build_distiller
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError, make_folder
-from lib.utils.log import get_logger
+from lib.utils.log import get_logger, warnings_once
 
 from .checkpoint import atomic_write
 from .setup import configure_backends, seed_everything, select_device, use_device
@@ -261,6 +261,12 @@ def run_benchmark(cfg: CfgNode, steps: int = 20, warmup: int = 3,
     With `profile_dir`, each pipeline also gets Chrome traces of model-only and end-to-end steps and a table of
     the top host operations of each (profile_<pipeline>.txt) there.
     """
+    with warnings_once():  # each pipeline selects the device again: the CPU fallback is said once
+        return _run_benchmark(cfg, steps, warmup, pipelines, repeats, profile_dir, method)
+
+
+def _run_benchmark(cfg: CfgNode, steps: int, warmup: int, pipelines: tuple[str, ...], repeats: int,
+                   profile_dir: str | None, method: str) -> dict:
     configure_backends(cfg)
     device = select_device(cfg)
     method = benchmark_method(cfg, method)

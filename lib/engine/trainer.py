@@ -40,7 +40,7 @@ from lib.utils.errors import (
     make_folder,
     raise_terminated,
 )
-from lib.utils.log import add_log_file, get_logger, held_warnings, log_stop
+from lib.utils.log import WarnOnce, add_log_file, get_logger, held_warnings, log_stop
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit
 
 from .checkpoint import (
@@ -496,6 +496,11 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
             history.append(stats)
             if not main:
                 continue
+            if not os.path.isdir(exp.exp_dir):
+                # Cleaned away by hand from another shell: writing on would make a folder without its config.yaml.
+                raise UserError(f"the experiment folder {exp.exp_dir} was deleted or moved while {where} trained "
+                                f"(epoch {epoch}); nothing more is written. Re-run the same command to train again "
+                                "(it resumes if the folder is moved back)")
             if improved:
                 save_checkpoint(best_checkpoint(exp, distiller, epoch, best_acc),
                                 os.path.join(ckpt_dir, "model_best.pth"))
@@ -671,6 +676,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
             _claim_folder(exp, lock, exists, fresh, stale)
         _barrier(info)
     handler = add_log_file(os.path.join(exp_dir, "train.log")) if info.is_main else None
+    once = WarnOnce()  # each run builds its networks again: what the first build warned of is said once
+    log.addFilter(once)
     try:
         for line in warnings:
             log.warning(line)
@@ -708,6 +715,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
             err.message = FRESH_START_INTERRUPTED_MESSAGE  # the same command would move this attempt aside again
         raise
     finally:
+        log.removeFilter(once)
         if handler is not None:
             log.removeHandler(handler)
             handler.close()

@@ -3,6 +3,8 @@ clear error for every way the file can fail to fit."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -91,3 +93,19 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
             )
     model.load_state_dict(state_dict, strict=True)
     return ckpt
+
+
+def output_root_hint(key: str, path: str, output_root: str) -> str:
+    """What a "not found" error for the checkpoint `key` at `path` adds when `path` lies outside `output_root`
+    (both resolved): the key does not follow BASIC.OUTPUT_ROOT, and the same experiment's file there if it exists.
+
+    A checkpoint path written into a config (ckpt/cub/<experiment>/ckpt/model_best.pth) stays where it is when a
+    command moves its outputs elsewhere; the teacher trained under the new root is then one key away.
+    """
+    if os.path.commonpath([path, output_root]) == output_root:
+        return ""
+    parts = os.path.normpath(path).split(os.sep)
+    there = os.path.join(output_root, *parts[-4:])  # <dataset>/<experiment>/ckpt/model_best.pth under the root
+    if len(parts) > 4 and os.path.isfile(there):
+        return f"; {key} does not follow BASIC.OUTPUT_ROOT: did you mean {key} {there}?"
+    return f"; {key} does not follow BASIC.OUTPUT_ROOT ({output_root}): give the path of the checkpoint to use"

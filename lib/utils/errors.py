@@ -31,6 +31,11 @@ _WHERE_OUTPUTS_GO = ("BASIC.OUTPUT_ROOT for training and tools/benchmark.py, --o
                      "tools/summarize.py; tools/eval.py writes beside TEST.CHECKPOINT")
 
 
+# What torch puts into the message of an exception that it re-raises from a DataLoader worker, before the
+# worker's traceback.
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
 class UserError(Exception):
     """A mistake in the user's input; its message is shown as one line, without a traceback."""
 
@@ -66,6 +71,10 @@ def first_line(err: BaseException) -> str:
 
 def one_line(message: str) -> str:
     """`message` on one line: its lines stripped and joined by spaces (what the scripts print after `error:`)."""
+    if _WORKER_TRACEBACK in message:
+        # A UserError raised in a DataLoader worker (the pil pipeline meeting an image that no longer decodes)
+        # comes back with the worker's whole traceback in its message: the user needs the worker's own line.
+        message = message.rpartition(f"{UserError.__name__}: ")[2]
     # A message may quote a library's multi-line text; the promise is one line.
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
@@ -89,9 +98,12 @@ def os_error_message(err: OSError, where_to_choose: str = _WHERE_OUTPUTS_GO) -> 
     """One line for an OSError the user fixes by choosing another folder (read-only, forbidden, full, a file or a
     broken link where a folder should be), else None. `where_to_choose` names the key or flag that picks the
     folder (by default the output folders of every script)."""
-    if err.errno not in _NOT_WRITABLE | _FULL | _FILE_IN_THE_WAY | {errno.ENOENT}:
+    if err.errno not in _NOT_WRITABLE | _FULL | _FILE_IN_THE_WAY | {errno.ENOENT, errno.EISDIR}:
         return None
     where = err.filename if err.filename is not None else "a file"
+    if err.errno == errno.EISDIR:  # open(..., "w") or os.replace onto a folder
+        return f"cannot open or write {where}: it is a folder, where a file is needed; move that folder away or " \
+               f"choose another folder ({where_to_choose})"
     if err.errno in _FILE_IN_THE_WAY | {errno.ENOENT}:  # os.makedirs through or onto a file or a broken link
         blocking = _in_the_way(err.filename) if err.filename is not None else None
         if blocking and blocking[0] == "link":

@@ -48,6 +48,35 @@ class _HeldWarnings(logging.Filter):
         return False
 
 
+class WarnOnce(logging.Filter):
+    """Lets each distinct warning through once: the runs of an experiment build their networks again and would
+    repeat what the first build warned of (an ignored weight file, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        if message in self.said:
+            return False
+        self.said.add(message)
+        return True
+
+
+@contextlib.contextmanager
+def warnings_once() -> Iterator[None]:
+    """Inside the block, the project logger says each distinct warning once (see WarnOnce)."""
+    logger, once = get_logger(), WarnOnce()
+    logger.addFilter(once)
+    try:
+        yield
+    finally:
+        logger.removeFilter(once)
+
+
 @contextlib.contextmanager
 def held_warnings() -> Iterator[list[str]]:
     """Hold back the project logger's warnings inside the block; the yielded list holds their lines, for the caller
