@@ -3,6 +3,7 @@
 import argparse
 import glob
 import os
+import threading
 
 import pytest
 import torch
@@ -153,7 +154,10 @@ def test_yaml_syntax_errors_say_what_was_found_and_where(text, where, tmp_path):
     # PyYAML silently keeps the last of two SOLVER blocks, dropping the first block's keys.
     ("SOLVER:\n  START_LR: 0.05\nDATA:\n  NUM_CLASSES: 4\nSOLVER:\n  NUM_EPOCHS: 1\n",
      "sets SOLVER twice (lines 1 and 5); YAML would keep only the second, dropping the first's keys: merge them"),
-    ("SOLVER:\n  NUM_EPOCHS: 1\n  NUM_EPOCHS: 2\n", "sets NUM_EPOCHS twice (lines 2 and 3)"),
+    ("SOLVER:\n  NUM_EPOCHS: 1\n  NUM_EPOCHS: 2\n",
+     "sets NUM_EPOCHS twice (lines 2 and 3); YAML would keep only the second, dropping the first: keep one"),
+    ("# every line a comment\n", "config file {path} holds no settings (it is empty or all comments)"),
+    ("", "config file {path} holds no settings (it is empty or all comments)"),
     ("SOLVER: 5\n", "config key SOLVER in {path} is a section, not a value; write its keys indented below it"),
 ])
 def test_a_key_given_twice_or_a_section_given_a_value_in_a_file_is_refused(text, message, tmp_path):
@@ -167,6 +171,17 @@ def test_a_section_with_every_key_commented_out_and_yaml_merge_keys_load(tmp_pat
     cfg = get_cfg()
     merge_file(cfg, str(config))
     assert (cfg.SOLVER.NUM_EPOCHS, cfg.KD.TEMP, cfg.DKD.TEMP) == (get_cfg().SOLVER.NUM_EPOCHS, 2.0, 3.0)
+
+
+def test_a_config_given_through_a_pipe_is_read(tmp_path):
+    pipe = tmp_path / "fifo"  # what the shell passes for --config_file <(sed ... config.yaml)
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_text("SOLVER:\n  NUM_EPOCHS: 3\n"))
+    writer.start()
+    cfg = get_cfg()
+    merge_file(cfg, str(pipe))
+    writer.join()
+    assert cfg.SOLVER.NUM_EPOCHS == 3
 
 
 def test_a_config_file_that_is_not_utf8_is_a_user_error(tmp_path):

@@ -171,7 +171,13 @@ def test_verify_only_checks_a_root_that_is_the_dataset_folder_itself(server, tmp
     shutil.copytree(server["build"] / "fgvc-aircraft-2013b", planes)
     assert _run("--datasets", "aircraft", "--root", str(planes), "--verify-only", monkeypatch=monkeypatch) == 0
     assert f"aircraft: {planes} is complete" in capsys.readouterr().out
-    os.remove(folder / "image_class_labels.txt")  # without the dataset's own files it is a root again
+    os.remove(planes / "data" / "variants.txt")  # the dataset's own folder missing one file: that file is named
+    assert _run("--datasets", "aircraft", "--root", str(planes), "--verify-only", monkeypatch=monkeypatch) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "variants.txt" in line and "download" not in line, line
+    for entry in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "images"):
+        shutil.rmtree(folder / entry) if entry == "images" else os.remove(folder / entry)
+    # Without any of the dataset's own files it is a root again.
     assert _run("--datasets", "cub", "--root", str(folder), "--verify-only", monkeypatch=monkeypatch) == 2
     assert f"{folder / 'cub'} does not exist" in _one_error_line(capsys.readouterr().err)
 

@@ -272,15 +272,19 @@ def _refuse_dataset_folder_as_root(name: str, root: str) -> None:
                         f"did you mean --root {os.path.dirname(os.path.normpath(root))}?")
 
 
-# A file only dataset `name`'s own folder holds: --verify-only --root data/demo_cub checks that folder itself.
-LAYOUT_MARKERS = {"cub": "image_class_labels.txt", "aircraft": os.path.join("data", "variants.txt")}
+# Entries only dataset `name`'s own folder holds: --verify-only --root data/demo_cub checks that folder itself.
+# Any one of them will do, so that a dataset folder missing one file gets that file named, not the advice to
+# download the dataset into it.
+LAYOUT_MARKERS = {"cub": ("images.txt", "image_class_labels.txt", "train_test_split.txt", "images"),
+                  "aircraft": tuple(os.path.join("data", name) for name in (
+                      "variants.txt", "images_variant_trainval.txt", "images_variant_test.txt", "images"))}
 
 
 def verify_existing(name: str, root: str) -> dict[str, Any]:
     """Check the layout of dataset `name` under `root` (--verify-only): <root>/<target>, or `root` itself when it is
     the dataset's own folder (the demo's data/demo_cub, a DATA.DATADIR elsewhere)."""
     folder = os.path.join(root, ARCHIVES[name].target)
-    if not os.path.isdir(folder) and os.path.isfile(os.path.join(root, LAYOUT_MARKERS[name])):
+    if not os.path.isdir(folder) and any(os.path.exists(os.path.join(root, m)) for m in LAYOUT_MARKERS[name]):
         return verify_layout(name, root)
     _refuse_dataset_folder_as_root(name, root)
     if not os.path.isdir(folder):

@@ -145,7 +145,8 @@ def merge_file(cfg: CfgNode, filename: str) -> None:
     """
     if not os.path.isfile(filename) and os.path.isfile(resolve_path(filename)):
         filename = resolve_path(filename)
-    require_file(filename, "config file")
+    if not os.path.exists(filename) or os.path.isdir(filename):  # a pipe (--config_file <(sed ...)) is read too
+        require_file(filename, "config file")
     with open(filename, "rb") as f:
         data = f.read()
     try:
@@ -157,12 +158,14 @@ def merge_file(cfg: CfgNode, filename: str) -> None:
     try:
         loaded = yaml.load(text, Loader=_StrictLoader)
     except _DuplicateKey as err:
+        dropped = "dropping the first's keys: merge them into one" if err.section else "dropping the first: keep one"
         raise UserError(f"config file {filename} sets {err.key} twice (lines {err.lines[0]} and {err.lines[1]}); YAML "
-                        "would keep only the second, dropping the first's keys: merge them into one") from None
+                        f"would keep only the second, {dropped}") from None
     except yaml.YAMLError as err:
         raise UserError(f"config file {filename} is not valid YAML{_yaml_problem(err, text)}") from None
-    if loaded is None:
-        return
+    if loaded is None:  # every key would keep its default: a config that trains nothing the user chose
+        raise UserError(f"config file {filename} holds no settings (it is empty or all comments); give one of the "
+                        "configs under configs/ or a copy of one")
     if not isinstance(loaded, dict):
         raise UserError(f"config file {filename} must hold a mapping of sections, got {type(loaded).__name__}")
     for full_key, value in _flatten(loaded):
@@ -170,9 +173,9 @@ def merge_file(cfg: CfgNode, filename: str) -> None:
 
 
 class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, lines: tuple[int, int]):
+    def __init__(self, key: Any, lines: tuple[int, int], section: bool):
         super().__init__(f"duplicate key {key}")
-        self.key, self.lines = key, lines
+        self.key, self.lines, self.section = key, lines, section
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -180,14 +183,14 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first_line: dict[Any, int] = {}
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden here
                 continue
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             try:
                 if key in first_line:
-                    raise _DuplicateKey(key, (first_line[key], line))
+                    raise _DuplicateKey(key, (first_line[key], line), isinstance(value_node, yaml.MappingNode))
             except TypeError:  # an unhashable key: the base class reports it
                 break
             first_line[key] = line
