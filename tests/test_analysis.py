@@ -104,8 +104,9 @@ def test_eval_warns_when_the_checkpoint_was_trained_at_another_input_size(tiny_c
 def test_eval_reads_a_runs_last_pth_as_its_last_epochs_weights(tiny_cub, write_config, tmp_path, monkeypatch):
     best = _checkpoint(tmp_path / "model_best.pth")
     weights = torch.load(best)["state_dict"]
-    torch.save({"epoch": 2, "student": weights, "extra": {}, "optimizer": {}, "best_acc": 0.0},
-               tmp_path / "last.pth")
+    # As the trainer writes it, numpy's RNG state included (a weights-only load allows numpy arrays).
+    torch.save({"epoch": 2, "student": weights, "extra": {}, "optimizer": {}, "best_acc": 0.0,
+                "rng": {"numpy": np.random.get_state()}}, tmp_path / "last.pth")
     config = write_config(STUDENT, tiny_cub)
     for name in ("model_best", "last"):
         assert run_in_process(EVAL, config, "TEST.CHECKPOINT", str(tmp_path / f"{name}.pth"),

@@ -599,3 +599,27 @@ def test_a_missing_checkpoint_outside_the_output_root_says_the_key_does_not_foll
     assert output_root_hint("MODEL.MODELDICT_T", str(written), root) == \
         f"; MODEL.MODELDICT_T does not follow BASIC.OUTPUT_ROOT: did you mean MODEL.MODELDICT_T {there}?"
     assert output_root_hint("MODEL.MODELDICT_T", os.path.join(root, "cub", "x.pth"), root) == ""  # under the root
+
+
+class _Payload:
+    """An object a pickle rebuilds by running code: what a weights-only load refuses."""
+
+
+def test_a_checkpoint_holding_python_objects_is_refused_unrun_and_the_release_format_loads(tmp_path):
+    from lib.models.weights import load_weights
+
+    state = build_model("resnet18", NUM_CLASSES, pretrained=False).state_dict()
+    # The release's teacher file: epoch, state_dict of the unwrapped model, best_acc (a Python float).
+    release = tmp_path / "release.pth"
+    torch.save({"epoch": 3, "state_dict": state, "best_acc": 41.5}, release)
+    model = build_model("resnet18", NUM_CLASSES, pretrained=False)
+    assert load_weights(model, str(release), "teacher checkpoint MODEL.MODELDICT_T", "resnet18",
+                        NUM_CLASSES)["best_acc"] == 41.5
+    foreign = tmp_path / "shared.pth"
+    torch.save({"state_dict": state, "meta": _Payload()}, foreign)
+    with pytest.raises(UserError) as err:
+        load_weights(model, str(foreign), "teacher checkpoint MODEL.MODELDICT_T", "resnet18", NUM_CLASSES)
+    message = str(err.value)
+    assert message.startswith(f"teacher checkpoint MODEL.MODELDICT_T {foreign} holds Python objects beyond tensors "
+                              f"and plain values ({__name__}._Payload), which unpickling would run as code"), message
+    assert "save its weights alone and pass that file" in message and "\n" not in message

@@ -3,8 +3,12 @@ clear error for every way the file can fail to fit."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import re
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,8 +57,19 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
     """
     require_file(path, what, hint)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # any unpickling failure is a bad file
+        ckpt = _load_weights_only(path)
+    except pickle.UnpicklingError as err:
+        if _WEIGHTS_ONLY_REFUSAL not in str(err):
+            raise UserError(f"{what} {path} could not be read (UnpicklingError: {err}); is it a torch checkpoint?"
+                            ) from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        raise UserError(
+            f"{what} {path} holds Python objects beyond tensors and plain values"
+            f"{f' ({found.group(1)})' if found else ''}, which unpickling would run as code, so it is not loaded; "
+            f"if you trust the file, save its weights alone and pass that file: python -c \"import torch; "
+            f"c = torch.load('{path}', weights_only=False); torch.save({{'state_dict': c['state_dict']}}, "
+            f"'weights.pth')\"") from None
+    except Exception as err:  # any other unpickling failure is a bad file
         raise UserError(
             f"{what} {path} could not be read ({type(err).__name__}: {err}); is it a torch checkpoint?"
         ) from None
@@ -109,3 +124,16 @@ def output_root_hint(key: str, path: str, output_root: str) -> str:
     if len(parts) > 4 and os.path.isfile(there):
         return f"; {key} does not follow BASIC.OUTPUT_ROOT: did you mean {key} {there}?"
     return f"; {key} does not follow BASIC.OUTPUT_ROOT ({output_root}): give the path of the checkpoint to use"
+
+
+# What torch says when a weights-only load meets an object it will not build.
+_WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+
+
+def _load_weights_only(path: str) -> object:
+    """torch.load that builds tensors and plain values only (no code from the file runs): a checkpoint may come
+    from anyone. numpy arrays are allowed too, for a run's last.pth (its numpy RNG state) given as weights."""
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch 2.5+; before, last.pth is refused
+    numpy_state = [np.ndarray(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    with allow(numpy_state) if allow else contextlib.nullcontext():
+        return torch.load(path, map_location="cpu", weights_only=True)
