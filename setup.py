@@ -9,8 +9,8 @@ setup(
     packages=find_packages(include=["lib", "lib.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "torch>=2.3",
-        "torchvision>=0.18",
+        "torch>=2.4",
+        "torchvision>=0.19",
         "timm>=0.9",
         "safetensors>=0.3",  # lib.models: PRETRAIN_FILE .safetensors weights
         "yacs>=0.1.8",

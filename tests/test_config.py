@@ -176,12 +176,13 @@ def test_a_section_with_every_key_commented_out_and_yaml_merge_keys_load(tmp_pat
 def test_a_config_given_through_a_pipe_is_read(tmp_path):
     pipe = tmp_path / "fifo"  # what the shell passes for --config_file <(sed ... config.yaml)
     os.mkfifo(pipe)
-    writer = threading.Thread(target=lambda: pipe.write_text("SOLVER:\n  NUM_EPOCHS: 3\n"))
+    # A daemon writer: were the pipe refused unread, its open() would block for ever, and pytest with it.
+    writer = threading.Thread(target=lambda: pipe.write_text("SOLVER:\n  NUM_EPOCHS: 3\n"), daemon=True)
     writer.start()
     cfg = get_cfg()
     merge_file(cfg, str(pipe))
-    writer.join()
-    assert cfg.SOLVER.NUM_EPOCHS == 3
+    writer.join(timeout=10)
+    assert not writer.is_alive() and cfg.SOLVER.NUM_EPOCHS == 3
 
 
 def test_a_config_file_that_is_not_utf8_is_a_user_error(tmp_path):

@@ -50,9 +50,12 @@ def test_runs_trained_in_parallel_processes_are_gathered_into_one_results_file(t
     # Three runs in two processes: one process trains two of them.
     config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 3, "PARALLEL_RUNS": 2},
                            "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
-    proc = run_script(STUDENT, config)
+    # A baseline reads no MODEL.MODELDICT_S: the main process says so once, the run processes not again.
+    proc = run_script(STUDENT, config, "MODEL.MODELDICT_S", "student.pth")
     assert "2 runs at a time" in proc.stdout
+    assert proc.stdout.count("warning: MODEL.MODELDICT_S student.pth is ignored") == 1, proc.stdout
     exp = tmp_path / "ckpt" / "cub" / "3runs_resnet18_32_seed0_0.01"
+    assert (exp / "train.log").read_text().count("warning: MODEL.MODELDICT_S student.pth is ignored") == 1
     results = json.loads((exp / "results.json").read_text())
     assert [(r["run"], r["seed"]) for r in results["runs"]] == [(0, 0), (1, 1), (2, 2)]
     for run in (0, 1, 2):

@@ -266,6 +266,14 @@ def test_a_folder_where_an_output_file_should_be_is_one_line(tiny_cub, write_con
     assert blocked.is_dir() and not os.listdir(blocked)
 
 
+def test_a_folder_in_the_way_of_an_atomic_write_is_named_not_its_temporary_file():
+    from lib.utils.errors import os_error_message
+
+    # os.replace(tmp, path) onto a folder: filename is the (removed) temporary file, filename2 the folder.
+    err = OSError(errno.EISDIR, "Is a directory", "/out/log/.stats.jsonl.x1.tmp", None, "/out/log/stats.jsonl")
+    assert os_error_message(err).startswith("cannot open or write /out/log/stats.jsonl: it is a folder, ")
+
+
 def test_tools_that_train_nothing_say_interrupted_without_a_resume_hint(capsys):
     @cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
     def tool():

@@ -30,3 +30,16 @@ def test_held_warnings_print_nothing_until_released_and_let_info_through(capsys)
     assert held == ["warning: held"]
     log.warning("warning: after")
     assert capsys.readouterr().out.splitlines() == ["info passes", "warning: after"]
+
+
+def test_a_user_error_from_a_loader_worker_keeps_its_whole_message_even_one_quoting_another_error():
+    from lib.utils.errors import one_line
+
+    # What torch's ExceptionWrapper makes of a UserError raised in worker 0 (its message quotes an inner error).
+    inner = "cannot read image /data/a.jpg (UserError: decoder said no); see data/README.md"
+    wrapped = ("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "/torch/utils/data/_utils/worker.py", line 375, in _worker_loop\n    data = fetch(index)\n'
+               '  File "/lib/datasets/transforms.py", line 289, in __getitem__\n    raise UserError(f"...")\n'
+               f"lib.utils.errors.UserError: {inner}\n")
+    assert one_line(wrapped) == inner
+    assert one_line(f"line one\n  {inner}") == f"line one {inner}"  # an ordinary message: only joined

@@ -589,16 +589,18 @@ def test_a_cnn_takes_inputs_of_exactly_its_minimum_size(arch):
 def test_a_missing_checkpoint_outside_the_output_root_says_the_key_does_not_follow_it(tmp_path):
     # The demo ISRD config names its teacher under ckpt/demo; a command with BASIC.OUTPUT_ROOT elsewhere trained
     # the teacher there: the hint names that file when it exists.
-    root = str(tmp_path / "elsewhere")
+    root, default = str(tmp_path / "elsewhere"), str(tmp_path / "ckpt")
     written = tmp_path / "ckpt" / "demo" / "cub" / "1runs_resnet18_64_seed0_0.05" / "ckpt" / "model_best.pth"
     there = os.path.join(root, "cub", "1runs_resnet18_64_seed0_0.05", "ckpt", "model_best.pth")
-    assert output_root_hint("MODEL.MODELDICT_T", str(written), root) == \
+    assert output_root_hint("MODEL.MODELDICT_T", str(written), root, default) == \
         f"; MODEL.MODELDICT_T does not follow BASIC.OUTPUT_ROOT ({root}): give the path of the checkpoint to use"
     os.makedirs(os.path.dirname(there))
     open(there, "wb").close()
-    assert output_root_hint("MODEL.MODELDICT_T", str(written), root) == \
+    assert output_root_hint("MODEL.MODELDICT_T", str(written), root, default) == \
         f"; MODEL.MODELDICT_T does not follow BASIC.OUTPUT_ROOT: did you mean MODEL.MODELDICT_T {there}?"
-    assert output_root_hint("MODEL.MODELDICT_T", os.path.join(root, "cub", "x.pth"), root) == ""  # under the root
+    assert output_root_hint("MODEL.MODELDICT_T", os.path.join(root, "cub", "x.pth"), root, default) == ""  # under it
+    # A path of the user's own (not under the default root): the outputs' root has nothing to do with it.
+    assert output_root_hint("MODEL.MODELDICT_T", str(tmp_path / "mine" / "teacher.pth"), root, default) == ""
 
 
 class _Payload:

@@ -282,3 +282,20 @@ def test_a_root_where_no_folder_can_be_made_is_one_line_naming_the_flag(tmp_path
     assert _run("--datasets", "cub", "--root", str(blocker / "data"), monkeypatch=monkeypatch) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith(f"error: cannot create the folder {blocker / 'data'}: ") and line.endswith("(--root)"), line
+
+
+def test_an_archive_that_writes_a_file_where_it_made_a_folder_is_damaged_not_a_destination_problem(tmp_path):
+    import io
+
+    from lib.analysis.prepare import DamagedArchive, extract
+
+    archive = tmp_path / "odd.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        folder = tarfile.TarInfo("CUB_200_2011/x")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        tar.addfile(tarfile.TarInfo("CUB_200_2011/x/inner"), io.BytesIO(b""))
+        tar.addfile(tarfile.TarInfo("CUB_200_2011/x"), io.BytesIO(b"a file now"))  # over its own folder: EISDIR
+    with pytest.raises(DamagedArchive, match="odd.tgz is damaged or not a tar archive"):
+        extract(str(archive), "CUB_200_2011", str(tmp_path / "cub"))
+    assert sorted(os.listdir(tmp_path)) == ["odd.tgz"]  # no temporary folder left

@@ -32,6 +32,7 @@ and opens each one; then it reports images and classes per split, and whether th
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import http.client
@@ -193,8 +194,11 @@ def extract(archive: str, top_folder: str, dest: str, check: Callable[[str], Any
                                leave=False)
                 tar.extractall(tmp, members=members, filter="data")
         except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-            message = os_error_message(err, "--root") if isinstance(err, OSError) else None
-            if message is not None:  # a full or read-only destination, not a damaged archive
+            # A full or read-only destination, not a damaged archive. (A folder where the archive writes a file is
+            # the archive's own doing: it extracts into a fresh folder.)
+            destination = isinstance(err, OSError) and err.errno != errno.EISDIR
+            message = os_error_message(err, "--root") if destination else None
+            if message is not None:
                 raise UserError(message) from None
             # tarfile's ReadError lists every compression it tried, one per line: its first line says enough.
             detail = first_line(err).rstrip(":")
@@ -275,9 +279,9 @@ def _refuse_dataset_folder_as_root(name: str, root: str) -> None:
 # Entries only dataset `name`'s own folder holds: --verify-only --root data/demo_cub checks that folder itself.
 # Any one of them will do, so that a dataset folder missing one file gets that file named, not the advice to
 # download the dataset into it.
-LAYOUT_MARKERS = {"cub": ("images.txt", "image_class_labels.txt", "train_test_split.txt", "images"),
+LAYOUT_MARKERS = {"cub": ("images.txt", "image_class_labels.txt", "train_test_split.txt"),
                   "aircraft": tuple(os.path.join("data", name) for name in (
-                      "variants.txt", "images_variant_trainval.txt", "images_variant_test.txt", "images"))}
+                      "variants.txt", "images_variant_trainval.txt", "images_variant_test.txt"))}
 
 
 def verify_existing(name: str, root: str) -> dict[str, Any]:

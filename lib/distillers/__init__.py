@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from yacs.config import CfgNode
 
-from lib.config import resolve_path, small_crop_size
+from lib.config import get_cfg, resolve_path, small_crop_size
 from lib.losses import ATLoss, DKDLoss, ICKDLoss, SPLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes
 from lib.models.weights import load_network, load_weights, output_root_hint
@@ -67,9 +67,10 @@ def build_teacher(cfg: CfgNode) -> nn.Module:
                         "and pass its ckpt/.../model_best.pth")
     # Every weight comes from the checkpoint: no ImageNet initialisation first (MODEL.PRETRAIN_T is unused).
     path = resolve_path(cfg.MODEL.MODELDICT_T)
+    moved = output_root_hint("MODEL.MODELDICT_T", path, resolve_path(cfg.BASIC.OUTPUT_ROOT),
+                             resolve_path(get_cfg().BASIC.OUTPUT_ROOT))
     teacher, _ = load_network(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, path, "teacher checkpoint MODEL.MODELDICT_T",
-                              cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE",
-                              output_root_hint("MODEL.MODELDICT_T", path, resolve_path(cfg.BASIC.OUTPUT_ROOT)))
+                              cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE", moved)
     return teacher
 
 

@@ -161,7 +161,8 @@ def build_assistant(cfg: CfgNode) -> nn.Module:
                         "and pass its ckpt/.../model_best.pth (tools_2_tas/train_tas_2stages.py does both)")
     # Every weight comes from the checkpoint: no ImageNet initialisation first.
     path = resolve_path(cfg.MODEL.MODELDICT_A)
-    moved = output_root_hint("MODEL.MODELDICT_A", path, resolve_path(cfg.BASIC.OUTPUT_ROOT))
+    moved = output_root_hint("MODEL.MODELDICT_A", path, resolve_path(cfg.BASIC.OUTPUT_ROOT),
+                            resolve_path(get_cfg().BASIC.OUTPUT_ROOT))
     assistant, _ = load_network(cfg.MODEL.ARCH_A, cfg.DATA.NUM_CLASSES, path, "assistant checkpoint MODEL.MODELDICT_A",
                                 cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE",
                                 hint=f"{moved}; train it with tools_2_tas/train_assistant_1run.py (or run "

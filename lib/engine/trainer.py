@@ -461,6 +461,8 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     else:
         seed_everything(seed)  # the same RNG state at epoch 1 whether or not the distiller was prebuilt
 
+    if main:
+        _require_exp_dir(exp, f"{where} started")
     make_folder(ckpt_dir)
     # Tensorboard drops the events from start_epoch + 1 on that an earlier attempt wrote, from epoch 1 too: an
     # attempt killed before its first last.pth (or whose last.pth was deleted) has logged epochs all the same.
@@ -496,11 +498,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
             history.append(stats)
             if not main:
                 continue
-            if not os.path.isdir(exp.exp_dir):
-                # Cleaned away by hand from another shell: writing on would make a folder without its config.yaml.
-                raise UserError(f"the experiment folder {exp.exp_dir} was deleted or moved while {where} trained "
-                                f"(epoch {epoch}); nothing more is written. Re-run the same command to train again "
-                                "(it resumes if the folder is moved back)")
+            _require_exp_dir(exp, f"{where} trained (epoch {epoch})")
             if improved:
                 save_checkpoint(best_checkpoint(exp, distiller, epoch, best_acc),
                                 os.path.join(ckpt_dir, "model_best.pth"))
@@ -529,8 +527,17 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     last_acc = history[-1]["test_top1"] if history else 0.0
     result = {"run": run, "seed": seed, "best_acc": best_acc, "best_epoch": best_epoch, "last_acc": last_acc}
     if main:
+        _require_exp_dir(exp, f"{where} finished")
         save_json(result, os.path.join(ckpt_dir, "result.json"))
     return result
+
+
+def _require_exp_dir(exp: Experiment, when: str) -> None:
+    """Stop in one line if the experiment folder is gone: cleaned away by hand from another shell, it would be made
+    again by the next write, without its config.yaml."""
+    if not os.path.isdir(exp.exp_dir):
+        raise UserError(f"the experiment folder {exp.exp_dir} was deleted or moved while {when}; nothing more is "
+                        "written. Re-run the same command to train again (it resumes if the folder is moved back)")
 
 
 @contextlib.contextmanager
@@ -693,7 +700,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         threads = 0 if info.enabled else run_threads(cfg, device, num_runs)
         if slots > 1:
             del first
-            done.update(_train_in_parallel(exp, pending, slots, device, threads))
+            done.update(_train_in_parallel(exp, pending, slots, device, threads, sorted(once.said)))
         else:
             default_threads = torch.get_num_threads()
             if threads:
@@ -747,8 +754,9 @@ def _barrier(info: DistInfo) -> None:
 
 
 def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: torch.device,
-                       threads: int) -> dict[int, dict]:
-    """Train the pending runs in `slots` processes at once (one per GPU; `threads` CPU threads each on the CPU)."""
+                       threads: int, said: list[str]) -> dict[int, dict]:
+    """Train the pending runs in `slots` processes at once (one per GPU; `threads` CPU threads each on the CPU);
+    the warnings `said` already are not said again by the run processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -761,7 +769,7 @@ def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: 
                                    initializer=_stop_on_sigterm)
         jobs = [pool.submit(_parallel_worker, exp.cfg.dump(), exp.method, exp.exp_dir, exp.multi_run,
                             pending[slot::slots], str(select_device(exp.cfg, slot)) if device.type == "cuda" else "cpu",
-                            threads) for slot in range(slots)]
+                            threads, said) for slot in range(slots)]
     finally:
         signal.signal(signal.SIGINT, handler)
     results = {}
@@ -787,7 +795,7 @@ def _stop_on_sigterm() -> None:
 
 
 def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, runs: list[int], device: str,
-                     threads: int) -> dict[int, dict]:
+                     threads: int, said: list[str]) -> dict[int, dict]:
     """One process of _train_in_parallel: rebuild the data and train its runs on its device."""
     cfg = CfgNode.load_cfg(cfg_yaml)
     cfg.freeze()
@@ -795,6 +803,8 @@ def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, 
         torch.set_num_threads(threads)
     configure_backends(cfg)
     handler = add_log_file(os.path.join(exp_dir, "train.log"))
+    once = WarnOnce(said)
+    get_logger().addFilter(once)
     try:
         exp = Experiment(cfg, method, exp_dir, multi_run, build_dataset(cfg, is_train=True),
                          build_dataset(cfg, is_train=False))
@@ -806,5 +816,6 @@ def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, 
             os._exit(TERMINATED_EXIT)
         raise
     finally:
+        get_logger().removeFilter(once)
         get_logger().removeHandler(handler)
         handler.close()

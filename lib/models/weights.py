@@ -67,8 +67,8 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
             f"{what} {path} holds Python objects beyond tensors and plain values"
             f"{f' ({found.group(1)})' if found else ''}, which unpickling would run as code, so it is not loaded; "
             f"if you trust the file, save its weights alone and pass that file: python -c \"import torch; "
-            f"c = torch.load('{path}', weights_only=False); torch.save({{'state_dict': c['state_dict']}}, "
-            f"'weights.pth')\"") from None
+            f"c = torch.load('{path}', weights_only=False); w = c.get('state_dict', c.get('student', c)) if "
+            f"isinstance(c, dict) else c.state_dict(); torch.save({{'state_dict': w}}, 'weights.pth')\"") from None
     except Exception as err:  # any other unpickling failure is a bad file
         raise UserError(
             f"{what} {path} could not be read ({type(err).__name__}: {err}); is it a torch checkpoint?"
@@ -110,14 +110,18 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
     return ckpt
 
 
-def output_root_hint(key: str, path: str, output_root: str) -> str:
-    """What a "not found" error for the checkpoint `key` at `path` adds when `path` lies outside `output_root`
-    (both resolved): the key does not follow BASIC.OUTPUT_ROOT, and the same experiment's file there if it exists.
+def output_root_hint(key: str, path: str, output_root: str, default_root: str) -> str:
+    """What a "not found" error for the checkpoint `key` at `path` adds when a command moved its outputs from
+    `default_root` to `output_root` (all resolved): the key does not follow BASIC.OUTPUT_ROOT, and the same
+    experiment's file under `output_root` if it exists there; "" when the outputs were not moved.
 
     A checkpoint path written into a config (ckpt/cub/<experiment>/ckpt/model_best.pth) stays where it is when a
     command moves its outputs elsewhere; the teacher trained under the new root is then one key away.
     """
-    if os.path.commonpath([path, output_root]) == output_root:
+    def under(root: str) -> bool:
+        return os.path.commonpath([path, root]) == root
+
+    if under(output_root) or not under(default_root):
         return ""
     parts = os.path.normpath(path).split(os.sep)
     there = os.path.join(output_root, *parts[-4:])  # <dataset>/<experiment>/ckpt/model_best.pth under the root
@@ -133,7 +137,9 @@ _WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 def _load_weights_only(path: str) -> object:
     """torch.load that builds tensors and plain values only (no code from the file runs): a checkpoint may come
     from anyone. numpy arrays are allowed too, for a run's last.pth (its numpy RNG state) given as weights."""
-    allow = getattr(torch.serialization, "safe_globals", None)  # torch 2.5+; before, last.pth is refused
     numpy_state = [np.ndarray(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch 2.5+: for this load only
+    if allow is None:  # torch 2.4: for the process (numpy arrays build no code either)
+        torch.serialization.add_safe_globals(numpy_state)
     with allow(numpy_state) if allow else contextlib.nullcontext():
         return torch.load(path, map_location="cpu", weights_only=True)

@@ -73,8 +73,12 @@ def one_line(message: str) -> str:
     """`message` on one line: its lines stripped and joined by spaces (what the scripts print after `error:`)."""
     if _WORKER_TRACEBACK in message:
         # A UserError raised in a DataLoader worker (the pil pipeline meeting an image that no longer decodes)
-        # comes back with the worker's whole traceback in its message: the user needs the worker's own line.
-        message = message.rpartition(f"{UserError.__name__}: ")[2]
+        # comes back with the worker's whole traceback in its message: the user needs the worker's own message,
+        # on the traceback's first unindented line after its header ("lib.utils.errors.UserError: <message>").
+        tail = message.split(_WORKER_TRACEBACK, 1)[1].splitlines()
+        start = next((i for i, line in enumerate(tail) if line and not line[0].isspace()), None)
+        if start is not None:
+            message = "\n".join([tail[start].partition(": ")[2], *tail[start + 1:]])
     # A message may quote a library's multi-line text; the promise is one line.
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
@@ -101,7 +105,8 @@ def os_error_message(err: OSError, where_to_choose: str = _WHERE_OUTPUTS_GO) -> 
     if err.errno not in _NOT_WRITABLE | _FULL | _FILE_IN_THE_WAY | {errno.ENOENT, errno.EISDIR}:
         return None
     where = err.filename if err.filename is not None else "a file"
-    if err.errno == errno.EISDIR:  # open(..., "w") or os.replace onto a folder
+    if err.errno == errno.EISDIR:  # open(..., "w") onto a folder, or os.replace(tmp, folder): filename2
+        where = err.filename2 or where
         return f"cannot open or write {where}: it is a folder, where a file is needed; move that folder away or " \
                f"choose another folder ({where_to_choose})"
     if err.errno in _FILE_IN_THE_WAY | {errno.ENOENT}:  # os.makedirs through or onto a file or a broken link

@@ -3,7 +3,7 @@
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from .errors import UserError, first_line, one_line
 
@@ -52,9 +52,9 @@ class WarnOnce(logging.Filter):
     """Lets each distinct warning through once: the runs of an experiment build their networks again and would
     repeat what the first build warned of (an ignored weight file, say)."""
 
-    def __init__(self) -> None:
+    def __init__(self, said: Iterable[str] = ()) -> None:
         super().__init__()
-        self.said: set[str] = set()
+        self.said: set[str] = set(said)  # a run process: what the main process has said already
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
