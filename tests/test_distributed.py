@@ -286,7 +286,7 @@ def test_every_run_gets_the_same_cpu_thread_count_whether_it_trains_beside_other
             json.dump(row, f)
         return row
 
-    def fake_parallel(exp, pending, slots, device, threads):
+    def fake_parallel(exp, pending, slots, device, threads, said=()):
         assert slots == 2
         default = torch.get_num_threads()
         torch.set_num_threads(threads)  # as each run process does

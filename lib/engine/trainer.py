@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -754,7 +754,7 @@ def _barrier(info: DistInfo) -> None:
 
 
 def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: torch.device,
-                       threads: int, said: list[str]) -> dict[int, dict]:
+                       threads: int, said: Sequence[str] = ()) -> dict[int, dict]:
     """Train the pending runs in `slots` processes at once (one per GPU; `threads` CPU threads each on the CPU);
     the warnings `said` already are not said again by the run processes."""
     import multiprocessing
@@ -795,7 +795,7 @@ def _stop_on_sigterm() -> None:
 
 
 def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, runs: list[int], device: str,
-                     threads: int, said: list[str]) -> dict[int, dict]:
+                     threads: int, said: Sequence[str] = ()) -> dict[int, dict]:
     """One process of _train_in_parallel: rebuild the data and train its runs on its device."""
     cfg = CfgNode.load_cfg(cfg_yaml)
     cfg.freeze()
