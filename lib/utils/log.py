@@ -67,27 +67,27 @@ class WarnOnce(logging.Filter):
 
 
 @contextlib.contextmanager
-def warnings_once() -> Iterator[None]:
-    """Inside the block, the project logger says each distinct warning once (see WarnOnce)."""
-    logger, once = get_logger(), WarnOnce()
-    logger.addFilter(once)
+def _filtering(log_filter: logging.Filter) -> Iterator[logging.Filter]:
+    """The project logger with `log_filter` inside the block."""
+    logger = get_logger()
+    logger.addFilter(log_filter)
     try:
-        yield
+        yield log_filter
     finally:
-        logger.removeFilter(once)
+        logger.removeFilter(log_filter)
+
+
+def warnings_once() -> contextlib.AbstractContextManager:
+    """Inside the block, the project logger says each distinct warning once (see WarnOnce)."""
+    return _filtering(WarnOnce())
 
 
 @contextlib.contextmanager
 def held_warnings() -> Iterator[list[str]]:
     """Hold back the project logger's warnings inside the block; the yielded list holds their lines, for the caller
     to log once its checks have passed (a mistake found meanwhile stays one line, and the warnings reach train.log)."""
-    holder = _HeldWarnings()
-    logger = get_logger()
-    logger.addFilter(holder)
-    try:
+    with _filtering(_HeldWarnings()) as holder:
         yield holder.lines
-    finally:
-        logger.removeFilter(holder)
 
 
 def add_log_file(path: str) -> logging.FileHandler:
