@@ -873,3 +873,21 @@ def test_an_experiment_folder_deleted_while_training_stops_the_run_in_one_line(t
     line = one_error_line(capsys.readouterr().err)
     assert "was deleted or moved while run 0 trained (epoch 1)" in line, line
     assert not (output_root / "cub").exists(), "nothing was written after the folder went"
+
+
+def test_an_experiment_folder_deleted_after_a_runs_last_epoch_stops_before_its_result_is_written(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    output_root = tmp_path / "out"
+    save_checkpoint = trainer.save_checkpoint
+
+    def save_then_clean_up_by_hand(state, path):  # deleted between the last epoch's last.pth and the run's result
+        save_checkpoint(state, path)
+        if path.endswith("last.pth") and state["epoch"] == 2:
+            shutil.rmtree(output_root / "cub")
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_clean_up_by_hand)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub, output_root=str(output_root))
+    assert run_in_process("tools_0_base/train_teacher_1run.py", config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "was deleted or moved while run 0 finished" in line, line
+    assert not (output_root / "cub").exists(), "no result.json in a folder made again"
