@@ -127,6 +127,14 @@ def run_in_process(script: str, config: str, *opts: str, monkeypatch) -> int:
     return run_cli(script, "--config_file", config, *opts, monkeypatch=monkeypatch)
 
 
+# torch.cuda.OutOfMemoryError's message as torch 2.x words it (one long line).
+OOM_MESSAGE = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+               "1.06 GiB is free. Including non-PyTorch memory, this process has 78.12 GiB memory in use. Of the "
+               "allocated memory 75.50 GiB is allocated by PyTorch, and 1.20 GiB is reserved by PyTorch but "
+               "unallocated. If reserved but unallocated memory is large try setting "
+               "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.")
+
+
 def one_error_line(err: str) -> str:
     """The single `error: ...` line a user mistake must produce (asserts there is exactly one, no traceback)."""
     lines = [line for line in err.splitlines() if line.strip()]

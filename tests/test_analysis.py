@@ -22,7 +22,7 @@ from lib.models.model_builder import CNN_MIN_INPUT_SIZE, build_model
 from lib.utils.errors import UserError
 from lib.utils.log import INTERRUPTED_LINE
 
-from .conftest import one_error_line, run_cli, run_in_process
+from .conftest import OOM_MESSAGE, one_error_line, run_cli, run_in_process
 
 EVAL = "tools/eval.py"
 COST = "tools/cost.py"
@@ -183,6 +183,42 @@ def test_cost_flag_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
         assert _run(COST, *args, "--out", str(tmp_path / "c"), monkeypatch=monkeypatch) == 2
         assert word in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "c").exists()
+
+
+def test_cost_refuses_a_cpu_batch_larger_than_the_free_memory_before_measuring(tmp_path, monkeypatch, capsys):
+    # A forward that needs more memory than the machine has would be killed by the kernel, with nothing to read.
+    import lib.analysis.cost as cost
+
+    one_image = (cost.peak_activation_bytes(build_model("resnet18", 4, False).eval(), torch.zeros(1, 3, 32, 32))
+                 + 3 * 32 * 32 * 4)
+    monkeypatch.setattr(cost, "available_memory_bytes", lambda: 10 * one_image)
+    timed = []
+    monkeypatch.setattr(cost, "median_latency_ms", lambda *args: timed.append(args) or 1.0)
+    args = ["--archs", "resnet18", "--sizes", "32", "--device", "cpu", "--num-classes", "4", "--out", str(tmp_path)]
+    assert _run(COST, *args, "--batch-sizes", "1", "11", monkeypatch=monkeypatch) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: --batch-sizes 11: resnet18 @ 32 px needs about ") and "smaller --batch-sizes" in line
+    assert not timed and not os.listdir(tmp_path)
+    assert _run(COST, *args, "--batch-sizes", "1", "9", monkeypatch=monkeypatch) == 0  # 9 images fit
+
+
+def test_cost_says_which_measurement_ran_out_of_gpu_memory(tmp_path, monkeypatch, capsys):
+    import lib.analysis.cost as cost
+
+    def out_of_memory(model, x, warmup, repeats):
+        if x.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError(OOM_MESSAGE)
+        return 1.0
+
+    monkeypatch.setattr(cost, "median_latency_ms", out_of_memory)
+    args = ["--archs", "resnet18", "--sizes", "32", "--batch-sizes", "1", "4096", "--device", "cpu", "--out",
+            str(tmp_path)]
+    assert _run(COST, *args, monkeypatch=monkeypatch) == 2
+    assert _one_error_line(capsys.readouterr().err) == (
+        "error: the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+        "of 79.19 GiB of which 1.06 GiB is free.): resnet18 @ 32 px does not fit at batch 4096; use smaller "
+        "--batch-sizes or free the GPU of other processes")
+    assert not os.listdir(tmp_path)
 
 
 def test_flops_golden_values():

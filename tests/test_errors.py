@@ -14,7 +14,7 @@ from lib.config import REPO_ROOT
 from lib.models.model_builder import build_model
 from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, UserError, cli_main
 
-from .conftest import one_error_line, run_cli, run_in_process
+from .conftest import OOM_MESSAGE, one_error_line, run_cli, run_in_process
 
 KD_SCRIPT = "tools_1_ts/train_kd_5runs.py"
 ISRD_SCRIPT = "tools_1_ts/train_isrd_5runs.py"
@@ -286,6 +286,49 @@ def test_tools_that_train_nothing_say_interrupted_without_a_resume_hint(capsys):
     for name in ("summarize", "eval", "benchmark", "cost", "prepare_data"):
         source = open(os.path.join(REPO_ROOT, "tools", f"{name}.py")).read()
         assert "@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)" in source, name
+
+
+def test_a_gpu_out_of_memory_in_training_is_one_line_in_the_terminal_and_the_log(tiny_cub, write_config, tmp_path,
+                                                                                  monkeypatch, capsys):
+    import lib.engine.trainer as trainer
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError(OOM_MESSAGE)
+
+    monkeypatch.setattr(trainer, "train_run", out_of_memory)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub, output_root=str(tmp_path / "out"))
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
+    expected = ("error: the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                "capacity of 79.19 GiB of which 1.06 GiB is free.): use a smaller TRAIN.BATCH_SIZE or TEST.BATCH_SIZE, "
+                "or TRAIN.AMP bf16, or free the GPU of other processes")
+    assert one_error_line(capsys.readouterr().err) == expected
+    (log,) = glob.glob(str(tmp_path / "out" / "cub" / "*" / "train.log"))
+    assert open(log).read().splitlines()[-1].endswith(expected)  # tools/summarize.py shows why it stopped
+
+
+def test_eval_says_which_batch_size_to_lower_when_the_gpu_runs_out_of_memory(tiny_cub, write_config, tmp_path,
+                                                                             monkeypatch, capsys):
+    import lib.analysis.evaluate as evaluate
+
+    def out_of_memory(cfg):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Allocation was preemptively rejected because it would "
+                                          "exceed per_process_memory_fraction limit. Requested size: " + "9" * 200)
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", out_of_memory)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub, output_root=str(tmp_path / "out"))
+    assert run_in_process("tools/eval.py", config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    head = "error: the GPU ran out of memory ("
+    tail = "): use a smaller TEST.BATCH_SIZE or free the GPU of other processes"
+    assert line.startswith(head + "CUDA out of memory. Allocation was preemptively ") and line.endswith(tail)
+    detail = line[len(head):-len(tail)]  # torch's message without "is free": cut at 200 characters
+    assert len(detail) == 200 and detail.endswith("9...")
+
+
+def test_other_runtime_errors_keep_their_traceback():
+    # A bug is not a mistake of the user's: it stays visible with its traceback.
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        _raises(RuntimeError("shape mismatch"))()
 
 
 def test_other_os_errors_keep_their_traceback():

@@ -45,7 +45,7 @@ from lib.models.model_builder import (
     is_vit,
     parse_arch,
 )
-from lib.utils.errors import UserError, make_folder
+from lib.utils.errors import UserError, make_folder, out_of_memory_message
 
 from . import markdown_table, write_csv, write_text
 from .cost_defaults import (
@@ -203,6 +203,31 @@ def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return tracker.peak
 
 
+def available_memory_bytes() -> int | None:
+    """The memory this machine can still give a process (MemAvailable of /proc/meminfo), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits_in_memory(model: nn.Module, arch: str, size: int, batch: int) -> None:
+    """Refuse a CPU measurement whose forward at `batch` would need more memory than the machine has free (the
+    kernel would kill the process, no error to read): estimated as `batch` times one image's input and activations."""
+    available = available_memory_bytes()
+    if available is None:
+        return
+    one = peak_activation_bytes(model, torch.zeros(1, 3, size, size)) + 3 * size * size * 4  # float32 input
+    if batch * one > available:
+        raise UserError(f"--batch-sizes {batch}: {arch} @ {size} px needs about {batch * one / 2**30:.1f} GiB for "
+                        f"one forward at batch {batch}, more than the {available / 2**30:.1f} GiB this machine has "
+                        "free; use smaller --batch-sizes")
+
+
 @torch.inference_mode()
 def median_latency_ms(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float:
     """Median wall time (ms) of a forward of `x` over `repeats` runs after `warmup` untimed ones."""
@@ -273,10 +298,16 @@ def measure(arch: str, size: int, batch_sizes: Sequence[int], device: torch.devi
                            "macs": flops // 2, "input_pixels": pixels, "input_bytes": nbytes,
                            "latency_ms": {}, "peak_mem_mb": {}}
     model = model.to(device)
+    if device.type == "cpu":
+        check_fits_in_memory(model, arch, size, max(batch_sizes))
     for batch in batch_sizes:
-        x = torch.zeros(batch, 3, size, size, device=device)
-        row["latency_ms"][batch] = median_latency_ms(model, x, warmup, repeats)
-        row["peak_mem_mb"][batch] = peak_activation_bytes(model, x) / 2**20
+        try:
+            x = torch.zeros(batch, 3, size, size, device=device)
+            row["latency_ms"][batch] = median_latency_ms(model, x, warmup, repeats)
+            row["peak_mem_mb"][batch] = peak_activation_bytes(model, x) / 2**20
+        except torch.cuda.OutOfMemoryError as err:
+            hint = f"{arch} @ {size} px does not fit at batch {batch}; use smaller --batch-sizes or free the GPU"
+            raise UserError(out_of_memory_message(err, hint + " of other processes")) from None
         del x
     del model
     if device.type == "cuda":

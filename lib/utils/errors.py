@@ -6,6 +6,7 @@ import argparse
 import errno
 import functools
 import os
+import re
 import signal
 import sys
 import threading
@@ -22,6 +23,10 @@ INTERRUPTED_MESSAGE = "interrupted; re-run the same command to resume (training 
 FRESH_START_INTERRUPTED_MESSAGE = ("interrupted; re-run the same command without BASIC.FRESH_START True to resume "
                                    "(training goes on from its last saved epoch)")
 TOOL_INTERRUPTED_MESSAGE = "interrupted"
+# What to change when a GPU runs out of memory: the training scripts' and tools/benchmark.py's keys (tools/eval.py
+# and tools/cost.py name their own).
+TRAINING_MEMORY_HINT = ("use a smaller TRAIN.BATCH_SIZE or TEST.BATCH_SIZE, or TRAIN.AMP bf16, or free the GPU of "
+                        "other processes")
 
 # Writing into a read-only, forbidden or full folder: the user picks another folder, it is not a bug.
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
@@ -128,6 +133,19 @@ def os_error_message(err: OSError, where_to_choose: str = _WHERE_OUTPUTS_GO) -> 
            f"({where_to_choose})"
 
 
+def out_of_memory_message(err: BaseException, hint: str) -> str | None:
+    """One line for a GPU out of memory (torch.cuda.OutOfMemoryError: a batch too large for the card, or another
+    process holding it), saying what was asked for and what was free, then `hint`; None for any other error."""
+    torch = sys.modules.get("torch")  # not imported here: only a process that loaded torch can meet its errors
+    if torch is None or not isinstance(err, torch.cuda.OutOfMemoryError):
+        return None
+    # torch's message is one long line: the request and the card's free memory, then allocator statistics.
+    text = first_line(err)
+    short = re.match(r".*? is free\.", text) or re.match(r".*?Tried to allocate [\d.]+ \w+\.", text)
+    detail = short.group(0) if short else (text if len(text) <= 200 else text[:197] + "...")
+    return f"the GPU ran out of memory ({detail}): {hint}"
+
+
 def make_folder(path: str, where_to_choose: str = _WHERE_OUTPUTS_GO) -> None:
     """os.makedirs(path, exist_ok=True), or one UserError naming the folder and `where_to_choose` another (a
     read-only, forbidden or full disk, a file or a broken link in the way, a place that takes no folders: /proc)."""
@@ -144,10 +162,11 @@ def folder_error(err: OSError, path: str, where_to_choose: str = _WHERE_OUTPUTS_
                         f"({where_to_choose})")
 
 
-def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTERRUPTED_MESSAGE) -> Callable:
-    """Wrap a script's main(): a UserError (or an unwritable or full output folder) becomes `error: <message>`
-    on stderr and exit status 2; Ctrl-C becomes one line, `interrupted` (how to resume, by default), and exit
-    status 130.
+def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTERRUPTED_MESSAGE,
+             memory_hint: str = TRAINING_MEMORY_HINT) -> Callable:
+    """Wrap a script's main(): a UserError (or an unwritable or full output folder, or a GPU out of memory, with
+    `memory_hint` saying what to change) becomes `error: <message>` on stderr and exit status 2; Ctrl-C becomes one
+    line, `interrupted` (how to resume, by default), and exit status 130.
 
     SIGTERM (a scheduler preempting the job, `kill <pid>`) unwinds like Ctrl-C and prints the same line, with
     exit status 143: the process stops its loader workers and run processes instead of leaving them behind.
@@ -156,7 +175,7 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
     tools that have nothing to resume.
     """
     if fn is None:
-        return functools.partial(cli_main, interrupted=interrupted)
+        return functools.partial(cli_main, interrupted=interrupted, memory_hint=memory_hint)
 
     @functools.wraps(fn)
     def wrapper() -> None:
@@ -178,6 +197,11 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             if message is None:
                 raise
             _exit(f"error: {one_line(message)}", USER_ERROR_EXIT)
+        except RuntimeError as err:
+            message = out_of_memory_message(err, memory_hint)
+            if message is None:
+                raise
+            _exit(f"error: {message}", USER_ERROR_EXIT)
         finally:
             if catch:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)

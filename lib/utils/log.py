@@ -5,7 +5,7 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator
 
-from .errors import UserError, first_line, one_line
+from .errors import TRAINING_MEMORY_HINT, UserError, first_line, one_line, out_of_memory_message
 
 LOGGER_NAME = "pixel_distill"
 
@@ -109,6 +109,8 @@ def log_stop(handler: logging.Handler, err: BaseException) -> None:
         line = INTERRUPTED_LINE
     elif isinstance(err, UserError):
         line = ERROR_PREFIX + one_line(str(err))
+    elif out_of_memory_message(err, TRAINING_MEMORY_HINT):
+        line = ERROR_PREFIX + out_of_memory_message(err, TRAINING_MEMORY_HINT)
     else:
         line = f"{ERROR_PREFIX}{type(err).__name__}: {first_line(err)}"
     handler.handle(logging.makeLogRecord({"msg": line, "levelno": logging.ERROR, "levelname": "ERROR"}))
