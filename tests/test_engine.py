@@ -271,6 +271,36 @@ def test_warnings_of_the_checks_print_once_they_pass_and_reach_train_log(tiny_cu
         assert starts and max(starts) < next(i for i, line in enumerate(lines) if line.startswith("command: "))
 
 
+def test_the_first_runs_networks_are_freed_before_the_next_run_trains(tiny_cub, write_config, monkeypatch):
+    # Run 0 trains the distiller built while the config was checked; on a GPU it (and its gradients) must not stay
+    # in memory while the runs after it train.
+    import gc
+    import weakref
+
+    real, seen = trainer.train_run, []
+
+    def train_run(exp, run, device, distiller=None):
+        gc.collect()
+        seen.append((run, distiller is not None, [ref() is not None for ref in refs]))
+        return real(exp, run, device, distiller)
+
+    refs = []
+    monkeypatch.setattr(trainer, "train_run", train_run)
+    monkeypatch.setattr(trainer, "build_distiller", lambda *args: refs.append(weakref.ref(d := build_distiller(*args)))
+                        or d)
+    config = write_config({**ONE_RUN, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 2}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert seen == [(0, True, [True]), (1, False, [False])]  # run 1 builds its own; run 0's (the only one) is gone
+
+
+def test_the_log_names_the_card_the_run_trains_on_not_gpu_0(monkeypatch):
+    from lib.engine.setup import environment_lines
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: {2: "NVIDIA H200"}.get(device.index, "other"))
+    assert environment_lines(torch.device("cuda", 2))[-1] == "cuda device: cuda:2 NVIDIA H200"
+    assert environment_lines(torch.device("cpu"))[-1] == "cuda device: none"
+
+
 def test_the_epoch_means_weight_each_step_by_its_batch():
     monitor = StepMonitor(torch.device("cpu"), "run 0")
     monitor.push({"loss_ce": torch.tensor(1.0)}, 8, 1, 1)

@@ -477,3 +477,27 @@ def test_saved_results_must_hold_numbers_and_runs(tmp_path):
 
 def test_no_lock_holder_is_named_for_a_folder_that_is_gone(tmp_path):
     assert checkpoint.lock_holder(str(tmp_path / "gone")) == ""
+
+
+@pytest.mark.parametrize("saved_fused, own_fused", [(None, True), (True, None)])
+def test_a_resumed_optimiser_keeps_its_own_step_kernel_and_steps_on_unscaled_gradients(saved_fused, own_fused):
+    # A GPU run steps with the fused SGD kernel, which the fp16 grad scaler lets unscale the gradients; resuming a
+    # last.pth saved by another kernel (an older version, or the run moved between a GPU and the CPU) must not take
+    # the saved kernel with the state: the step would see scaled gradients.
+    from lib.engine.trainer import load_optimizer_state
+
+    def sgd(fused):
+        weight = torch.nn.Parameter(torch.ones(3))
+        return weight, torch.optim.SGD([weight], lr=0.1, momentum=0.9, fused=fused)
+
+    saved_weight, saved = sgd(saved_fused)
+    saved_weight.grad = torch.ones(3)
+    saved.step()  # a momentum buffer to carry over
+    weight, optimizer = sgd(own_fused)
+    load_optimizer_state(optimizer, saved.state_dict())
+    assert optimizer.param_groups[0]["fused"] is own_fused
+    assert torch.equal(optimizer.state[weight]["momentum_buffer"], torch.ones(3))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(weight.sum()).backward()
+    scaler.step(optimizer)
+    assert torch.allclose(weight.detach(), torch.full((3,), 1 - 0.1 * (0.9 * 1 + 1)))  # gradient 1, not 1024

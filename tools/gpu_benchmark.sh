@@ -4,8 +4,8 @@
 #   1. the published ISRD setting (configs/bench/gpu_isrd.yaml: ResNet-50@224 -> ResNet-18@56, batch 64) with
 #      bf16 + channels_last on every input pipeline;
 #   2. the CUDA-only tests and short bf16 CUDA trainings on the tensor and device pipelines (correctness);
-#   3. fp32; torch.compile (one repeat: compiling takes minutes); fp16 + channels_last; bf16 alone;
-#   4. 4 loader workers instead of 12; compile with CUDA graphs; torch.profiler tables of both steps.
+#   3. fp32; fp16 + channels_last; bf16 alone; 4 loader workers instead of 12; torch.profiler tables of both steps;
+#   4. torch.compile, then compile with CUDA graphs (one repeat each: compiling takes minutes, so they come last).
 # OUT receives four files however many steps run: gpu.txt (card and versions), log.txt (all that is printed),
 # benchmarks.jsonl (a line per finished benchmark: {"step", "seconds", "benchmark": its benchmark.json}) and
 # profile.txt. Each step's own folder (benchmark.json, traces, training runs) goes under WORK. A failed step is
@@ -63,7 +63,7 @@ bench() {  # step name, then benchmark.py options and config overrides
   stamp "benchmark $name"
   rm -f "$work/$name/benchmark.json"
   "$py" tools/benchmark.py --config_file configs/bench/gpu_isrd.yaml --steps 40 --warmup 5 --repeats 3 "$@" \
-    BASIC.OUTPUT_ROOT "'$work/$name'" 2>&1 | grep -v "^warm-up\|^bench epoch"
+    BASIC.OUTPUT_ROOT "'$work/$name'" 2>&1 | grep --line-buffered -v "^warm-up\|^bench epoch"
   if (( PIPESTATUS[0] != 0 )) || [[ ! -f $work/$name/benchmark.json ]]; then
     failed+=("$name")
     return
@@ -98,17 +98,18 @@ bench bf16_cl
 check cuda_tests "$py" -m pytest -q tests/test_datasets.py -k cuda
 check demo_tensor train_demo tensor
 check demo_device train_demo device
-# 3. fp32 (convolutions may still use TF32, cuDNN's default; matrix products are true fp32), compile, fp16.
+# 3. fp32 (convolutions may still use TF32, cuDNN's default; matrix products are true fp32), fp16, bf16 alone.
 bench fp32 --pipelines tensor,device TRAIN.AMP "'none'" TRAIN.CHANNELS_LAST False
-bench compile --pipelines tensor,device --repeats 1 TRAIN.COMPILE True
 bench fp16_cl --pipelines tensor,device TRAIN.AMP "'fp16'"
 bench bf16 --pipelines tensor,device TRAIN.CHANNELS_LAST False
-# 4. Fewer loader workers: less competition with the training thread for CPU cores (a launch-bound step runs at
-#    that thread's speed; 4 workers still decode about 2700 img/s). CUDA graphs. Where the host time goes.
+# Fewer loader workers: less competition with the training thread for CPU cores (a launch-bound step runs at that
+# thread's speed; 4 workers still decode about 2700 img/s). Where the host time goes.
 bench workers4 --pipelines tensor BASIC.NUM_WORKERS 4
-bench compile_cudagraphs --pipelines tensor,device --repeats 1 TRAIN.COMPILE True TRAIN.COMPILE_MODE "'reduce-overhead'"
 bench profile --pipelines tensor,device --repeats 1 --profile
 cat "$work"/profile/profile/profile_*.txt > "$out/profile.txt" 2>/dev/null
+# 4. torch.compile: a cold inductor build of the whole step per pipeline, then again for CUDA graphs.
+bench compile --pipelines tensor,device --repeats 1 TRAIN.COMPILE True
+bench compile_cudagraphs --pipelines tensor,device --repeats 1 TRAIN.COMPILE True TRAIN.COMPILE_MODE "'reduce-overhead'"
 stamp "done"
 if (( ${#failed[@]} )); then
   echo "failed steps: ${failed[*]} (their output is above; their folders and logs are under $work)"

@@ -255,7 +255,8 @@ _C.CUDNN = CN()
 # torch.backends.cudnn.benchmark (autotuning; non-deterministic). Only takes effect with CUDNN.DETERMINISTIC False.
 _C.CUDNN.BENCHMARK = False
 # Deterministic algorithms (cuDNN, and torch.use_deterministic_algorithms(warn_only=True) on every device); also
-# turns BENCHMARK off; makes resume exact.
+# turns BENCHMARK off; makes resume exact (on a GPU, except through an op without a deterministic CUDA kernel,
+# which torch names in a warning: the backward of TAS's bilinear/bicubic FKD upsampling).
 _C.CUDNN.DETERMINISTIC = True
 # torch.backends.cudnn.enabled.
 _C.CUDNN.ENABLE = True

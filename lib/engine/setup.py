@@ -101,15 +101,15 @@ def git_commit() -> str:
         return "unknown"
 
 
-def environment_lines() -> list[str]:
-    """Versions, git commit and command line, for the top of the log."""
+def environment_lines(device: torch.device) -> list[str]:
+    """Versions, git commit, command line and the run's CUDA card (`device`), for the top of the log."""
     import importlib.metadata
 
     import torchvision
 
     # timm's version from its metadata: importing it takes a second that a CNN run does not otherwise spend.
     timm_version = importlib.metadata.version("timm")
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    cuda = f"{device} {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "none"
     return [
         f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}",
         f"git commit: {git_commit()}",

@@ -359,9 +359,26 @@ def place_for_training(cfg: CfgNode, distiller: Distiller, device: torch.device
     distiller.to(device)
     if cfg.TRAIN.CHANNELS_LAST:
         distiller.to(memory_format=torch.channels_last)
+    # On CUDA, the fused SGD kernel: one launch for every parameter, and the fp16 grad scaler's inf check stays on
+    # the GPU (with another SGD, GradScaler.step reads it back to the CPU every step, waiting for the GPU).
     optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=cfg.SOLVER.START_LR,
-                                momentum=cfg.SOLVER.MUMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+                                momentum=cfg.SOLVER.MUMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+                                fused=True if device.type == "cuda" else None)
     return optimizer, torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.AMP == "fp16")
+
+
+# How an optimiser computes its step on this machine (fused kernel, foreach or per tensor): not a checkpoint's to say.
+_IMPLEMENTATION_KEYS = ("fused", "foreach")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """optimizer.load_state_dict(saved), keeping the optimiser's own implementation choice: load_state_dict would
+    take the saved one, and a fused optimiser (whose step the grad scaler lets unscale the gradients) given back a
+    saved 'fused': False would step on scaled gradients; a CPU resume of a GPU run would ask for the fused kernel."""
+    kept = [{key: group[key] for key in _IMPLEMENTATION_KEYS if key in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, own in zip(optimizer.param_groups, kept):
+        group.update(own)
 
 
 def format_duration(seconds: float) -> str:
@@ -423,7 +440,7 @@ def _load_last(last_path: str, run: int, distiller: Distiller, optimizer: torch.
         detail = str(err) if len(str(err)) <= 300 else str(err)[:297] + "..."  # cli_main joins its lines
         raise UserError(f"{last_path} does not fit the model of this config ({type(err).__name__}: {detail}); "
                         f"it was written by another version of the code; {fix}") from None
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"], device)
@@ -688,7 +705,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     try:
         for line in warnings:
             log.warning(line)
-        for line in environment_lines():
+        for line in environment_lines(device):
             log.info(line)
         slots = 1 if info.enabled else parallel_slots(cfg, device, len(pending))
         log.info(f"experiment: {exp_dir} ({method}, {num_runs} run(s), device {device}, "
@@ -707,7 +724,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
                 torch.set_num_threads(threads)
             try:
                 for run in pending:
-                    done[run] = train_run(exp, run, device, first if run == pending[0] else None)
+                    done[run] = train_run(exp, run, device, first)
+                    first = None  # run 0's networks (and their gradients) are freed before run 1 builds its own
             finally:
                 torch.set_num_threads(default_threads)
         results = summarize_runs([done[run] for run in range(num_runs)])
