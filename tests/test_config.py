@@ -298,9 +298,14 @@ def test_command_line_mistakes_are_one_user_error_not_usage(argv, words):
                                           "[0.2, 0.0, 0.2]"),
     (["SOLVER.LR_DECAY_FACTOR", "-1.0"], "SOLVER.LR_DECAY_FACTOR must be positive, got -1.0"),
     (["KD.ALPHA", "5.0"], "KD.ALPHA must be between 0 and 1 (the cross-entropy gets 1 - KD.ALPHA), got 5.0"),
-    (["AT.BETA", "-1000.0"], "AT.BETA must be >= 0 (it weights a loss term), got -1000.0"),
-    (["DKD.BETA", "-2.0"], "DKD.BETA must be >= 0 (it weights a loss term), got -2.0"),
-    (["FSR.ETA", "-50.0"], "FSR.ETA must be >= 0 (it weights a loss term), got -50.0"),
+    (["KD.ALPHA", "-0.1"], "KD.ALPHA must be between 0 and 1 (the cross-entropy gets 1 - KD.ALPHA), got -0.1"),
+    # A zero temperature is a NaN once the teacher has loaded; a negative one inverts the softmax (T^2 stays >= 0).
+    (["KD.TEMP", "0.0"], "KD.TEMP must be positive (the logits are divided by it), got 0.0"),
+    (["KD.TEMP", "-4.0"], "KD.TEMP must be positive (the logits are divided by it), got -4.0"),
+    (["DKD.TEMP", "0.0"], "DKD.TEMP must be positive (the logits are divided by it), got 0.0"),
+    (["DKD.TEMP", "-4.0"], "DKD.TEMP must be positive (the logits are divided by it), got -4.0"),
+    *[([key, "-1.0"], f"{key} must be >= 0 (it weights a loss term), got -1.0")
+      for key in ("AT.BETA", "SP.BETA", "ICKD.BETA", "DKD.ALPHA", "DKD.BETA", "FSR.ETA")],
     (["SOLVER.START_LR", "1e999"], "config key SOLVER.START_LR on the command line must be a finite number, got inf"),
     (["TRAIN.COMPILE_BACKEND", "'aot_eager'", "TRAIN.COMPILE_MODE", "'reduce-overhead'"],
      "TRAIN.COMPILE_MODE reduce-overhead is a mode of the inductor backend, but TRAIN.COMPILE_BACKEND is aot_eager; "

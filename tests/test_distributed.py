@@ -219,6 +219,32 @@ def test_ctrl_c_during_parallel_runs_is_one_line_and_leaves_no_damaged_checkpoin
         assert torch.load(last, weights_only=False)["epoch"] >= 1
 
 
+_IDLE = """
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from lib.engine import trainer
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=trainer._stop_on_sigterm)
+    assert pool.submit(abs, -1).result() == 1  # the run process has done its runs and waits for another task
+    (process,) = pool._processes.values()
+    process.terminate()  # as _train_in_parallel stops every run process when one fails or the command is stopped
+    process.join()
+    print(process.exitcode)
+    pool.shutdown(wait=True, cancel_futures=True)
+"""
+
+
+def test_a_run_process_stopped_while_it_waits_for_a_run_exits_without_a_traceback(tmp_path):
+    # 3 runs on 2 slots: one process finishes its run while the other trains the third, then waits. SIGTERM there
+    # came through the pool's own loop: a traceback on the terminal under the command's one line.
+    script = tmp_path / "idle.py"
+    script.write_text(_IDLE)
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "143\n", "")
+
+
 # A parallel run process whose parent (the command) is killed with -9: it must stop training and exit, not train
 # on into the folder a re-run then trains, nor idle like a pool process waiting for its next task.
 _ORPHAN = """

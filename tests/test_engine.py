@@ -293,6 +293,16 @@ def test_the_first_runs_networks_are_freed_before_the_next_run_trains(tiny_cub, 
     assert seen == [(0, True, [True]), (1, False, [False])]  # run 1 builds its own; run 0's (the only one) is gone
 
 
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+def test_the_loss_is_scaled_exactly_under_fp16(amp):
+    # fp16's small exponent range flushes small gradients (the KD and ISRD terms) to zero without a loss scale;
+    # bf16 has fp32's range and needs none.
+    cfg = get_cfg()
+    cfg.TRAIN.AMP = amp
+    _, scaler = trainer.place_for_training(cfg, Vanilla(torch.nn.Linear(2, 2)), torch.device("cpu"))
+    assert scaler.is_enabled() == (amp == "fp16")
+
+
 def test_the_log_names_the_card_the_run_trains_on_not_gpu_0(monkeypatch):
     from lib.engine.setup import environment_lines
 

@@ -285,7 +285,7 @@ def test_tools_that_train_nothing_say_interrupted_without_a_resume_hint(capsys):
     assert capsys.readouterr().err.splitlines() == ["interrupted"]
     for name in ("summarize", "eval", "benchmark", "cost", "prepare_data"):
         source = open(os.path.join(REPO_ROOT, "tools", f"{name}.py")).read()
-        assert "@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)" in source, name
+        assert "@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE" in source, name
 
 
 def test_a_gpu_out_of_memory_in_training_is_one_line_in_the_terminal_and_the_log(tiny_cub, write_config, tmp_path,

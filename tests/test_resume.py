@@ -3,12 +3,15 @@
 import errno
 import json
 import os
+import random
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -273,7 +276,9 @@ def test_a_ctrl_c_or_sigterm_inside_a_deferred_block_is_raised_after_it_not_swal
     try:
         with pytest.raises(raised):
             with deferred_interrupt():
-                os.kill(os.getpid(), signum)  # as while the loader workers are joined in a __del__
+                # As while the loader workers are joined in a __del__. To this thread: os.kill may hand the signal
+                # to another of the process's threads (torch's), whose handler call can lag past the block.
+                signal.pthread_kill(threading.get_ident(), signum)
                 finished.append(True)
         assert finished == [True]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -350,33 +355,83 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def test_a_resumed_run_draws_the_same_random_numbers_as_an_uninterrupted_one(tiny_cub, write_config, tmp_path,
-                                                                             monkeypatch):
-    # Dropout or drop-path would draw from torch's global RNG inside the step; last.pth brings its state back.
-    original = Vanilla.forward_train
-
-    def noisy(self, image, image_large, target, epoch):
-        logits, losses = original(self, image, image_large, target, epoch)
-        return logits, {name: loss * (1 + torch.rand(())) for name, loss in losses.items()}
+def sigterm_at_epoch_2(forward_train):
+    """A distiller's forward_train that SIGTERMs this process at the first step of epoch 2 (a preempted job), epoch 1
+    saved; otherwise `forward_train`."""
 
     def preempted(self, image, image_large, target, epoch):
         if epoch == 2:
             os.kill(os.getpid(), signal.SIGTERM)
-        return noisy(self, image, image_large, target, epoch)
+        return forward_train(self, image, image_large, target, epoch)
 
-    extra = {"MODEL": {"ARCH": "resnet18"}, "BASIC": {"NUM_RUNS": 1}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}
-    monkeypatch.setattr(Vanilla, "forward_train", noisy)
+    return preempted
+
+
+def reference_and_resumed(extra: dict, forward_train, tiny_cub, write_config, tmp_path, monkeypatch) -> list:
+    """Train one run of a 2-epoch ResNet-18 baseline (with `extra`) and the distiller's `forward_train` twice: through,
+    and SIGTERMed at epoch 2 then resumed; returns both experiment folders (reference, resumed)."""
+    extra = {"MODEL": {"ARCH": "resnet18"}, "BASIC": {"NUM_RUNS": 1}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32},
+             **extra}
+    monkeypatch.setattr(Vanilla, "forward_train", forward_train)
     reference = write_config(extra, tiny_cub, output_root=str(tmp_path / "reference"))
     assert run_in_process(STUDENT, reference, monkeypatch=monkeypatch) == 0
     interrupted = write_config(extra, tiny_cub, output_root=str(tmp_path / "interrupted"))
-    monkeypatch.setattr(Vanilla, "forward_train", preempted)
+    monkeypatch.setattr(Vanilla, "forward_train", sigterm_at_epoch_2(forward_train))
     assert run_in_process(STUDENT, interrupted, monkeypatch=monkeypatch) == 143
-    monkeypatch.setattr(Vanilla, "forward_train", noisy)
+    monkeypatch.setattr(Vanilla, "forward_train", forward_train)
     assert run_in_process(STUDENT, interrupted, monkeypatch=monkeypatch) == 0
-    exp = os.path.join("cub", "1runs_resnet18_32_seed0_0.01", "log", "run0", "stats.jsonl")
+    exp = os.path.join("cub", "1runs_resnet18_32_seed0_0.01")
+    return [tmp_path / root / exp for root in ("reference", "interrupted")]
+
+
+def test_a_resumed_run_draws_the_same_random_numbers_as_an_uninterrupted_one(tiny_cub, write_config, tmp_path,
+                                                                             monkeypatch):
+    # Dropout or drop-path would draw from torch's global RNG inside the step, a Mixup (timm's draws np.random.beta)
+    # or a library from numpy's or Python's: last.pth brings all three states back.
+    original = Vanilla.forward_train
+
+    def noisy(self, image, image_large, target, epoch):
+        logits, losses = original(self, image, image_large, target, epoch)
+        noise = (1 + torch.rand(())) * (1 + np.random.rand()) * (1 + random.random())
+        return logits, {name: loss * noise for name, loss in losses.items()}
+
+    folders = reference_and_resumed({}, noisy, tiny_cub, write_config, tmp_path, monkeypatch)
     stats = [[{k: v for k, v in json.loads(line).items() if k != "time_s"}
-              for line in (tmp_path / root / exp).read_text().splitlines()] for root in ("reference", "interrupted")]
+              for line in (exp / "log" / "run0" / "stats.jsonl").read_text().splitlines()] for exp in folders]
     assert [s["epoch"] for s in stats[1]] == [1, 2] and stats[1] == stats[0]
+
+
+def test_a_resume_removes_the_temporary_file_of_a_write_killed_with_sigkill(tiny_cub, write_config, tmp_path,
+                                                                          monkeypatch, capsys):
+    # kill -9 between atomic_write's temporary file and its rename leaves that file (a whole last.pth) behind.
+    original = Vanilla.forward_train
+    preempted = sigterm_at_epoch_2(original)
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "BASIC": {"NUM_RUNS": 1},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    monkeypatch.setattr(Vanilla, "forward_train", preempted)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 143
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
+    left = exp / "ckpt" / "run0" / ".last.pth.k9x_2abq.tmp"
+    left.write_bytes((exp / "ckpt" / "run0" / "last.pth").read_bytes())
+    kept = [exp / "notes.tmp", exp / ".notes.tmp"]  # not names atomic_write makes: the user's
+    for path in kept:
+        path.write_text("mine")
+    monkeypatch.setattr(Vanilla, "forward_train", original)
+    capsys.readouterr()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert not left.exists() and all(path.read_text() == "mine" for path in kept)
+    assert f"removed {left}, a file that a killed write left half-done" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # every step of epoch 1 overflowed
+def test_a_resumed_fp16_run_carries_on_its_loss_scale(tiny_cub, write_config, tmp_path, monkeypatch):
+    # Under TRAIN.AMP fp16 the grad scaler's scale and growth count are part of the run: started afresh at resume,
+    # the scale would grow and back off at other steps than the uninterrupted run's, skipping other steps.
+    folders = reference_and_resumed({"TRAIN": {"AMP": "fp16"}}, Vanilla.forward_train, tiny_cub, write_config,
+                                    tmp_path, monkeypatch)
+    scalers = [torch.load(exp / "ckpt" / "run0" / "last.pth", weights_only=False)["scaler"] for exp in folders]
+    assert scalers[0]["scale"] < 2.0**16  # fp16 overflowed at the initial scale: the scaler backed off
+    assert scalers[1] == scalers[0]
 
 
 def test_an_isrd_run_resumes_its_decoder_with_the_student(tiny_teacher, tiny_cub, write_config, tmp_path, monkeypatch):
@@ -388,11 +443,7 @@ def test_an_isrd_run_resumes_its_decoder_with_the_student(tiny_teacher, tiny_cub
     assert run_in_process(isrd, reference, monkeypatch=monkeypatch) == 0
     original = ISRD.forward_train
 
-    def preempted(self, image, image_large, target, epoch):
-        if epoch == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, image, image_large, target, epoch)
-
+    preempted = sigterm_at_epoch_2(original)
     interrupted = write_config(extra, tiny_cub, output_root=str(tmp_path / "interrupted"))
     monkeypatch.setattr(ISRD, "forward_train", preempted)
     assert run_in_process(isrd, interrupted, monkeypatch=monkeypatch) == 143

@@ -442,7 +442,9 @@ def check_cfg(cfg: CfgNode) -> None:
     _require(cfg.DKD.WARMUP >= 0, f"DKD.WARMUP must be >= 0, got {cfg.DKD.WARMUP}")
     _require(cfg.SOLVER.LR_DECAY_FACTOR > 0,
              f"SOLVER.LR_DECAY_FACTOR must be positive, got {cfg.SOLVER.LR_DECAY_FACTOR}")
-    _require(cfg.KD.TEMP > 0 and cfg.DKD.TEMP > 0, "KD.TEMP and DKD.TEMP must be positive")
+    for key in ("KD.TEMP", "DKD.TEMP"):
+        _require(cfg_value(cfg, key) > 0, f"{key} must be positive (the logits are divided by it), got "
+                                          f"{cfg_value(cfg, key)}")
     _require(0 <= cfg.KD.ALPHA <= 1, f"KD.ALPHA must be between 0 and 1 (the cross-entropy gets 1 - KD.ALPHA), got "
                                      f"{cfg.KD.ALPHA}")
     # A negative loss weight would reward the student for moving away from the teacher (or the large image).

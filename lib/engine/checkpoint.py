@@ -9,6 +9,7 @@ import io
 import json
 import os
 import random
+import re
 import tempfile
 from collections.abc import Callable
 from typing import IO, Any
@@ -56,6 +57,24 @@ def atomic_write(path: str, write_fn: Callable[[IO[bytes]], object]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# The temporary files of atomic_write: "." + the file's name + "." + mkstemp's 8 random characters + ".tmp".
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_temporaries(folder: str) -> list[str]:
+    """Delete what atomic_write left under `folder` when a kill -9 came between writing a temporary file and
+    renaming it (a whole checkpoint's worth of disk each); returns their paths. Only for a folder this process
+    holds the ExperimentLock of: no other process may be writing there."""
+    removed = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if _TEMPORARY.fullmatch(name):
+                path = os.path.join(root, name)
+                _remove_quietly(path)
+                removed.append(path)
+    return sorted(removed)
 
 
 def _umask() -> int:

@@ -49,6 +49,7 @@ from .checkpoint import (
     load_results,
     load_run_result,
     read_saved,
+    remove_temporaries,
     rng_state,
     save_checkpoint,
     save_json,
@@ -757,6 +758,8 @@ def _claim_folder(exp: Experiment, lock: ExperimentLock, exists: bool, fresh: bo
         exists = False
     make_folder(exp.exp_dir)
     lock.take(exp.exp_dir)  # a new folder (or the one made after moving the old aside)
+    for path in remove_temporaries(exp.exp_dir):
+        get_logger().info(f"removed {path}, a file that a killed write left half-done")
     if not exists:
         with open(os.path.join(exp.exp_dir, "config.yaml"), "w") as f:
             f.write(exp.cfg.dump())
@@ -806,10 +809,15 @@ def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: 
 
 
 def _stop_on_sigterm() -> None:
-    """In a run process: SIGTERM (sent by _train_in_parallel, or by the process itself once its parent has died)
-    interrupts the run as Ctrl-C would."""
-    signal.signal(signal.SIGTERM, raise_terminated)
+    """The initializer of a run process: SIGTERM (sent by _train_in_parallel, or by the process itself once its
+    parent has died) ends it at once and silently while it waits for a task (its pool's loop would print the
+    exception's traceback); _parallel_worker makes it interrupt a run as Ctrl-C would."""
+    signal.signal(signal.SIGTERM, _exit_terminated)
     stop_when_parent_dies()
+
+
+def _exit_terminated(signum, frame) -> None:
+    os._exit(TERMINATED_EXIT)
 
 
 def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, runs: list[int], device: str,
@@ -823,6 +831,7 @@ def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, 
     handler = add_log_file(os.path.join(exp_dir, "train.log"))
     once = WarnOnce(said)
     get_logger().addFilter(once)
+    idle = signal.signal(signal.SIGTERM, raise_terminated)  # from here the run unwinds, its last saved epoch kept
     try:
         exp = Experiment(cfg, method, exp_dir, multi_run, build_dataset(cfg, is_train=True),
                          build_dataset(cfg, is_train=False))
@@ -834,6 +843,7 @@ def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, 
             os._exit(TERMINATED_EXIT)
         raise
     finally:
+        signal.signal(signal.SIGTERM, idle)
         get_logger().removeFilter(once)
         get_logger().removeHandler(handler)
         handler.close()
