@@ -185,8 +185,10 @@ def test_cost_flag_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "c").exists()
 
 
-def test_cost_refuses_a_cpu_batch_larger_than_the_free_memory_before_measuring(tmp_path, monkeypatch, capsys):
-    # A forward that needs more memory than the machine has would be killed by the kernel, with nothing to read.
+def test_cost_refuses_a_cpu_batch_larger_than_the_free_memory_before_measuring_any_pair(tmp_path, monkeypatch,
+                                                                                         capsys):
+    # A forward that needs more memory than the machine has would be killed by the kernel, with nothing to read;
+    # refused at the last pair only after the first was measured, the first's minutes would be lost.
     import lib.analysis.cost as cost
 
     one_image = (cost.peak_activation_bytes(build_model("resnet18", 4, False).eval(), torch.zeros(1, 3, 32, 32))
@@ -194,12 +196,26 @@ def test_cost_refuses_a_cpu_batch_larger_than_the_free_memory_before_measuring(t
     monkeypatch.setattr(cost, "available_memory_bytes", lambda: 10 * one_image)
     timed = []
     monkeypatch.setattr(cost, "median_latency_ms", lambda *args: timed.append(args) or 1.0)
-    args = ["--archs", "resnet18", "--sizes", "32", "--device", "cpu", "--num-classes", "4", "--out", str(tmp_path)]
-    assert _run(COST, *args, "--batch-sizes", "1", "11", monkeypatch=monkeypatch) == 2
+    args = ["--sizes", "32", "--device", "cpu", "--num-classes", "4", "--out", str(tmp_path)]
+    # ResNet-50 holds more per image than ResNet-18: 9 images fit one, not the other.
+    assert _run(COST, "--archs", "resnet18", "resnet50", *args, "--batch-sizes", "1", "9", monkeypatch=monkeypatch) == 2
     line = _one_error_line(capsys.readouterr().err)
-    assert line.startswith("error: --batch-sizes 11: resnet18 @ 32 px needs about ") and "smaller --batch-sizes" in line
+    assert line.startswith("error: --batch-sizes 9: resnet50 @ 32 px needs about ") and "smaller --batch-sizes" in line
     assert not timed and not os.listdir(tmp_path)
-    assert _run(COST, *args, "--batch-sizes", "1", "9", monkeypatch=monkeypatch) == 0  # 9 images fit
+    assert _run(COST, "--archs", "resnet18", *args, "--batch-sizes", "1", "9", monkeypatch=monkeypatch) == 0
+    assert _run(COST, "--archs", "resnet18", *args, "--batch-sizes", "11", monkeypatch=monkeypatch) == 2
+
+
+def test_the_memory_a_cpu_measurement_may_take_is_what_the_container_leaves(tmp_path, monkeypatch):
+    import lib.analysis.cost as cost
+
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    limit.write_text("1000000\n")
+    usage.write_text("400000\n")
+    monkeypatch.setattr(cost, "_CGROUP_MEMORY", ((str(limit), str(usage)),))
+    assert cost.available_memory_bytes() == 600000  # far below this machine's MemAvailable
+    limit.write_text("max\n")  # no limit: the machine's free memory
+    assert cost.available_memory_bytes() > 600000
 
 
 def test_cost_says_which_measurement_ran_out_of_gpu_memory(tmp_path, monkeypatch, capsys):

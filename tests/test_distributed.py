@@ -240,7 +240,7 @@ def test_a_run_process_stopped_while_it_waits_for_a_run_exits_without_a_tracebac
     # came through the pool's own loop: a traceback on the terminal under the command's one line.
     script = tmp_path / "idle.py"
     script.write_text(_IDLE)
-    proc = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([sys.executable, str(script)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, PYTHONPATH=REPO_ROOT))
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "143\n", "")
 

@@ -294,13 +294,35 @@ def test_the_first_runs_networks_are_freed_before_the_next_run_trains(tiny_cub, 
 
 
 @pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
-def test_the_loss_is_scaled_exactly_under_fp16(amp):
+def test_the_grad_scaler_is_on_exactly_under_fp16(amp):
     # fp16's small exponent range flushes small gradients (the KD and ISRD terms) to zero without a loss scale;
     # bf16 has fp32's range and needs none.
     cfg = get_cfg()
     cfg.TRAIN.AMP = amp
     _, scaler = trainer.place_for_training(cfg, Vanilla(torch.nn.Linear(2, 2)), torch.device("cpu"))
     assert scaler.is_enabled() == (amp == "fp16")
+
+
+def test_the_fused_sgd_of_gpus_steps_as_the_plain_one_after_a_first_step_skipped_for_an_fp16_overflow():
+    # torch's fused SGD leaves its momentum buffers uninitialised when the grad scaler skips its first step: the
+    # next step added garbage (weights of 1e10 here). fp16 overflows at the initial scale, so a fresh fp16 run on a
+    # GPU met it at once. The fused kernel runs on the CPU too.
+    cfg = get_cfg()
+    gradients = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0))
+    gradients[0, 0] = float("inf")  # step 1 overflows
+    weights = []
+    for fused in (False, True):
+        weight = torch.nn.Parameter(torch.ones(1000))
+        optimizer = trainer.build_optimizer(cfg, [weight], fused=fused)
+        scaler = torch.amp.GradScaler("cpu")
+        for gradient in gradients:
+            optimizer.zero_grad()
+            scaler.scale((weight * gradient).sum()).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        weights.append(weight.detach())
+    assert optimizer.param_groups[0]["fused"] and torch.equal(weights[1], weights[0])
+    assert not torch.equal(weights[0], torch.ones(1000))  # steps 2 and 3 moved it
 
 
 def test_the_log_names_the_card_the_run_trains_on_not_gpu_0(monkeypatch):
@@ -673,6 +695,21 @@ def test_a_failed_compile_names_its_cause_and_where_to_look(backend, cause, advi
     message = trainer.compile_failure(cfg, cause)
     assert message == (f"TRAIN.COMPILE True: torch.compile ({backend}) could not build the training step "
                        f"(RuntimeError: {str(cause).splitlines()[0]}); {advice}")
+
+
+def test_a_gpu_out_of_memory_while_compiling_is_the_out_of_memory_line_not_compiler_advice(monkeypatch):
+    # Inductor's autotuning runs the step's kernels while building: a batch too large for the card fails there.
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+    def build_fails(*args):
+        raise torch._dynamo.exc.BackendCompilerFailed(build_fails, oom, None)
+
+    monkeypatch.setattr(torch, "compile", lambda step, **options: build_fails)
+    cfg = get_cfg()
+    cfg.TRAIN.COMPILE = True
+    with pytest.raises(torch.cuda.OutOfMemoryError) as err:
+        trainer.compile_step(cfg, lambda *args: None)()
+    assert err.value is oom  # cli_main turns it into one line saying what to lower
 
 
 def test_loader_workers_are_forked_whatever_pythons_default_start_method(tiny_cub, write_config, monkeypatch):

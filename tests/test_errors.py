@@ -300,10 +300,23 @@ def test_a_gpu_out_of_memory_in_training_is_one_line_in_the_terminal_and_the_log
     assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
     expected = ("error: the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
                 "capacity of 79.19 GiB of which 1.06 GiB is free.): use a smaller TRAIN.BATCH_SIZE or TEST.BATCH_SIZE, "
-                "or TRAIN.AMP bf16, or free the GPU of other processes")
+                "or mixed precision (TRAIN.AMP bf16 or fp16), or free the GPU of other processes")
     assert one_error_line(capsys.readouterr().err) == expected
     (log,) = glob.glob(str(tmp_path / "out" / "cub" / "*" / "train.log"))
     assert open(log).read().splitlines()[-1].endswith(expected)  # tools/summarize.py shows why it stopped
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_every_rank_that_runs_out_of_gpu_memory_says_so_with_its_rank(rank, monkeypatch, capsys):
+    # Unlike a config mistake, which every rank meets and rank 0 alone says, one card may be full or shared.
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(SystemExit) as exit_:
+        _raises(torch.cuda.OutOfMemoryError(OOM_MESSAGE))()
+    assert exit_.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: rank 1: the GPU ran out of memory (" if rank == "1" else
+                           "error: the GPU ran out of memory ("), line
 
 
 def test_eval_says_which_batch_size_to_lower_when_the_gpu_runs_out_of_memory(tiny_cub, write_config, tmp_path,

@@ -401,9 +401,11 @@ def test_a_resumed_run_draws_the_same_random_numbers_as_an_uninterrupted_one(tin
     assert [s["epoch"] for s in stats[1]] == [1, 2] and stats[1] == stats[0]
 
 
-def test_a_resume_removes_the_temporary_file_of_a_write_killed_with_sigkill(tiny_cub, write_config, tmp_path,
+@pytest.mark.parametrize("locked", [True, False])
+def test_a_resume_removes_the_temporary_file_of_a_write_killed_with_sigkill(locked, tiny_cub, write_config, tmp_path,
                                                                           monkeypatch, capsys):
     # kill -9 between atomic_write's temporary file and its rename leaves that file (a whole last.pth) behind.
+    # Without a lock (a file system without flock) another command may be writing it now: it stays.
     original = Vanilla.forward_train
     preempted = sigterm_at_epoch_2(original)
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "BASIC": {"NUM_RUNS": 1},
@@ -413,14 +415,20 @@ def test_a_resume_removes_the_temporary_file_of_a_write_killed_with_sigkill(tiny
     exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
     left = exp / "ckpt" / "run0" / ".last.pth.k9x_2abq.tmp"
     left.write_bytes((exp / "ckpt" / "run0" / "last.pth").read_bytes())
-    kept = [exp / "notes.tmp", exp / ".notes.tmp"]  # not names atomic_write makes: the user's
+    eval_dir = exp / "ckpt" / "run0" / "eval" / "last_16px"  # tools/eval.py's, which takes no lock: maybe writing
+    eval_dir.mkdir(parents=True)
+    kept = [exp / "notes.tmp", exp / ".notes.tmp",  # not names atomic_write makes: the user's
+            eval_dir / ".metrics.json.a1b2c3d4.tmp"]
     for path in kept:
         path.write_text("mine")
     monkeypatch.setattr(Vanilla, "forward_train", original)
+    if not locked:
+        monkeypatch.setattr(checkpoint, "fcntl", None)
     capsys.readouterr()
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
-    assert not left.exists() and all(path.read_text() == "mine" for path in kept)
-    assert f"removed {left}, a file that a killed write left half-done" in capsys.readouterr().out
+    assert left.exists() != locked and all(path.read_text() == "mine" for path in kept)
+    said = f"removed {left}, a file that a killed write left half-done" in capsys.readouterr().out
+    assert said == locked
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler")  # every step of epoch 1 overflowed

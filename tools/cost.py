@@ -52,7 +52,8 @@ def _per_device(counts: dict[str, int]) -> str:
     return f"default: {counts['cuda']} on a GPU, {counts['cpu']} on the CPU"
 
 
-@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
+@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE,
+          memory_hint="use smaller --batch-sizes or free the GPU of other processes")
 def main() -> None:
     """Parse the flags, measure, write the tables."""
     args = parse_args()

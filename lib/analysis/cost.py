@@ -203,29 +203,49 @@ def peak_activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return tracker.peak
 
 
+# A container's (Docker, Slurm) memory limit and use: cgroup v2, then v1. The kernel kills at the limit, whatever
+# the machine has free.
+_CGROUP_MEMORY = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _read_number(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])  # "max" (no limit) is not a number
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def available_memory_bytes() -> int | None:
-    """The memory this machine can still give a process (MemAvailable of /proc/meminfo), or None where unknown."""
+    """The memory this process can still take on the CPU, or None where unknown: /proc/meminfo's MemAvailable, or
+    less where a container's memory limit leaves less."""
+    free = []
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # kB
+            free += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]  # kB
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    for limit_path, usage_path in _CGROUP_MEMORY:
+        limit, usage = _read_number(limit_path), _read_number(usage_path)
+        if limit is not None and usage is not None:
+            free.append(max(limit - usage, 0))
+            break
+    return min(free) if free else None
 
 
-def check_fits_in_memory(model: nn.Module, arch: str, size: int, batch: int) -> None:
-    """Refuse a CPU measurement whose forward at `batch` would need more memory than the machine has free (the
-    kernel would kill the process, no error to read): estimated as `batch` times one image's input and activations."""
+def check_fits_in_memory(arch: str, size: int, batch: int, num_classes: int) -> None:
+    """Refuse a CPU measurement whose forward at `batch` would need more memory than this process can take (the
+    kernel would kill it, no error to read): estimated as `batch` times one image's input and activations."""
     available = available_memory_bytes()
     if available is None:
         return
+    model = build_model(arch, num_classes, False).eval()
     one = peak_activation_bytes(model, torch.zeros(1, 3, size, size)) + 3 * size * size * 4  # float32 input
     if batch * one > available:
         raise UserError(f"--batch-sizes {batch}: {arch} @ {size} px needs about {batch * one / 2**30:.1f} GiB for "
-                        f"one forward at batch {batch}, more than the {available / 2**30:.1f} GiB this machine has "
-                        "free; use smaller --batch-sizes")
+                        f"one forward at batch {batch}, more than the {available / 2**30:.1f} GiB this process can "
+                        "take; use smaller --batch-sizes")
 
 
 @torch.inference_mode()
@@ -298,8 +318,6 @@ def measure(arch: str, size: int, batch_sizes: Sequence[int], device: torch.devi
                            "macs": flops // 2, "input_pixels": pixels, "input_bytes": nbytes,
                            "latency_ms": {}, "peak_mem_mb": {}}
     model = model.to(device)
-    if device.type == "cpu":
-        check_fits_in_memory(model, arch, size, max(batch_sizes))
     for batch in batch_sizes:
         try:
             x = torch.zeros(batch, 3, size, size, device=device)
@@ -388,6 +406,9 @@ def run_cost(archs: Sequence[str], sizes: Sequence[int], batch_sizes: Sequence[i
         "memory_method": MEMORY_METHOD[device.type],
         "input_bytes": "uint8 RGB, 3 bytes a pixel",
     }
+    if device.type == "cpu":  # every pair before any is measured: a refusal throws no measurement away
+        for arch, size in pairs:
+            check_fits_in_memory(arch, size, max(batch_sizes), num_classes)
     rows = []
     for i, (arch, size) in enumerate(pairs, 1):
         row = measure(arch, size, batch_sizes, device, warmup, repeats, num_classes)

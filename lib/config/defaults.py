@@ -256,7 +256,8 @@ _C.CUDNN = CN()
 _C.CUDNN.BENCHMARK = False
 # Deterministic algorithms (cuDNN, and torch.use_deterministic_algorithms(warn_only=True) on every device); also
 # turns BENCHMARK off; makes resume exact (on a GPU, except through an op without a deterministic CUDA kernel,
-# which torch names in a warning: the backward of TAS's bilinear/bicubic FKD upsampling).
+# which torch names in a warning: the backward of a ViT's fused attention, of TAS's bilinear/bicubic FKD
+# upsampling and of AT's pooling of a student map larger than the teacher's).
 _C.CUDNN.DETERMINISTIC = True
 # torch.backends.cudnn.enabled.
 _C.CUDNN.ENABLE = True

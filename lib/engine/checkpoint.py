@@ -64,11 +64,13 @@ _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def remove_temporaries(folder: str) -> list[str]:
-    """Delete what atomic_write left under `folder` when a kill -9 came between writing a temporary file and
-    renaming it (a whole checkpoint's worth of disk each); returns their paths. Only for a folder this process
-    holds the ExperimentLock of: no other process may be writing there."""
+    """Delete what atomic_write left under the experiment `folder` when a kill -9 came between writing a temporary
+    file and renaming it (a whole checkpoint's worth of disk each); returns their paths. Only for a folder this
+    process holds the ExperimentLock of, so that no other training writes there; the eval/ folders of
+    tools/eval.py, which takes no lock and may be writing now, are left alone."""
     removed = []
-    for root, _, files in os.walk(folder):
+    for root, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if name != "eval"]
         for name in files:
             if _TEMPORARY.fullmatch(name):
                 path = os.path.join(root, name)
@@ -119,13 +121,14 @@ class ExperimentLock:
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
 
-    def take(self, folder: str) -> None:
-        """Lock `folder` (and let go of a folder locked before, e.g. one moved aside); UserError if it is held."""
+    def take(self, folder: str) -> bool:
+        """Lock `folder` (and let go of a folder locked before, e.g. one moved aside); UserError if it is held.
+        Returns whether it is locked now (False where the file system has no flock: training goes on unguarded)."""
         if fcntl is None:
-            return
+            return False
         stat = os.stat(folder)
         if self._inode == (stat.st_dev, stat.st_ino):
-            return
+            return True
         fd = os.open(folder, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,10 +137,11 @@ class ExperimentLock:
             if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
                 raise UserError(f"{folder} is being trained by another process{_flock_holder(stat)} now; "
                                 "wait for it to end (or stop it), then re-run this command to resume") from None
-            return  # flock unsupported here
+            return False  # flock unsupported here
         self.release()
         self._fd, self._inode = fd, (stat.st_dev, stat.st_ino)
         _HELD_LOCKS.add(fd)
+        return True
 
     def release(self) -> None:
         """Let go of the lock (the kernel does too when the process ends)."""

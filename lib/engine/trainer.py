@@ -228,6 +228,8 @@ def compile_step(cfg: CfgNode, step: StepFn) -> StepFn:
         try:
             return compiled(*args)
         except torch._dynamo.exc.BackendCompilerFailed as err:
+            if isinstance(err.inner_exception, torch.cuda.OutOfMemoryError):  # (autotuning's trial runs)
+                raise err.inner_exception from None  # cli_main's line: what to lower, not compiler advice
             raise UserError(compile_failure(cfg, err.inner_exception)) from None
 
     return compiled_step
@@ -360,12 +362,24 @@ def place_for_training(cfg: CfgNode, distiller: Distiller, device: torch.device
     distiller.to(device)
     if cfg.TRAIN.CHANNELS_LAST:
         distiller.to(memory_format=torch.channels_last)
-    # On CUDA, the fused SGD kernel: one launch for every parameter, and the fp16 grad scaler's inf check stays on
-    # the GPU (with another SGD, GradScaler.step reads it back to the CPU every step, waiting for the GPU).
-    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=cfg.SOLVER.START_LR,
-                                momentum=cfg.SOLVER.MUMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-                                fused=True if device.type == "cuda" else None)
+    optimizer = build_optimizer(cfg, distiller.get_learnable_parameters(), fused=device.type == "cuda")
     return optimizer, torch.amp.GradScaler(device.type, enabled=cfg.TRAIN.AMP == "fp16")
+
+
+def build_optimizer(cfg: CfgNode, params: list[torch.nn.Parameter], fused: bool) -> torch.optim.SGD:
+    """The SGD of SOLVER.*. `fused` (on CUDA): torch's fused kernel, one launch for every parameter, with which the
+    fp16 grad scaler's inf check stays on the GPU (with another SGD, GradScaler.step reads it back to the CPU every
+    step, waiting for the GPU)."""
+    optimizer = torch.optim.SGD(params, lr=cfg.SOLVER.START_LR, momentum=cfg.SOLVER.MUMENTUM,
+                                weight_decay=cfg.SOLVER.WEIGHT_DECAY, fused=True if fused else None)
+    if fused and cfg.SOLVER.MUMENTUM:
+        # The fused kernel makes its momentum buffers with empty_like at its first step and leaves them unwritten
+        # when the grad scaler skips that step (fp16 overflows at the initial scale): the next step would add
+        # uninitialised memory. Buffers made at zero give the first step's buffer = gradient, as the unfused SGD.
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                optimizer.state[param]["momentum_buffer"] = torch.zeros_like(param)
+    return optimizer
 
 
 # How an optimiser computes its step on this machine (fused kernel, foreach or per tensor): not a checkpoint's to say.
@@ -757,9 +771,9 @@ def _claim_folder(exp: Experiment, lock: ExperimentLock, exists: bool, fresh: bo
         get_logger().info(f"{why} was moved to {move_aside(exp.exp_dir)}")
         exists = False
     make_folder(exp.exp_dir)
-    lock.take(exp.exp_dir)  # a new folder (or the one made after moving the old aside)
-    for path in remove_temporaries(exp.exp_dir):
-        get_logger().info(f"removed {path}, a file that a killed write left half-done")
+    if lock.take(exp.exp_dir):  # a new folder (or the one made after moving the old aside)
+        for path in remove_temporaries(exp.exp_dir):
+            get_logger().info(f"removed {path}, a file that a killed write left half-done")
     if not exists:
         with open(os.path.join(exp.exp_dir, "config.yaml"), "w") as f:
             f.write(exp.cfg.dump())
@@ -831,8 +845,9 @@ def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, 
     handler = add_log_file(os.path.join(exp_dir, "train.log"))
     once = WarnOnce(said)
     get_logger().addFilter(once)
-    idle = signal.signal(signal.SIGTERM, raise_terminated)  # from here the run unwinds, its last saved epoch kept
+    idle = signal.getsignal(signal.SIGTERM)
     try:
+        signal.signal(signal.SIGTERM, raise_terminated)  # from here the run unwinds, its last saved epoch kept
         exp = Experiment(cfg, method, exp_dir, multi_run, build_dataset(cfg, is_train=True),
                          build_dataset(cfg, is_train=False))
         target = torch.device(device)

@@ -25,8 +25,8 @@ FRESH_START_INTERRUPTED_MESSAGE = ("interrupted; re-run the same command without
 TOOL_INTERRUPTED_MESSAGE = "interrupted"
 # What to change when a GPU runs out of memory: the training scripts' and tools/benchmark.py's keys (tools/eval.py
 # and tools/cost.py name their own).
-TRAINING_MEMORY_HINT = ("use a smaller TRAIN.BATCH_SIZE or TEST.BATCH_SIZE, or TRAIN.AMP bf16, or free the GPU of "
-                        "other processes")
+TRAINING_MEMORY_HINT = ("use a smaller TRAIN.BATCH_SIZE or TEST.BATCH_SIZE, or mixed precision (TRAIN.AMP bf16 or "
+                        "fp16), or free the GPU of other processes")
 
 # Writing into a read-only, forbidden or full folder: the user picks another folder, it is not a bug.
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
@@ -201,7 +201,9 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             message = out_of_memory_message(err, memory_hint)
             if message is None:
                 raise
-            _exit(f"error: {message}", USER_ERROR_EXIT)
+            # Not a mistake that every rank of a DDP job meets: one card may be full, or shared. Each says it.
+            rank = f"rank {os.environ['RANK']}: " if _torchrun_rank_other_than_0() else ""
+            _exit(f"error: {rank}{message}", USER_ERROR_EXIT, every_rank=True)
         finally:
             if catch:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -209,9 +211,9 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
     return wrapper
 
 
-def _exit(line: str, status: int) -> NoReturn:
-    # Under torchrun every rank meets the same mistake: rank 0 alone says it.
-    if not _torchrun_rank_other_than_0():
+def _exit(line: str, status: int, every_rank: bool = False) -> NoReturn:
+    # Under torchrun every rank meets the same mistake: rank 0 alone says it (unless `every_rank`).
+    if every_rank or not _torchrun_rank_other_than_0():
         try:
             print(line, file=sys.stderr, flush=True)
         except OSError:  # stderr is a closed pipe (`... 2>&1 | head`): the exit status still tells

@@ -109,8 +109,7 @@ def log_stop(handler: logging.Handler, err: BaseException) -> None:
         line = INTERRUPTED_LINE
     elif isinstance(err, UserError):
         line = ERROR_PREFIX + one_line(str(err))
-    elif out_of_memory_message(err, TRAINING_MEMORY_HINT):
-        line = ERROR_PREFIX + out_of_memory_message(err, TRAINING_MEMORY_HINT)
     else:
-        line = f"{ERROR_PREFIX}{type(err).__name__}: {first_line(err)}"
+        line = ERROR_PREFIX + (out_of_memory_message(err, TRAINING_MEMORY_HINT)
+                               or f"{type(err).__name__}: {first_line(err)}")
     handler.handle(logging.makeLogRecord({"msg": line, "levelno": logging.ERROR, "levelname": "ERROR"}))
