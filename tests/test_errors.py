@@ -338,6 +338,16 @@ def test_eval_says_which_batch_size_to_lower_when_the_gpu_runs_out_of_memory(tin
     assert len(detail) == 200 and detail.endswith("9...")
 
 
+def test_a_cublas_workspace_that_cannot_be_allocated_is_an_out_of_memory_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _raises(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))()
+    assert exit_.value.code == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        "error: the GPU ran out of memory (CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling "
+        "`cublasCreate(handle)`): use a smaller TRAIN.BATCH_SIZE or TEST.BATCH_SIZE, or mixed precision (TRAIN.AMP "
+        "bf16 or fp16), or free the GPU of other processes")
+
+
 def test_other_runtime_errors_keep_their_traceback():
     # A bug is not a mistake of the user's: it stays visible with its traceback.
     with pytest.raises(RuntimeError, match="shape mismatch"):

@@ -137,10 +137,14 @@ def out_of_memory_message(err: BaseException, hint: str) -> str | None:
     """One line for a GPU out of memory (torch.cuda.OutOfMemoryError: a batch too large for the card, or another
     process holding it), saying what was asked for and what was free, then `hint`; None for any other error."""
     torch = sys.modules.get("torch")  # not imported here: only a process that loaded torch can meet its errors
-    if torch is None or not isinstance(err, torch.cuda.OutOfMemoryError):
+    if torch is None:
+        return None
+    text = first_line(err)
+    # cuBLAS and cuDNN allocate their own workspaces: their failures come as plain RuntimeErrors.
+    if not (isinstance(err, torch.cuda.OutOfMemoryError)
+            or isinstance(err, RuntimeError) and re.search(r"(CUBLAS|CUDNN)_STATUS_ALLOC_FAILED", text)):
         return None
     # torch's message is one long line: the request and the card's free memory, then allocator statistics.
-    text = first_line(err)
     short = re.match(r".*? is free\.", text) or re.match(r".*?Tried to allocate [\d.]+ \w+\.", text)
     detail = short.group(0) if short else (text if len(text) <= 200 else text[:197] + "...")
     return f"the GPU ran out of memory ({detail}): {hint}"
