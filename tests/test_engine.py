@@ -305,8 +305,8 @@ def test_the_grad_scaler_is_on_exactly_under_fp16(amp):
 
 def test_the_fused_sgd_of_gpus_steps_as_the_plain_one_after_a_first_step_skipped_for_an_fp16_overflow():
     # torch's fused SGD leaves its momentum buffers uninitialised when the grad scaler skips its first step: the
-    # next step added garbage (weights of 1e10 here). fp16 overflows at the initial scale, so a fresh fp16 run on a
-    # GPU met it at once. The fused kernel runs on the CPU too.
+    # next step added garbage (weights of 1e10 in one reproduction). fp16 overflows at the initial scale, so a
+    # fresh fp16 run on a GPU met it at once. The fused kernel runs on the CPU too.
     cfg = get_cfg()
     gradients = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0))
     gradients[0, 0] = float("inf")  # step 1 overflows
