@@ -237,6 +237,21 @@ def test_cost_says_which_measurement_ran_out_of_gpu_memory(tmp_path, monkeypatch
     assert not os.listdir(tmp_path)
 
 
+def test_a_gpu_out_of_memory_elsewhere_in_cost_names_its_own_flag(tmp_path, monkeypatch, capsys):
+    # Outside a measurement (moving a model to the card, say) the tool's own hint, not the training scripts' keys.
+    import lib.analysis.cost as cost
+
+    def out_of_memory(*args):
+        raise torch.cuda.OutOfMemoryError(OOM_MESSAGE)
+
+    monkeypatch.setattr(cost, "count_flops", out_of_memory)
+    args = ["--archs", "resnet18", "--sizes", "32", "--batch-sizes", "1", "--device", "cpu", "--out", str(tmp_path)]
+    assert _run(COST, *args, monkeypatch=monkeypatch) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: the GPU ran out of memory (")
+    assert line.endswith("): use smaller --batch-sizes or free the GPU of other processes"), line
+
+
 def test_flops_golden_values():
     # A conv and a linear layer: 2 FLOPs per multiply-add.
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
