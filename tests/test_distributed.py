@@ -17,6 +17,7 @@ from lib.config import REPO_ROOT, get_cfg, load_config
 from lib.distillers import build_distiller
 from lib.engine import trainer
 from lib.engine.distributed import parallel_slots
+from lib.engine.setup import slot_devices
 from lib.engine.trainer import autocast
 from lib.models.model_builder import build_model
 from lib.utils.errors import INTERRUPTED_MESSAGE, UserError
@@ -312,12 +313,12 @@ def test_every_run_gets_the_same_cpu_thread_count_whether_it_trains_beside_other
             json.dump(row, f)
         return row
 
-    def fake_parallel(exp, pending, slots, device, threads, said=()):
-        assert slots == 2
+    def fake_parallel(exp, pending, devices, threads, said=()):
+        assert devices == [torch.device("cpu")] * 2
         default = torch.get_num_threads()
         torch.set_num_threads(threads)  # as each run process does
         try:
-            return {run: fake_run(exp, run, device) for run in pending}
+            return {run: fake_run(exp, run, devices[0]) for run in pending}
         finally:
             torch.set_num_threads(default)
 
@@ -358,9 +359,37 @@ def test_parallel_runs_on_cuda_go_one_to_each_gpu_of_gpu_id(monkeypatch, tmp_pat
     cfg = get_cfg()
     cfg.BASIC.GPU_ID = [2, 3]
     exp = trainer.Experiment(cfg, "single", str(tmp_path), True, None, None)
-    trainer._train_in_parallel(exp, [0, 1, 2], 2, torch.device("cuda", 2), 0)
+    devices = slot_devices(cfg, torch.device("cuda", 2), 2)
+    assert devices == [torch.device("cuda", 2), torch.device("cuda", 3)]
+    trainer._train_in_parallel(exp, [0, 1, 2], devices, 0)
     # (cfg yaml, method, exp_dir, multi_run, runs, device, threads) of each process.
     assert [(args[4], args[5]) for args in submitted] == [([0, 2], "cuda:2"), ([1], "cuda:3")]
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_only_a_process_that_trains_takes_its_device_and_checks_the_cache_fits_there(
+        parallel, tiny_cub, write_config, monkeypatch):
+    # On CUDA 12 taking a device makes a context there: a main process that only waits for its run processes stays
+    # off the GPUs (one of them trains on GPU_ID[0], which in exclusive-process mode takes one process only).
+    taken, checked = [], []
+    monkeypatch.setattr(trainer, "use_device", taken.append)
+    monkeypatch.setattr(trainer, "check_cache_fits", lambda dataset, device: checked.append(device))
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": parallel},
+                           "DATA": {**EXTRA["DATA"], "PIPELINE": "device"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    cpu = torch.device("cpu")
+    assert (taken, checked) == (([cpu], [cpu]) if parallel == 1 else ([], []))
+
+
+def test_a_run_process_takes_its_own_device_and_checks_the_cache_fits_there(tiny_cub, monkeypatch, tmp_path):
+    taken, checked = [], []
+    monkeypatch.setattr(trainer, "use_device", taken.append)
+    monkeypatch.setattr(trainer, "check_cache_fits", lambda dataset, device: checked.append(device))
+    cfg = get_cfg()
+    cfg.DATA.DATASET, cfg.DATA.DATADIR, cfg.DATA.NUM_CLASSES, cfg.DATA.PIPELINE = "cub", tiny_cub, 4, "device"
+    cfg.DATA.RESIZE_SIZE, cfg.DATA.CROP_SIZE = 36, 32
+    assert trainer._parallel_worker(cfg.dump(), "single", str(tmp_path), True, [], "cpu", 0) == {}
+    assert taken == checked == [torch.device("cpu")]
 
 
 def test_no_more_runs_at_once_than_runs_left():

@@ -329,8 +329,11 @@ def test_the_log_names_the_card_the_run_trains_on_not_gpu_0(monkeypatch):
     from lib.engine.setup import environment_lines
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: {2: "NVIDIA H200"}.get(device.index, "other"))
-    assert environment_lines(torch.device("cuda", 2))[-1] == "cuda device: cuda:2 NVIDIA H200"
-    assert environment_lines(torch.device("cpu"))[-1] == "cuda device: none"
+    assert environment_lines([torch.device("cuda", 2)])[-1] == "cuda device: cuda:2 NVIDIA H200"
+    assert environment_lines([torch.device("cpu")] * 2)[-1] == "cuda device: none"
+    # Runs in parallel, one per GPU: each card once.
+    runs = [torch.device("cuda", 2), torch.device("cuda", 0), torch.device("cuda", 2)]
+    assert environment_lines(runs)[-1] == "cuda device: cuda:2 NVIDIA H200, cuda:0 other"
 
 
 def test_the_epoch_means_weight_each_step_by_its_batch():

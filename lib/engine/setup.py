@@ -7,6 +7,7 @@ import platform
 import random
 import subprocess
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -36,6 +37,13 @@ def select_device(cfg: CfgNode, slot: int = 0) -> torch.device:
             raise UserError(f"BASIC.GPU_ID {list(cfg.BASIC.GPU_ID)} names GPU {gpu}, but this machine has {count} "
                             f"CUDA device(s) (ids 0..{count - 1})")
     return torch.device("cuda", cfg.BASIC.GPU_ID[slot % len(cfg.BASIC.GPU_ID)])
+
+
+def slot_devices(cfg: CfgNode, device: torch.device, slots: int) -> list[torch.device]:
+    """The device of each of `slots` runs trained at once: GPU_ID[slot] on CUDA (select_device), else `device`."""
+    if slots > 1 and device.type == "cuda":
+        return [select_device(cfg, slot) for slot in range(slots)]
+    return [device] * slots
 
 
 def use_device(device: torch.device) -> None:
@@ -101,15 +109,21 @@ def git_commit() -> str:
         return "unknown"
 
 
-def environment_lines(device: torch.device) -> list[str]:
-    """Versions, git commit, command line and the run's CUDA card (`device`), for the top of the log."""
+def device_names(devices: Sequence[torch.device]) -> list[str]:
+    """The names of `devices`, each once, in order ("cuda:0", "cuda:1"; runs that share a device name it once)."""
+    return list(dict.fromkeys(str(device) for device in devices))
+
+
+def environment_lines(devices: Sequence[torch.device]) -> list[str]:
+    """Versions, git commit, command line and the CUDA cards the runs train on (`devices`), for the top of the log."""
     import importlib.metadata
 
     import torchvision
 
     # timm's version from its metadata: importing it takes a second that a CNN run does not otherwise spend.
     timm_version = importlib.metadata.version("timm")
-    cuda = f"{device} {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "none"
+    cuda = ", ".join(f"{name} {torch.cuda.get_device_name(torch.device(name))}" for name in device_names(devices)
+                     if name.startswith("cuda")) or "none"
     return [
         f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}",
         f"git commit: {git_commit()}",

@@ -76,10 +76,12 @@ from .resume import (
 )
 from .setup import (
     configure_backends,
+    device_names,
     environment_lines,
     experiment_dir,
     seed_everything,
     select_device,
+    slot_devices,
     use_device,
 )
 
@@ -696,10 +698,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     # stays one line, and they go to train.log too.
     with held_warnings() as warnings:
         device = device or select_device(cfg)
-        use_device(device)
         train_set, test_set = build_dataset(cfg, is_train=True), build_dataset(cfg, is_train=False)
-        if cfg.DATA.PIPELINE == "device":
-            check_cache_fits(train_set, device)
         exp = Experiment(cfg, method, exp_dir, multi_run, train_set, test_set, info)
         stale = stale or (checking and stale_attempt(
             exp_dir, lambda: check_saved_data(cfg, exp_dir, train_set, test_set)))
@@ -707,8 +706,16 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         pending = [r for r in range(num_runs)
                    if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
         done = {} if fresh else _check_saved_runs(exp, num_runs, pending)
+        slots = 1 if info.enabled else parallel_slots(cfg, device, len(pending))
+        # Only a process that trains takes its device (on CUDA 12 that makes a context there): run processes take
+        # their own, and this one stays off the GPUs (a GPU in exclusive-process mode takes one process only).
+        run_devices = slot_devices(cfg, device, slots)
         first = None
         if pending:
+            if slots == 1:
+                use_device(device)
+                if cfg.DATA.PIPELINE == "device":
+                    check_cache_fits(train_set, device)
             seed_everything(cfg.BASIC.SEED + pending[0])
             first = build_distiller(cfg, method)
         if info.is_main:
@@ -720,10 +727,10 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     try:
         for line in warnings:
             log.warning(line)
-        for line in environment_lines(device):
+        for line in environment_lines(run_devices):
             log.info(line)
-        slots = 1 if info.enabled else parallel_slots(cfg, device, len(pending))
-        log.info(f"experiment: {exp_dir} ({method}, {num_runs} run(s), device {device}, "
+        devices = ", ".join(device_names(run_devices))
+        log.info(f"experiment: {exp_dir} ({method}, {num_runs} run(s), device {devices}, "
                  f"{len(train_set)} train / {len(test_set)} test images"
                  + (f", {info.world_size} DDP processes" if info.enabled else "")
                  + (f", {slots} runs at a time" if slots > 1 else "") + ")")
@@ -732,7 +739,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         threads = 0 if info.enabled else run_threads(cfg, device, num_runs)
         if slots > 1:
             del first
-            done.update(_train_in_parallel(exp, pending, slots, device, threads, sorted(once.said)))
+            done.update(_train_in_parallel(exp, pending, run_devices, threads, sorted(once.said)))
         else:
             default_threads = torch.get_num_threads()
             if threads:
@@ -788,9 +795,9 @@ def _barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: torch.device,
+def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[torch.device],
                        threads: int, said: Sequence[str] = ()) -> dict[int, dict]:
-    """Train the pending runs in `slots` processes at once (one per GPU; `threads` CPU threads each on the CPU);
+    """Train the pending runs in one process per entry of `devices` at once (`threads` CPU threads each on the CPU);
     the warnings `said` already are not said again by the run processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -800,11 +807,11 @@ def _train_in_parallel(exp: Experiment, pending: list[int], slots: int, device: 
     # like an interrupted run (loaders shut down, the last finished epoch kept): one line, not a traceback each.
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        slots = len(devices)
         pool = ProcessPoolExecutor(slots, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_stop_on_sigterm)
         jobs = [pool.submit(_parallel_worker, exp.cfg.dump(), exp.method, exp.exp_dir, exp.multi_run,
-                            pending[slot::slots], str(select_device(exp.cfg, slot)) if device.type == "cuda" else "cpu",
-                            threads, said) for slot in range(slots)]
+                            pending[slot::slots], str(device), threads, said) for slot, device in enumerate(devices)]
     finally:
         signal.signal(signal.SIGINT, handler)
     results = {}
@@ -852,6 +859,8 @@ def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, 
                          build_dataset(cfg, is_train=False))
         target = torch.device(device)
         use_device(target)
+        if cfg.DATA.PIPELINE == "device":  # (the main process, which stays off the GPUs, did not check it)
+            check_cache_fits(exp.train_set, target)
         return {run: train_run(exp, run, target) for run in runs}
     except KeyboardInterrupt:
         if parent_died():  # the run has unwound; nobody waits for the result, and the pool would idle on its queue
