@@ -116,6 +116,36 @@ def test_dkd_release_warmup_reaches_the_distillers_loss(tmp_path):
     assert build_distiller(cfg, "dkd").criterion.warmup_factor(1) == 2 / 20  # one epoch ahead, as the release
 
 
+def test_a_compiled_dkd_step_follows_the_warm_up_without_being_built_again_each_epoch(tmp_path):
+    # The warm-up factor once came from the Python int `epoch`: dynamo specialised the graph on it and built it
+    # again every epoch (a cold inductor build each, compiling nothing after its limit of 8).
+    from lib.engine.trainer import compile_step
+
+    teacher_path = str(tmp_path / "t.pth")
+    save_network(teacher_path, "resnet18")
+    cfg = _cfg(teacher_path, kdtype="dkd", crop=32)
+    cfg.DKD.WARMUP, cfg.TRAIN.COMPILE, cfg.TRAIN.COMPILE_BACKEND = 3, True, "eager"  # eager: dynamo's graphs alone
+    distiller = build_distiller(cfg, "dkd").train()
+    torch.manual_seed(0)
+    image, image_large, target = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # (reset keeps them)
+    try:
+        step = compile_step(cfg, distiller.forward_train)
+        for epoch in (1, 2, 3, 4, 5):
+            distiller.set_epoch(epoch)  # as train_epoch does
+            with torch.no_grad():
+                compiled = step(image, image_large, target, epoch)[1]["loss_dkd"]
+                eager = distiller.forward_train(image, image_large, target, epoch)[1]["loss_dkd"]
+                pure = dkd_loss(distiller.student(image), distiller.teacher(image_large), target, cfg.DKD.ALPHA,
+                                cfg.DKD.BETA, cfg.DKD.TEMP)
+            torch.testing.assert_close(compiled, eager)
+            torch.testing.assert_close(eager, min(epoch / 3, 1.0) * pure)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    finally:
+        torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("method", ["at", "sp", "ickd"])
 def test_feature_kd_with_prerelu_distils_the_features_before_relu_of_both_student_and_teacher(tmp_path, method):
     distiller, image, image_large = _assert_terms_are_weighted_pure_losses(tmp_path, method, 1, pre_relu=True)

@@ -4,6 +4,7 @@ import argparse
 import glob
 import itertools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -677,6 +678,43 @@ def test_a_compiled_step_that_cannot_be_built_is_one_user_error_naming_the_cause
                                      "step (InvalidCxxCompiler: No working C++ compiler")
     assert str(err.value).endswith("; install what it names (a C++ compiler on the CPU, Triton on a GPU), or set "
                                    "TRAIN.COMPILE False")
+
+
+def test_each_epoch_gives_the_distiller_its_number_before_its_first_step():
+    # (What a compiled DKD step reads its warm-up factor from: tests/test_distillers.py.)
+    events = []
+    weight = torch.nn.Parameter(torch.ones(1))
+
+    class Recording(torch.nn.Module):
+        def set_epoch(self, epoch):
+            events.append(("set_epoch", epoch))
+
+        def forward_train(self, image, image_large, target, epoch):
+            events.append(("step", epoch))
+            return torch.zeros(len(target), 2) + weight, {"loss_ce": weight.sum()}
+
+    batch = {"image": torch.zeros(2, 3, 4, 4), "image_large": torch.zeros(2, 3, 8, 8), "target": torch.tensor([0, 1])}
+    optimizer, scaler = torch.optim.SGD([weight], lr=0.1), torch.amp.GradScaler("cpu", enabled=False)
+    for epoch in (1, 2):
+        trainer.train_epoch(Recording(), iter([batch, batch]), 2, lambda b: b, optimizer, scaler, get_cfg(),
+                            torch.device("cpu"), epoch, "run 0")
+    assert events == [("set_epoch", 1), ("step", 1), ("step", 1), ("set_epoch", 2), ("step", 2), ("step", 2)]
+
+
+def test_a_compiled_step_gets_a_static_graph_for_each_batch_size():
+    # An epoch's short last batch once got a dynamic-shape graph, which under mixed precision then served the full
+    # batches as well; static graphs keep each batch size on kernels built for it.
+    cfg = get_cfg()
+    cfg.TRAIN.COMPILE, cfg.TRAIN.COMPILE_BACKEND = True, "eager"
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # (reset keeps them)
+    try:
+        step = trainer.compile_step(cfg, lambda x: (x * 2).sin().sum())
+        for size in (8, 5, 8, 3, 5):
+            assert step(torch.ones(size)) == pytest.approx(size * math.sin(2))
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3  # 8, 5 and 3: never a shared dynamic one
+    finally:
+        torch._dynamo.reset()
 
 
 # A build that fails for another reason (here the error a ViT teacher once raised under TRAIN.COMPILE) is not

@@ -38,6 +38,10 @@ class Distiller(nn.Module):
             self.teacher.eval()
         return self
 
+    def set_epoch(self, epoch: int) -> None:
+        """Prepare the per-epoch state a compiled step reads from a tensor rather than from its `epoch` argument
+        (DKD's warm-up factor); called before each epoch's steps. Nothing for most methods."""
+
     def get_learnable_parameters(self) -> list[nn.Parameter]:
         """Every parameter the optimiser must update (the student's, plus method-specific modules)."""
         return list(self.student.parameters())

@@ -41,6 +41,10 @@ class DKD(Distiller):
         super().__init__(student, teacher)
         self.criterion = criterion  # a DKDLoss: the warmed-up DKD term
 
+    def set_epoch(self, epoch: int) -> None:
+        """The warm-up factor of `epoch`, where a compiled step reads it."""
+        self.criterion.set_epoch(epoch)
+
     def forward_train(self, image: Tensor, image_large: Tensor, target: Tensor, epoch: int) -> StepOutput:
         """Student logits and the CE and warmed-up DKD terms."""
         logits_s = self.student(image)

@@ -224,7 +224,9 @@ def compile_step(cfg: CfgNode, step: StepFn) -> StepFn:
     """
     if not cfg.TRAIN.COMPILE:
         return step
-    compiled = torch.compile(step, backend=cfg.TRAIN.COMPILE_BACKEND, mode=cfg.TRAIN.COMPILE_MODE)
+    # Static shapes: an epoch's short last batch gets a graph of its own. With dynamo's automatic dynamic shapes it
+    # got a dynamic-shape graph that, under mixed precision, went on serving the full batches too (slower kernels).
+    compiled = torch.compile(step, backend=cfg.TRAIN.COMPILE_BACKEND, mode=cfg.TRAIN.COMPILE_MODE, dynamic=False)
 
     def compiled_step(*args):
         try:
@@ -284,6 +286,7 @@ def train_epoch(distiller: Distiller, batches: Iterator, steps: int, prep: Batch
     """
     log = get_logger()
     distiller.train()
+    distiller.set_epoch(epoch)
     step_fn = distiller.forward_train if step_fn is None else step_fn
     monitor = StepMonitor(device, where)
     correct, seen = torch.zeros((), device=device), 0

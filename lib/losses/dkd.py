@@ -74,6 +74,12 @@ class DKDLoss(nn.Module):
         self.temperature = temperature
         self.warmup = warmup
         self.release_warmup = release_warmup
+        # The warm-up factor of the epoch being trained, which a compiled step reads (see forward); set_epoch fills it.
+        self.register_buffer("factor", torch.tensor(self.warmup_factor(1)), persistent=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Store warmup_factor(epoch) for a compiled step; called outside it, before the epoch's steps."""
+        self.factor.fill_(self.warmup_factor(epoch))
 
     def warmup_factor(self, epoch: int) -> float:
         """min(epoch / WARMUP, 1) for epochs counted from 1 (DKD's own code); 1 when WARMUP is 0.
@@ -87,4 +93,8 @@ class DKDLoss(nn.Module):
     def forward(self, logits_s: Tensor, logits_t: Tensor, target: Tensor, epoch: int) -> Tensor:
         """Return the warmed-up DKD loss of student logits (B, K) against teacher logits (B, K)."""
         loss = dkd_loss(logits_s, logits_t, target, self.alpha, self.beta, self.temperature)
+        if torch.compiler.is_compiling():
+            # Read from the Python int `epoch`, the factor would specialise the compiled graph on the epoch: built
+            # again every epoch, and run uncompiled once dynamo's limit of 8 builds is reached. A tensor input is not.
+            return self.factor * loss
         return self.warmup_factor(epoch) * loss
