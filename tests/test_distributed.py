@@ -122,6 +122,55 @@ def test_an_epochs_train_loss_and_top1_are_over_every_ddp_ranks_images(tmp_path)
         assert stats == pytest.approx({"loss_ce": 1.25, "loss": 1.25, "train_top1": 75.0}), rank
 
 
+def _compiled_ddp_step_as_rank(rank: int, store: str, out: str) -> None:
+    """A DDP rank running compile_step's DDP path: its dynamo graph breaks and step outputs written to `out`.rank."""
+    import functools
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from lib.engine.trainer import compile_step
+
+    class Step(torch.nn.Module):  # a distiller in miniature: (image, image_large, target, epoch) -> outputs
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, image, image_large, target, epoch):
+            logits = self.fc(self.conv(image).mean((2, 3)))
+            return logits, {"loss_ce": torch.nn.functional.cross_entropy(logits, target)}
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    cfg = get_cfg()
+    cfg.TRAIN.COMPILE, cfg.TRAIN.COMPILE_BACKEND = True, "aot_eager"
+    torch.manual_seed(0)
+    module = Step()
+    torch.manual_seed(1 + rank)  # each rank its own images
+    image, target = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])
+    expected = module(image, None, target, 1)[1]["loss_ce"].item()
+    step = compile_step(cfg, module, functools.partial(DistributedDataParallel, device_ids=None))
+    module.zero_grad()
+    loss = step(image, None, target, 1)[1]["loss_ce"]
+    loss.backward()  # DDP averages the gradients over the ranks
+    dist.destroy_process_group()
+    breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump({"graph_breaks": breaks, "loss": loss.item(), "expected": expected,
+                   "grad": module.fc.weight.grad.flatten().tolist()}, f)
+
+
+def test_a_compiled_ddp_step_is_the_modules_compiled_forward_inside_ddp_without_graph_breaks(tmp_path):
+    # Compiling the DDP wrapper itself broke the graph three times in DDP's own forward and made every rank warn.
+    torch.multiprocessing.spawn(_compiled_ddp_step_as_rank, args=(str(tmp_path / "store"), str(tmp_path / "out")),
+                                nprocs=2)
+    seen = [json.loads((tmp_path / f"out.{rank}").read_text()) for rank in (0, 1)]
+    for rank in (0, 1):
+        assert seen[rank]["graph_breaks"] == 0, rank
+        assert seen[rank]["loss"] == pytest.approx(seen[rank]["expected"]), rank
+    assert seen[0]["loss"] != seen[1]["loss"] and seen[0]["grad"] == pytest.approx(seen[1]["grad"])
+
+
 @pytest.mark.parametrize("env, message", [
     ({"RANK": "x"}, "the environment variable RANK is 'x', not a number >= 0; torchrun sets RANK, WORLD_SIZE and "
                     "LOCAL_RANK; to train in one process, unset them (unset RANK WORLD_SIZE LOCAL_RANK)"),

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -215,18 +215,27 @@ class StepMonitor:
         return {n: total / max(self.seen, 1) for n, total in zip(self.names, self.sums)}
 
 
-def compile_step(cfg: CfgNode, step: StepFn) -> StepFn:
-    """The training step's forward, compiled (TRAIN.COMPILE_BACKEND, _MODE) when TRAIN.COMPILE is on, else as given.
+def compile_step(cfg: CfgNode, step: StepFn,
+                 wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> StepFn:
+    """The training step's forward, compiled (TRAIN.COMPILE_BACKEND, _MODE) when TRAIN.COMPILE is on, else as given;
+    `wrap` (DDP) wraps the module `step` around its compiled forward.
 
     torch.compile builds on the first call: a build that fails there (no C++ compiler on the CPU or Triton on a
     GPU, or a step the backend cannot handle) gets one line naming the cause and the way out, not the compiler's
     traceback.
     """
     if not cfg.TRAIN.COMPILE:
-        return step
+        return step if wrap is None else wrap(step)
     # Static shapes: an epoch's short last batch gets a graph of its own. With dynamo's automatic dynamic shapes it
     # got a dynamic-shape graph that, under mixed precision, went on serving the full batches too (slower kernels).
-    compiled = torch.compile(step, backend=cfg.TRAIN.COMPILE_BACKEND, mode=cfg.TRAIN.COMPILE_MODE, dynamic=False)
+    options = {"backend": cfg.TRAIN.COMPILE_BACKEND, "mode": cfg.TRAIN.COMPILE_MODE, "dynamic": False}
+    if wrap is None:
+        compiled = torch.compile(step, **options)
+    else:
+        # The module is compiled in place and DDP calls it: compiling DDP itself broke the graph three times in DDP's
+        # own forward and warned on every rank. Dynamo still splits the graph at DDP's gradient buckets either way.
+        step.compile(**options)
+        compiled = wrap(step)
 
     def compiled_step(*args):
         try:
@@ -482,11 +491,10 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     optimizer, scaler = place_for_training(cfg, distiller, device)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.SOLVER.LR_STEPS),
                                                      gamma=cfg.SOLVER.LR_DECAY_FACTOR)
-    # The module called for each training step: the distiller, its DDP wrapper under torchrun, compiled or not.
-    step_module = distiller
-    if exp.dist.enabled:
-        step_module = DistributedDataParallel(distiller, device_ids=[device.index] if device.type == "cuda" else None)
-    step_fn = compile_step(cfg, step_module)
+    # The module called for each training step: the distiller, in its DDP wrapper under torchrun, compiled or not.
+    ddp = (functools.partial(DistributedDataParallel, device_ids=[device.index] if device.type == "cuda" else None)
+           if exp.dist.enabled else None)
+    step_fn = compile_step(cfg, distiller, ddp)
     main = exp.dist.is_main
 
     start_epoch, best_acc, best_epoch, history = 0, 0.0, 0, []
