@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -239,6 +240,15 @@ def test_device_pipeline_cache_too_large_for_the_device_is_one_line(roots, monke
     with pytest.raises(UserError, match=r"decoded training images .* do not fit on cuda:0; set DATA.PIPELINE tensor"):
         check_cache_fits(dataset, torch.device("cuda:0"))
     check_cache_fits(dataset, torch.device("cpu"))  # host memory already holds the cache
+    # A process that stays off the GPU (the main process of parallel runs) compares with the card's whole memory,
+    # without asking for the free memory (which makes a CUDA context there).
+    monkeypatch.setattr(torch.cuda, "mem_get_info", out_of_memory)
+    total = {"cuda:1": dataset.cache_nbytes, "cuda:2": dataset.cache_nbytes - 1}
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: types.SimpleNamespace(total_memory=total[str(device)]))
+    check_cache_fits(dataset, torch.device("cuda:1"), free=False)
+    with pytest.raises(UserError, match=r"decoded training images .* do not fit on cuda:2; set DATA.PIPELINE tensor"):
+        check_cache_fits(dataset, torch.device("cuda:2"), free=False)
     # While copying it: an allocation that fails.
     monkeypatch.setattr(torch, "empty", out_of_memory)
     with pytest.raises(UserError, match=r"decoded training images .* do not fit on cpu; set DATA.PIPELINE tensor"):

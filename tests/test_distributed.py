@@ -155,8 +155,9 @@ def _compiled_ddp_step_as_rank(rank: int, store: str, out: str) -> None:
     loss.backward()  # DDP averages the gradients over the ranks
     dist.destroy_process_group()
     breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     with open(f"{out}.{rank}", "w") as f:
-        json.dump({"graph_breaks": breaks, "loss": loss.item(), "expected": expected,
+        json.dump({"graph_breaks": breaks, "graphs": graphs, "loss": loss.item(), "expected": expected,
                    "grad": module.fc.weight.grad.flatten().tolist()}, f)
 
 
@@ -166,7 +167,7 @@ def test_a_compiled_ddp_step_is_the_modules_compiled_forward_inside_ddp_without_
                                 nprocs=2)
     seen = [json.loads((tmp_path / f"out.{rank}").read_text()) for rank in (0, 1)]
     for rank in (0, 1):
-        assert seen[rank]["graph_breaks"] == 0, rank
+        assert (seen[rank]["graphs"], seen[rank]["graph_breaks"]) == (1, 0), rank  # compiled, and in one piece
         assert seen[rank]["loss"] == pytest.approx(seen[rank]["expected"]), rank
     assert seen[0]["loss"] != seen[1]["loss"] and seen[0]["grad"] == pytest.approx(seen[1]["grad"])
 
@@ -423,23 +424,24 @@ def test_only_a_process_that_trains_takes_its_device_and_checks_the_cache_fits_t
     # off the GPUs (one of them trains on GPU_ID[0], which in exclusive-process mode takes one process only).
     taken, checked = [], []
     monkeypatch.setattr(trainer, "use_device", taken.append)
-    monkeypatch.setattr(trainer, "check_cache_fits", lambda dataset, device: checked.append(device))
+    monkeypatch.setattr(trainer, "check_cache_fits", lambda dataset, device, free=True: checked.append((device, free)))
     config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": parallel},
                            "DATA": {**EXTRA["DATA"], "PIPELINE": "device"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     cpu = torch.device("cpu")
-    assert (taken, checked) == (([cpu], [cpu]) if parallel == 1 else ([], []))
+    # The main process of parallel runs checks the cache against each GPU's whole memory, before writing anything.
+    assert (taken, checked) == (([cpu], [(cpu, True)]) if parallel == 1 else ([], [(cpu, False)]))
 
 
 def test_a_run_process_takes_its_own_device_and_checks_the_cache_fits_there(tiny_cub, monkeypatch, tmp_path):
     taken, checked = [], []
     monkeypatch.setattr(trainer, "use_device", taken.append)
-    monkeypatch.setattr(trainer, "check_cache_fits", lambda dataset, device: checked.append(device))
+    monkeypatch.setattr(trainer, "check_cache_fits", lambda dataset, device, free=True: checked.append((device, free)))
     cfg = get_cfg()
     cfg.DATA.DATASET, cfg.DATA.DATADIR, cfg.DATA.NUM_CLASSES, cfg.DATA.PIPELINE = "cub", tiny_cub, 4, "device"
     cfg.DATA.RESIZE_SIZE, cfg.DATA.CROP_SIZE = 36, 32
     assert trainer._parallel_worker(cfg.dump(), "single", str(tmp_path), True, [], "cpu", 0) == {}
-    assert taken == checked == [torch.device("cpu")]
+    assert taken == [torch.device("cpu")] and checked == [(torch.device("cpu"), True)]
 
 
 def test_no_more_runs_at_once_than_runs_left():

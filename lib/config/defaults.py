@@ -227,8 +227,8 @@ _C.TRAIN.AMP = "none"
 # new. Use the channels_last memory format for the networks and images.
 _C.TRAIN.CHANNELS_LAST = False
 # new. Compile the training step's forward (student, teacher forward and losses) with torch.compile: one graph
-# for every method (no graph breaks), built for static shapes, so twice per run when an epoch ends in a short
-# batch (and once more per TAS stage); the test pass runs uncompiled.
+# for every method (no graph breaks), built for static shapes, once for the full batches and once for an epoch's
+# short last batch in each process (later runs reuse them; each TAS stage has its own); the test pass runs uncompiled.
 _C.TRAIN.COMPILE = False
 # new. torch.compile's mode when COMPILE is on: "default" | "reduce-overhead" (CUDA graphs: fewer kernel
 # launches for short, launch-bound steps; more GPU memory) | "max-autotune". Modes other than "default" need

@@ -33,11 +33,13 @@ def _too_large(nbytes: int, device: torch.device) -> UserError:
     )
 
 
-def check_cache_fits(dataset: TwoScaleDataset, device: torch.device) -> None:
-    """Raise a UserError when a GPU has less free memory than the training cache (checked before a run starts)."""
+def check_cache_fits(dataset: TwoScaleDataset, device: torch.device, free: bool = True) -> None:
+    """Raise a UserError when a GPU has less free memory than the training cache (checked before a run starts);
+    `free` False compares with the GPU's whole memory instead, which a process that stays off the GPU can read
+    (asking for the free memory makes a CUDA context on it)."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if dataset.cache_nbytes > free:
+        room = torch.cuda.mem_get_info(device)[0] if free else torch.cuda.get_device_properties(device).total_memory
+        if dataset.cache_nbytes > room:
             raise _too_large(dataset.cache_nbytes, device)
 
 

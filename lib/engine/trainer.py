@@ -215,10 +215,10 @@ class StepMonitor:
         return {n: total / max(self.seen, 1) for n, total in zip(self.names, self.sums)}
 
 
-def compile_step(cfg: CfgNode, step: StepFn,
+def compile_step(cfg: CfgNode, step: StepFn | torch.nn.Module,
                  wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> StepFn:
-    """The training step's forward, compiled (TRAIN.COMPILE_BACKEND, _MODE) when TRAIN.COMPILE is on, else as given;
-    `wrap` (DDP) wraps the module `step` around its compiled forward.
+    """The training step's forward, compiled (TRAIN.COMPILE_BACKEND, _MODE) when TRAIN.COMPILE is on, else as given.
+    With `wrap` (DDP), `step` is a module: it is compiled in place and the step is wrap(step).
 
     torch.compile builds on the first call: a build that fails there (no C++ compiler on the CPU or Triton on a
     GPU, or a step the backend cannot handle) gets one line naming the cause and the way out, not the compiler's
@@ -700,7 +700,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         log.info(f"{exp_dir} is finished; its results:\n{format_table(results)}")
         return results
 
-    # Everything that can be checked is checked before anything is written: data, models, checkpoints.
+    # Everything that can be checked is checked before anything is written: data, models, checkpoints (the free
+    # GPU memory for parallel runs' device caches excepted: each run process checks its own GPU's).
     configure_backends(cfg)
     info, device = init_distributed(cfg)
     if not info.is_main:
@@ -725,8 +726,9 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         if pending:
             if slots == 1:
                 use_device(device)
-                if cfg.DATA.PIPELINE == "device":
-                    check_cache_fits(train_set, device)
+            if cfg.DATA.PIPELINE == "device":  # run processes check the free memory of their GPUs as they start
+                for run_device in dict.fromkeys(run_devices):
+                    check_cache_fits(train_set, run_device, free=slots == 1)
             seed_everything(cfg.BASIC.SEED + pending[0])
             first = build_distiller(cfg, method)
         if info.is_main:
