@@ -872,7 +872,7 @@ def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, 
                          build_dataset(cfg, is_train=False))
         target = torch.device(device)
         use_device(target)
-        if cfg.DATA.PIPELINE == "device":  # (the main process, which stays off the GPUs, did not check it)
+        if cfg.DATA.PIPELINE == "device":  # its free memory (the main process, off the GPUs, read the whole memory)
             check_cache_fits(exp.train_set, target)
         return {run: train_run(exp, run, target) for run in runs}
     except KeyboardInterrupt:
