@@ -5,7 +5,8 @@
 #      bf16 + channels_last on every input pipeline;
 #   2. the CUDA-only tests and short bf16 CUDA trainings on the tensor and device pipelines (correctness);
 #   3. fp32; fp16 + channels_last; bf16 alone; 4 loader workers instead of 12; torch.profiler tables of both steps;
-#   4. torch.compile, then compile with CUDA graphs (one repeat each: compiling takes minutes, so they come last).
+#   4. torch.compile, then compile with CUDA graphs (one repeat each: compiling takes minutes, so they come last),
+#      with dynamo's logs of graph breaks, rebuilds and skipped CUDA graphs.
 # OUT receives four files however many steps run: gpu.txt (card and versions), log.txt (all that is printed),
 # benchmarks.jsonl (a line per finished benchmark: {"step", "seconds", "benchmark": its benchmark.json}) and
 # profile.txt. Each step's own folder (benchmark.json, traces, training runs) goes under WORK. A failed step is
@@ -107,9 +108,12 @@ bench bf16 --pipelines tensor,device TRAIN.CHANNELS_LAST False
 bench workers4 --pipelines tensor BASIC.NUM_WORKERS 4
 bench profile --pipelines tensor,device --repeats 1 --profile
 cat "$work"/profile/profile/profile_*.txt > "$out/profile.txt" 2>/dev/null
-# 4. torch.compile: a cold inductor build of the whole step per pipeline, then again for CUDA graphs.
+# 4. torch.compile: a cold inductor build of the whole step per pipeline, then again for CUDA graphs. Dynamo's logs
+# say whether a graph broke or was built again, and whether CUDA graphs were skipped ("skipping cudagraphs due to").
+export TORCH_LOGS=recompiles,graph_breaks,perf_hints
 bench compile --pipelines tensor,device --repeats 1 TRAIN.COMPILE True
 bench compile_cudagraphs --pipelines tensor,device --repeats 1 TRAIN.COMPILE True TRAIN.COMPILE_MODE "'reduce-overhead'"
+unset TORCH_LOGS
 stamp "done"
 if (( ${#failed[@]} )); then
   echo "failed steps: ${failed[*]} (their output is above; their folders and logs are under $work)"
