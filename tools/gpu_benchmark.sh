@@ -110,10 +110,10 @@ bench profile --pipelines tensor,device --repeats 1 --profile
 cat "$work"/profile/profile/profile_*.txt > "$out/profile.txt" 2>/dev/null
 # 4. torch.compile: a cold inductor build of the whole step per pipeline, then again for CUDA graphs. Dynamo's logs
 # say whether a graph broke or was built again, and whether CUDA graphs were skipped ("skipping cudagraphs due to").
-export TORCH_LOGS=recompiles,graph_breaks,perf_hints
-bench compile --pipelines tensor,device --repeats 1 TRAIN.COMPILE True
-bench compile_cudagraphs --pipelines tensor,device --repeats 1 TRAIN.COMPILE True TRAIN.COMPILE_MODE "'reduce-overhead'"
-unset TORCH_LOGS
+logs=recompiles,graph_breaks,perf_hints
+TORCH_LOGS=$logs bench compile --pipelines tensor,device --repeats 1 TRAIN.COMPILE True
+TORCH_LOGS=$logs bench compile_cudagraphs --pipelines tensor,device --repeats 1 TRAIN.COMPILE True \
+  TRAIN.COMPILE_MODE "'reduce-overhead'"
 stamp "done"
 if (( ${#failed[@]} )); then
   echo "failed steps: ${failed[*]} (their output is above; their folders and logs are under $work)"
