@@ -4,15 +4,27 @@ import errno
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
 
 from lib.config import REPO_ROOT
 from lib.models.model_builder import build_model
-from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, UserError, cli_main
+from lib.utils import errors
+from lib.utils.errors import (
+    TOOL_INTERRUPTED_MESSAGE,
+    Terminated,
+    UserError,
+    cli_main,
+    interrupts_held,
+    raise_interrupted,
+    raise_terminated,
+    signal_safe_iter,
+)
 
 from .conftest import OOM_MESSAGE, one_error_line, run_cli, run_in_process
 
@@ -431,3 +443,145 @@ def test_an_image_that_stops_decoding_in_a_loader_worker_is_the_workers_one_line
     assert "Traceback" not in line and "worker" not in line, line
     (log,) = glob.glob(str(tmp_path / "out" / "cub" / "*" / "train.log"))
     assert open(log).read().splitlines()[-1].endswith(line), "train.log ends with the line the script printed"
+
+
+@pytest.fixture
+def scripts_signal_handlers():
+    """SIGTERM and Ctrl-C handled as cli_main handles them, for the test (pytest's own handlers are put back)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, raise_terminated)
+    signal.signal(signal.SIGINT, raise_interrupted)
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def _signal_this_thread(signum: int) -> None:
+    # To this thread: os.kill may hand the signal to another of the process's threads (torch's), whose handler
+    # call can lag past the block. Python runs the handler as soon as this call returns.
+    signal.pthread_kill(threading.get_ident(), signum)
+
+
+@pytest.mark.parametrize("sigint_handler", ["the scripts'", "Python's default"])
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_a_ctrl_c_or_sigterm_inside_a_held_block_is_raised_at_its_end_not_lost(signum, raised, sigint_handler):
+    # As while the loader workers are joined in a __del__, where Python would print and drop the exception.
+    handler = raise_interrupted if sigint_handler == "the scripts'" else signal.default_int_handler
+    saved = signal.signal(signal.SIGTERM, raise_terminated)
+    signal.signal(signal.SIGINT, handler)
+    finished = []
+    try:
+        with pytest.raises(raised):
+            with interrupts_held():
+                with interrupts_held():  # blocks nest: the outer one raises
+                    _signal_this_thread(signum)
+                    finished.append("inner")
+                finished.append("outer")
+        assert finished == ["inner", "outer"]
+        assert signal.getsignal(signal.SIGINT) is handler
+        assert signal.getsignal(signal.SIGTERM) is raise_terminated
+        with interrupts_held():  # nothing left held from before
+            finished.append("again")
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_a_second_signal_inside_a_held_block_raises_at_once(scripts_signal_handlers):
+    # A block that is stuck (a loader worker that hangs): the user presses Ctrl-C again.
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            _signal_this_thread(signal.SIGTERM)
+            finished.append("held")
+            _signal_this_thread(signal.SIGINT)
+            finished.append("not reached")
+    assert finished == ["held"]
+    assert errors._hold == {"depth": 0, "received": []}
+
+
+class _LockTakingLoader:
+    """Stands for a DataLoader iterator handing an index to a worker: it takes a queue's lock for each item, and
+    the signal arrives while it holds it (CPython runs a handler between any two calls)."""
+
+    def __init__(self, signal_at: int, signum: int):
+        self.lock = threading.Lock()
+        self.made = 0
+        self.signal_at, self.signum = signal_at, signum
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.lock.acquire()
+        if self.made == self.signal_at:
+            _signal_this_thread(self.signum)  # raised here, the exception would leave the lock taken
+        self.lock.release()
+        self.made += 1
+        return self.made
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_a_signal_while_the_loader_holds_a_lock_is_raised_after_it_lets_go(signum, raised, scripts_signal_handlers):
+    # Raised inside, the lock stayed taken and the loader's shutdown waited on it for ever: the run printed
+    # "interrupted" and never exited.
+    loader = _LockTakingLoader(signal_at=2, signum=signum)
+    seen = []
+    with pytest.raises(raised):
+        for item in signal_safe_iter(loader):
+            seen.append(item)
+    assert seen == [1, 2]  # the item made under the signal is not handed on
+    assert loader.made == 3
+    assert not loader.lock.locked()
+
+
+def test_signal_safe_iter_yields_every_item_and_ends():
+    assert list(signal_safe_iter(range(4))) == [0, 1, 2, 3]
+    assert list(signal_safe_iter([])) == []
+    assert errors._hold == {"depth": 0, "received": []}
+
+
+def test_held_blocks_do_nothing_outside_the_main_thread(scripts_signal_handlers):
+    depths = []
+
+    def worker():
+        with interrupts_held():
+            depths.append(errors._hold["depth"])
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert depths == [0]  # else the main thread's signals would be held while another thread is in a block
+
+
+def test_a_process_forked_inside_a_held_block_is_not_in_it():
+    # Loader workers are forked as the iterator starts, inside the block; their Ctrl-C must not wait for its end.
+    with interrupts_held():
+        pid = os.fork()
+        if pid == 0:
+            os._exit(errors._hold["depth"])
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_scripts_take_sigterm_and_ctrl_c_while_they_run_and_put_back_the_defaults():
+    seen = {}
+
+    @cli_main
+    def main():
+        seen.update({s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)})
+
+    saved = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        main()
+        assert seen == {signal.SIGTERM: raise_terminated, signal.SIGINT: raise_interrupted}
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a caller's own choice is kept
+        main()
+        assert seen[signal.SIGINT] is signal.SIG_IGN
+        signal.signal(signal.SIGINT, ignored)
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -33,7 +33,7 @@ from lib.engine.setup import select_device, use_device
 from lib.engine.trainer import build_loader
 from lib.models.model_builder import check_input_size
 from lib.models.weights import load_network
-from lib.utils.errors import UserError, make_folder, require_file
+from lib.utils.errors import UserError, make_folder, require_file, signal_safe_iter
 from lib.utils.log import get_logger
 
 from . import write_csv
@@ -56,7 +56,7 @@ def predict(model: nn.Module, loader: DataLoader, prep: BatchPreparer) -> tuple[
     """Logits (N, C) and targets (N,) of the whole loader, on the CPU."""
     model.eval()
     scores, targets = [], []
-    for batch in loader:
+    for batch in signal_safe_iter(loader):
         batch = prep(batch)
         scores.append(model(batch["image"]).float().cpu())
         targets.append(batch["target"].cpu())

@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from lib.utils.errors import UserError
+from lib.utils.errors import UserError, signal_safe_iter
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent
 
 __all__ = ["load_rgb", "ShorterSideResize", "decode_uint8", "verify_image", "read_all", "build_cache"]
@@ -106,7 +106,8 @@ def read_all(
                         worker_init_fn=functools.partial(exit_with_parent, os.getpid()),
                         multiprocessing_context=LOADER_START_METHOD if workers > 0 else None)
     results: list[Any] = [None] * len(paths)
-    progress = tqdm(loader, total=len(paths), desc=desc, unit="img", disable=not sys.stderr.isatty(), leave=False)
+    progress = tqdm(signal_safe_iter(loader), total=len(paths), desc=desc, unit="img",
+                    disable=not sys.stderr.isatty(), leave=False)
     for index, value, error in progress:
         if error is not None:
             progress.close()

@@ -21,7 +21,7 @@ from lib.config import KDTYPES, resolve_path
 from lib.datasets import BatchPreparer, build_dataset
 from lib.distillers import Distiller, build_distiller
 from lib.models.model_builder import build_model
-from lib.utils.errors import UserError, make_folder
+from lib.utils.errors import UserError, make_folder, signal_safe_iter
 from lib.utils.log import get_logger, warnings_once
 
 from .checkpoint import atomic_write
@@ -146,7 +146,7 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     def stream(seed: int):
         """A fresh training stream (new workers) over many epochs, as a run iterates it; it counts its images."""
         loader.batch_sampler.set_epochs(range(seed * 10**6, (seed + 1) * 10**6))
-        for batch in loader:
+        for batch in signal_safe_iter(loader):
             images[0] += len(batch["target"])
             yield batch
 

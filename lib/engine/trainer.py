@@ -37,8 +37,10 @@ from lib.utils.errors import (
     TERMINATED_EXIT,
     UserError,
     first_line,
+    interrupts_held,
     make_folder,
     raise_terminated,
+    signal_safe_iter,
 )
 from lib.utils.log import WarnOnce, add_log_file, get_logger, held_warnings, log_stop
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit
@@ -337,7 +339,7 @@ def test_epoch(distiller: Distiller, loader: DataLoader, prep: BatchPreparer, cf
     top5 = torch.zeros((), device=device)
     loss = torch.zeros((), device=device)
     seen = 0
-    for batch in loader:
+    for batch in signal_safe_iter(loader):
         batch = prep(batch)
         with autocast(cfg, device):
             logits = distiller.forward_test(batch["image"])
@@ -518,7 +520,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     epochs = range(start_epoch + 1, cfg.SOLVER.NUM_EPOCHS + 1)
     train_loader.batch_sampler.set_epochs([epoch_seed(seed, epoch) for epoch in epochs])
     steps = train_loader.batch_sampler.batches_per_epoch
-    batches = iter(train_loader) if epochs else iter(())  # one stream for all the epochs left
+    batches = signal_safe_iter(train_loader if epochs else ())  # one stream for all the epochs left
     trained_s = 0.0  # time of the epochs this process has trained: their mean estimates the rest
     try:
         for epoch in epochs:
@@ -549,7 +551,8 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                                 os.path.join(ckpt_dir, "model_best.pth"))
             # The logs before last.pth: a kill between the two redoes this epoch, which rewrites stats.jsonl from the
             # history and purges tensorboard's later steps; the other order would lose the epoch's logs for good.
-            _write_epoch_logs(writer, log_dir, history, stats)
+            with interrupts_held():  # (tensorboard's writer queue takes a lock)
+                _write_epoch_logs(writer, log_dir, history, stats)
             save_checkpoint({
                 "epoch": epoch, "student": _state_dict(distiller.student),
                 "extra": {k: _state_dict(m) for k, m in distiller.extra_modules().items()},
@@ -565,10 +568,10 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                      f"top5 {stats['test_top5']:.2f} best {best_acc:.2f} (epoch {best_epoch}) "
                      f"[{stats['time_s']:.1f}s{eta}]")
     finally:
-        with deferred_interrupt():  # Python would swallow a Ctrl-C raised inside the loaders' __del__
+        with interrupts_held():  # Python would swallow a Ctrl-C raised inside the loaders' __del__
             del batches, train_loader, test_loader  # stops the loader workers at once, also when the run fails
-        if writer is not None:
-            writer.close()
+            if writer is not None:
+                writer.close()
     last_acc = history[-1]["test_top1"] if history else 0.0
     result = {"run": run, "seed": seed, "best_acc": best_acc, "best_epoch": best_epoch, "last_acc": last_acc}
     if main:
@@ -583,35 +586,6 @@ def _require_exp_dir(exp: Experiment, when: str) -> None:
     if not os.path.isdir(exp.exp_dir):
         raise UserError(f"the experiment folder {exp.exp_dir} was deleted or moved while {when}; nothing more is "
                         "written. Re-run the same command to train again (it resumes if the folder is moved back)")
-
-
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[None]:
-    """Hold back a Ctrl-C (or a SIGTERM the script turns into Terminated) that arrives inside the block and raise
-    it after the block.
-
-    Deleting a DataLoader iterator joins its worker processes inside `__del__`, where Python prints and then
-    discards a KeyboardInterrupt: a Ctrl-C at the end of a run would be lost and training would go on.
-    """
-    import threading
-
-    # The signals whose handler raises here (SIGINT ignored in a parallel run process, or handled by someone else,
-    # is left alone).
-    ours = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: raise_terminated}
-    deferred = [s for s, handler in ours.items() if signal.getsignal(s) is handler]
-    if threading.current_thread() is not threading.main_thread() or not deferred:
-        yield
-        return
-    received = []
-    for s in deferred:
-        signal.signal(s, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        for s in deferred:
-            signal.signal(s, ours[s])
-    if received:
-        ours[received[0]](received[0], None)
 
 
 def _write_epoch_logs(writer: SummaryWriter, log_dir: str, history: list[dict], stats: dict) -> None:

@@ -10,8 +10,10 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Iterable, Iterator
+from typing import NoReturn, TypeVar
+
+T = TypeVar("T")
 
 # Exit status for a mistake the user can fix (bad config, missing file, ...). argparse uses 2 as well.
 USER_ERROR_EXIT = 2
@@ -49,9 +51,96 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where a Ctrl-C would be, so that a run unwinds the same way (its last saved epoch kept)."""
 
 
-def raise_terminated(signum, frame) -> NoReturn:
-    """The SIGTERM handler of the scripts and the run processes: raise Terminated in the main thread."""
-    raise Terminated
+# Ctrl-C and SIGTERM raise where the main thread happens to be. Inside library code that takes a lock (a
+# multiprocessing queue's, as a DataLoader hands indices to its workers) the exception can land between the lock's
+# acquire and the `with` that releases it: the lock stays held, and the loader's shutdown then waits on it for ever
+# (the process printed its "interrupted" line and never exited). Code that calls into such libraries holds the
+# signals back (`interrupts_held`, `signal_safe_iter`) and raises them where it is safe.
+_INTERRUPTS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
+_hold = {"depth": 0, "received": []}  # the main thread's nesting of interrupts_held blocks, signals held in them
+
+
+def raise_terminated(signum, frame) -> None:
+    """The SIGTERM handler of the scripts and the run processes: raise Terminated in the main thread (at the end
+    of an `interrupts_held` block when inside one)."""
+    _interrupt(signum)
+
+
+def raise_interrupted(signum, frame) -> None:
+    """The SIGINT (Ctrl-C) handler of the scripts: raise KeyboardInterrupt, held back like raise_terminated."""
+    _interrupt(signum)
+
+
+def _interrupt(signum: int) -> None:
+    # A second signal inside the block (the block is stuck, say, and the user presses Ctrl-C again) raises at once.
+    if _hold["depth"] and not _hold["received"]:
+        _hold["received"].append(signum)
+        return
+    raise _INTERRUPTS[signum]
+
+
+class interrupts_held:  # noqa: N801 (used like a function: `with interrupts_held():`)
+    """Hold back a Ctrl-C or SIGTERM that arrives inside the block, and raise it at the block's end.
+
+    For calls into code that takes locks (DataLoader iterators, their shutdown, tensorboard's writer queue), and
+    for `__del__`s that join processes, where Python prints and then discards a KeyboardInterrupt (a Ctrl-C at the
+    end of a run would be lost and training would go on). Blocks nest; a no-op outside the main thread (signal
+    handlers run in the main thread only). Holds what raise_terminated and raise_interrupted (or Python's own
+    Ctrl-C handler, replaced for the block) would raise; other handlers (an ignored signal) are left alone.
+    """
+
+    __slots__ = ("_active", "_restore_sigint")
+
+    def __enter__(self) -> interrupts_held:
+        self._active = threading.current_thread() is threading.main_thread()
+        self._restore_sigint = False
+        if self._active:
+            if _hold["depth"] == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, raise_interrupted)  # a library caller's: the scripts install ours
+                self._restore_sigint = True
+            _hold["depth"] += 1
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if not self._active:
+            return
+        try:
+            if self._restore_sigint:  # (runs a pending handler first, still inside the block: held)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+        finally:
+            _hold["depth"] -= 1
+        if _hold["depth"] == 0 and _hold["received"]:
+            signum = _hold["received"].pop()
+            raise _INTERRUPTS[signum]
+
+
+_END = object()
+
+
+def signal_safe_iter(iterable: Iterable[T]) -> Iterator[T]:
+    """Iterate `iterable` (a DataLoader) with Ctrl-C and SIGTERM held back while it starts, makes each item and is
+    let go; they are raised between items, in the caller's code."""
+    with interrupts_held():
+        iterator = iter(iterable)
+    try:
+        while True:
+            with interrupts_held():
+                item = next(iterator, _END)
+            if item is _END:
+                return
+            yield item
+    finally:
+        with interrupts_held():  # the last reference to a DataLoader iterator: its __del__ stops the workers
+            del iterator
+
+
+def _forget_held_interrupts() -> None:
+    # A process forked inside a block (a loader worker, forked as the iterator starts) is not in the block.
+    _hold["depth"] = 0
+    _hold["received"].clear()
+
+
+os.register_at_fork(after_in_child=_forget_held_interrupts)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -183,11 +272,15 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
 
     @functools.wraps(fn)
     def wrapper() -> None:
-        # Only where SIGTERM would kill outright: a caller that handles it (a test runner) keeps its handler.
-        catch = (threading.current_thread() is threading.main_thread()
-                 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
-        if catch:
-            signal.signal(signal.SIGTERM, raise_terminated)
+        # Only the default handlers are replaced (SIGTERM would kill outright): a caller that handles a signal (a
+        # test runner) keeps its handler.
+        ours = {}
+        if threading.current_thread() is threading.main_thread():
+            defaults = {signal.SIGTERM: (signal.SIG_DFL, raise_terminated),
+                        signal.SIGINT: (signal.default_int_handler, raise_interrupted)}
+            ours = {s: default for s, (default, handler) in defaults.items() if signal.getsignal(s) is default}
+            for s in ours:
+                signal.signal(s, defaults[s][1])
         try:
             fn()
         except UserError as err:
@@ -209,8 +302,8 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             rank = f"rank {os.environ['RANK']}: " if _torchrun_rank_other_than_0() else ""
             _exit(f"error: {rank}{message}", USER_ERROR_EXIT, every_rank=True)
         finally:
-            if catch:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for s, default in ours.items():
+                signal.signal(s, default)
 
     return wrapper
 
