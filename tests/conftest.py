@@ -14,6 +14,18 @@ import yaml
 
 from lib.config import REPO_ROOT
 
+
+@pytest.fixture(autouse=True)
+def no_interrupts_left_held():
+    """Every test leaves the signal-holding blocks it entered (a leaked one would hold later tests' signals)."""
+    from lib.utils import errors
+
+    yield
+    held = dict(errors._hold, received=list(errors._hold["received"]))
+    errors.forget_held_interrupts()
+    assert (held["depth"], held["received"]) == (0, []), f"interrupts_held blocks left open: {held}"
+
+
 # Tiny but real: teacher at 64 px, student at 32 px (LESSEN_RATIO 2), 4 classes, a few images each.
 TINY = {
     "BASIC": {"SEED": 0, "GPU_ID": [0], "NUM_WORKERS": 0, "DISP_FREQ": 1, "NUM_RUNS": 2},

@@ -321,6 +321,34 @@ def test_sigterm_to_the_whole_process_group_is_the_same_one_line_and_exit_143(ti
         time.sleep(0.1)
 
 
+def test_an_interrupted_run_has_stopped_its_loader_workers_by_the_time_it_says_so(tiny_cub, write_config,
+                                                                                  monkeypatch, capsys):
+    # The traceback keeps train_epoch's frame, and in it the training stream: deleting the stream alone left its
+    # workers running until the process exited.
+    import multiprocessing
+
+    from lib.utils import errors
+
+    def daemonic_children() -> set[int]:
+        return {child.pid for child in multiprocessing.active_children() if child.daemon}
+
+    earlier = daemonic_children()  # other tests' loaders, not yet collected
+    workers = []
+    say_and_exit = errors._exit
+
+    def exit_(line, status, every_rank=False):
+        workers.append(sorted(daemonic_children() - earlier))
+        say_and_exit(line, status, every_rank)
+
+    monkeypatch.setattr(errors, "_exit", exit_)
+    monkeypatch.setattr(Vanilla, "forward_train", sigterm_at_epoch_2(Vanilla.forward_train))
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "BASIC": {"NUM_RUNS": 1, "NUM_WORKERS": 2},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 143
+    assert capsys.readouterr().err.splitlines() == [INTERRUPTED_MESSAGE]
+    assert workers == [[]]
+
+
 # Run a script with its DataLoader taking a worker's index queue lock, getting a SIGTERM, and letting go, at the
 # 12th index it hands out (epoch 1): where CPython may raise a handler's exception for real.
 _SIGTERM_UNDER_THE_QUEUE_LOCK = """

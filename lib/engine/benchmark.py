@@ -144,11 +144,16 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     images = [0]  # images taken from every stream so far (an epoch's last batch may be short)
 
     def stream(seed: int):
-        """A fresh training stream (new workers) over many epochs, as a run iterates it; it counts its images."""
+        """A fresh training stream (new workers) over many epochs, as a run iterates it; it counts its images.
+        Close it to stop its workers."""
         loader.batch_sampler.set_epochs(range(seed * 10**6, (seed + 1) * 10**6))
-        for batch in signal_safe_iter(loader):
-            images[0] += len(batch["target"])
-            yield batch
+        batches = signal_safe_iter(loader)
+        try:
+            for batch in batches:
+                images[0] += len(batch["target"])
+                yield batch
+        finally:
+            batches.close()  # a Ctrl-C held while the workers stop is raised here, not lost in a finaliser
 
     def rate(fn, steps: int, warmup: int, batch_images) -> float:
         """Images per second of `steps` timed calls of fn(i) after `warmup` untimed ones."""
@@ -166,13 +171,13 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
         prep(next(it))
     start = images[0]
     seconds = _time_loop(lambda i: prep(next(it)), steps, 0, device)
-    it = None  # stops its workers
+    it.close()
     out["loader_only_img_s"] = (images[0] - start) / seconds
 
     # Model alone: the whole training step on batches already on the device (the compute bound).
     it = stream(2)
     resident = [prep(next(it)) for _ in range(min(steps, 4))]
-    it = None
+    it.close()
 
     def resident_images(i: int) -> int:
         return len(resident[i % len(resident)]["target"])
@@ -210,7 +215,9 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
         tic = time.perf_counter()
         train_steps(batches, n)
         _sync(device)
-        return images[0] - start, time.perf_counter() - tic
+        seconds = time.perf_counter() - tic
+        batches.close()
+        return images[0] - start, seconds
 
     # Model only and end to end alternate `repeats` times (after one warm-up of each) and the medians are
     # reported: short windows on a GPU vary with clocks, and alternating exposes both to the same drift.
@@ -218,7 +225,9 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
     # One untimed pass over an epoch's end: every batch shape of the stream (the short last batch of an epoch
     # included) has then been seen, so cuDNN's autotuner (CUDNN.BENCHMARK) and torch.compile never tune or
     # recompile for a new shape inside a timed window.
-    train_steps(stream(3), warmup + loader.batch_sampler.batches_per_epoch)
+    batches = stream(3)
+    train_steps(batches, warmup + loader.batch_sampler.batches_per_epoch)
+    batches.close()
     model_rates, e2e_rates, e2e_images = [], [], []
     for r in range(repeats):
         model_rates.append(rate(model_step, steps, 0, resident_images))
@@ -243,7 +252,7 @@ def measure_pipeline(cfg: CfgNode, method: str, steps: int, warmup: int, repeats
             trace = os.path.join(profile_dir, f"trace_{cfg.DATA.PIPELINE}_{name}.json")
             tables.append(f"== {cfg.DATA.PIPELINE} {name}: {n} steps (Chrome trace {trace})\n"
                           + _profile(fn, device, trace))
-        batches = None
+        batches.close()
         path = os.path.join(profile_dir, f"profile_{cfg.DATA.PIPELINE}.txt")
         atomic_write(path, lambda f: f.write("\n".join(tables).encode()))
         out["profile"] = path

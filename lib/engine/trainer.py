@@ -513,7 +513,8 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     make_folder(ckpt_dir)
     # Tensorboard drops the events from start_epoch + 1 on that an earlier attempt wrote, from epoch 1 too: an
     # attempt killed before its first last.pth (or whose last.pth was deleted) has logged epochs all the same.
-    writer = SummaryWriter(log_dir, purge_step=start_epoch + 1) if main else None
+    with interrupts_held():  # (tensorboard's writer queue takes a lock)
+        writer = SummaryWriter(log_dir, purge_step=start_epoch + 1) if main else None
     prep = BatchPreparer(cfg, device, channels_last=cfg.TRAIN.CHANNELS_LAST)
     test_loader = build_loader(cfg, exp.test_set, False, device)
     train_loader = build_loader(cfg, exp.train_set, True, device, exp.dist)
@@ -569,7 +570,8 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                      f"[{stats['time_s']:.1f}s{eta}]")
     finally:
         with interrupts_held():  # Python would swallow a Ctrl-C raised inside the loaders' __del__
-            del batches, train_loader, test_loader  # stops the loader workers at once, also when the run fails
+            batches.close()  # stops the loader workers at once, also when the run fails (its traceback keeps the
+            del batches, train_loader, test_loader  # stream referenced: deleting it alone would not)
             if writer is not None:
                 writer.close()
     last_acc = history[-1]["test_top1"] if history else 0.0

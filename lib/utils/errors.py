@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn, TypeVar
 
@@ -57,7 +58,11 @@ class Terminated(KeyboardInterrupt):
 # (the process printed its "interrupted" line and never exited). Code that calls into such libraries holds the
 # signals back (`interrupts_held`, `signal_safe_iter`) and raises them where it is safe.
 _INTERRUPTS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
-_hold = {"depth": 0, "received": []}  # the main thread's nesting of interrupts_held blocks, signals held in them
+# The main thread's nesting of interrupts_held blocks, the signal held in them and when it came.
+_hold = {"depth": 0, "received": [], "since": 0.0}
+# A second signal this soon after the held one is the same stop sent again, not a user insisting: torchrun's agent
+# passes the group's Ctrl-C or SIGTERM on to its workers, a PARALLEL_RUNS parent stops its run processes.
+_SAME_STOP_S = 2.0
 
 
 def raise_terminated(signum, frame) -> None:
@@ -72,10 +77,15 @@ def raise_interrupted(signum, frame) -> None:
 
 
 def _interrupt(signum: int) -> None:
-    # A second signal inside the block (the block is stuck, say, and the user presses Ctrl-C again) raises at once.
-    if _hold["depth"] and not _hold["received"]:
-        _hold["received"].append(signum)
-        return
+    if _hold["depth"]:
+        now = time.monotonic()
+        if not _hold["received"]:
+            _hold["received"].append(signum)
+            _hold["since"] = now
+            return
+        if now - _hold["since"] < _SAME_STOP_S:
+            return
+        # Pressed again later: the block may be stuck (a loader worker that hangs); raise now.
     raise _INTERRUPTS[signum]
 
 
@@ -85,33 +95,34 @@ class interrupts_held:  # noqa: N801 (used like a function: `with interrupts_hel
     For calls into code that takes locks (DataLoader iterators, their shutdown, tensorboard's writer queue), and
     for `__del__`s that join processes, where Python prints and then discards a KeyboardInterrupt (a Ctrl-C at the
     end of a run would be lost and training would go on). Blocks nest; a no-op outside the main thread (signal
-    handlers run in the main thread only). Holds what raise_terminated and raise_interrupted (or Python's own
-    Ctrl-C handler, replaced for the block) would raise; other handlers (an ignored signal) are left alone.
+    handlers run in the main thread only). Holds what raise_terminated and raise_interrupted raise (cli_main
+    installs them); Python's own Ctrl-C handler and ignored signals are left alone.
     """
 
-    __slots__ = ("_active", "_restore_sigint")
+    __slots__ = ("_active",)
 
     def __enter__(self) -> interrupts_held:
         self._active = threading.current_thread() is threading.main_thread()
-        self._restore_sigint = False
         if self._active:
-            if _hold["depth"] == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                signal.signal(signal.SIGINT, raise_interrupted)  # a library caller's: the scripts install ours
-                self._restore_sigint = True
             _hold["depth"] += 1
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if not self._active:
-            return
-        try:
-            if self._restore_sigint:  # (runs a pending handler first, still inside the block: held)
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-        finally:
+        if self._active:
             _hold["depth"] -= 1
-        if _hold["depth"] == 0 and _hold["received"]:
-            signum = _hold["received"].pop()
-            raise _INTERRUPTS[signum]
+            if _hold["depth"] == 0 and _hold["received"]:
+                signum = _hold["received"].pop()
+                raise _INTERRUPTS[signum]
+
+
+def forget_held_interrupts() -> None:
+    """Leave every interrupts_held block: at a command's end (cli_main), in a forked child (a loader worker forked
+    as the iterator starts is not in the block)."""
+    _hold["depth"] = 0
+    _hold["received"].clear()
+
+
+os.register_at_fork(after_in_child=forget_held_interrupts)
 
 
 _END = object()
@@ -119,10 +130,15 @@ _END = object()
 
 def signal_safe_iter(iterable: Iterable[T]) -> Iterator[T]:
     """Iterate `iterable` (a DataLoader) with Ctrl-C and SIGTERM held back while it starts, makes each item and is
-    let go; they are raised between items, in the caller's code."""
-    with interrupts_held():
-        iterator = iter(iterable)
+    let go; they are raised between items, in the caller's code.
+
+    Stop early with `.close()` (it stops a loader's workers at once and raises what was held meanwhile): a
+    generator that Python finalises instead prints and drops the exception.
+    """
+    iterator = ()
     try:
+        with interrupts_held():
+            iterator = iter(iterable)
         while True:
             with interrupts_held():
                 item = next(iterator, _END)
@@ -133,14 +149,6 @@ def signal_safe_iter(iterable: Iterable[T]) -> Iterator[T]:
         with interrupts_held():  # the last reference to a DataLoader iterator: its __del__ stops the workers
             del iterator
 
-
-def _forget_held_interrupts() -> None:
-    # A process forked inside a block (a loader worker, forked as the iterator starts) is not in the block.
-    _hold["depth"] = 0
-    _hold["received"].clear()
-
-
-os.register_at_fork(after_in_child=_forget_held_interrupts)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -304,6 +312,7 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
         finally:
             for s, default in ours.items():
                 signal.signal(s, default)
+            forget_held_interrupts()  # a block an exception left (a signal raised as it began or ended)
 
     return wrapper
 
