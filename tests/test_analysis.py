@@ -442,7 +442,7 @@ def test_unfinished_and_damaged_experiments_are_named_on_stderr_and_the_rest_is_
                                                       "best_acc_std": 0.0, "last_acc_mean": 58.0, "last_acc_std": 0.0}))
     assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
     err = capsys.readouterr().err
-    assert f"note: {running} is not finished (1 runs done, no results.json)" in err
+    assert f"note: {running} is not finished (1 run done, no results.json)" in err
     assert f"skipped: cannot read the experiment in {broken} (ParserError: while parsing " in err
     assert (f"skipped: cannot read the experiment in {nulls} (ValueError: results.json lacks a number in "
             "best_acc_mean, best_acc_std, last_acc_mean, last_acc_std)") in err
@@ -475,7 +475,7 @@ def test_an_experiment_a_process_trains_now_is_named_so(tmp_path):
         find_experiments(str(root), warn=notes.append)
     finally:
         lock.release()
-    assert notes == [f"note: {teacher} is not finished (1 runs done, no results.json); it is not in the table",
+    assert notes == [f"note: {teacher} is not finished (1 run done, no results.json); it is not in the table",
                      f"note: {running} is training now (pid {os.getpid()}) (0 runs done); it is not in the table"]
 
 

@@ -201,7 +201,8 @@ def _last_log_line(folder: str) -> str:
 def _unfinished_note(folder: str) -> str:
     """How an experiment folder without results.json stands: training now (a process holds its lock), stopped by an
     error or interrupted (train.log's last line says so), or else not finished (killed, or its machine went down)."""
-    done = f"{_finished_runs(folder)} runs done"
+    finished = _finished_runs(folder)
+    done = f"{finished} run{'' if finished == 1 else 's'} done"
     holder = lock_holder(folder)
     last = _last_log_line(folder)
     if holder:
