@@ -150,7 +150,6 @@ def signal_safe_iter(iterable: Iterable[T]) -> Iterator[T]:
             del iterator
 
 
-
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser whose mistakes (missing or unknown flags, bad values) are a UserError, not usage + error."""
 
