@@ -11,8 +11,8 @@ setup(
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
-        "timm>=0.9",
-        "safetensors>=0.3",  # lib.models: PRETRAIN_FILE .safetensors weights
+        "timm>=1.0.21",  # older timm cannot reach the hub through huggingface_hub 2
+        "safetensors>=0.3.1",  # lib.models: PRETRAIN_FILE .safetensors weights
         "yacs>=0.1.8",
         "PyYAML>=6.0",
         "numpy>=1.24",

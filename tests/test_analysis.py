@@ -83,7 +83,7 @@ def test_eval_reports_a_real_checkpoint_at_the_student_size(tiny_cub, write_conf
 
     cfg = load_config(parse_args(["--config_file", config]))
     model = build_model("resnet18", 4, False).eval()
-    model.load_state_dict(torch.load(ckpt)["state_dict"])
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
     prep = BatchPreparer(cfg, "cpu")
     test_set = build_dataset(cfg, is_train=False)
     batch = prep(torch.utils.data.default_collate([test_set[i] for i in range(len(test_set))]))
@@ -103,7 +103,7 @@ def test_eval_warns_when_the_checkpoint_was_trained_at_another_input_size(tiny_c
 
 def test_eval_reads_a_runs_last_pth_as_its_last_epochs_weights(tiny_cub, write_config, tmp_path, monkeypatch):
     best = _checkpoint(tmp_path / "model_best.pth")
-    weights = torch.load(best)["state_dict"]
+    weights = torch.load(best, weights_only=True)["state_dict"]
     # As the trainer writes it, numpy's RNG state included (a weights-only load allows numpy arrays).
     torch.save({"epoch": 2, "student": weights, "extra": {}, "optimizer": {}, "best_acc": 0.0,
                 "rng": {"numpy": np.random.get_state()}}, tmp_path / "last.pth")

@@ -2,6 +2,7 @@
 
 import argparse
 import glob
+import inspect
 import itertools
 import json
 import math
@@ -743,7 +744,8 @@ def test_a_gpu_out_of_memory_while_compiling_is_the_out_of_memory_line_not_compi
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
 
     def build_fails(*args):
-        raise torch._dynamo.exc.BackendCompilerFailed(build_fails, oom, None)
+        failed = torch._dynamo.exc.BackendCompilerFailed  # torch 2.7 added a third argument, first_useful_frame
+        raise failed(build_fails, oom, *[None] * (len(inspect.signature(failed).parameters) - 2))
 
     monkeypatch.setattr(torch, "compile", lambda step, **options: build_fails)
     cfg = get_cfg()

@@ -3,6 +3,7 @@ clear error for every way the file can fail to fit."""
 
 from __future__ import annotations
 
+import _codecs
 import contextlib
 import os
 import pickle
@@ -137,7 +138,8 @@ _WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 def _load_weights_only(path: str) -> object:
     """torch.load that builds tensors and plain values only (no code from the file runs): a checkpoint may come
     from anyone. numpy arrays are allowed too, for a run's last.pth (its numpy RNG state) given as weights."""
-    numpy_state = [np.ndarray(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    # _codecs.encode: pickle protocol 2 stores an array's bytes through it (torch 2.5+ allows it by itself, 2.4 not).
+    numpy_state = [np.ndarray(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32)), _codecs.encode]
     allow = getattr(torch.serialization, "safe_globals", None)  # torch 2.5+: for this load only
     if allow is None:  # torch 2.4: for the process (numpy arrays build no code either)
         torch.serialization.add_safe_globals(numpy_state)
