@@ -1,6 +1,22 @@
-"""Installs the `lib` package so scripts import it without sys.path tricks (`pip install -e .`)."""
+"""Installs the `lib` package so scripts import it without sys.path tricks (`pip install -e .`).
+
+Its dependencies are requirements.txt's, less the development tools (pytest, ruff): one list of version ranges.
+"""
+
+import os
 
 from setuptools import find_packages, setup
+
+DEV_TOOLS = ("pytest", "ruff")
+
+
+def runtime_requirements(path: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "requirements.txt")
+                         ) -> list[str]:
+    """The requirement lines of requirements.txt without comments and development tools."""
+    with open(path) as f:
+        lines = [line.split("#", 1)[0].strip() for line in f]
+    return [line for line in lines if line and not line.startswith(DEV_TOOLS)]
+
 
 setup(
     name="pixel-distillation",
@@ -8,18 +24,5 @@ setup(
     description="Pixel Distillation: cost-flexible distillation across image sizes and heterogeneous networks",
     packages=find_packages(include=["lib", "lib.*"]),
     python_requires=">=3.10",
-    install_requires=[
-        "torch>=2.4",
-        "torchvision>=0.19",
-        "timm>=1.0.21",  # older timm cannot reach the hub through huggingface_hub 2
-        "safetensors>=0.3.1",  # lib.models: PRETRAIN_FILE .safetensors weights
-        "yacs>=0.1.8",
-        "PyYAML>=6.0",
-        "numpy>=1.24",
-        "Pillow>=9.0",
-        "tensorboard>=2.12",
-        "tqdm>=4.60",
-        "scikit-learn>=1.2",  # lib.analysis: tools/eval.py's per-class report
-        "matplotlib>=3.6",  # lib.analysis: the plots of tools/eval.py and tools/summarize.py
-    ],
+    install_requires=runtime_requirements(),
 )

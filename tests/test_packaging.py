@@ -1,0 +1,42 @@
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import setuptools
+
+from lib.config import REPO_ROOT
+
+
+def _setup_arguments(monkeypatch) -> dict:
+    """The arguments setup.py passes to setuptools.setup, without building anything."""
+    captured = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: captured.update(kwargs))
+    runpy.run_path(os.path.join(REPO_ROOT, "setup.py"), run_name="__main__")
+    return captured
+
+
+def test_the_package_requires_every_runtime_range_of_requirements_txt_and_no_dev_tool(monkeypatch):
+    requires = _setup_arguments(monkeypatch)["install_requires"]
+    with open(os.path.join(REPO_ROOT, "requirements.txt")) as f:
+        listed = [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+    dev = [line for line in listed if line.startswith(("pytest", "ruff"))]
+    assert len(dev) == 2
+    assert sorted(requires) == sorted(set(listed) - set(dev))
+    assert "torch>=2.4" in requires and "timm>=1.0.21" in requires  # comments stripped, ranges kept as written
+
+
+def test_a_source_distribution_carries_the_requirements_txt_that_setup_py_reads(tmp_path):
+    # setup.py reads requirements.txt: an sdist without it could not be installed.
+    for name in ("setup.py", "requirements.txt", "MANIFEST.in"):
+        shutil.copy(os.path.join(REPO_ROOT, name), tmp_path)
+    shutil.copytree(os.path.join(REPO_ROOT, "lib"), tmp_path / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", "dist"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (archive,) = (tmp_path / "dist").iterdir()
+    with tarfile.open(archive) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    assert {"requirements.txt", "setup.py", "lib/engine/trainer.py"} <= names
