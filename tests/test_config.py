@@ -371,6 +371,17 @@ def test_diff_cfg_names_differing_keys():
     assert diff_cfg(a, b, ignore=["BASIC.NUM_WORKERS"]) == ["SOLVER.START_LR (0.1 -> 0.5)"]
 
 
+def test_a_key_the_saved_config_lacks_counts_as_its_default():
+    saved, requested = get_cfg(), get_cfg()
+    del saved.DKD["RELEASE_WARMUP"]  # a config.yaml written before the key existed
+    del saved["TAS"]  # a whole section too
+    assert diff_cfg(saved, requested) == []
+    requested.DKD.RELEASE_WARMUP = True
+    requested.TAS.FEAT_INTERP = "nearest"
+    assert diff_cfg(saved, requested) == ["DKD.RELEASE_WARMUP (absent, i.e. the default False -> True)",
+                                          "TAS.FEAT_INTERP (absent, i.e. the default 'bilinear' -> 'nearest')"]
+
+
 _BUILT: dict = {}
 
 

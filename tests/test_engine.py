@@ -15,6 +15,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 
 from lib.config import REPO_ROOT, get_cfg, load_config
 from lib.datasets import build_dataset
@@ -384,6 +385,21 @@ def test_rerunning_a_finished_experiment_prints_results_and_rewrites_nothing(tin
                           monkeypatch=monkeypatch) == 0
     assert "is finished" in capsys.readouterr().out
     assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(exp / "**" / "*"), recursive=True)} == stamps
+
+
+def test_an_experiment_saved_before_a_key_existed_counts_it_at_its_default(tiny_cub, write_config, tmp_path,
+                                                                          monkeypatch, capsys):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    saved = yaml.safe_load((exp / "config.yaml").read_text())
+    del saved["DKD"]["RELEASE_WARMUP"]  # as written by a version of the code before the key existed
+    (exp / "config.yaml").write_text(yaml.safe_dump(saved))
+    capsys.readouterr()
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    assert "is finished" in capsys.readouterr().out
+    assert run_in_process(TEACHER, config, "DKD.RELEASE_WARMUP", "True", monkeypatch=monkeypatch) == 2
+    assert "another config: DKD.RELEASE_WARMUP (absent, i.e. the default False -> True)" in capsys.readouterr().err
 
 
 def test_a_different_config_in_the_same_directory_is_refused_naming_the_keys(tiny_cub, write_config, tmp_path,

@@ -488,23 +488,34 @@ def train_cache_size(cfg: CfgNode) -> int:
 
 
 def diff_cfg(saved: CfgNode, requested: CfgNode, ignore: Iterable[str] = ()) -> list[str]:
-    """Keys whose values differ between two configs (e.g. a saved experiment and the requested one)."""
+    """Keys whose values differ between two configs (e.g. a saved experiment and the requested one).
+
+    A key the saved config lacks was added to the schema after it was written; it counts as its default, which by
+    this project's rule reproduces what the code did before the key existed (lib/config/defaults.py's header), so
+    an experiment started before an update resumes after it unless the command asks for another value.
+    """
     ignore = set(ignore)
     out = []
     for key in _all_keys(requested):
         if key in ignore:
             continue
-        a, b = cfg_value(saved, key), cfg_value(requested, key)
-        if a != b:
+        a, b = cfg_value(saved, key, _ABSENT), cfg_value(requested, key)
+        if a is _ABSENT:
+            if cfg_value(_C, key) != b:
+                out.append(f"{key} (absent, i.e. the default {cfg_value(_C, key)!r} -> {b!r})")
+        elif a != b:
             out.append(f"{key} ({a!r} -> {b!r})")
     return out
 
 
-def cfg_value(cfg: CfgNode, full_key: str) -> Any:
-    """The value of `full_key` (SECTION.KEY) in `cfg`; None where the config lacks it (saved by an older version)."""
+_ABSENT = object()
+
+
+def cfg_value(cfg: CfgNode, full_key: str, absent: Any = None) -> Any:
+    """The value of `full_key` (SECTION.KEY) in `cfg`; `absent` where the config lacks it (an older version's)."""
     node: Any = cfg
     for part in full_key.split("."):
         if not isinstance(node, CfgNode) or part not in node:
-            return None
+            return absent
         node = node[part]
     return node

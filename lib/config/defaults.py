@@ -5,6 +5,11 @@ name and default, so its YAML files load unchanged (KD.TEMP and DKD.TEMP are flo
 int 4; an int is accepted wherever a float is expected; BASIC.TIME, the release's timestamp, is unused and "");
 keys marked "new" are this project's.
 Keys the original declared but never used are kept (so old files load) and say so.
+
+A key added to this schema later must default to what the code did before it existed: an experiment saved before
+the key lacks it in its config.yaml, and resuming it compares the command's value with the default
+(lib.config.diff_cfg), so a default that changed what the code does would resume such an experiment with a
+behaviour it did not start with. Every key added so far keeps this rule.
 """
 
 from yacs.config import CfgNode as CN
