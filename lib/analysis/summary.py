@@ -17,6 +17,7 @@ most runs, then the newest results.json, is shown and the others are listed on s
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sys
@@ -28,7 +29,7 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode
 
-from lib.config import resolve_path, small_crop_size
+from lib.config import KDTYPES, resolve_path, small_crop_size
 from lib.engine.checkpoint import load_results, load_run_result, lock_holder
 from lib.utils.errors import UserError, first_line
 from lib.utils.log import ERROR_PREFIX, INTERRUPTED_LINE
@@ -39,10 +40,10 @@ from .cost import flops_of, input_cost
 __all__ = ["METHOD_COLUMNS", "ExperimentResult", "Row", "find_experiments", "build_rows", "format_markdown",
            "write_summary", "plot_accuracy_vs_cost", "summarize"]
 
-# Table columns in the paper's order; "student" is the student's own single-network baseline.
-METHOD_COLUMNS = ("student", "kd", "at", "sp", "ickd", "dkd", "isrd", "tas")
-METHOD_LABELS = {"student": "baseline", "kd": "KD", "at": "AT", "sp": "SP", "ickd": "ICKD", "dkd": "DKD",
-                 "isrd": "ISRD", "tas": "TAS"}
+# Table columns in the paper's order; "student" is the student's own single-network baseline. A method added to
+# lib.config.KDTYPES gets its column and its label (its name in capitals) from there.
+METHOD_COLUMNS = ("student", *KDTYPES, "isrd", "tas")
+METHOD_LABELS = {"student": "baseline", **{method: method.upper() for method in METHOD_COLUMNS[1:]}}
 _DISTILL_NAME = re.compile(rf"\d+runs_({'|'.join(METHOD_COLUMNS[1:])})_")
 _MOVED_ASIDE = re.compile(r".*\.old\d+")
 _DEMO_FOLDER = "demo"  # ckpt/demo, the BASIC.OUTPUT_ROOT of configs/demo/*
@@ -319,7 +320,7 @@ def plot_accuracy_vs_cost(rows: list[Row], flops: dict, path: str, x_axis: str) 
     datasets = sorted({r.dataset for r in rows})
     fig = Figure(figsize=(6.5 * len(datasets), 5))
     FigureCanvasAgg(fig)
-    markers = dict(zip(METHOD_COLUMNS, "osD^v<>P"))
+    markers = dict(zip(METHOD_COLUMNS, itertools.cycle("osD^v<>PXh*")))
     colors = {m: f"C{i}" for i, m in enumerate(METHOD_COLUMNS)}  # the same colour for a method in every panel
     for i, dataset in enumerate(datasets):
         ax = fig.add_subplot(1, len(datasets), i + 1)

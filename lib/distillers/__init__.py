@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from yacs.config import CfgNode
 
-from lib.config import get_cfg, resolve_path, small_crop_size
+from lib.config import KDTYPES, get_cfg, resolve_path, small_crop_size
 from lib.losses import ATLoss, DKDLoss, ICKDLoss, SPLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes
 from lib.models.weights import load_network, load_weights, output_root_hint
@@ -20,7 +20,7 @@ __all__ = ["Distiller", "Vanilla", "KD", "DKD", "FeatureKD", "ISRD", "TAS", "bui
            "build_assistant", "check_archs", "METHODS", "method_archs", "method_checkpoints"]
 
 # "tas" is stage 2 of two-stage distillation (lib/distillers/tas.py): its teacher-side network is the assistant.
-METHODS = ("single", "kd", "at", "sp", "ickd", "dkd", "isrd", "tas")
+METHODS = ("single", *KDTYPES, "isrd", "tas")
 
 
 def method_archs(cfg: CfgNode, method: str) -> tuple[str | None, str]:
