@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from lib.config import REPO_ROOT
+from lib.config import KDTYPES, REPO_ROOT
 
 from .conftest import one_error_line, run_cli
 
@@ -77,7 +77,7 @@ def test_benchmark_counts_the_short_last_batch_of_an_epoch(tiny_cub, write_confi
     (["--repeats", "0"], ["--repeats >= 1", "--repeats 0"]),
     (["--pipelines", "tensor,gpu"], ["--pipelines takes a comma-separated list of tensor, pil, device",
                                      "'tensor,gpu'"]),
-    (["--method", "crd"], ["--method must be one of auto, single, kd, at, sp, ickd, dkd, isrd", "'crd'"]),
+    (["--method", "crd"], [f"--method must be one of auto, single, {', '.join(KDTYPES)}, isrd", "'crd'"]),
     (["--method", "isrd"], ["--method isrd distils from a teacher, but MODEL.ARCH_T is empty"]),
 ])
 def test_benchmark_flag_mistakes_are_one_line_and_write_nothing(flags, words, tiny_cub, write_config, tmp_path,

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from lib.config import (
+    KDTYPES,
+    LOSS_WEIGHT_KEYS,
     REPO_ROOT,
     UNUSED_KEYS,
     cfg_value,
@@ -305,7 +307,7 @@ def test_command_line_mistakes_are_one_user_error_not_usage(argv, words):
     (["DKD.TEMP", "0.0"], "DKD.TEMP must be positive (the logits are divided by it), got 0.0"),
     (["DKD.TEMP", "-4.0"], "DKD.TEMP must be positive (the logits are divided by it), got -4.0"),
     *[([key, "-1.0"], f"{key} must be >= 0 (it weights a loss term), got -1.0")
-      for key in ("AT.BETA", "SP.BETA", "ICKD.BETA", "DKD.ALPHA", "DKD.BETA", "FSR.ETA")],
+      for key in LOSS_WEIGHT_KEYS],
     (["SOLVER.START_LR", "1e999"], "config key SOLVER.START_LR on the command line must be a finite number, got inf"),
     (["TRAIN.COMPILE_BACKEND", "'aot_eager'", "TRAIN.COMPILE_MODE", "'reduce-overhead'"],
      "TRAIN.COMPILE_MODE reduce-overhead is a mode of the inductor backend, but TRAIN.COMPILE_BACKEND is aot_eager; "
@@ -341,6 +343,10 @@ def test_loaded_config_is_frozen():
         cfg.BASIC.SEED = 4
 
 
+def test_every_shipped_loss_weight_is_refused_below_zero():
+    assert set(LOSS_WEIGHT_KEYS) >= {"AT.BETA", "SP.BETA", "ICKD.BETA", "DKD.ALPHA", "DKD.BETA", "FSR.ETA"}
+
+
 @pytest.mark.parametrize("opts, key", [
     (["DATA.DATASET", "imagenet"], "DATA.DATASET"),
     (["MODEL.KDTYPE", "fitnet"], "MODEL.KDTYPE"),
@@ -350,7 +356,7 @@ def test_loaded_config_is_frozen():
     (["TRAIN.COMPILE_BACKEND", "cudagraphs"], "TRAIN.COMPILE_BACKEND must be one of inductor, aot_eager, eager"),
     (["DATA.PIPELINE", "gpu"], "DATA.PIPELINE"),
     (["DATA.LESSEN_TYPE", "1"], "DATA.PIPELINE"),
-    (["TAS.STAGE1_KDTYPE", "isrd"], "TAS.STAGE1_KDTYPE must be one of kd, at, sp, ickd, dkd, got 'isrd'"),
+    (["TAS.STAGE1_KDTYPE", "isrd"], f"TAS.STAGE1_KDTYPE must be one of {', '.join(KDTYPES)}, got 'isrd'"),
     (["TAS.FEAT_INTERP", "area"],
      "TAS.FEAT_INTERP must be one of bilinear, bicubic, nearest, bilinear_align_corners, got 'area'"),
     (["TAS.FEAT_WEIGHTS", "[1.0, -1.0, 1.0, 1.0]"], r"TAS.FEAT_WEIGHTS must be >= 0 \(0 switches a feature off\)"),

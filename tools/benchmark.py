@@ -9,7 +9,7 @@ of model-only and end-to-end steps into BASIC.OUTPUT_ROOT/profile).
 import json
 import os
 
-from lib.config import PIPELINES, config_parser, load_config, parse_args, resolve_path
+from lib.config import KDTYPES, PIPELINES, config_parser, load_config, parse_args, resolve_path
 from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, UserError, cli_main, make_folder
 
 
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--pipelines", default=",".join(PIPELINES),
                         help="comma-separated DATA.PIPELINE values (default: %(default)s)")
     parser.add_argument("--method", default="auto",
-                        help="the training step to measure: single, kd, at, sp, ickd, dkd or isrd; auto (default): "
+                        help=f"the training step to measure: single, {', '.join(KDTYPES)} or isrd; auto (default): "
                              "single without MODEL.ARCH_T, isrd when FSR.ETA > 0, else MODEL.KDTYPE")
     parser.add_argument("--profile", action="store_true",
                         help="also profile model-only and end-to-end steps (Chrome traces, top host operations)")

@@ -27,7 +27,8 @@ from .defaults import _C, UNUSED_KEYS
 
 __all__ = ["get_cfg", "load_config", "parse_args", "config_parser", "merge_file", "merge_list", "check_cfg",
            "resolve_path", "cfg_value", "diff_cfg", "small_crop_size", "small_resize_size", "train_cache_size",
-           "REPO_ROOT", "UNUSED_KEYS", "KDTYPES", "PIPELINES", "TENSOR_INTERPOLATION", "FKD_INTERP_MODES"]
+           "REPO_ROOT", "UNUSED_KEYS", "KDTYPES", "LOSS_WEIGHT_KEYS", "PIPELINES", "TENSOR_INTERPOLATION",
+           "FKD_INTERP_MODES"]
 
 def _repo_root() -> str:
     """The checkout holding this `lib` (installed with `pip install -e .`), else the working directory."""
@@ -40,7 +41,12 @@ def _repo_root() -> str:
 REPO_ROOT = _repo_root()
 
 DATASETS = ("cub", "aircraft")
+# MODEL.KDTYPE's methods: the one list that tools_1_ts/train_kd_5runs.py, TAS.STAGE1_KDTYPE, the benchmark's
+# --method, the distillers and the summary's columns read (a new method joins it: docs/extending.md).
 KDTYPES = ("kd", "at", "sp", "ickd", "dkd")
+# Loss weights, each refused below 0: a negative one would reward the student for moving away from the teacher (or
+# the large image). A new method's weight joins them.
+LOSS_WEIGHT_KEYS = ("AT.BETA", "SP.BETA", "ICKD.BETA", "DKD.ALPHA", "DKD.BETA", "FSR.ETA")
 # TAS.FEAT_INTERP: how stage 2 resizes a student feature to the assistant's size (F.interpolate modes, with
 # align_corners=False; "bilinear_align_corners": bilinear with align_corners=True, as the release's unused loss).
 FKD_INTERP_MODES = ("bilinear", "bicubic", "nearest", "bilinear_align_corners")
@@ -447,8 +453,7 @@ def check_cfg(cfg: CfgNode) -> None:
                                           f"{cfg_value(cfg, key)}")
     _require(0 <= cfg.KD.ALPHA <= 1, f"KD.ALPHA must be between 0 and 1 (the cross-entropy gets 1 - KD.ALPHA), got "
                                      f"{cfg.KD.ALPHA}")
-    # A negative loss weight would reward the student for moving away from the teacher (or the large image).
-    for key in ("AT.BETA", "SP.BETA", "ICKD.BETA", "DKD.ALPHA", "DKD.BETA", "FSR.ETA"):
+    for key in LOSS_WEIGHT_KEYS:
         _require(cfg_value(cfg, key) >= 0, f"{key} must be >= 0 (it weights a loss term), got {cfg_value(cfg, key)}")
     _require(cfg.BASIC.DISP_FREQ >= 1, f"BASIC.DISP_FREQ must be >= 1 (a progress line every that many steps), got "
                                        f"{cfg.BASIC.DISP_FREQ}")
