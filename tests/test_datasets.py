@@ -397,6 +397,13 @@ def test_unknown_dataset(roots):
     assert set(DATASETS) == {"cub", "aircraft"}
 
 
+def test_every_dataset_is_named_by_the_config_check_and_has_a_generator():
+    from lib.config import DATASETS as CONFIG_DATASETS
+    from lib.datasets.synthetic import GENERATORS
+
+    assert tuple(DATASETS) == CONFIG_DATASETS and tuple(GENERATORS) == CONFIG_DATASETS
+
+
 @pytest.mark.parametrize("dataset", ["cub", "aircraft"])
 def test_missing_folder(tmp_path, dataset):
     missing = str(tmp_path / "nowhere")
