@@ -5,14 +5,14 @@ from __future__ import annotations
 from torch import nn
 from yacs.config import CfgNode
 
-from lib.config import KDTYPES, get_cfg, resolve_path, small_crop_size
+from lib.config import KDTYPES, resolve_path, small_crop_size
 from lib.losses import ATLoss, DKDLoss, ICKDLoss, SPLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes
-from lib.models.weights import load_network, load_weights, output_root_hint
+from lib.models.weights import load_weights
 from lib.utils.errors import UserError
 from lib.utils.log import get_logger
 
-from .base import Distiller, Vanilla
+from .base import Distiller, Vanilla, network_from_checkpoint
 from .methods import DKD, ISRD, KD, FeatureKD, build_isrd_decoder
 from .tas import TAS, build_assistant, build_tas, check_tas_archs
 
@@ -65,13 +65,8 @@ def build_teacher(cfg: CfgNode) -> nn.Module:
     if not cfg.MODEL.MODELDICT_T:
         raise UserError("MODEL.MODELDICT_T is empty; train a teacher with tools_0_base/train_teacher_1run.py "
                         "and pass its ckpt/.../model_best.pth")
-    # Every weight comes from the checkpoint: no ImageNet initialisation first (MODEL.PRETRAIN_T is unused).
-    path = resolve_path(cfg.MODEL.MODELDICT_T)
-    moved = output_root_hint("MODEL.MODELDICT_T", path, resolve_path(cfg.BASIC.OUTPUT_ROOT),
-                             resolve_path(get_cfg().BASIC.OUTPUT_ROOT))
-    teacher, _ = load_network(cfg.MODEL.ARCH_T, cfg.DATA.NUM_CLASSES, path, "teacher checkpoint MODEL.MODELDICT_T",
-                              cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE", moved)
-    return teacher
+    # Every weight comes from the checkpoint (MODEL.PRETRAIN_T is unused).
+    return network_from_checkpoint(cfg, "MODEL.MODELDICT_T", cfg.MODEL.ARCH_T, "teacher checkpoint")
 
 
 def _weights_file(path: str) -> str:

@@ -7,6 +7,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from yacs.config import CfgNode
+
+from lib.config import get_cfg, resolve_path
+from lib.models.weights import load_network, output_root_hint
 
 # What a training step's forward returns: the student's logits (B, K) and its named, weighted loss terms.
 StepOutput = tuple[Tensor, dict[str, Tensor]]
@@ -81,3 +85,22 @@ class Distiller(nn.Module):
 
 # The student baseline: the same machinery without a teacher.
 Vanilla = Distiller
+
+
+def network_from_checkpoint(cfg: CfgNode, key: str, arch: str, what: str, hint: str = "") -> nn.Module:
+    """The frozen-to-be network `arch` with every weight from the checkpoint that config key `key` names (the
+    teacher's MODEL.MODELDICT_T, the assistant's MODEL.MODELDICT_A), checked against DATA.NUM_CLASSES; a warning
+    when it was trained at another size than DATA.CROP_SIZE. No ImageNet initialisation first.
+
+    Args:
+        cfg: the frozen config.
+        key: the MODEL.* key holding the path (set: the callers refuse it empty, each with its own advice).
+        arch: the architecture it must hold.
+        what: how errors name it ("teacher checkpoint").
+        hint: what a "not found" error adds, after the note on BASIC.OUTPUT_ROOT when the outputs were moved.
+    """
+    path = resolve_path(cfg.MODEL[key.split(".")[1]])
+    moved = output_root_hint(key, path, resolve_path(cfg.BASIC.OUTPUT_ROOT), resolve_path(get_cfg().BASIC.OUTPUT_ROOT))
+    network, _ = load_network(arch, cfg.DATA.NUM_CLASSES, path, f"{what} {key}", cfg.DATA.CROP_SIZE,
+                              "DATA.CROP_SIZE", hint=moved + hint)
+    return network

@@ -18,14 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from lib.config import check_cfg, get_cfg, resolve_path, small_crop_size
+from lib.config import check_cfg, get_cfg, small_crop_size
 from lib.engine.setup import experiment_name
 from lib.losses import FKDLoss
 from lib.models.model_builder import check_input_size, feature_shapes, is_vit, parse_arch
-from lib.models.weights import load_network, output_root_hint
 from lib.utils.errors import UserError
 
-from .base import StepOutput
+from .base import StepOutput, network_from_checkpoint
 from .methods import ISRD, build_isrd_decoder
 
 __all__ = ["TAS", "assistant_arch", "assistant_checkpoint", "assistant_config", "build_assistant", "build_tas",
@@ -159,15 +158,9 @@ def build_assistant(cfg: CfgNode) -> nn.Module:
     if not cfg.MODEL.MODELDICT_A:
         raise UserError("MODEL.MODELDICT_A is empty; train the assistant with tools_2_tas/train_assistant_1run.py "
                         "and pass its ckpt/.../model_best.pth (tools_2_tas/train_tas_2stages.py does both)")
-    # Every weight comes from the checkpoint: no ImageNet initialisation first.
-    path = resolve_path(cfg.MODEL.MODELDICT_A)
-    moved = output_root_hint("MODEL.MODELDICT_A", path, resolve_path(cfg.BASIC.OUTPUT_ROOT),
-                            resolve_path(get_cfg().BASIC.OUTPUT_ROOT))
-    assistant, _ = load_network(cfg.MODEL.ARCH_A, cfg.DATA.NUM_CLASSES, path, "assistant checkpoint MODEL.MODELDICT_A",
-                                cfg.DATA.CROP_SIZE, "DATA.CROP_SIZE",
-                                hint=f"{moved}; train it with tools_2_tas/train_assistant_1run.py (or run "
-                                     "tools_2_tas/train_tas_2stages.py)")
-    return assistant
+    return network_from_checkpoint(cfg, "MODEL.MODELDICT_A", cfg.MODEL.ARCH_A, "assistant checkpoint",
+                                   "; train it with tools_2_tas/train_assistant_1run.py (or run "
+                                   "tools_2_tas/train_tas_2stages.py)")
 
 
 def tas_feature_layers(cfg: CfgNode, student: nn.Module) -> list[int]:
