@@ -492,6 +492,9 @@ def train_cache_size(cfg: CfgNode) -> int:
     return cfg.DATA.CACHE_SIZE or max(cfg.DATA.RESIZE_SIZE, DEFAULT_CACHE_SIZE)
 
 
+_ABSENT = object()  # cfg_value's answer for a key that a saved config lacks, told apart from a None value
+
+
 def diff_cfg(saved: CfgNode, requested: CfgNode, ignore: Iterable[str] = ()) -> list[str]:
     """Keys whose values differ between two configs (e.g. a saved experiment and the requested one).
 
@@ -506,14 +509,12 @@ def diff_cfg(saved: CfgNode, requested: CfgNode, ignore: Iterable[str] = ()) -> 
             continue
         a, b = cfg_value(saved, key, _ABSENT), cfg_value(requested, key)
         if a is _ABSENT:
-            if cfg_value(_C, key) != b:
-                out.append(f"{key} (absent, i.e. the default {cfg_value(_C, key)!r} -> {b!r})")
+            default = cfg_value(_C, key)
+            if default != b:
+                out.append(f"{key} (absent, i.e. the default {default!r} -> {b!r})")
         elif a != b:
             out.append(f"{key} ({a!r} -> {b!r})")
     return out
-
-
-_ABSENT = object()
 
 
 def cfg_value(cfg: CfgNode, full_key: str, absent: Any = None) -> Any:
