@@ -512,6 +512,18 @@ def test_summarize_leaves_the_demo_out_of_the_papers_table_unless_asked_for_it(t
     assert [Path(e.path).name for e in found] == ["5runs_resnet18_32_seed0_0.05"]
 
 
+def test_summarize_follows_links_to_roots_and_reads_each_experiment_once(tmp_path):
+    # A sweep's roots gathered as links in one folder, one of them linked twice, and a link back up (a loop).
+    _experiment(tmp_path / "eta10", "cub", "5runs_resnet18_32_seed0_0.05", [45.0, 40.0])
+    _experiment(tmp_path / "eta50", "cub", "1runs_resnet50_64_seed0_0.01", [80.0])
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    for name, target in (("a", "eta10"), ("b", "eta50"), ("b_again", "eta50"), ("up", "gathered")):
+        (gathered / name).symlink_to(tmp_path / target, target_is_directory=True)
+    found = find_experiments(str(gathered), warn=lambda message: None)
+    assert sorted(Path(e.path).name for e in found) == ["1runs_resnet50_64_seed0_0.01", "5runs_resnet18_32_seed0_0.05"]
+
+
 def test_cost_table_puts_flops_and_macs_in_their_own_columns():
     row = {"arch": "resnet18", "size": 32, "params": 11_200_000, "flops": 4_000_000_000, "macs": 2_000_000_000,
            "input_pixels": 1024, "input_bytes": 3072, "latency_ms": {1: 1.5}, "peak_mem_mb": {1: 2.25}}

@@ -114,13 +114,20 @@ def test_registries_list_every_architecture_of_the_original_release():
     assert VIT_FAMILIES == ("vit_tiny_patch16", "vit_small_patch16", "vit_base_patch16")
 
 
-@pytest.mark.parametrize("arch", ["resnet19", "", "vit_tiny_patch16", "vit_tiny_patch16_056", "vit_huge_patch14_224"])
+@pytest.mark.parametrize("arch", ["resnet19", "", "vit_tiny_patch16_056", "vit_huge_patch14_224"])
 def test_unknown_arch_raises_user_error_listing_valid_names(arch):
     with pytest.raises(UserError, match="unknown architecture") as err:
         parse_arch(arch)
     assert "resnet18" in str(err.value) and "vit_tiny_patch16_<S>" in str(err.value)
     with pytest.raises(UserError, match="unknown architecture"):
         build_model(arch, NUM_CLASSES, pretrained=False)
+
+
+def test_a_vit_family_without_its_size_is_told_to_name_the_size():
+    with pytest.raises(UserError) as err:
+        build_model("vit_tiny_patch16", NUM_CLASSES, pretrained=False)
+    assert str(err.value) == ("architecture 'vit_tiny_patch16' needs its input size in pixels in its name, e.g. "
+                              "vit_tiny_patch16_56 for 56 px images")
 
 
 def test_unknown_arch_error_suggests_the_closest_name():

@@ -150,7 +150,13 @@ def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> 
     warn = warn or (lambda message: print(message, file=sys.stderr))
     check_output_root(root)
     found = []
-    for folder, dirs, files in os.walk(root):
+    seen = set()  # real paths: links are followed (a folder of links gathers roots), each folder read once
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # reached again through a link (or a link loop)
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not _MOVED_ASIDE.fullmatch(d))
         if folder == root and _DEMO_FOLDER in dirs:
             # The demo's 10-class synthetic experiments (configs/demo/*) would land in the paper's table as "cub".

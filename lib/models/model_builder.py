@@ -77,6 +77,9 @@ def parse_arch(arch: str) -> tuple[str, int | None]:
     match = _VIT_NAME.fullmatch(arch)
     if match:
         return match["family"], int(match["size"])
+    if arch in VIT_FAMILIES:  # (tools/cost.py's --archs takes the bare family; a model needs its size)
+        raise UserError(f"architecture {arch!r} needs its input size in pixels in its name, e.g. {arch}_56 for 56 px "
+                        "images")
     close = difflib.get_close_matches(arch, [*ARCHS, *(f"{f}_224" for f in VIT_FAMILIES)], n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise UserError(f"unknown architecture {arch!r}{hint}; valid names: {_valid_names()}")
