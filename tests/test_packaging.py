@@ -21,7 +21,7 @@ def _setup_arguments(monkeypatch) -> dict:
 def test_the_package_requires_every_runtime_range_of_requirements_txt_and_no_dev_tool(monkeypatch):
     requires = _setup_arguments(monkeypatch)["install_requires"]
     with open(os.path.join(REPO_ROOT, "requirements.txt")) as f:
-        listed = [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+        listed = [line for line in (raw.split("#")[0].strip() for raw in f) if line]
     dev = [line for line in listed if line.startswith(("pytest", "ruff"))]
     assert len(dev) == 2
     assert sorted(requires) == sorted(set(listed) - set(dev))

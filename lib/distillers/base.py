@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from lib.config import get_cfg, resolve_path
+from lib.config import cfg_value, get_cfg, resolve_path
 from lib.models.weights import load_network, output_root_hint
 
 # What a training step's forward returns: the student's logits (B, K) and its named, weighted loss terms.
@@ -99,7 +99,7 @@ def network_from_checkpoint(cfg: CfgNode, key: str, arch: str, what: str, hint: 
         what: how errors name it ("teacher checkpoint").
         hint: what a "not found" error adds, after the note on BASIC.OUTPUT_ROOT when the outputs were moved.
     """
-    path = resolve_path(cfg.MODEL[key.split(".")[1]])
+    path = resolve_path(cfg_value(cfg, key))
     moved = output_root_hint(key, path, resolve_path(cfg.BASIC.OUTPUT_ROOT), resolve_path(get_cfg().BASIC.OUTPUT_ROOT))
     network, _ = load_network(arch, cfg.DATA.NUM_CLASSES, path, f"{what} {key}", cfg.DATA.CROP_SIZE,
                               "DATA.CROP_SIZE", hint=moved + hint)
