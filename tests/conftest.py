@@ -6,6 +6,7 @@ import dataclasses
 import os
 import pathlib
 import runpy
+import signal
 import subprocess
 import sys
 
@@ -15,15 +16,35 @@ import yaml
 from lib.config import REPO_ROOT
 
 
+def _stop_signal_state() -> dict[str, object]:
+    """How Ctrl-C and SIGTERM are handled in this process: the handlers Python records and, on Linux, what the
+    kernel has for this (the main) thread: caught, ignored or blocked (a library's C code may change those)."""
+    state: dict[str, object] = {f"python {s.name}": signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with open("/proc/self/status") as f:
+            masks = dict(line.split(":\t", 1) for line in f if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+    except OSError:
+        return state
+    for field, mask in masks.items():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            state[f"kernel {field} {s.name}"] = bool(int(mask, 16) >> (s - 1) & 1)
+    return state
+
+
 @pytest.fixture(autouse=True)
 def no_interrupts_left_held():
-    """Every test leaves the signal-holding blocks it entered (a leaked one would hold later tests' signals)."""
+    """Every test leaves the signal-holding blocks it entered (a leaked one would hold later tests' signals), and
+    Ctrl-C and SIGTERM handled as it found them (one left ignored would make a later test's Ctrl-C do nothing)."""
     from lib.utils import errors
 
+    before = _stop_signal_state()
     yield
     held = dict(errors._hold, received=list(errors._hold["received"]))
     errors.forget_held_interrupts()
     assert (held["depth"], held["received"]) == (0, []), f"interrupts_held blocks left open: {held}"
+    after = _stop_signal_state()
+    changed = {key: (before[key], after.get(key)) for key in before if after.get(key) != before[key]}
+    assert not changed, f"the test changed how stop signals are handled (before, after): {changed}"
 
 
 # Tiny but real: teacher at 64 px, student at 32 px (LESSEN_RATIO 2), 4 classes, a few images each.

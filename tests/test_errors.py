@@ -445,15 +445,27 @@ def test_an_image_that_stops_decoding_in_a_loader_worker_is_the_workers_one_line
     assert open(log).read().splitlines()[-1].endswith(line), "train.log ends with the line the script printed"
 
 
-@pytest.fixture
-def scripts_signal_handlers():
-    """SIGTERM and Ctrl-C handled as cli_main handles them, for the test (pytest's own handlers are put back)."""
+def _stop_handlers(on_sigterm, on_ctrl_c):
+    """SIGTERM and Ctrl-C handled by `on_sigterm` and `on_ctrl_c` for the test, then as the test runner had them."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    signal.signal(signal.SIGTERM, raise_terminated)
-    signal.signal(signal.SIGINT, raise_interrupted)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_ctrl_c)
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
+
+
+@pytest.fixture
+def scripts_signal_handlers():
+    """SIGTERM and Ctrl-C handled as cli_main handles them, for the test."""
+    yield from _stop_handlers(raise_terminated, raise_interrupted)
+
+
+@pytest.fixture
+def python_s_default_handlers():
+    """SIGTERM and Ctrl-C handled as Python handles them by default, for the test, whatever the test runner was
+    started with (a shell without job control starts a background job, `pytest ... &`, with Ctrl-C ignored)."""
+    yield from _stop_handlers(signal.SIG_DFL, signal.default_int_handler)
 
 
 def _signal_this_thread(signum: int) -> None:
@@ -480,7 +492,7 @@ def test_a_ctrl_c_or_sigterm_inside_a_held_block_is_raised_at_its_end_not_lost(s
     assert signal.getsignal(signal.SIGTERM) is raise_terminated
 
 
-def test_python_s_own_ctrl_c_handler_is_not_held():
+def test_python_s_own_ctrl_c_handler_is_not_held(python_s_default_handlers):
     # A library caller that kept Python's handler: only the scripts' handlers know about the blocks.
     with pytest.raises(KeyboardInterrupt):
         with interrupts_held():
@@ -589,24 +601,18 @@ def test_a_command_leaves_every_held_block_when_it_ends():
     assert errors._hold["depth"] == 0
 
 
-def test_scripts_take_sigterm_and_ctrl_c_while_they_run_and_put_back_the_defaults():
+def test_scripts_take_sigterm_and_ctrl_c_while_they_run_and_put_back_the_defaults(python_s_default_handlers):
     seen = {}
 
     @cli_main
     def main():
         seen.update({s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)})
 
-    saved = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        main()
-        assert seen == {signal.SIGTERM: raise_terminated, signal.SIGINT: raise_interrupted}
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a caller's own choice is kept
-        main()
-        assert seen[signal.SIGINT] is signal.SIG_IGN
-        signal.signal(signal.SIGINT, ignored)
-    finally:
-        signal.signal(signal.SIGTERM, saved)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    main()
+    assert seen == {signal.SIGTERM: raise_terminated, signal.SIGINT: raise_interrupted}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a caller's own choice is kept (`nohup`, a background job)
+    main()
+    assert seen[signal.SIGINT] is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
