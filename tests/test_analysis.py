@@ -185,6 +185,22 @@ def test_cost_flag_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "c").exists()
 
 
+def test_cost_refuses_a_size_too_large_for_memory_without_trying_one_image_of_it(tmp_path, monkeypatch, capsys):
+    # 22400 for 2240: the memory check itself ran a forward at that size and died in the CPU allocator.
+    import lib.analysis.cost as cost
+
+    monkeypatch.setattr(cost, "available_memory_bytes", lambda: 2 * 2**30)
+    tried = []
+    real = cost.peak_activation_bytes
+    monkeypatch.setattr(cost, "peak_activation_bytes", lambda model, x: tried.append(x.shape[-1]) or real(model, x))
+    assert _run(COST, "--archs", "resnet18", "--sizes", "22400", "--batch-sizes", "1", "--device", "cpu",
+                "--out", str(tmp_path), monkeypatch=monkeypatch) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: --batch-sizes 1: resnet18 @ 22400 px needs about ") and line.endswith(
+        "GiB for one forward at batch 1, more than the 2.0 GiB this process can take; use smaller --sizes"), line
+    assert tried == [224] and not os.listdir(tmp_path)
+
+
 def test_cost_refuses_a_cpu_batch_larger_than_the_free_memory_before_measuring_any_pair(tmp_path, monkeypatch,
                                                                                          capsys):
     # A forward that needs more memory than the machine has would be killed by the kernel, with nothing to read;

@@ -107,6 +107,10 @@ def test_overrides_parse_python_literals_and_accept_ints_for_floats():
     (["SOLVER.NUM_EPOCHS", "True"], ["SOLVER.NUM_EPOCHS", "expects an int, got True (a bool)"]),
     (["MODEL.ARCH", "BASIC.NUM_RUNS"], ["MODEL.ARCH", "has no value", "BASIC.NUM_RUNS"]),  # the last pair too
     (["SOLVR.X", "BASIC.SEED", "1"], ["unknown config key SOLVR.X"]),
+    # KEY=VALUE, as other tools take it: odd and even word counts alike.
+    (["SOLVER.NUM_EPOCHS=1"], ["write overrides as KEY VALUE with a space, SOLVER.NUM_EPOCHS 1, not "
+                               "SOLVER.NUM_EPOCHS=1"]),
+    (["BASIC.SEED", "1", "solver.num_epochs=1", "BASIC.NUM_RUNS=2"], ["solver.num_epochs 1, not solver.num_epochs=1"]),
 ])
 def test_bad_overrides_name_the_key(opts, words):
     with pytest.raises(UserError) as err:
@@ -192,6 +196,23 @@ def test_a_config_file_that_is_not_utf8_is_a_user_error(tmp_path):
     latin1.write_bytes("SOLVER:\n  START_LR: 0.1  # r\u00e9glage\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin1.yaml is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8"):
         merge_file(get_cfg(), str(latin1))
+
+
+def test_a_checkpoint_given_as_the_config_file_is_named_as_one(tmp_path):
+    # tools/eval.py --config_file .../model_best.pth TEST.CHECKPOINT .../config.yaml: the two swapped.
+    import torch
+
+    checkpoint = tmp_path / "model_best.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, checkpoint)
+    with pytest.raises(UserError, match=r"model_best.pth is a torch checkpoint, not a YAML config; give a YAML file "
+                                        r"\(configs/\.\.\., or an experiment's config.yaml\)"):
+        merge_file(get_cfg(), str(checkpoint))
+
+
+def test_a_value_with_an_equals_sign_is_a_value():
+    cfg = get_cfg()
+    merge_list(cfg, ["DATA.DATADIR", "data/a=b", "BASIC.OUTPUT_ROOT", "out=1"])
+    assert (cfg.DATA.DATADIR, cfg.BASIC.OUTPUT_ROOT) == ("data/a=b", "out=1")
 
 
 def test_yaml_floats_without_a_dot_are_read_as_floats(tmp_path):
@@ -289,9 +310,18 @@ def test_command_line_mistakes_are_one_user_error_not_usage(argv, words):
     (["BASIC.SEED", "-1"], "BASIC.SEED must be between 0 and 4294967295 (2**32 - BASIC.NUM_RUNS), got -1"),
     (["BASIC.SEED", str(2**32 - 1), "BASIC.NUM_RUNS", "2"], "BASIC.SEED must be between 0 and 4294967294"),
     (["SOLVER.WEIGHT_DECAY", "-1e-4"], "SOLVER.WEIGHT_DECAY must be >= 0, got -0.0001"),
-    (["SOLVER.MUMENTUM", "-0.9"], "SOLVER.MUMENTUM must be >= 0, got -0.9"),
-    (["DATA.GENERATE_IMAGE_SIZE", "[0, 60]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive"),
-    (["DATA.GENERATE_IMAGE_SIZE", "[80]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive"),
+    (["SOLVER.MUMENTUM", "-0.9"], "SOLVER.MUMENTUM must be in [0, 1) (SGD's momentum; 1 or more makes the steps "
+                                  "grow without end), got -0.9"),
+    (["SOLVER.MUMENTUM", "5"], "SOLVER.MUMENTUM must be in [0, 1)"),  # was a NaN loss after an epoch
+    (["SOLVER.MUMENTUM", "1.0"], "SOLVER.MUMENTUM must be in [0, 1)"),
+    # An epoch 0 or below never comes: the learning rate would silently never decay.
+    (["SOLVER.LR_STEPS", "[-3]"], "SOLVER.LR_STEPS must be epochs >= 1 (the learning rate decays after each), got "
+                                  "[-3]"),
+    (["SOLVER.LR_STEPS", "[0,60]"], "SOLVER.LR_STEPS must be epochs >= 1"),
+    (["DATA.GENERATE_IMAGE_SIZE", "[0, 60]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both at least 4 "
+                                              "pixels, got [0, 60]"),
+    (["DATA.GENERATE_IMAGE_SIZE", "[1,1]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both at least 4"),
+    (["DATA.GENERATE_IMAGE_SIZE", "[80]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both at least 4"),
     (["DATA.CACHE_SIZE", "-1"], "DATA.CACHE_SIZE must be >= 0 (0 = the larger of DATA.RESIZE_SIZE and 256), got -1"),
     (["BASIC.DISP_FREQ", "0"], "BASIC.DISP_FREQ must be >= 1 (a progress line every that many steps), got 0"),
     (["BASIC.PARALLEL_RUNS", "-1"], "BASIC.PARALLEL_RUNS must be >= 0 (0 = one run per GPU), got -1"),

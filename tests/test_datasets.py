@@ -458,6 +458,48 @@ def test_cub_id_without_label(broken):
     raises_user_error(make_cfg("cub", root), True, path, f"image id {len(lines)}")
 
 
+def _rewrite(path: str, edit) -> None:
+    with open(path) as f:
+        lines = f.read().splitlines()
+    with open(path, "w") as f:
+        f.write("\n".join(edit(lines)) + "\n")
+
+
+def test_cub_image_labelled_with_another_class_than_its_folder_names_both_ids(broken):
+    # Hand-edited labels: "has 4 classes but DATA.NUM_CLASSES is 3; set 4" would have been the wrong fix.
+    root = broken("cub")
+    path = os.path.join(root, "image_class_labels.txt")
+    _rewrite(path, lambda lines: [f"1 {NUM_CLASSES + 1}", *lines[1:]])
+    raises_user_error(make_cfg("cub", root), True, path, "image id 1 (001.", f"class {NUM_CLASSES + 1}, but "
+                      f"{PER_CLASS * 2 - 1} other images of its folder class 1")
+
+
+def test_cub_classes_numbered_with_a_gap_name_the_unused_class(broken):
+    root = broken("cub")
+    path = os.path.join(root, "image_class_labels.txt")
+    last = str(NUM_CLASSES)
+    _rewrite(path, lambda lines: [f"{i} {NUM_CLASSES + 1}" if c == last else line
+                                  for line in lines for i, c in [line.split()]])
+    raises_user_error(make_cfg("cub", root), True, path, f"no image has class {NUM_CLASSES}")
+
+
+@pytest.mark.parametrize("dataset", ["cub", "aircraft"])
+def test_a_class_without_training_images_is_refused_for_training_not_for_testing(broken, dataset):
+    root = broken(dataset)
+    last = build_dataset(make_cfg(dataset, root), True).classes[-1]
+    if dataset == "cub":  # every image of the last class folder moves to the test split
+        ids = {line.split()[0] for line in open(os.path.join(root, "images.txt")) if line.split()[1].startswith(last)}
+        split_file = os.path.join(root, "train_test_split.txt")
+        _rewrite(split_file, lambda lines: [f"{line.split()[0]} 0" if line.split()[0] in ids else line
+                                            for line in lines])
+    else:  # the last variant's lines leave the trainval list
+        split_file = os.path.join(root, "data", "images_variant_trainval.txt")
+        _rewrite(split_file, lambda lines: [line for line in lines if not line.endswith(" " + last)])
+    raises_user_error(make_cfg(dataset, root), True, split_file, f"1 of the {NUM_CLASSES} classes have no training",
+                      last)
+    assert len(build_dataset(make_cfg(dataset, root), False).classes) == NUM_CLASSES
+
+
 @pytest.mark.parametrize("dataset", ["cub", "aircraft"])
 def test_missing_image(broken, dataset):
     root = broken(dataset)

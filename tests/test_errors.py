@@ -360,6 +360,112 @@ def test_a_cublas_workspace_that_cannot_be_allocated_is_an_out_of_memory_line(ca
         "bf16 or fp16), or free the GPU of other processes")
 
 
+def test_the_cpu_running_out_of_memory_is_an_out_of_memory_line(capsys):
+    # torch's CPU allocator, at the machine's memory or a container's or ulimit's limit.
+    with pytest.raises(SystemExit) as exit_:
+        _raises(RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                             "you tried to allocate 2415919104 bytes. Error code 12 (Cannot allocate memory)"))()
+    assert exit_.value.code == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        "error: the CPU ran out of memory (tried to allocate 2.25 GiB more): use a smaller TRAIN.BATCH_SIZE or "
+        "TEST.BATCH_SIZE, or mixed precision (TRAIN.AMP bf16 or fp16), or free the memory of other processes")
+
+
+def _closed_stdout(command: list[str]) -> subprocess.CompletedProcess:
+    """Run `command` with a standard output whose reader has gone, as `command | head -1` once head has its line."""
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    proc.stdout.close()  # before the command prints anything: importing torch takes seconds
+    err = proc.stderr.read()
+    return subprocess.CompletedProcess(command, proc.wait(), "", err)
+
+
+def test_a_tool_whose_output_pipe_closes_stops_quietly_with_the_status_of_a_closed_pipe(tmp_path):
+    proc = _closed_stdout([sys.executable, "tools/cost.py", "--archs", "resnet18", "--sizes", "32", "--batch-sizes",
+                           "1", "--device", "cpu", "--warmup", "0", "--repeats", "1", "--out", str(tmp_path / "c")])
+    assert (proc.returncode, proc.stderr) == (errors.CLOSED_PIPE_EXIT, ""), proc.stderr
+
+
+def test_training_goes_on_into_its_log_when_its_output_pipe_closes(tiny_cub, write_config, tmp_path):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub,
+                          output_root=str(tmp_path / "out"))
+    proc = _closed_stdout([sys.executable, TEACHER, "--config_file", config])
+    assert proc.returncode == 0 and "Logging error" not in proc.stderr, proc.stderr
+    (exp,) = glob.glob(str(tmp_path / "out" / "cub" / "*"))
+    assert os.path.isfile(os.path.join(exp, "results.json"))
+    assert "best_acc" in open(os.path.join(exp, "train.log")).read()  # the lines stdout lost
+
+
+def test_a_broken_pipe_other_than_standard_output_keeps_its_traceback():
+    # A pipe to a worker process that died is not `| head`: it stays visible.
+    with pytest.raises(BrokenPipeError):
+        _raises(BrokenPipeError(errno.EPIPE, "Broken pipe"))()
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"", "it is empty"),
+    (b"hello\n", "it is a text file, not a torch checkpoint"),
+    (b"\x00\x01\x02binary" * 10, "it is not a torch checkpoint (neither a torch.save archive nor a pickle)"),
+    ("truncated", "it is truncated or damaged (5,000 bytes, not a whole torch archive)"),
+], ids=["empty", "text", "binary", "truncated"])
+def test_a_file_that_cannot_be_a_checkpoint_says_what_it_is(content, problem, tmp_path):
+    from lib.models.weights import load_weights
+
+    path = tmp_path / "t.pth"
+    if content == "truncated":
+        torch.save({"state_dict": build_model("resnet18", 4, False).state_dict()}, path)
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        load_weights(build_model("resnet18", 4, False), str(path), "teacher checkpoint MODEL.MODELDICT_T",
+                     "resnet18", 4)
+    assert str(err.value) == (f"teacher checkpoint MODEL.MODELDICT_T {path} cannot be loaded: {problem}; give a whole "
+                              "torch checkpoint (a run's model_best.pth or last.pth)")
+
+
+def test_a_damaged_pretrained_weight_file_says_so(tmp_path):
+    from lib.models.model_builder import _read_weight_file
+
+    path = tmp_path / "w.pth"
+    path.write_text("not weights\n")
+    with pytest.raises(UserError, match=r"cannot read weight file .*w.pth: it is a text file, not a torch checkpoint; "
+                                        r"give a .pth or .safetensors file of weights \(MODEL.PRETRAIN_FILE"):
+        _read_weight_file(str(path))
+
+
+def test_a_relative_path_missing_from_the_repository_root_but_found_here_says_where_it_is_looked_for(tmp_path,
+                                                                                                     monkeypatch):
+    # Config paths are taken from the repository root (the original release's convention), not the current folder.
+    (tmp_path / "teacher.pth").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    missing = os.path.join(REPO_ROOT, "teacher.pth")
+    with pytest.raises(UserError) as err:
+        errors.require_file(missing, "teacher checkpoint MODEL.MODELDICT_T")
+    assert str(err.value) == (
+        f"teacher checkpoint MODEL.MODELDICT_T not found: {missing} (relative paths in a config or an override are "
+        f"taken from the repository root {REPO_ROOT}, not the current folder, where teacher.pth exists: give it as "
+        f"{tmp_path / 'teacher.pth'})")
+    monkeypatch.chdir(REPO_ROOT)  # from the root itself there is nothing to say
+    with pytest.raises(UserError) as err:
+        errors.require_file(missing, "teacher checkpoint MODEL.MODELDICT_T")
+    assert str(err.value) == f"teacher checkpoint MODEL.MODELDICT_T not found: {missing}"
+
+
+@pytest.mark.parametrize("tool, flag", [
+    ("tools/summarize.py", "--root"), ("tools/summarize.py", "--out"), ("tools/cost.py", "--out"),
+    ("tools/prepare_data.py", "--root"), (TEACHER, "--config_file"),
+])
+def test_an_empty_file_or_folder_flag_is_refused_as_an_unset_variable(tool, flag, monkeypatch, capsys, tmp_path):
+    # `--root "$DIR"` with DIR unset: summarize searched the whole checkout and wrote into it; cost.py wrote there.
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(tool, flag, "", monkeypatch=monkeypatch) == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: argument {flag}: is empty (an unset shell variable?); name a file or folder (see "
+        f"{os.path.basename(tool)} --help)")
+    assert os.listdir(tmp_path) == []
+
+
 def test_other_runtime_errors_keep_their_traceback():
     # A bug is not a mistake of the user's: it stays visible with its traceback.
     with pytest.raises(RuntimeError, match="shape mismatch"):

@@ -162,6 +162,15 @@ def test_verify_only_finds_missing_files(server, tmp_path, monkeypatch, capsys):
     assert "aircraft" in line and "does not exist" in line  # and the absent aircraft folder, in the same line
 
 
+def test_verify_only_with_a_file_as_root_says_it_is_a_file(tmp_path, monkeypatch, capsys):
+    # Not "<file>/cub does not exist; run tools/prepare_data.py --root <file>", which cannot work.
+    afile = tmp_path / "model_best.pth"
+    afile.write_bytes(b"x")
+    assert _run("--datasets", "cub", "--root", str(afile), "--verify-only", monkeypatch=monkeypatch) == 2
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"error: cub: --root {afile} is a file, not a folder; give the folder that holds the datasets (default data)")
+
+
 def test_verify_only_checks_a_root_that_is_the_dataset_folder_itself(server, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "demo_cub"  # a DATA.DATADIR such as the demo's data/demo_cub, not a root holding cub/
     shutil.copytree(server["build"] / "CUB_200_2011", folder)

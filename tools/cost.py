@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Sequence
 
 from lib.config import resolve_path
-from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main, nonempty
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,7 +37,7 @@ def parse_args() -> argparse.Namespace:
                         help=f"untimed forwards first ({_per_device(DEFAULT_WARMUP)})")
     parser.add_argument("--num-classes", type=int, metavar="N", default=DEFAULT_NUM_CLASSES,
                         help="classifier outputs (default: %(default)s)")
-    parser.add_argument("--out", metavar="DIR", default="ckpt/cost",
+    parser.add_argument("--out", type=nonempty, metavar="DIR", default="ckpt/cost",
                         help="output folder, relative to the repository root (default: %(default)s)")
     return parser.parse_args()
 

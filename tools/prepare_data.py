@@ -6,7 +6,7 @@ See lib/analysis/prepare.py for the checksums, where they come from, and what is
 import argparse
 
 from lib.config import resolve_path
-from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main, nonempty
 
 
 def parse_args() -> argparse.Namespace:
@@ -16,7 +16,8 @@ def parse_args() -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--datasets", nargs="+", choices=list(ARCHIVES), default=list(ARCHIVES),
                         help="datasets to prepare (default: both)")
-    parser.add_argument("--root", default="data", help="data folder (relative to the repository root; default data)")
+    parser.add_argument("--root", type=nonempty, default="data",
+                        help="data folder (relative to the repository root; default data)")
     parser.add_argument("--url-cub", default=None,
                         help=f"CUB archive URL, or the archive's path (default {ARCHIVES['cub'].url})")
     parser.add_argument("--url-aircraft", default=None,

@@ -6,14 +6,15 @@ import os
 
 from lib.analysis import check_output_root
 from lib.config import resolve_path
-from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main, nonempty
 
 
 def parse_args() -> argparse.Namespace:
     """The command line."""
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--root", default="ckpt", help="output root to search (BASIC.OUTPUT_ROOT; default ckpt)")
-    parser.add_argument("--out", default=None, help="output folder (default <root>/summary)")
+    parser.add_argument("--root", type=nonempty, default="ckpt",
+                        help="output root to search (BASIC.OUTPUT_ROOT; default ckpt)")
+    parser.add_argument("--out", type=nonempty, default=None, help="output folder (default <root>/summary)")
     return parser.parse_args()
 
 

@@ -241,11 +241,14 @@ def check_fits_in_memory(arch: str, size: int, batch: int, num_classes: int) -> 
     if available is None:
         return
     model = build_model(arch, num_classes, False).eval()
-    one = peak_activation_bytes(model, torch.zeros(1, 3, size, size)) + 3 * size * size * 4  # float32 input
+    # A CNN's activations grow with the image's area: above 224 px they are measured at 224 and scaled, so that
+    # a size mistyped by a digit (22400) is refused rather than tried for real. A ViT's size is in its name.
+    ref = size if is_vit(arch) else min(size, 224)
+    one = peak_activation_bytes(model, torch.zeros(1, 3, ref, ref)) * (size / ref) ** 2 + 3 * size * size * 4
     if batch * one > available:
         raise UserError(f"--batch-sizes {batch}: {arch} @ {size} px needs about {batch * one / 2**30:.1f} GiB for "
                         f"one forward at batch {batch}, more than the {available / 2**30:.1f} GiB this process can "
-                        "take; use smaller --batch-sizes")
+                        f"take; use smaller {'--sizes' if batch == 1 else '--batch-sizes or --sizes'}")
 
 
 @torch.inference_mode()
@@ -323,9 +326,12 @@ def measure(arch: str, size: int, batch_sizes: Sequence[int], device: torch.devi
             x = torch.zeros(batch, 3, size, size, device=device)
             row["latency_ms"][batch] = median_latency_ms(model, x, warmup, repeats)
             row["peak_mem_mb"][batch] = peak_activation_bytes(model, x) / 2**20
-        except torch.cuda.OutOfMemoryError as err:
+        except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one; the CPU allocator's is a plain one
             hint = f"{arch} @ {size} px does not fit at batch {batch}; use smaller --batch-sizes or free the GPU"
-            raise UserError(out_of_memory_message(err, hint + " of other processes")) from None
+            message = out_of_memory_message(err, hint + " of other processes")
+            if message is None:
+                raise
+            raise UserError(message) from None
         del x
     del model
     if device.type == "cuda":

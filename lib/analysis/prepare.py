@@ -287,6 +287,9 @@ LAYOUT_MARKERS = {"cub": ("images.txt", "image_class_labels.txt", "train_test_sp
 def verify_existing(name: str, root: str) -> dict[str, Any]:
     """Check the layout of dataset `name` under `root` (--verify-only): <root>/<target>, or `root` itself when it is
     the dataset's own folder (the demo's data/demo_cub, a DATA.DATADIR elsewhere)."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UserError(f"--root {root} is a file, not a folder; give the folder that holds the datasets (default "
+                        "data)")
     folder = os.path.join(root, ARCHIVES[name].target)
     if not os.path.isdir(folder) and any(os.path.exists(os.path.join(root, m)) for m in LAYOUT_MARKERS[name]):
         return verify_layout(name, root)

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode
 
-from lib.utils.errors import ArgumentParser, UserError, first_line, require_file
+from lib.utils.errors import TORCH_FILE_STARTS, ArgumentParser, UserError, first_line, nonempty, require_file
 
 from .defaults import _C, UNUSED_KEYS
 
@@ -87,7 +87,7 @@ def config_parser(description: str = "", trains: bool = True) -> ArgumentParser:
     epilog = f"{_OVERRIDES_EPILOG}\n\n{_TRAINING_EPILOG}" if trains else _OVERRIDES_EPILOG
     parser = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
                             epilog=epilog)
-    parser.add_argument("--config_file", type=str, required=True, metavar="FILE",
+    parser.add_argument("--config_file", type=nonempty, required=True, metavar="FILE",
                         help=f"YAML config file ({_CONFIG_FILE_ALIAS} also works)")
     return parser
 
@@ -158,6 +158,10 @@ def merge_file(cfg: CfgNode, filename: str) -> None:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
+        if data.startswith(TORCH_FILE_STARTS):  # a zip archive or a pickle
+            raise UserError(f"config file {filename} is a torch checkpoint, not a YAML config; give a YAML file "
+                            "(configs/..., or an experiment's config.yaml) and the checkpoint to its key "
+                            "(TEST.CHECKPOINT, MODEL.MODELDICT_T, ...)") from None
         line = data[: err.start].count(b"\n") + 1
         raise UserError(f"config file {filename} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
                         "save it as UTF-8") from None
@@ -217,6 +221,11 @@ def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
 def merge_list(cfg: CfgNode, opts: Sequence[str]) -> None:
     """Merge `KEY VALUE` pairs; values are Python literals, or plain strings when they do not parse."""
     keys = set(_all_keys(cfg))
+    upper = {key.upper() for key in keys}
+    for word in opts:  # `SOLVER.NUM_EPOCHS=1`, as other tools take it: name it rather than the pairs it shifts
+        key, equals, value = word.partition("=") if isinstance(word, str) else ("", "", "")
+        if equals and key.strip().upper() in upper:
+            raise UserError(f"write overrides as KEY VALUE with a space, {key.strip()} {value}, not {word}")
     for index in range(1, len(opts), 2):
         key, word = opts[index - 1], opts[index]
         # `SOLVER.LR_STEPS [3, 6]` reaches us as three words and shifts every later pair: name the split list,
@@ -420,8 +429,9 @@ def check_cfg(cfg: CfgNode) -> None:
                                            f"got {data.GENERATE_PER_CLASS}")
     _require(data.CACHE_SIZE >= 0, f"DATA.CACHE_SIZE must be >= 0 (0 = the larger of DATA.RESIZE_SIZE and "
                                    f"{DEFAULT_CACHE_SIZE}), got {data.CACHE_SIZE}")
-    _require(len(data.GENERATE_IMAGE_SIZE) == 2 and min(data.GENERATE_IMAGE_SIZE) > 0,
-             f"DATA.GENERATE_IMAGE_SIZE must be [width, height], both positive, got {data.GENERATE_IMAGE_SIZE}")
+    _require(len(data.GENERATE_IMAGE_SIZE) == 2 and min(data.GENERATE_IMAGE_SIZE) >= 4,
+             f"DATA.GENERATE_IMAGE_SIZE must be [width, height], both at least 4 pixels, got "
+             f"{data.GENERATE_IMAGE_SIZE}")
     _require(cfg.MODEL.KDTYPE in KDTYPES, f"MODEL.KDTYPE must be one of {', '.join(KDTYPES)}, got {cfg.MODEL.KDTYPE!r}")
     _require(cfg.BASIC.DEVICE in DEVICES, f"BASIC.DEVICE must be one of {', '.join(DEVICES)}, got {cfg.BASIC.DEVICE!r}")
     _require(cfg.BASIC.NUM_RUNS >= 1, f"BASIC.NUM_RUNS must be >= 1, got {cfg.BASIC.NUM_RUNS}")
@@ -444,7 +454,10 @@ def check_cfg(cfg: CfgNode) -> None:
     _require(cfg.SOLVER.NUM_EPOCHS > 0, f"SOLVER.NUM_EPOCHS must be positive, got {cfg.SOLVER.NUM_EPOCHS}")
     _require(cfg.SOLVER.START_LR > 0, f"SOLVER.START_LR must be positive, got {cfg.SOLVER.START_LR}")
     _require(cfg.SOLVER.WEIGHT_DECAY >= 0, f"SOLVER.WEIGHT_DECAY must be >= 0, got {cfg.SOLVER.WEIGHT_DECAY}")
-    _require(cfg.SOLVER.MUMENTUM >= 0, f"SOLVER.MUMENTUM must be >= 0, got {cfg.SOLVER.MUMENTUM}")
+    _require(0 <= cfg.SOLVER.MUMENTUM < 1, f"SOLVER.MUMENTUM must be in [0, 1) (SGD's momentum; 1 or more makes "
+                                           f"the steps grow without end), got {cfg.SOLVER.MUMENTUM}")
+    _require(min(cfg.SOLVER.LR_STEPS, default=1) >= 1, f"SOLVER.LR_STEPS must be epochs >= 1 (the learning rate "
+                                                       f"decays after each), got {cfg.SOLVER.LR_STEPS}")
     _require(cfg.DKD.WARMUP >= 0, f"DKD.WARMUP must be >= 0, got {cfg.DKD.WARMUP}")
     _require(cfg.SOLVER.LR_DECAY_FACTOR > 0,
              f"SOLVER.LR_DECAY_FACTOR must be positive, got {cfg.SOLVER.LR_DECAY_FACTOR}")

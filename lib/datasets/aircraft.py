@@ -53,4 +53,6 @@ class AircraftDataset(TwoScaleDataset):
             if not image_id or "/" in image_id or variant not in class_index:
                 raise self.malformed(split_file, line_no, line, "'<image id> <variant name from variants.txt>'")
             samples.append((os.path.join(data, "images", f"{image_id}.jpg"), class_index[variant]))
+        if is_train:
+            self.require_training_images(samples, classes, split_file)
         super().__init__(cfg, is_train, root, samples, classes)

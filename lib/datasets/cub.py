@@ -48,17 +48,34 @@ class CUBDataset(TwoScaleDataset):
             raise UserError(f"annotation file {images_file} lists no images; expected {self.layout}")
         num_classes = max(int(labels[image_id]) for image_id in paths)
         classes = [str(c + 1) for c in range(num_classes)]
+        ids_of: dict[str, dict[str, list[str]]] = {}  # folder -> label -> image ids
         for image_id, rel_path in paths.items():
-            # The folder of an image names its class, as in the official archive.
+            # The folder of an image names its class, as in the official archive: one folder, one label.
             folder = os.path.dirname(rel_path)
             if folder:
                 classes[int(labels[image_id]) - 1] = folder
+                ids_of.setdefault(folder, {}).setdefault(labels[image_id], []).append(image_id)
+        for by_label in ids_of.values():
+            if len(by_label) > 1:
+                odd, *_, usual = sorted(by_label, key=lambda label: len(by_label[label]))
+                image_id = by_label[odd][0]
+                raise UserError(
+                    f"annotation file {os.path.join(root, 'image_class_labels.txt')} gives image id {image_id} "
+                    f"({paths[image_id]}) class {odd}, but {len(by_label[usual])} other images of its folder "
+                    f"class {usual}; the images of a class folder share its class (see data/README.md)")
+        unused = sorted(set(range(1, num_classes + 1)) - {int(labels[image_id]) for image_id in paths})
+        if unused:
+            raise UserError(f"annotation file {os.path.join(root, 'image_class_labels.txt')} uses classes 1 to "
+                            f"{num_classes} but no image has class {unused[0]} ({len(unused)} unused); the classes "
+                            "are numbered 1..N without gaps (see data/README.md)")
         wanted = "1" if is_train else "0"
         samples = [
             (os.path.join(root, "images", rel_path), int(labels[image_id]) - 1)
             for image_id, rel_path in paths.items()
             if splits[image_id] == wanted
         ]
+        if is_train:
+            self.require_training_images(samples, classes, split_file)
         super().__init__(cfg, is_train, root, samples, classes)
 
     def _read_id_file(self, path: str, expected: str, valid: Callable[[str], bool]) -> dict[str, str]:

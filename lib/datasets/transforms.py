@@ -337,6 +337,16 @@ class TwoScaleDataset(Dataset):
             ) from None
 
     @classmethod
+    def require_training_images(cls, samples: list[tuple[str, int]], classes: list[str], split_file: str) -> None:
+        """Refuse a training split in which a class has no image (a damaged or hand-edited split file): the
+        network would be scored on a class it never saw."""
+        empty = sorted(set(range(len(classes))) - {label for _, label in samples})
+        if empty:
+            names = ", ".join(classes[c] for c in empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+            raise UserError(f"{len(empty)} of the {len(classes)} classes have no training images in {split_file}: "
+                            f"{names}; expected {cls.layout} (see data/README.md)")
+
+    @classmethod
     def malformed(cls, path: str, line_no: int, line: str, expected: str) -> UserError:
         """The UserError for a bad annotation line: file, line number, the line, and the expected form."""
         return UserError(

@@ -18,7 +18,7 @@ from safetensors.torch import load_file as load_safetensors
 from torch import Tensor, nn
 from torchvision.models import get_model_weights
 
-from lib.utils.errors import UserError, first_line, require_file
+from lib.utils.errors import UserError, first_line, require_file, torch_file_problem
 from lib.utils.log import get_logger
 
 from . import resnet, shufflenet
@@ -255,6 +255,10 @@ def _fetch_timm_model(arch: str, family: str, size: int, num_classes: int) -> nn
 def _read_weight_file(path: str) -> dict[str, Tensor]:
     """Read a state dict from a .pth/.pt or .safetensors file, unwrapping {"state_dict"/"model": ...}."""
     require_file(path, "weight file", f"; fix {_PRETRAIN_FILE_KEYS} or set it to ''")
+    problem = None if path.endswith(".safetensors") else torch_file_problem(path)
+    if problem:
+        raise UserError(f"cannot read weight file {path}: {problem}; give a .pth or .safetensors file of weights "
+                        f"({_PRETRAIN_FILE_KEYS})")
     try:
         if path.endswith(".safetensors"):
             loaded: Any = load_safetensors(path, device="cpu")

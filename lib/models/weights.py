@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lib.utils.errors import UserError, require_file
+from lib.utils.errors import UserError, require_file, torch_file_problem
 from lib.utils.log import get_logger
 
 from .model_builder import CLASSIFIER_MODULES, build_model, clean_state_dict
@@ -57,6 +57,10 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
         The loaded checkpoint dict (for its metadata).
     """
     require_file(path, what, hint)
+    problem = torch_file_problem(path)
+    if problem:
+        raise UserError(f"{what} {path} cannot be loaded: {problem}; give a whole torch checkpoint (a run's "
+                        "model_best.pth or last.pth)")
     try:
         ckpt = _load_weights_only(path)
     except pickle.UnpicklingError as err:

@@ -7,10 +7,12 @@ import errno
 import functools
 import os
 import re
+import select
 import signal
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn, TypeVar
 
@@ -22,6 +24,8 @@ USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
 # Exit status after SIGTERM (a scheduler preempting the job, `kill <pid>`): 128 + SIGTERM.
 TERMINATED_EXIT = 143
+# Exit status when standard output's reader has gone (`... | head`): 128 + SIGPIPE, as for `cat` in that pipe.
+CLOSED_PIPE_EXIT = 141
 INTERRUPTED_MESSAGE = "interrupted; re-run the same command to resume (training goes on from its last saved epoch)"
 FRESH_START_INTERRUPTED_MESSAGE = ("interrupted; re-run the same command without BASIC.FRESH_START True to resume "
                                    "(training goes on from its last saved epoch)")
@@ -158,11 +162,61 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")
 
 
+def nonempty(value: str) -> str:
+    """An argparse type for a file or folder flag: `value`, refused when empty (`--root "$DIR"` with DIR unset would
+    otherwise search or write the current folder)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?); name a file or folder")
+    return value
+
+
 def require_file(path: str, what: str, hint: str = "") -> None:
     """Raise a one-line UserError `<what> not found: <path><hint>` unless `path` is a file (a folder is named so)."""
     if not os.path.isfile(path):
         problem = "is a folder, not a file" if os.path.isdir(path) else "not found"
-        raise UserError(f"{what} {problem}: {path}{hint}")
+        raise UserError(f"{what} {problem}: {path}{relative_path_note(path)}{hint}")
+
+
+def relative_path_note(path: str) -> str:
+    """For a config's relative path, resolved from the repository root, that is missing there but exists from the
+    current folder: a note saying so; else ""."""
+    from lib.config import REPO_ROOT  # here, not above: lib.config imports this module
+
+    rel = os.path.relpath(path, REPO_ROOT) if os.path.isabs(path) else os.pardir
+    if rel.startswith(os.pardir) or os.path.exists(path) or not os.path.exists(rel) \
+            or os.path.realpath(os.getcwd()) == os.path.realpath(REPO_ROOT):
+        return ""
+    return (f" (relative paths in a config or an override are taken from the repository root {REPO_ROOT}, not the "
+            f"current folder, where {rel} exists: give it as {os.path.abspath(rel)})")
+
+
+# How a torch.save file begins: a zip archive, or a pickle (torch.save's format before torch 1.6).
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80")
+
+
+def torch_file_problem(path: str) -> str | None:
+    """Why the file `path` cannot be a torch.save file, in a few words (empty, text, cut short, of another kind),
+    or None when it may be one."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None  # torch.load says what is wrong
+    if size == 0:
+        return "it is empty"
+    if head.startswith(TORCH_FILE_STARTS[0]):
+        return None if zipfile.is_zipfile(path) else \
+            f"it is truncated or damaged ({size:,} bytes, not a whole torch archive)"
+    if head.startswith(TORCH_FILE_STARTS):
+        return None
+    other = "it is not a torch checkpoint (neither a torch.save archive nor a pickle)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not only a character cut at the 4096th byte
+            return other
+    return other if b"\x00" in head else "it is a text file, not a torch checkpoint"
 
 
 def first_line(err: BaseException) -> str:
@@ -231,11 +285,18 @@ def os_error_message(err: OSError, where_to_choose: str = _WHERE_OUTPUTS_GO) -> 
 
 def out_of_memory_message(err: BaseException, hint: str) -> str | None:
     """One line for a GPU out of memory (torch.cuda.OutOfMemoryError: a batch too large for the card, or another
-    process holding it), saying what was asked for and what was free, then `hint`; None for any other error."""
+    process holding it), saying what was asked for and what was free, then `hint`; the same for torch's CPU
+    allocator (the machine's memory, or a container's or ulimit's limit: `hint`'s "free the GPU" then reads "free
+    the memory"); None for any other error."""
     torch = sys.modules.get("torch")  # not imported here: only a process that loaded torch can meet its errors
     if torch is None:
         return None
     text = first_line(err)
+    cpu = re.search(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if isinstance(err, RuntimeError) and cpu:  # the machine's memory (or a container's or ulimit's limit)
+        wanted = int(cpu.group(1)) / 2**30
+        return f"the CPU ran out of memory (tried to allocate {wanted:.2f} GiB more): " \
+               f"{hint.replace('free the GPU', 'free the memory')}"
     # cuBLAS and cuDNN allocate their own workspaces: their failures come as plain RuntimeErrors.
     if not (isinstance(err, torch.cuda.OutOfMemoryError)
             or isinstance(err, RuntimeError) and re.search(r"(CUBLAS|CUDNN)_STATUS_ALLOC_FAILED", text)):
@@ -292,6 +353,13 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             fn()
         except UserError as err:
             _exit(f"error: {one_line(str(err))}", USER_ERROR_EXIT)
+        except BrokenPipeError:
+            if not stdout_is_a_closed_pipe():
+                raise
+            # `... | head`: the reader has what it wanted. Quiet, with the status a shell gives a program that
+            # SIGPIPE ends (Python ignores SIGPIPE); the outputs written to files are complete.
+            _silence_output()
+            sys.exit(CLOSED_PIPE_EXIT)
         except KeyboardInterrupt as err:
             # A run may say better how to resume (`message`: a command given BASIC.FRESH_START True).
             _exit(getattr(err, "message", interrupted), TERMINATED_EXIT if isinstance(err, Terminated)
@@ -324,6 +392,26 @@ def _exit(line: str, status: int, every_rank: bool = False) -> NoReturn:
         except OSError:  # stderr is a closed pipe (`... 2>&1 | head`): the exit status still tells
             _silence_output()
     sys.exit(status)
+
+
+def stdout_is_a_closed_pipe() -> bool:
+    """Whether standard output is a pipe whose reader has gone (`... | head` after head's lines)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll (Windows), no file descriptor (a test's capture)
+        return False
+
+
+def silence_stdout() -> None:
+    """Point standard output at /dev/null (its reader has gone), so that later lines are dropped, not errors."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _silence_output() -> None:

@@ -5,7 +5,15 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator
 
-from .errors import TRAINING_MEMORY_HINT, UserError, first_line, one_line, out_of_memory_message
+from .errors import (
+    TRAINING_MEMORY_HINT,
+    UserError,
+    first_line,
+    one_line,
+    out_of_memory_message,
+    silence_stdout,
+    stdout_is_a_closed_pipe,
+)
 
 LOGGER_NAME = "pixel_distill"
 
@@ -20,6 +28,14 @@ class _StdoutHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:
         pass
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # `python train... | head`: once head has its lines, training goes on (train.log keeps every line) and
+        # stdout's lines are dropped, instead of a "--- Logging error ---" traceback on stderr for each.
+        if isinstance(sys.exc_info()[1], BrokenPipeError) and stdout_is_a_closed_pipe():
+            silence_stdout()
+            return
+        super().handleError(record)
 
 
 def get_logger() -> logging.Logger:
