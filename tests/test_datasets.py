@@ -465,22 +465,29 @@ def _rewrite(path: str, edit) -> None:
         f.write("\n".join(edit(lines)) + "\n")
 
 
-def test_cub_image_labelled_with_another_class_than_its_folder_names_both_ids(broken):
+def test_cub_label_beyond_the_class_folders_names_the_image(broken):
     # Hand-edited labels: "has 4 classes but DATA.NUM_CLASSES is 3; set 4" would have been the wrong fix.
     root = broken("cub")
     path = os.path.join(root, "image_class_labels.txt")
     _rewrite(path, lambda lines: [f"1 {NUM_CLASSES + 1}", *lines[1:]])
-    raises_user_error(make_cfg("cub", root), True, path, "image id 1 (001.", f"class {NUM_CLASSES + 1}, but "
-                      f"{PER_CLASS * 2 - 1} other images of its folder class 1")
+    raises_user_error(make_cfg("cub", root), True, path, "image id 1 (001.", f"class {NUM_CLASSES + 1}, but the "
+                      f"images are in {NUM_CLASSES} class folders; the classes are numbered 1..{NUM_CLASSES}")
+
+
+def test_cub_labels_edited_within_the_classes_are_taken_as_given(broken):
+    # A study of label noise relabels images and keeps the folders.
+    root = broken("cub")
+    _rewrite(os.path.join(root, "image_class_labels.txt"), lambda lines: ["1 2", *lines[1:]])
+    data = build_dataset(make_cfg("cub", root, "pil"), False)
+    first = next(label for path, label in data.samples if path.endswith("_0001_1.jpg"))
+    assert first == 1 and len(data.classes) == NUM_CLASSES
 
 
 def test_cub_classes_numbered_with_a_gap_name_the_unused_class(broken):
     root = broken("cub")
     path = os.path.join(root, "image_class_labels.txt")
-    last = str(NUM_CLASSES)
-    _rewrite(path, lambda lines: [f"{i} {NUM_CLASSES + 1}" if c == last else line
-                                  for line in lines for i, c in [line.split()]])
-    raises_user_error(make_cfg("cub", root), True, path, f"no image has class {NUM_CLASSES}")
+    _rewrite(path, lambda lines: [line[:-1] + "1" if line.endswith(" 2") else line for line in lines])
+    raises_user_error(make_cfg("cub", root), True, path, f"uses classes 1 to {NUM_CLASSES} but no image has class 2")
 
 
 @pytest.mark.parametrize("dataset", ["cub", "aircraft"])
