@@ -356,8 +356,8 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
         except BrokenPipeError:
             if not stdout_is_a_closed_pipe():
                 raise
-            # `... | head`: the reader has what it wanted. Quiet, with the status a shell gives a program that
-            # SIGPIPE ends (Python ignores SIGPIPE); the outputs written to files are complete.
+            # `... | head`: the reader has what it wanted. The tool stops there, quietly, with the status a shell
+            # gives a program that SIGPIPE ends (Python ignores SIGPIPE), as `cat` would.
             _silence_output()
             sys.exit(CLOSED_PIPE_EXIT)
         except KeyboardInterrupt as err:
