@@ -77,6 +77,9 @@ def test_benchmark_counts_the_short_last_batch_of_an_epoch(tiny_cub, write_confi
     (["--repeats", "0"], ["--repeats >= 1", "--repeats 0"]),
     (["--pipelines", "tensor,gpu"], ["--pipelines takes a comma-separated list of tensor, pil, device",
                                      "'tensor,gpu'"]),
+    # Was "overrides come in KEY VALUE pairs; 'pil' has no value".
+    (["--pipelines", "tensor", "pil", "SOLVER.NUM_EPOCHS", "1"],
+     ["--pipelines takes one comma-separated word, e.g. --pipelines tensor,pil; pil came as a word of its own"]),
     (["--method", "crd"], [f"--method must be one of auto, single, {', '.join(KDTYPES)}, isrd", "'crd'"]),
     (["--method", "isrd"], ["--method isrd distils from a teacher, but MODEL.ARCH_T is empty"]),
 ])

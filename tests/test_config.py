@@ -339,6 +339,10 @@ def test_command_line_mistakes_are_one_user_error_not_usage(argv, words):
     *[([key, "-1.0"], f"{key} must be >= 0 (it weights a loss term), got -1.0")
       for key in LOSS_WEIGHT_KEYS],
     (["SOLVER.START_LR", "1e999"], "config key SOLVER.START_LR on the command line must be a finite number, got inf"),
+    # Was a ValueError traceback from islice after a whole training epoch.
+    (["TEST.BATCH_SIZE", "10000000000000000000"], "config key TEST.BATCH_SIZE on the command line must be below 2**63 "
+                                                  "in size, got 10000000000000000000"),
+    (["SOLVER.NUM_EPOCHS", "1e19"], "config key SOLVER.NUM_EPOCHS on the command line must be below 2**63 in size"),
     (["TRAIN.COMPILE_BACKEND", "'aot_eager'", "TRAIN.COMPILE_MODE", "'reduce-overhead'"],
      "TRAIN.COMPILE_MODE reduce-overhead is a mode of the inductor backend, but TRAIN.COMPILE_BACKEND is aot_eager; "
      "set TRAIN.COMPILE_MODE default or TRAIN.COMPILE_BACKEND inductor"),

@@ -525,6 +525,28 @@ def test_corrupt_image(broken, pipeline, workers):
     raises_user_error(make_cfg("cub", root, pipeline, workers), False, f"cannot read image {path}")
 
 
+@pytest.mark.parametrize("pipeline", ["pil", "tensor"])
+def test_an_image_above_pils_decompression_bomb_limit_is_named_as_too_large_not_damaged(roots, pipeline,
+                                                                                       monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the generated images are 48x40 px: above twice the limit
+    message = raises_user_error(make_cfg("cub", roots["cub"], pipeline), False,
+                                "is larger than PIL decodes by default (DecompressionBombError: ",
+                                "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS")
+    assert "replace it" not in message
+
+
+def test_an_image_too_large_for_memory_at_the_cache_size_names_the_size_keys_not_the_file(roots):
+    def out_of_memory(image):
+        raise MemoryError()
+
+    path = build_dataset(make_cfg("cub", roots["cub"], "pil"), False).samples[0][0]
+    with pytest.raises(UserError) as err:
+        build_cache([path], out_of_memory)
+    assert str(err.value) == (
+        f"image {path} could not be decoded and resized (MemoryError): the size the images are resized to (the "
+        "shorter side DATA.RESIZE_SIZE, or DATA.CACHE_SIZE when larger) is too large for memory; lower it")
+
+
 def test_truncated_image_found_when_loaded_by_pil_pipeline(broken):
     root = broken("cub")
     data = build_dataset(make_cfg("cub", root, "pil"), False)

@@ -35,6 +35,10 @@ def main() -> None:
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
         raise UserError(f"--steps must be >= 1, --warmup >= 0 and --repeats >= 1, got --steps {args.steps} "
                         f"--warmup {args.warmup} --repeats {args.repeats}")
+    stray = [word for word in args.opts[0::2] if word in PIPELINES]  # `--pipelines tensor pil`: a pair shifted
+    if stray:
+        raise UserError(f"--pipelines takes one comma-separated word, e.g. --pipelines {args.pipelines},"
+                        f"{','.join(stray)}; {stray[0]} came as a word of its own")
     pipelines = tuple(args.pipelines.split(","))
     if not set(pipelines) <= set(PIPELINES):
         raise UserError(f"--pipelines takes a comma-separated list of {', '.join(PIPELINES)}, got {args.pipelines!r}")

@@ -365,14 +365,20 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
             if number is not None:
                 return number
     elif isinstance(default, int):
+        whole = None
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e3, without a dot, as the string '1e3' (as for floats)
+            whole = value
+        elif isinstance(value, float) and value.is_integer():
+            whole = int(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e3, without a dot, as the string '1e3' (as for floats)
             number = _float_or_none(value)
             if number is not None and number.is_integer():
-                return int(number)
+                whole = int(number)
+        if whole is not None:
+            # Python's ints have no end, torch's and numpy's do: a size or count of 2**63 fails an epoch later.
+            if abs(whole) >= 2**63:
+                raise UserError(f"config key {key} {source} must be below 2**63 in size, got {whole}")
+            return whole
     elif isinstance(default, str):
         if isinstance(value, str):
             return value

@@ -112,12 +112,26 @@ def read_all(
         if error is not None:
             progress.close()
             reason = " ".join(error.split())  # one line, whatever PIL put in its message
-            raise UserError(
-                f"cannot read image {paths[index]} ({reason}); replace it with a good copy from the official "
-                f"archive or delete the dataset folder and extract it again (see data/README.md)"
-            )
+            raise UserError(image_error_message(paths[index], reason))
         results[index] = value
     return results
+
+
+def image_error_message(path: str, reason: str) -> str:
+    """The line for an image that `reason` ("<exception type>: <message>") stopped from being read and resized: a
+    damaged file, or one that is sound but too large (for PIL's decompression-bomb limit, or for memory at the size
+    asked for)."""
+    reason = reason.rstrip(": ")  # "MemoryError: " with no message
+    kind = reason.split(":", 1)[0]
+    if kind in ("MemoryError", "OverflowError"):
+        return (f"image {path} could not be decoded and resized ({reason}): the size the images are resized "
+                "to (the shorter side DATA.RESIZE_SIZE, or DATA.CACHE_SIZE when larger) is too large for memory; "
+                "lower it")
+    if kind == "DecompressionBombError":
+        return (f"image {path} is larger than PIL decodes by default ({reason}); downscale it, or raise "
+                "PIL.Image.MAX_IMAGE_PIXELS if you trust the file")
+    return (f"cannot read image {path} ({reason}); replace it with a good copy from the official archive or delete "
+            "the dataset folder and extract it again (see data/README.md)")
 
 
 def build_cache(

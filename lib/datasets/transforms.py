@@ -50,7 +50,7 @@ from yacs.config import CfgNode
 from lib.config import TENSOR_INTERPOLATION, small_crop_size, small_resize_size, train_cache_size
 from lib.utils.errors import UserError
 
-from .cache import ShorterSideResize, build_cache, load_rgb, read_all, verify_image
+from .cache import ShorterSideResize, build_cache, image_error_message, load_rgb, read_all, verify_image
 
 __all__ = [
     "TENSOR_INTERPOLATION",
@@ -286,6 +286,8 @@ class TwoScaleDataset(Dataset):
         try:
             image = load_rgb(path)
         except Exception as err:  # a file that passed verify() but fails to decode (e.g. truncated)
+            if isinstance(err, Image.DecompressionBombError):
+                raise UserError(image_error_message(path, f"{type(err).__name__}: {err}")) from None
             raise UserError(f"cannot read image {path} ({type(err).__name__}: {err}); see data/README.md") from None
         item = self.transform(image, rng) if self.is_train else self.transform(image)
         item["target"] = target
