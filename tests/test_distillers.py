@@ -2,7 +2,9 @@
 
 import json
 import math
+import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -10,13 +12,14 @@ import torch.nn.functional as F
 
 from lib.config import KDTYPES, get_cfg
 from lib.distillers import ISRD, FeatureKD, build_distiller, build_teacher, check_archs
+from lib.distillers.base import unfinished_run
 from lib.losses import dkd_loss, ickd_loss, kd_loss, sp_loss
 from lib.losses.at import at_loss
 from lib.losses.isrd import isrd_loss
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 
-from .conftest import run_in_process, run_script, save_network
+from .conftest import one_error_line, run_in_process, run_script, save_network
 
 KD_SCRIPT = "tools_1_ts/train_kd_5runs.py"
 ISRD_SCRIPT = "tools_1_ts/train_isrd_5runs.py"
@@ -265,6 +268,26 @@ def _distill_config(write_config, tiny_cub, teacher, arch_s="resnet18"):
     return write_config({"MODEL": {"ARCH_T": "resnet18", "MODELDICT_T": teacher.checkpoint, "ARCH_S": arch_s},
                          "DATA": {"LESSEN_RATIO": 2.0}, "FSR": {"ETA": 10.0},
                          "BASIC": {"NUM_RUNS": 1}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+
+
+def test_a_teacher_whose_run_has_not_finished_is_refused(tiny_cub, tiny_teacher, write_config, tmp_path,
+                                                          monkeypatch, capsys):
+    # Its model_best.pth is the best of the epochs trained so far (a teacher run stopped, or training now).
+    copy = tmp_path / "teacher_exp"
+    shutil.copytree(tiny_teacher.exp, copy)
+    os.remove(copy / "ckpt" / "result.json")
+    checkpoint = str(copy / "ckpt" / "model_best.pth")
+    config = _distill_config(write_config, tiny_cub, tiny_teacher)
+    assert run_in_process(KD_SCRIPT, config, "MODEL.MODELDICT_T", checkpoint, monkeypatch=monkeypatch) == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: teacher checkpoint MODEL.MODELDICT_T {checkpoint} comes from a run that has not finished "
+        f"({copy / 'ckpt'} holds no result.json): it is the best of the epochs trained so far; finish that run "
+        "(re-run its command), then this one")
+    assert not (tmp_path / "ckpt").exists()
+    # The same file outside a run's folder (copied away, downloaded) is taken as given.
+    shutil.copy(checkpoint, tmp_path / "teacher.pth")
+    assert unfinished_run(str(tmp_path / "teacher.pth")) is None
+    assert unfinished_run(str(tiny_teacher.checkpoint)) is None
 
 
 @pytest.mark.parametrize("kdtype", KDTYPES)

@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -231,6 +232,33 @@ def test_two_stage_command_trains_both_stages_then_skips_stage1(tiny_cub, write_
     out = capsys.readouterr().out
     assert "stage 1 skipped" not in out and "resuming after epoch 1" in out
     assert (assistant.parent.parent / "results.json").is_file()
+
+
+def test_two_stage_command_does_not_skip_a_stage1_of_another_config_or_teacher(tiny_cub, write_config, tmp_path,
+                                                                               monkeypatch, capsys):
+    # Stage 1's folder name holds no teacher file and no epoch count: it was skipped, and stage 2 distilled from an
+    # assistant that this command's stage 1 would not have made.
+    config = _tas_config(write_config, tiny_cub, save_network(tmp_path / "teacher.pth", "resnet18"))
+    assert run_in_process(TWO_STAGES, config, monkeypatch=monkeypatch) == 0
+    stage1 = tmp_path / "ckpt" / "cub" / "1runs_kd_resnet18_64_resnet18_64_seed0_0.01"
+    mtime = (stage1 / "ckpt" / "model_best.pth").stat().st_mtime_ns
+    other = save_network(tmp_path / "teacher2.pth", "resnet18", seed=1)
+    capsys.readouterr()
+    for opts, changed in ((["MODEL.MODELDICT_T", other], "MODEL.MODELDICT_T"),
+                          (["SOLVER.NUM_EPOCHS", "2", "BASIC.NUM_RUNS", "2"], "SOLVER.NUM_EPOCHS (1 -> 2)")):
+        assert run_in_process(TWO_STAGES, config, *opts, monkeypatch=monkeypatch) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"error: {stage1} holds an experiment with another config: {changed}"), line
+    # The teacher file itself replaced, at the same path.
+    shutil.copy(other, tmp_path / "teacher.pth")
+    assert run_in_process(TWO_STAGES, config, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: MODEL.MODELDICT_T {tmp_path / 'teacher.pth'} has changed since {stage1} started "
+                           "from it"), line
+    assert (stage1 / "ckpt" / "model_best.pth").stat().st_mtime_ns == mtime
+    # BASIC.FRESH_START True starts both stages over.
+    assert run_in_process(TWO_STAGES, config, "BASIC.FRESH_START", "True", monkeypatch=monkeypatch) == 0
+    assert "stage 1:" in capsys.readouterr().out and (tmp_path / "ckpt" / "cub" / f"{stage1.name}.old1").is_dir()
 
 
 def test_stage2_without_a_teacher_names_its_folder_after_the_assistant(tiny_cub, write_config, tmp_path, monkeypatch):

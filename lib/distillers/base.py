@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 
 import torch
@@ -11,6 +13,7 @@ from yacs.config import CfgNode
 
 from lib.config import cfg_value, get_cfg, resolve_path
 from lib.models.weights import load_network, output_root_hint
+from lib.utils.errors import UserError
 
 # What a training step's forward returns: the student's logits (B, K) and its named, weighted loss terms.
 StepOutput = tuple[Tensor, dict[str, Tensor]]
@@ -103,4 +106,24 @@ def network_from_checkpoint(cfg: CfgNode, key: str, arch: str, what: str, hint: 
     moved = output_root_hint(key, path, resolve_path(cfg.BASIC.OUTPUT_ROOT), resolve_path(get_cfg().BASIC.OUTPUT_ROOT))
     network, _ = load_network(arch, cfg.DATA.NUM_CLASSES, path, f"{what} {key}", cfg.DATA.CROP_SIZE,
                               "DATA.CROP_SIZE", hint=moved + hint)
+    unfinished = unfinished_run(path)
+    if unfinished:
+        raise UserError(f"{what} {key} {path} comes from a run that has not finished ({unfinished} holds no "
+                        "result.json): it is the best of the epochs trained so far; finish that run (re-run its "
+                        "command), then this one")
     return network
+
+
+def unfinished_run(path: str) -> str | None:
+    """The run folder of a checkpoint <experiment>/ckpt[/run<i>]/model_best.pth (this project's layout) whose run
+    has not finished, or is training now: a run writes its result.json as it ends. Else None (another layout, a
+    finished run, a last.pth given on purpose)."""
+    folder = os.path.dirname(path)
+    if os.path.basename(path) != "model_best.pth":
+        return None
+    ckpt = folder if os.path.basename(folder) == "ckpt" else os.path.dirname(folder)
+    if os.path.basename(ckpt) != "ckpt" or (ckpt != folder and not re.fullmatch(r"run\d+", os.path.basename(folder))):
+        return None
+    if not os.path.isfile(os.path.join(os.path.dirname(ckpt), "config.yaml")):
+        return None
+    return None if os.path.isfile(os.path.join(folder, "result.json")) else folder

@@ -17,6 +17,7 @@ from lib.models.model_builder import build_model
 from lib.utils.errors import UserError
 from lib.utils.log import get_logger
 
+from .resume import check_saved_config, check_saved_inputs
 from .trainer import run_experiment
 
 __all__ = ["train_assistant", "train_tas", "train_two_stages"]
@@ -55,7 +56,8 @@ def _unfinished_stage1(ckpt: str) -> str | None:
 
 
 def train_two_stages(cfg: CfgNode) -> dict:
-    """Both stages in order; stage 1 is skipped when its assistant checkpoint exists (and is not mid-run).
+    """Both stages in order; stage 1 is skipped when its assistant checkpoint exists, is not mid-run and was trained
+    with this command's stage 1 config and teacher (BASIC.FRESH_START True trains it again).
 
     Everything stage 2 needs from the config is checked before stage 1 starts. MODEL.MODELDICT_A must be empty
     or name stage 1's output (to distil from another assistant, run train_tas_5runs.py).
@@ -73,9 +75,14 @@ def train_two_stages(cfg: CfgNode) -> dict:
     tas_feature_layers(stage2, student)
     build_isrd_decoder(stage2, student)  # FSR.POSITION in range (stage 1 reads no FSR key)
 
-    if os.path.isfile(resolve_path(ckpt)) and not _unfinished_stage1(ckpt):
+    if os.path.isfile(resolve_path(ckpt)) and not _unfinished_stage1(ckpt) and not cfg.BASIC.FRESH_START:
+        # Stage 1's folder name holds its networks, sizes, seed and learning rate, not its teacher file or epochs:
+        # an assistant of another stage 1 config would be distilled from unawares.
+        exp_dir = os.path.dirname(os.path.dirname(resolve_path(ckpt)))
+        check_saved_config(stage1, exp_dir)
+        check_saved_inputs(stage1, stage1.MODEL.KDTYPE, exp_dir)
         log.info(f"stage 1 skipped: the assistant checkpoint {ckpt} exists")
-    else:
+    else:  # BASIC.FRESH_START True starts both stages over (stage 1's old folder is moved aside)
         log.info(f"stage 1: {stage1.MODEL.ARCH_T}@{stage1.DATA.CROP_SIZE} -> assistant "
                  f"{stage1.MODEL.ARCH_S}@{stage1.DATA.CROP_SIZE} ({stage1.MODEL.KDTYPE})")
         train_assistant(cfg)
