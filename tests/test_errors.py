@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -604,6 +605,46 @@ def test_python_s_own_ctrl_c_handler_is_not_held(python_s_default_handlers):
         with interrupts_held():
             _signal_this_thread(signal.SIGINT)
             pytest.fail("not raised at once")
+
+
+def test_a_ctrl_c_as_a_command_ends_and_puts_its_handlers_back_is_its_one_line(monkeypatch, capsys):
+    # It used to escape cli_main from its own `finally` as a KeyboardInterrupt traceback.
+    def interrupted_while_ending() -> None:
+        monkeypatch.undo()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(errors, "forget_held_interrupts", interrupted_while_ending)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(lambda: None)()
+    assert exit_.value.code == errors.INTERRUPTED_EXIT
+    assert capsys.readouterr().err.splitlines() == [errors.INTERRUPTED_MESSAGE]
+
+
+def test_a_ctrl_c_while_the_libraries_exit_callbacks_run_ends_the_finished_command_quietly(tmp_path):
+    # After the results table, Python runs torch's exit callbacks (about a second): a Ctrl-C there printed
+    # "Exception ignored in atexit callback" and a traceback, and the exit status was 0.
+    script = tmp_path / "command.py"
+    script.write_text(f"""import atexit, sys, time
+sys.path.insert(0, {REPO_ROOT!r})
+from lib.utils.errors import cli_main
+
+@cli_main
+def main():
+    atexit.register(time.sleep, 30)  # a library's slow exit callback, registered before the command ends
+    print("finished", flush=True)
+
+main()
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout.readline() == "finished\n"
+    time.sleep(1.0)  # in the exit callback
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (errors.INTERRUPTED_EXIT, "")
 
 
 def test_the_same_stop_sent_again_is_held_with_the_first(scripts_signal_handlers):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import errno
 import functools
 import os
@@ -340,6 +342,13 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
 
     @functools.wraps(fn)
     def wrapper() -> None:
+        try:
+            handled()
+        except KeyboardInterrupt as err:  # a stop signal as the command ended, while its handlers were put back
+            _exit(getattr(err, "message", interrupted), TERMINATED_EXIT if isinstance(err, Terminated)
+                  else INTERRUPTED_EXIT)
+
+    def handled() -> None:
         # Only the default handlers are replaced (SIGTERM would kill outright): a caller that handles a signal (a
         # test runner) keeps its handler.
         ours = {}
@@ -380,8 +389,32 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             for s, default in ours.items():
                 signal.signal(s, default)
             forget_held_interrupts()  # a block an exception left (a signal raised as it began or ended)
+            if ours and not _stop_at_exit_registered:
+                atexit.register(_stop_at_once_while_exiting, tuple(ours))
+                _stop_at_exit_registered.append(True)
 
     return wrapper
+
+
+# Once per process: cli_main's commands may run one after another in one process (tests).
+_stop_at_exit_registered: list[bool] = []
+
+
+def _stop_at_once_while_exiting(signals: tuple[int, ...]) -> None:
+    """At interpreter exit (before the libraries' exit callbacks, registered earlier), a Ctrl-C or SIGTERM ends the
+    process at once and quietly: the command has finished, and a KeyboardInterrupt raised in torch's exit callbacks
+    would print "Exception ignored in atexit callback" and a traceback. A handler the user set is kept."""
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    for s in signals:
+        if signal.getsignal(s) is defaults.get(s):
+            signal.signal(s, _exit_at_once)
+
+
+def _exit_at_once(signum: int, frame) -> None:
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def _exit(line: str, status: int, every_rank: bool = False) -> NoReturn:
