@@ -32,7 +32,8 @@ class CUBDataset(TwoScaleDataset):
         root = resolve_path(cfg.DATA.DATADIR)
         self.require_dir(root)
         paths = self._read_id_file(os.path.join(root, "images.txt"), "'<image id> <relative path>'", _any)
-        labels = self._read_id_file(os.path.join(root, "image_class_labels.txt"), "'<image id> <class 1..N>'", _label)
+        labels_file = os.path.join(root, "image_class_labels.txt")
+        labels = self._read_id_file(labels_file, "'<image id> <class 1..N>'", _label)
         split_file = os.path.join(root, "train_test_split.txt")
         splits = self._read_id_file(split_file, "'<image id> <1 train | 0 test>'", _split)
         for table, filename in ((labels, "image_class_labels.txt"), (splits, "train_test_split.txt")):
@@ -58,12 +59,12 @@ class CUBDataset(TwoScaleDataset):
         if "" not in folders and num_classes > len(folders):
             image_id = next(i for i in paths if int(labels[i]) == num_classes)
             raise UserError(
-                f"annotation file {os.path.join(root, 'image_class_labels.txt')} gives image id {image_id} "
+                f"annotation file {labels_file} gives image id {image_id} "
                 f"({paths[image_id]}) class {num_classes}, but the images are in {len(folders)} class folders; "
                 f"the classes are numbered 1..{len(folders)} (see data/README.md)")
         unused = sorted(set(range(1, num_classes + 1)) - {int(labels[image_id]) for image_id in paths})
         if unused:
-            raise UserError(f"annotation file {os.path.join(root, 'image_class_labels.txt')} uses classes 1 to "
+            raise UserError(f"annotation file {labels_file} uses classes 1 to "
                             f"{num_classes} but no image has class {unused[0]} ({len(unused)} unused); the classes "
                             "are numbered 1..N without gaps (see data/README.md)")
         wanted = "1" if is_train else "0"

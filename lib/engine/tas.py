@@ -46,10 +46,15 @@ def train_tas(cfg: CfgNode) -> dict:
     return run_experiment(stage, "tas", num_runs=stage.BASIC.NUM_RUNS, multi_run=True)
 
 
+def _stage1_folder(ckpt: str) -> str:
+    """The experiment folder of stage 1's assistant checkpoint <folder>/ckpt/model_best.pth."""
+    return os.path.dirname(os.path.dirname(resolve_path(ckpt)))
+
+
 def _unfinished_stage1(ckpt: str) -> str | None:
-    """The experiment folder of stage 1's assistant checkpoint <folder>/ckpt/model_best.pth when that stage has not
-    finished (a config but no results.json), else None."""
-    exp_dir = os.path.dirname(os.path.dirname(resolve_path(ckpt)))
+    """The experiment folder of stage 1's assistant checkpoint when that stage has not finished (a config but no
+    results.json), else None."""
+    exp_dir = _stage1_folder(ckpt)
     unfinished = os.path.isfile(os.path.join(exp_dir, "config.yaml")) and not os.path.isfile(
         os.path.join(exp_dir, "results.json"))
     return exp_dir if unfinished else None
@@ -78,7 +83,7 @@ def train_two_stages(cfg: CfgNode) -> dict:
     if os.path.isfile(resolve_path(ckpt)) and not _unfinished_stage1(ckpt) and not cfg.BASIC.FRESH_START:
         # Stage 1's folder name holds its networks, sizes, seed and learning rate, not its teacher file or epochs:
         # an assistant of another stage 1 config would be distilled from unawares.
-        exp_dir = os.path.dirname(os.path.dirname(resolve_path(ckpt)))
+        exp_dir = _stage1_folder(ckpt)
         check_saved_config(stage1, exp_dir)
         check_saved_inputs(stage1, stage1.MODEL.KDTYPE, exp_dir)
         log.info(f"stage 1 skipped: the assistant checkpoint {ckpt} exists")

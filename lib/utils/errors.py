@@ -344,7 +344,8 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
     def wrapper() -> None:
         try:
             handled()
-        except KeyboardInterrupt as err:  # a stop signal as the command ended, while its handlers were put back
+        except KeyboardInterrupt as err:  # in the command, or as it ended, while its handlers were put back
+            # A run may say better how to resume (`message`: a command given BASIC.FRESH_START True).
             _exit(getattr(err, "message", interrupted), TERMINATED_EXIT if isinstance(err, Terminated)
                   else INTERRUPTED_EXIT)
 
@@ -369,10 +370,6 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             # gives a program that SIGPIPE ends (Python ignores SIGPIPE), as `cat` would.
             _silence_output()
             sys.exit(CLOSED_PIPE_EXIT)
-        except KeyboardInterrupt as err:
-            # A run may say better how to resume (`message`: a command given BASIC.FRESH_START True).
-            _exit(getattr(err, "message", interrupted), TERMINATED_EXIT if isinstance(err, Terminated)
-                  else INTERRUPTED_EXIT)
         except OSError as err:
             message = os_error_message(err)
             if message is None:
@@ -439,22 +436,26 @@ def stdout_is_a_closed_pipe() -> bool:
 
 def silence_stdout() -> None:
     """Point standard output at /dev/null (its reader has gone), so that later lines are dropped, not errors."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
+    _to_devnull(sys.stdout)
 
 
 def _silence_output() -> None:
     """Point stdout and stderr at /dev/null, so that flushing them at exit cannot fail again (exit status 120)."""
+    _to_devnull(sys.stdout, sys.stderr)
+
+
+def _to_devnull(*streams) -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        for stream in (sys.stdout, sys.stderr):
+    except OSError:
+        return
+    try:
+        for stream in streams:
             os.dup2(devnull, stream.fileno())
     except (OSError, ValueError, AttributeError):  # no file descriptor behind them (a test's capture): nothing to do
         pass
+    finally:
+        os.close(devnull)
 
 
 def _torchrun_rank_other_than_0() -> bool:
