@@ -31,7 +31,7 @@ EXTRA = {"MODEL": {"ARCH": "resnet18"}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE":
 
 def test_ddp_under_torchrun_with_gloo_trains_one_run_and_rank_0_alone_writes(tiny_cub, write_config, tmp_path):
     # The tensor pipeline; what the device pipeline does differently under DDP, its loader, is checked below.
-    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 1}}, tiny_cub)
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 1, "PARALLEL_RUNS": 2}}, tiny_cub)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
@@ -39,12 +39,65 @@ def test_ddp_under_torchrun_with_gloo_trains_one_run_and_rank_0_alone_writes(tin
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
     results = json.loads((exp / "results.json").read_text())
-    assert [r["seed"] for r in results["runs"]] == [0]
+    assert [(r["seed"], r["world_size"]) for r in results["runs"]] == [(0, 2)]
+    assert torch.load(exp / "ckpt" / "run0" / "last.pth", weights_only=False)["world_size"] == 2
     log = (exp / "train.log").read_text()
     assert "2 DDP processes" in log
+    assert log.count("warning: BASIC.PARALLEL_RUNS 2 is ignored under torchrun: the 2 DDP processes train each run "
+                     "together, one run after another") == 1
     assert log.count("run 0 epoch 2/2") == 1, "a line was logged by more than one rank"
     best = torch.load(exp / "ckpt" / "run0" / "model_best.pth", weights_only=False)
     build_model("resnet18", 4, False).load_state_dict(best["state_dict"])
+
+
+def test_runs_saved_by_another_number_of_ddp_processes_are_not_trained_on_in_this_one(tiny_cub, write_config,
+                                                                                        tmp_path, monkeypatch, capsys):
+    # TRAIN.BATCH_SIZE is per process: a run stopped under torchrun and resumed by python (or the reverse) would go
+    # on with another batch, and runs trained so beside runs of the first count would mix two batches in one mean.
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01"
+    run0_result, run1_last = exp / "ckpt" / "run0" / "result.json", exp / "ckpt" / "run1" / "last.pth"
+    assert json.loads(run0_result.read_text())["world_size"] == 1
+    (exp / "results.json").unlink()
+    (exp / "ckpt" / "run1" / "result.json").unlink()  # run 1 stopped after its last epoch's last.pth
+
+    def saved_by(path, world_size):
+        if path.suffix == ".json":
+            row = json.loads(path.read_text())
+            path.write_text(json.dumps({**row, "world_size": world_size}))
+        else:
+            state = torch.load(path, weights_only=False)
+            if world_size is None:
+                del state["world_size"]
+            else:
+                state["world_size"] = world_size
+            torch.save(state, path)
+
+    saved_by(run0_result, 2)  # run 0 finished under torchrun with 2 processes
+    before = run1_last.read_bytes()
+    capsys.readouterr()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
+    assert capsys.readouterr().err == (
+        f"error: run 0 of {exp} was trained by 2 DDP processes (16 images a step: TRAIN.BATCH_SIZE 8 per process), and "
+        f"this command trains with one process (8 a step; {run0_result} says so); re-run it under torchrun with 2 "
+        "processes in all (--nproc_per_node 2 on one node) to go on with the same batch, or add BASIC.FRESH_START "
+        "True to start over\n")
+    assert run1_last.read_bytes() == before and not (exp / "results.json").exists()
+
+    saved_by(run0_result, 1)
+    saved_by(run1_last, 2)  # run 1 stopped under torchrun
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
+    assert f"error: run 1 of {exp} was trained by 2 DDP processes " in capsys.readouterr().err
+
+    saved_by(run1_last, None)  # written before the count was recorded: not known, not refused
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert [r["world_size"] for r in json.loads((exp / "results.json").read_text())["runs"]] == [1, 1]
+
+    # Finished runs are only re-reported: no batch is taken, whatever trained them.
+    saved_by(run0_result, 2)
+    (exp / "results.json").unlink()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
 
 
 def test_runs_trained_in_parallel_processes_are_gathered_into_one_results_file(tiny_cub, write_config, tmp_path):

@@ -360,17 +360,37 @@ def test_the_test_pass_scores_top1_top5_and_ce():
     assert stats["test_loss"] == pytest.approx(ce)
 
 
-def test_a_different_dataset_folder_is_another_experiment(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
-    import shutil
-
+def test_a_dataset_moved_or_copied_elsewhere_is_the_same_experiment_and_other_data_is_not(tiny_cub, write_config,
+                                                                                          tmp_path, monkeypatch,
+                                                                                          capsys):
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
     assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
-    other = tmp_path / "other_cub"
-    shutil.copytree(tiny_cub, other)
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    # A scheduler's job that copies the data to its node's own disk first: each resume names another folder.
+    copy = tmp_path / "scratch" / "job2" / "cub"
+    shutil.copytree(tiny_cub, copy)
+    (exp / "results.json").unlink()
+    (exp / "ckpt" / "result.json").unlink()  # stopped after its last epoch was saved: resumed from the copy
     capsys.readouterr()
-    assert run_in_process(TEACHER, config, "DATA.DATADIR", f"'{other}'", monkeypatch=monkeypatch) == 2
-    line = one_error_line(capsys.readouterr().err)
-    assert "another config" in line and "DATA.DATADIR" in line, line
+    assert run_in_process(TEACHER, config, "DATA.DATADIR", f"'{copy}'", monkeypatch=monkeypatch) == 0
+    assert "run 0: resuming after epoch 1" in capsys.readouterr().out
+    assert run_in_process(TEACHER, config, "DATA.DATADIR", f"'{copy}'", monkeypatch=monkeypatch) == 0
+    assert "is finished" in capsys.readouterr().out
+    # Another dataset in the same layout (a label edited in the copy), or no dataset there: another config.
+    labels = (copy / "image_class_labels.txt").read_text().splitlines()
+    image_id, label = labels[0].split()
+    (copy / "image_class_labels.txt").write_text("\n".join([f"{image_id} {int(label) % 4 + 1}"] + labels[1:]) + "\n")
+    for datadir, what in ((copy, "which holds other images, labels or file sizes"),
+                          (tmp_path / "none", "which is not a dataset of this config")):
+        assert run_in_process(TEACHER, config, "DATA.DATADIR", f"'{datadir}'", monkeypatch=monkeypatch) == 2
+        assert capsys.readouterr().err == (
+            f"error: {exp} holds an experiment with another config: DATA.DATADIR ('{tiny_cub}' -> '{datadir}', "
+            f"{what}). Re-run with the same settings to resume; to keep both (a sweep, say), give this one its own "
+            "BASIC.OUTPUT_ROOT; or add BASIC.FRESH_START True to move the old one aside and start over\n")
+    # With another setting beside it, the folder is simply another config (its data is not read).
+    assert run_in_process(TEACHER, config, "DATA.DATADIR", f"'{copy}'", "SOLVER.WEIGHT_DECAY", "0.001",
+                          monkeypatch=monkeypatch) == 2
+    assert f"DATA.DATADIR ('{tiny_cub}' -> '{copy}'); SOLVER.WEIGHT_DECAY" in capsys.readouterr().err
 
 
 def test_rerunning_a_finished_experiment_prints_results_and_rewrites_nothing(tiny_cub, write_config, tmp_path,
@@ -545,7 +565,9 @@ def test_a_teacher_file_that_changed_since_the_experiment_started_is_refused(tin
     # The same teacher file spelt another way (a scheduler's retry writing it absolutely, through a link) is the
     # same experiment: its content is what counts.
     os.symlink(teacher, tmp_path / "teacher_link.pth")
-    for spelt in (f"{tmp_path}/./teacher.pth", str(tmp_path / "teacher_link.pth")):
+    # So is a copy of it elsewhere (moved, or copied to a node's own disk): its SHA-256 is the one recorded.
+    shutil.copy(teacher, tmp_path / "moved.pth")
+    for spelt in (f"{tmp_path}/./teacher.pth", str(tmp_path / "teacher_link.pth"), str(tmp_path / "moved.pth")):
         assert run_in_process(KD, config, "MODEL.MODELDICT_T", f"'{spelt}'", monkeypatch=monkeypatch) == 0
         assert "is finished" in capsys.readouterr().out
     # The teacher is trained again (another seed): re-running the finished experiment would report results that
@@ -555,6 +577,12 @@ def test_a_teacher_file_that_changed_since_the_experiment_started_is_refused(tin
     assert run_in_process(KD, config, monkeypatch=monkeypatch) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "MODEL.MODELDICT_T" in line and "has changed since" in line and "BASIC.FRESH_START True" in line
+    assert run_in_process(KD, config, "MODEL.MODELDICT_T", f"'{tmp_path / 'moved.pth'}'", monkeypatch=monkeypatch) == 0
+    assert "is finished" in capsys.readouterr().out  # the old teacher, moved: the experiment's own
+    shutil.copy(teacher, tmp_path / "moved.pth")
+    assert run_in_process(KD, config, "MODEL.MODELDICT_T", f"'{tmp_path / 'moved.pth'}'", monkeypatch=monkeypatch) == 2
+    assert f"MODEL.MODELDICT_T ('{teacher}' -> '{tmp_path / 'moved.pth'}', which holds other weights)" in (
+        capsys.readouterr().err)
     assert (exp / "results.json").read_text() == results
     assert run_in_process(KD, config, "BASIC.FRESH_START", "True", monkeypatch=monkeypatch) == 0
     assert json.loads((exp / "inputs.json").read_text()) != inputs

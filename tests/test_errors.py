@@ -179,6 +179,29 @@ def test_an_unknown_flag_is_one_line_in_every_script(script, tmp_path, monkeypat
     assert "--no-such-flag" in line and f"{os.path.basename(script)} --help" in line, line
 
 
+ONE_PROCESS_TOOLS = [s for s in ALL_SCRIPTS if s.startswith("tools/")]
+
+
+@pytest.mark.parametrize("tool", ONE_PROCESS_TOOLS)
+def test_a_tool_started_by_torchrun_is_refused_in_one_line_by_rank_0_alone(tool, monkeypatch, capsys, tmp_path):
+    # Each process would do the whole job into the same files (eval's metrics, prepare_data's downloads).
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        assert run_cli(tool, "--help", monkeypatch=monkeypatch) == 2
+        err = capsys.readouterr().err
+        expected = (f"error: {os.path.basename(tool)} works in one process, but torchrun started 2 (WORLD_SIZE 2), "
+                    "each of which would do the whole job into the same files; run it with python (torchrun is for "
+                    "the training scripts)\n")
+        assert err == (expected if said else ""), rank
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node 1: one process, as asked
+    assert run_cli(tool, "--help", monkeypatch=monkeypatch) == 0
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("script", CONFIG_SCRIPTS)
 def test_a_missing_config_file_flag_is_one_line(script, monkeypatch, capsys):
     assert run_cli(script, "SOLVER.NUM_EPOCHS", "1", monkeypatch=monkeypatch) == 2

@@ -13,7 +13,7 @@ from lib.config import KDTYPES, PIPELINES, config_parser, load_config, parse_arg
 from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, UserError, cli_main, make_folder
 
 
-@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
+@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE, one_process=True)
 def main() -> None:
     """Parse the arguments, measure, print and save."""
     parser = config_parser(__doc__, trains=False)

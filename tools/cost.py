@@ -52,7 +52,7 @@ def _per_device(counts: dict[str, int]) -> str:
     return f"default: {counts['cuda']} on a GPU, {counts['cpu']} on the CPU"
 
 
-@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE,
+@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE, one_process=True,
           memory_hint="use smaller --batch-sizes or free the GPU of other processes")
 def main() -> None:
     """Parse the flags, measure, write the tables."""

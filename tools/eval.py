@@ -11,7 +11,7 @@ from lib.config import load_config, parse_args
 from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, cli_main
 
 
-@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE,
+@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE, one_process=True,
           memory_hint="use a smaller TEST.BATCH_SIZE or free the GPU of other processes")
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then evaluate."""

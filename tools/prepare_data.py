@@ -33,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
+@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE, one_process=True)
 def main() -> None:
     """Parse the flags, then prepare or verify each dataset."""
     # Imported inside cli_main (parse_args too): Ctrl-C while an import loads is one line; torch loads only when

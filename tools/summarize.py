@@ -18,7 +18,7 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE)
+@cli_main(interrupted=TOOL_INTERRUPTED_MESSAGE, one_process=True)
 def main() -> None:
     """Parse the flags, then summarise."""
     args = parse_args()

@@ -25,12 +25,14 @@ __all__ = ["DATASETS", "build_dataset", "BatchPreparer", "CUBDataset", "Aircraft
 DATASETS = {"cub": CUBDataset, "aircraft": AircraftDataset}
 
 
-def build_dataset(cfg: CfgNode, is_train: bool) -> TwoScaleDataset:
+def build_dataset(cfg: CfgNode, is_train: bool, load_images: bool = True) -> TwoScaleDataset:
     """Build the training or test split of DATA.DATASET, all files checked before it returns.
 
     Args:
         cfg: the config (DATA.* and BASIC.NUM_WORKERS are read).
         is_train: the training split (CUB train, Aircraft trainval) or the test split.
+        load_images: False: only the annotations are read and the files checked (the split's `fingerprint`, which
+            a resumed run compares with inputs.json); no image is decoded, and no dataset is generated.
 
     Returns:
         A TwoScaleDataset with `samples` [(image path, label)] and `classes` [name].
@@ -41,6 +43,6 @@ def build_dataset(cfg: CfgNode, is_train: bool) -> TwoScaleDataset:
     name = cfg.DATA.DATASET
     if name not in DATASETS:
         raise UserError(f"unknown DATA.DATASET {name!r}; valid names: {', '.join(DATASETS)}")
-    # Demo configs: generate a synthetic dataset in the official layout when DATADIR does not exist.
-    ensure_dataset(cfg)
-    return DATASETS[name](cfg, is_train)
+    if load_images:  # Demo configs: generate a synthetic dataset in the official layout when DATADIR does not exist.
+        ensure_dataset(cfg)
+    return DATASETS[name](cfg, is_train, load_images)

@@ -29,7 +29,7 @@ class AircraftDataset(TwoScaleDataset):
         "data/images_variant_test.txt and data/images/<image id>.jpg"
     )
 
-    def __init__(self, cfg: CfgNode, is_train: bool):
+    def __init__(self, cfg: CfgNode, is_train: bool, load_images: bool = True):
         root = resolve_path(cfg.DATA.DATADIR)
         self.require_dir(root)
         data = os.path.join(root, "data")
@@ -55,4 +55,4 @@ class AircraftDataset(TwoScaleDataset):
             samples.append((os.path.join(data, "images", f"{image_id}.jpg"), class_index[variant]))
         if is_train:
             self.require_training_images(samples, classes, split_file)
-        super().__init__(cfg, is_train, root, samples, classes)
+        super().__init__(cfg, is_train, root, samples, classes, load_images)

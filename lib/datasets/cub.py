@@ -28,7 +28,7 @@ class CUBDataset(TwoScaleDataset):
         "images/<class folder>/<image>.jpg"
     )
 
-    def __init__(self, cfg: CfgNode, is_train: bool):
+    def __init__(self, cfg: CfgNode, is_train: bool, load_images: bool = True):
         root = resolve_path(cfg.DATA.DATADIR)
         self.require_dir(root)
         paths = self._read_id_file(os.path.join(root, "images.txt"), "'<image id> <relative path>'", _any)
@@ -75,7 +75,7 @@ class CUBDataset(TwoScaleDataset):
         ]
         if is_train:
             self.require_training_images(samples, classes, split_file)
-        super().__init__(cfg, is_train, root, samples, classes)
+        super().__init__(cfg, is_train, root, samples, classes, load_images)
 
     def _read_id_file(self, path: str, expected: str, valid: Callable[[str], bool]) -> dict[str, str]:
         """'<id> <value>' lines -> {id: value}; a line without two fields or with a bad value is a UserError."""

@@ -222,7 +222,10 @@ class TwoScaleDataset(Dataset):
     name = ""
     layout = ""
 
-    def __init__(self, cfg: CfgNode, is_train: bool, root: str, samples: list[tuple[str, int]], classes: list[str]):
+    def __init__(self, cfg: CfgNode, is_train: bool, root: str, samples: list[tuple[str, int]], classes: list[str],
+                 load_images: bool = True):
+        """`load_images` False: the annotations and files checked, the split's `fingerprint` set, no image read (it
+        serves no items then)."""
         self.root = root
         self.samples = samples
         self.classes = classes
@@ -243,6 +246,8 @@ class TwoScaleDataset(Dataset):
         self.cache: list[torch.Tensor] | None = None
         self.cache_size: int | None = None  # the training cache's shorter side (tensor and device pipelines)
         self.transform = None
+        if not load_images:
+            return
         if self.pipeline in ("tensor", "device"):  # "device" items are "tensor" items (lib/datasets/device.py)
             if is_train:
                 self.cache_size = train_cache_size(cfg)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from yacs.config import CfgNode
 
 from lib.config import UNUSED_KEYS, cfg_value, diff_cfg, resolve_path
-from lib.datasets import TwoScaleDataset
+from lib.datasets import TwoScaleDataset, build_dataset
 from lib.distillers import method_checkpoints
 from lib.utils.errors import UserError
 from lib.utils.files import file_digest
@@ -49,16 +49,48 @@ def _same_path(a: str, b: str) -> bool:
     return os.path.realpath(resolve_path(a)) == os.path.realpath(resolve_path(b))
 
 
+def _moved_content(cfg: CfgNode, key: str, entry: object) -> str | None:
+    """None when the file or folder that `key` names in `cfg` holds what inputs.json's `entry` recorded of the one the
+    experiment started from (the same SHA-256 of a checkpoint; DATA.DATADIR: the same splits, files, labels and sizes,
+    read from the annotations without decoding an image); else what differs ('' when nothing was recorded)."""
+    if not isinstance(entry, dict):
+        return ""  # (not recorded: an older experiment, or a key its method does not read)
+    value = str(cfg_value(cfg, key) or "")
+    if not value:
+        return ""
+    path = resolve_path(value)
+    if key != "DATA.DATADIR":
+        if not os.path.isfile(path):
+            return "which is not a file"
+        return None if entry.get("sha256") == file_digest(path, "sha256") else "which holds other weights"
+    try:
+        now = {split: build_dataset(cfg, is_train, load_images=False)
+               for split, is_train in (("train", True), ("test", False))}
+    except UserError:  # missing, another layout or class count
+        return "which is not a dataset of this config"
+    same = all(isinstance(entry.get(split), dict) and entry[split].get("sha256") == dataset.fingerprint["sha256"]
+               for split, dataset in now.items())
+    return None if same else "which holds other images, labels or file sizes"
+
+
 def check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
     """Refuse to resume or re-report an experiment saved with another config (keys of RUNTIME_KEYS aside, and path
-    keys that name the same file)."""
+    keys that name the same file, or a copy of what the experiment started from: a dataset or teacher moved, or
+    copied to a node's local disk by each job of a scheduler)."""
     saved = read_saved(os.path.join(exp_dir, "config.yaml"), _read_saved_cfg,
                        "restore it, or add BASIC.FRESH_START True to start over")
     # BASIC.NUM_RUNS is in the folder's name already ("<n>runs_"), except for the teacher's script, which ignores it.
     ignore = RUNTIME_KEYS + ("BASIC.NUM_RUNS",)
-    ignore += tuple(key for key in PATH_KEYS
-                    if _same_path(str(cfg_value(saved, key) or ""), str(cfg_value(cfg, key) or "")))
-    differing = diff_cfg(saved, cfg, ignore=ignore)
+    moved = [key for key in PATH_KEYS
+             if not _same_path(str(cfg_value(saved, key) or ""), str(cfg_value(cfg, key) or ""))]
+    notes = {}  # what differs in a moved key's content (inputs.json records it)
+    if moved and not diff_cfg(saved, cfg, ignore=ignore + tuple(moved)):  # (no other difference to name)
+        inputs = _saved_inputs(exp_dir)
+        notes = {key: _moved_content(cfg, key, inputs.get(key)) for key in moved}
+        moved = [key for key in moved if notes[key] is not None]
+    ignore += tuple(key for key in PATH_KEYS if key not in moved)
+    differing = [f"{line[:-1]}, {notes[key]})" if notes.get(key := line.split(" ")[0]) else line
+                 for line in diff_cfg(saved, cfg, ignore=ignore)]
     if differing:
         raise UserError(f"{exp_dir} holds an experiment with another config: {'; '.join(differing)}. "
                         "Re-run with the same settings to resume; to keep both (a sweep, say), give this one its own "

@@ -434,19 +434,22 @@ def _resume_fix(run: int) -> str:
 
 def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> dict[int, dict]:
     """Read the finished runs' result.json and check that the pending runs' last.pth can be read, before anything
-    is written: a damaged file is one line naming it. A saved run without its model_best.pth gets a warning.
-    Returns the finished runs' rows."""
+    is written: a damaged file is one line naming it, and so is a saved run of another DDP process count when this
+    command trains. A saved run without its model_best.pth gets a warning. Returns the finished runs' rows."""
     done = {}
     for run in range(num_runs):
         ckpt_dir = exp.run_dir("ckpt", run)
         last = os.path.join(ckpt_dir, "last.pth")
         if run in pending:
             if os.path.isfile(last):  # mapped, not read: checks the archive, costs nothing for a large model
-                read_saved(last, lambda p: torch.load(p, map_location="cpu", weights_only=False, mmap=True),
-                           _resume_fix(run))
+                state = read_saved(last, lambda p: torch.load(p, map_location="cpu", weights_only=False, mmap=True),
+                                   _resume_fix(run))
+                _check_world_size(exp, run, state, last)
         else:
             done[run] = read_saved(os.path.join(ckpt_dir, "result.json"), load_run_result,
                                    f"delete it and re-run: run {run} is summed up again from its last.pth")
+            if pending:
+                _check_world_size(exp, run, done[run], os.path.join(ckpt_dir, "result.json"))
         best = os.path.join(ckpt_dir, "model_best.pth")
         if (run not in pending or os.path.isfile(last)) and not os.path.isfile(best):
             later = ("it is written again only if a later epoch scores higher" if run in pending
@@ -454,6 +457,25 @@ def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> dic
             get_logger().warning(f"warning: {best} (run {run}'s best epoch so far) is missing; {later}; delete "
                                  f"{ckpt_dir} to train run {run} again")
     return done
+
+
+def _check_world_size(exp: Experiment, run: int, saved: dict, path: str) -> None:
+    """Refuse to train on beside (or into) a run that another number of DDP processes trained: TRAIN.BATCH_SIZE is
+    per process, so the run, or the experiment's mean and std, would mix two batch sizes."""
+    then, now = saved.get("world_size"), exp.dist.world_size
+    if not isinstance(then, int) or then == now:  # (a run saved before the count was recorded: not known)
+        return
+    batch = exp.cfg.TRAIN.BATCH_SIZE
+
+    def processes(n: int) -> str:
+        return f"{n} DDP processes" if n > 1 else "one process"
+
+    how = (f"re-run it under torchrun with {then} processes in all (--nproc_per_node {then} on one node)" if then > 1
+           else "re-run it with python, not torchrun")
+    raise UserError(f"run {run} of {exp.exp_dir} was trained by {processes(then)} ({batch * then} images a step: "
+                    f"TRAIN.BATCH_SIZE {batch} per process), and this command trains with {processes(now)} "
+                    f"({batch * now} a step; {path} says so); {how} to go on with the same batch, or add "
+                    "BASIC.FRESH_START True to start over")
 
 
 def _load_last(last_path: str, run: int, distiller: Distiller, optimizer: torch.optim.Optimizer,
@@ -559,7 +581,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                 "extra": {k: _state_dict(m) for k, m in distiller.extra_modules().items()},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "best_acc": best_acc, "best_epoch": best_epoch,
-                "history": history, "rng": rng_state(device), "seed": seed,
+                "history": history, "rng": rng_state(device), "seed": seed, "world_size": exp.dist.world_size,
             }, last_path)  # (what _load_last restores)
             trained_s += stats["time_s"]
             left = cfg.SOLVER.NUM_EPOCHS - epoch
@@ -575,7 +597,8 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
             if writer is not None:
                 writer.close()
     last_acc = history[-1]["test_top1"] if history else 0.0
-    result = {"run": run, "seed": seed, "best_acc": best_acc, "best_epoch": best_epoch, "last_acc": last_acc}
+    result = {"run": run, "seed": seed, "best_acc": best_acc, "best_epoch": best_epoch, "last_acc": last_acc,
+              "world_size": exp.dist.world_size}  # (DDP processes: _check_world_size)
     if main:
         _require_exp_dir(exp, f"{where} finished")
         save_json(result, os.path.join(ckpt_dir, "result.json"))
@@ -695,6 +718,9 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
                    if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
         done = {} if fresh else _check_saved_runs(exp, num_runs, pending)
         slots = 1 if info.enabled else parallel_slots(cfg, device, len(pending))
+        if info.enabled and cfg.BASIC.PARALLEL_RUNS > 1:
+            log.warning(f"warning: BASIC.PARALLEL_RUNS {cfg.BASIC.PARALLEL_RUNS} is ignored under torchrun: the "
+                        f"{info.world_size} DDP processes train each run together, one run after another")
         # Only a process that trains takes its device (on CUDA 12 that makes a context there): run processes take
         # their own, and this one stays off the GPUs (a GPU in exclusive-process mode takes one process only).
         run_devices = slot_devices(cfg, device, slots)

@@ -326,7 +326,7 @@ def folder_error(err: OSError, path: str, where_to_choose: str = _WHERE_OUTPUTS_
 
 
 def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTERRUPTED_MESSAGE,
-             memory_hint: str = TRAINING_MEMORY_HINT) -> Callable:
+             memory_hint: str = TRAINING_MEMORY_HINT, one_process: bool = False) -> Callable:
     """Wrap a script's main(): a UserError (or an unwritable or full output folder, or a GPU out of memory, with
     `memory_hint` saying what to change) becomes `error: <message>` on stderr and exit status 2; Ctrl-C becomes one
     line, `interrupted` (how to resume, by default), and exit status 130.
@@ -334,11 +334,12 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
     SIGTERM (a scheduler preempting the job, `kill <pid>`) unwinds like Ctrl-C and prints the same line, with
     exit status 143: the process stops its loader workers and run processes instead of leaving them behind.
 
-    `@cli_main` for the training scripts (their Ctrl-C line says how to resume); `@cli_main(interrupted=...)` for
-    tools that have nothing to resume.
+    `@cli_main` for the training scripts (their Ctrl-C line says how to resume; torchrun may start them);
+    `@cli_main(interrupted=..., one_process=True)` for tools that have nothing to resume and work in one process
+    (under torchrun each of its processes would do the whole job, into the same files: refused in one line).
     """
     if fn is None:
-        return functools.partial(cli_main, interrupted=interrupted, memory_hint=memory_hint)
+        return functools.partial(cli_main, interrupted=interrupted, memory_hint=memory_hint, one_process=one_process)
 
     @functools.wraps(fn)
     def wrapper() -> None:
@@ -360,6 +361,11 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             for s in ours:
                 signal.signal(s, defaults[s][1])
         try:
+            world_size = os.environ.get("WORLD_SIZE", "1")
+            if one_process and "TORCHELASTIC_RUN_ID" in os.environ and world_size != "1":
+                raise UserError(f"{os.path.basename(sys.argv[0])} works in one process, but torchrun started "
+                                f"{world_size} (WORLD_SIZE {world_size}), each of which would do the whole job into "
+                                "the same files; run it with python (torchrun is for the training scripts)")
             fn()
         except UserError as err:
             _exit(f"error: {one_line(str(err))}", USER_ERROR_EXIT)
