@@ -424,6 +424,29 @@ def test_the_teacher_accuracy_is_that_of_the_checkpoint_the_pair_distilled_from(
     assert float(pair["teacher_best_acc"]) == 80.0
 
 
+def test_a_row_whose_cells_distilled_from_different_teachers_says_so_and_a_copy_is_the_same_teacher(
+        tmp_path, monkeypatch, capsys):
+    root = tmp_path / "ckpt"
+    first = _experiment(root, "cub", "1runs_resnet50_64_seed0_0.01", [80.0], MODEL__ARCH="resnet50", DATA__CROP_SIZE=64)
+    again = _experiment(tmp_path / "elsewhere", "cub", "1runs_resnet50_64_seed0_0.01", [70.0], MODEL__ARCH="resnet50",
+                        DATA__CROP_SIZE=64)  # the teacher trained again into another root
+    kd = _experiment(root, "cub", "2runs_kd_resnet50_64_resnet18_32_seed0_0.01", [55.0, 57.0],
+                     MODEL__MODELDICT_T=str(first / "ckpt" / "model_best.pth"), **DISTILL)
+    isrd = _experiment(root, "cub", "2runs_isrd_resnet50_64_resnet18_32_seed0_0.01", [58.0, 60.0],
+                       MODEL__MODELDICT_T=str(again / "ckpt" / "model_best.pth"), **DISTILL)
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    out, err = capsys.readouterr()
+    assert (f"note: the cells of resnet50@64 -> resnet18@32 on cub distilled from different teacher checkpoints (KD "
+            f"from {first / 'ckpt' / 'model_best.pth'}; ISRD from {again / 'ckpt' / 'model_best.pth'}): they compare "
+            f"students of different teachers; its 'teacher top-1' is that of {first}") in err
+    assert "| cub | resnet50@64 | 80.00 |" in out
+    # The same file's content under another path (inputs.json records its SHA-256): one teacher, no note.
+    for folder in (kd, isrd):
+        (folder / "inputs.json").write_text(json.dumps({"MODEL.MODELDICT_T": {"path": "x", "sha256": "ab" * 32}}))
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    assert "different teacher" not in capsys.readouterr().err
+
+
 def test_the_teacher_accuracy_of_one_run_of_a_multi_run_teacher_experiment_is_that_runs(tmp_path, monkeypatch, capsys):
     root = tmp_path / "ckpt"
     used = _experiment(root, "cub", "3runs_resnet50_64_seed0_0.01", [20.0, 35.0, 32.0], MODEL__ARCH="resnet50",

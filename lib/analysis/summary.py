@@ -30,7 +30,7 @@ import yaml
 from yacs.config import CfgNode
 
 from lib.config import KDTYPES, resolve_path, small_crop_size
-from lib.engine.checkpoint import load_results, load_run_result, lock_holder
+from lib.engine.checkpoint import load_json_object, load_results, load_run_result, lock_holder
 from lib.utils.errors import UserError, first_line
 from lib.utils.log import ERROR_PREFIX, INTERRUPTED_LINE
 
@@ -66,6 +66,8 @@ class ExperimentResult:
     mtime: float
     teacher_dir: str | None = None  # the experiment folder MODEL.MODELDICT_T points into (<folder>/ckpt/...)
     teacher_run: int | None = None  # the run whose checkpoint that is (<folder>/ckpt/run<i>/...), None for ckpt/
+    teacher_file: str | None = None  # that checkpoint (its real path)
+    teacher_sha256: str | None = None  # what it held when the experiment started (inputs.json), if recorded
 
     @property
     def runs(self) -> int:
@@ -125,6 +127,7 @@ def _read_experiment(folder: str) -> ExperimentResult:
         match = _DISTILL_NAME.match(os.path.basename(folder))
         distill = bool(match and cfg.MODEL.ARCH_T and cfg.MODEL.ARCH_S)
         # TAS without a teacher: the assistant takes the teacher's place (stage 2's ARCH_T), and its checkpoint too.
+        teacher_key = "MODEL.MODELDICT_T" if cfg.MODEL.MODELDICT_T else "MODEL.MODELDICT_A"
         teacher_file = cfg.MODEL.MODELDICT_T or (cfg.MODEL.MODELDICT_A if distill and match.group(1) == "tas" else "")
         teacher_dir, teacher_run = _teacher_source(teacher_file) if distill and teacher_file else (None, None)
         return ExperimentResult(
@@ -140,9 +143,20 @@ def _read_experiment(folder: str) -> ExperimentResult:
             mtime=os.path.getmtime(results_path),
             teacher_dir=teacher_dir,
             teacher_run=teacher_run,
+            teacher_file=os.path.realpath(resolve_path(teacher_file)) if teacher_dir else None,
+            teacher_sha256=_recorded_sha256(folder, teacher_key) if teacher_dir else None,
         )
     except (OSError, ValueError, KeyError, AttributeError, TypeError, yaml.YAMLError) as err:
         raise UserError(f"cannot read the experiment in {folder} ({type(err).__name__}: {first_line(err)})") from None
+
+
+def _recorded_sha256(folder: str, key: str) -> str | None:
+    """The SHA-256 that an experiment's inputs.json records for the checkpoint of `key` (None if it does not)."""
+    try:
+        entry = load_json_object(os.path.join(folder, "inputs.json")).get(key)
+    except (OSError, ValueError):  # none (an older experiment), or damaged: the path decides
+        return None
+    return entry.get("sha256") if isinstance(entry, dict) else None
 
 
 def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> list[ExperimentResult]:
@@ -252,12 +266,19 @@ def build_rows(experiments: list[ExperimentResult], warn: Callable[[str], object
         # The teacher's accuracy: that of the experiment whose checkpoint the shown cells distilled from (their
         # MODEL.MODELDICT_T), when they agree on one: none when it is not under the root (not another teacher's of
         # the same name). Cells that name no checkpoint, or different ones: the pick among teacher@size experiments.
-        used_teachers = {(e.teacher_dir, e.teacher_run) for e in cells.values() if e.teacher_dir}
-        if len(used_teachers) == 1:
-            teacher_dir, teacher_run = used_teachers.pop()
-            teacher_result = by_folder.get(teacher_dir)
+        # One teacher: the same checkpoint, or the same content (a copy) as inputs.json recorded it.
+        teacher_files = {e.teacher_sha256 or e.teacher_file: e for e in cells.values() if e.teacher_file}
+        if len(teacher_files) == 1:
+            (e,) = teacher_files.values()
+            teacher_result, teacher_run = by_folder.get(e.teacher_dir), e.teacher_run
         else:
             teacher_result, teacher_run = single.get((dataset, teacher, teacher_size)), None
+        if len(teacher_files) > 1:  # (a teacher trained again elsewhere between two methods' experiments, say)
+            sources = "; ".join(f"{METHOD_LABELS[m]} from {cells[m].teacher_file}" for m in METHOD_COLUMNS
+                                if m in cells and cells[m].teacher_file)
+            shown = f"that of {teacher_result.path}" if teacher_result else "not shown"
+            warn(f"note: the cells of {what} distilled from different teacher checkpoints ({sources}): they compare "
+                 f"students of different teachers; its 'teacher top-1' is {shown}")
         row = Row(dataset, arch, size, teacher, teacher_size, teacher_result, teacher_run, cells)
         if (dataset, arch, size) in single:
             row.cells["student"] = single[(dataset, arch, size)]
