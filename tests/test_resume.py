@@ -253,6 +253,33 @@ def test_a_resumed_run_whose_model_best_pth_is_gone_says_so(tiny_cub, write_conf
             f"delete {ckpt} to train run 0 again") in capsys.readouterr().out
 
 
+def test_a_resumed_cpu_experiment_goes_on_with_the_thread_count_its_runs_started_with(tiny_cub, write_config, tmp_path,
+                                                                                      monkeypatch, capsys):
+    # A CPU kernel's rounding depends on its thread count, which OMP_NUM_THREADS or a scheduler's cpuset may change
+    # between one job and the next: the resumed runs would not end as an uninterrupted experiment's.
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 2},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01"
+    own = torch.get_num_threads()
+    run0, run1 = (exp / "ckpt" / f"run{run}" / "result.json" for run in (0, 1))
+    assert json.loads(run0.read_text())["cpu_threads"] == own
+    assert torch.load(exp / "ckpt" / "run1" / "last.pth", weights_only=False)["cpu_threads"] == own
+    saved = own + 1  # run 0 was trained by a job given one more CPU
+    run0.write_text(json.dumps({**json.loads(run0.read_text()), "cpu_threads": saved}))
+    state = torch.load(exp / "ckpt" / "run1" / "last.pth", weights_only=False)
+    torch.save({**state, "cpu_threads": saved}, exp / "ckpt" / "run1" / "last.pth")
+    run1.unlink()
+    (exp / "results.json").unlink()
+    capsys.readouterr()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert (f"warning: the saved runs of this experiment trained with {saved} CPU threads each, and this command "
+            f"would use {own}; it uses {saved}, so that the resumed runs' numbers are those of an uninterrupted "
+            "experiment") in capsys.readouterr().out
+    assert json.loads(run1.read_text())["cpu_threads"] == saved
+    assert torch.get_num_threads() == own  # put back when the command ends
+
+
 def test_a_resumed_run_counts_its_best_epoch_from_the_first_epoch_not_from_the_resume(tiny_cub, write_config, tmp_path,
                                                                                       monkeypatch):
     from lib.engine import trainer

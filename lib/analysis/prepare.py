@@ -56,6 +56,7 @@ from tqdm import tqdm
 from lib.config import get_cfg, resolve_path
 from lib.utils.errors import UserError, first_line, make_folder, os_error_message
 from lib.utils.files import file_digest
+from lib.utils.processes import usable_cpus
 
 __all__ = ["DamagedArchive", "DatasetArchive", "ARCHIVES", "download", "extract", "verify_layout", "prepare_dataset",
            "verify_existing", "prepare"]
@@ -242,7 +243,7 @@ def verify_layout(name: str, folder: str) -> dict[str, Any]:
     cfg.DATA.DATADIR = os.path.abspath(folder)
     cfg.DATA.NUM_CLASSES = _count_classes(name, folder)
     cfg.DATA.PIPELINE = "pil"  # checks every file without decoding it into a cache
-    cfg.BASIC.NUM_WORKERS = min(os.cpu_count() or 1, 8)
+    cfg.BASIC.NUM_WORKERS = min(usable_cpus(), 8)
     cfg.freeze()
     train, test = build_dataset(cfg, is_train=True), build_dataset(cfg, is_train=False)
     report = {

@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from lib.utils.errors import UserError, signal_safe_iter
-from lib.utils.processes import LOADER_START_METHOD, exit_with_parent
+from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, usable_cpus
 
 __all__ = ["load_rgb", "ShorterSideResize", "decode_uint8", "verify_image", "read_all", "build_cache"]
 
@@ -100,7 +100,7 @@ def read_all(
     Raises:
         UserError: naming the first file for which `fn` raised (unreadable or corrupt image).
     """
-    workers = max(0, min(num_workers, os.cpu_count() or 1, len(paths)))
+    workers = max(0, min(num_workers, usable_cpus(), len(paths)))
     # batch_size=None: one file per item; the identity collate keeps numpy arrays as they are.
     loader = DataLoader(_FileList(paths, fn), batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
                         worker_init_fn=functools.partial(exit_with_parent, os.getpid()),

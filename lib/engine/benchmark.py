@@ -23,6 +23,7 @@ from lib.distillers import Distiller, build_distiller
 from lib.models.model_builder import build_model
 from lib.utils.errors import UserError, make_folder, signal_safe_iter
 from lib.utils.log import get_logger, warnings_once
+from lib.utils.processes import usable_cpus
 
 from .checkpoint import atomic_write
 from .setup import configure_backends, seed_everything, select_device, use_device
@@ -279,12 +280,12 @@ def _run_benchmark(cfg: CfgNode, steps: int, warmup: int, pipelines: tuple[str, 
     configure_backends(cfg)
     device = select_device(cfg)
     method = benchmark_method(cfg, method)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({usable_cpus()} cores)"
     result: dict = {
         "device": name, "method": method, "batch_size": cfg.TRAIN.BATCH_SIZE, "amp": cfg.TRAIN.AMP,
         "channels_last": cfg.TRAIN.CHANNELS_LAST,
         "compile": cfg.TRAIN.COMPILE and f"{cfg.TRAIN.COMPILE_BACKEND} {cfg.TRAIN.COMPILE_MODE}",
-        "num_workers": min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1), "steps": steps, "warmup": warmup,
+        "num_workers": min(cfg.BASIC.NUM_WORKERS, usable_cpus()), "steps": steps, "warmup": warmup,
         "repeats": repeats,
         "torch": torch.__version__, "pipelines": {},
     }

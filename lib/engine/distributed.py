@@ -22,7 +22,7 @@ from yacs.config import CfgNode
 
 from lib.utils.errors import TERMINATED_EXIT, UserError, first_line
 from lib.utils.log import get_logger
-from lib.utils.processes import watch_parent
+from lib.utils.processes import usable_cpus, watch_parent
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def run_threads(cfg: CfgNode, device: torch.device, num_runs: int) -> int:
     one run left): a CPU kernel's floating-point rounding depends on its thread count.
     """
     slots = parallel_slots(cfg, device, num_runs)
-    return max(1, (os.cpu_count() or 1) // slots) if device.type == "cpu" and slots > 1 else 0
+    return max(1, usable_cpus() // slots) if device.type == "cpu" and slots > 1 else 0
 
 
 def parallel_slots(cfg: CfgNode, device: torch.device, pending: int) -> int:

@@ -43,7 +43,7 @@ from lib.utils.errors import (
     signal_safe_iter,
 )
 from lib.utils.log import WarnOnce, add_log_file, get_logger, held_warnings, log_stop
-from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit
+from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit, usable_cpus
 
 from .checkpoint import (
     ExperimentLock,
@@ -131,7 +131,7 @@ def build_loader(cfg: CfgNode, dataset: Dataset, is_train: bool, device: torch.d
     The loader has its own RNG, so creating an iterator never draws from the global torch RNG (which dropout
     uses): a resumed run's RNG stream matches an uninterrupted one's.
     """
-    workers = min(cfg.BASIC.NUM_WORKERS, os.cpu_count() or 1)
+    workers = min(cfg.BASIC.NUM_WORKERS, usable_cpus())
     if workers > 0:
         reap_loader_workers_at_exit()
     sampler = EpochSampler(len(dataset), shuffle=is_train, rank=dist.rank if is_train else 0,
@@ -432,31 +432,35 @@ def _resume_fix(run: int) -> str:
             "whole experiment over")
 
 
-def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> dict[int, dict]:
+def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> tuple[dict[int, dict], set[int]]:
     """Read the finished runs' result.json and check that the pending runs' last.pth can be read, before anything
     is written: a damaged file is one line naming it, and so is a saved run of another DDP process count when this
-    command trains. A saved run without its model_best.pth gets a warning. Returns the finished runs' rows."""
-    done = {}
+    command trains. A saved run without its model_best.pth gets a warning. Returns the finished runs' rows, and the
+    CPU thread counts the saved runs recorded."""
+    done, threads = {}, set()
     for run in range(num_runs):
         ckpt_dir = exp.run_dir("ckpt", run)
         last = os.path.join(ckpt_dir, "last.pth")
+        saved = None
         if run in pending:
             if os.path.isfile(last):  # mapped, not read: checks the archive, costs nothing for a large model
-                state = read_saved(last, lambda p: torch.load(p, map_location="cpu", weights_only=False, mmap=True),
+                saved = read_saved(last, lambda p: torch.load(p, map_location="cpu", weights_only=False, mmap=True),
                                    _resume_fix(run))
-                _check_world_size(exp, run, state, last)
+                _check_world_size(exp, run, saved, last)
         else:
-            done[run] = read_saved(os.path.join(ckpt_dir, "result.json"), load_run_result,
-                                   f"delete it and re-run: run {run} is summed up again from its last.pth")
+            saved = done[run] = read_saved(os.path.join(ckpt_dir, "result.json"), load_run_result,
+                                           f"delete it and re-run: run {run} is summed up again from its last.pth")
             if pending:
-                _check_world_size(exp, run, done[run], os.path.join(ckpt_dir, "result.json"))
+                _check_world_size(exp, run, saved, os.path.join(ckpt_dir, "result.json"))
+        if saved is not None and isinstance(saved.get("cpu_threads"), int) and saved["cpu_threads"] > 0:
+            threads.add(saved["cpu_threads"])
         best = os.path.join(ckpt_dir, "model_best.pth")
         if (run not in pending or os.path.isfile(last)) and not os.path.isfile(best):
             later = ("it is written again only if a later epoch scores higher" if run in pending
                      else "it cannot be made again")
             get_logger().warning(f"warning: {best} (run {run}'s best epoch so far) is missing; {later}; delete "
                                  f"{ckpt_dir} to train run {run} again")
-    return done
+    return done, threads
 
 
 def _check_world_size(exp: Experiment, run: int, saved: dict, path: str) -> None:
@@ -476,6 +480,23 @@ def _check_world_size(exp: Experiment, run: int, saved: dict, path: str) -> None
                     f"TRAIN.BATCH_SIZE {batch} per process), and this command trains with {processes(now)} "
                     f"({batch * now} a step; {path} says so); {how} to go on with the same batch, or add "
                     "BASIC.FRESH_START True to start over")
+
+
+def _cpu_threads(cfg: CfgNode, device: torch.device, num_runs: int, saved: set[int], ddp: bool) -> int:
+    """The CPU threads of each run this command trains (0: torch's default): those the experiment's saved runs
+    trained with, when they recorded one count and the runs train on the CPU; else run_threads' (torch's default
+    under DDP)."""
+    threads = 0 if ddp else run_threads(cfg, device, num_runs)
+    now = threads or torch.get_num_threads()
+    if device.type != "cpu" or len(saved) != 1 or saved == {now}:
+        return threads
+    (then,) = saved
+    # A CPU kernel's rounding depends on its thread count, which OMP_NUM_THREADS, the CPUs a scheduler gives the job
+    # and BASIC.PARALLEL_RUNS set: a run resumed with another would not end as an uninterrupted one.
+    get_logger().warning(f"warning: the saved runs of this experiment trained with {then} CPU threads each, and this "
+                         f"command would use {now}; it uses {then}, so that the resumed runs' numbers are those of "
+                         "an uninterrupted experiment")
+    return then
 
 
 def _load_last(last_path: str, run: int, distiller: Distiller, optimizer: torch.optim.Optimizer,
@@ -582,6 +603,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "best_acc": best_acc, "best_epoch": best_epoch,
                 "history": history, "rng": rng_state(device), "seed": seed, "world_size": exp.dist.world_size,
+                "cpu_threads": torch.get_num_threads(),
             }, last_path)  # (what _load_last restores)
             trained_s += stats["time_s"]
             left = cfg.SOLVER.NUM_EPOCHS - epoch
@@ -598,7 +620,8 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                 writer.close()
     last_acc = history[-1]["test_top1"] if history else 0.0
     result = {"run": run, "seed": seed, "best_acc": best_acc, "best_epoch": best_epoch, "last_acc": last_acc,
-              "world_size": exp.dist.world_size}  # (DDP processes: _check_world_size)
+              "world_size": exp.dist.world_size,  # (DDP processes: _check_world_size)
+              "cpu_threads": torch.get_num_threads()}  # (what a resumed experiment goes on with: _cpu_threads)
     if main:
         _require_exp_dir(exp, f"{where} finished")
         save_json(result, os.path.join(ckpt_dir, "result.json"))
@@ -716,8 +739,9 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         fresh = exists and (cfg.BASIC.FRESH_START or stale)
         pending = [r for r in range(num_runs)
                    if fresh or not os.path.isfile(os.path.join(exp.run_dir("ckpt", r), "result.json"))]
-        done = {} if fresh else _check_saved_runs(exp, num_runs, pending)
+        done, saved_threads = ({}, set()) if fresh else _check_saved_runs(exp, num_runs, pending)
         slots = 1 if info.enabled else parallel_slots(cfg, device, len(pending))
+        threads = _cpu_threads(cfg, device, num_runs, saved_threads, info.enabled) if pending else 0
         if info.enabled and cfg.BASIC.PARALLEL_RUNS > 1:
             log.warning(f"warning: BASIC.PARALLEL_RUNS {cfg.BASIC.PARALLEL_RUNS} is ignored under torchrun: the "
                         f"{info.world_size} DDP processes train each run together, one run after another")
@@ -751,7 +775,6 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
                  + (f", {slots} runs at a time" if slots > 1 else "") + ")")
         for run, row in done.items():
             log.info(f"run {run} already finished: best {row['best_acc']:.2f}")
-        threads = 0 if info.enabled else run_threads(cfg, device, num_runs)
         if slots > 1:
             del first
             done.update(_train_in_parallel(exp, pending, run_devices, threads, sorted(once.said)))

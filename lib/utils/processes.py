@@ -12,12 +12,21 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-__all__ = ["watch_parent", "exit_with_parent", "reap_loader_workers_at_exit", "process_ended", "LOADER_START_METHOD"]
+__all__ = ["watch_parent", "exit_with_parent", "reap_loader_workers_at_exit", "process_ended", "usable_cpus",
+           "LOADER_START_METHOD"]
 
 # How loader workers start: fork on Linux, whatever Python's default (3.14 made it forkserver there). A forked
 # worker shares the decoded-image cache with the process that made it, page for page; a forkserver or spawned one
 # would get the cache pickled to it (gigabytes, a shared-memory file per image). Elsewhere, Python's default.
 LOADER_START_METHOD: str | None = "fork" if sys.platform.startswith("linux") else None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a scheduler's cpuset, `taskset`), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no affinity to read (macOS, Windows)
+        return os.cpu_count() or 1
 
 
 def process_ended(pid: int) -> bool:
