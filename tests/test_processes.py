@@ -87,3 +87,15 @@ def test_a_loader_worker_is_silent_on_a_batch_hand_over_that_its_stopping_parent
     hook(*_raised_in("/usr/lib/python3/multiprocessing/resource_sharer.py", ValueError("a bug")))
     hook(*_raised_in("/work/lib/datasets/cub.py", ConnectionResetError(104, "reset")))
     assert reported == [ValueError, ConnectionResetError]
+
+
+def test_usable_cpus_are_those_of_the_process_affinity_not_the_machines(monkeypatch):
+    # A scheduler's cpuset (or taskset) gives the job fewer CPUs than the machine has: loader workers and run threads
+    # beyond them only contend (and torch's DataLoader warns about each worker too many).
+    from lib.utils import processes
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5}, raising=False)
+    assert processes.usable_cpus() == 2
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS has none: the machine's count
+    assert processes.usable_cpus() == 64
