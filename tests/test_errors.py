@@ -476,6 +476,22 @@ def test_a_relative_path_missing_from_the_repository_root_but_found_here_says_wh
     assert str(err.value) == f"teacher checkpoint MODEL.MODELDICT_T not found: {missing}"
 
 
+def test_a_relative_dataset_folder_found_only_from_the_current_folder_says_where_it_is_looked_for(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    # A job that copies the data into its own folder and runs there with DATA.DATADIR cub.
+    shutil.copytree(tiny_cub, tmp_path / "job" / "cub")
+    monkeypatch.chdir(tmp_path / "job")
+    config = write_config({"MODEL": {"ARCH": "resnet18"}}, "cub_in_this_job")
+    assert run_in_process(TEACHER, config, "DATA.DATADIR", "cub", monkeypatch=monkeypatch) == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: DATA.DATADIR {os.path.join(REPO_ROOT, 'cub')} does not exist or is not a folder (relative paths in a "
+        f"config or an override are taken from the repository root {REPO_ROOT}, not the current folder, where cub "
+        f"exists: give it as {tmp_path / 'job' / 'cub'}); expected the CUB_200_2011 folder holding images.txt, "
+        "image_class_labels.txt, train_test_split.txt and images/<class folder>/<image>.jpg (python "
+        "tools/prepare_data.py downloads both datasets into data/; see data/README.md)")
+    assert not os.path.exists(os.path.join(REPO_ROOT, "cub"))
+
+
 @pytest.mark.parametrize("tool, flag", [
     ("tools/summarize.py", "--root"), ("tools/summarize.py", "--out"), ("tools/cost.py", "--out"),
     ("tools/prepare_data.py", "--root"), (TEACHER, "--config_file"),

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from yacs.config import CfgNode
 
 from lib.config import get_cfg, resolve_path
-from lib.utils.errors import UserError, folder_error, make_folder, os_error_message
+from lib.utils.errors import UserError, folder_error, make_folder, os_error_message, relative_path_note
 from lib.utils.log import get_logger
 
 __all__ = ["make_cub", "make_aircraft", "ensure_dataset", "GENERATORS"]
@@ -232,6 +232,7 @@ def ensure_dataset(cfg: CfgNode) -> None:
         return
     if cfg.DATA.DATASET not in GENERATORS:
         raise UserError(f"unknown DATA.DATASET {cfg.DATA.DATASET!r}; valid names: {', '.join(GENERATORS)}")
+    note = relative_path_note(root)  # (before the folder exists)
     parent = os.path.dirname(os.path.abspath(root))
     make_folder(parent, "DATA.DATADIR")
     # Written beside the target and renamed into place: a killed run never leaves half a dataset at DATADIR.
@@ -257,6 +258,7 @@ def ensure_dataset(cfg: CfgNode) -> None:
             get_logger().info(
                 f"generated a synthetic {cfg.DATA.DATASET} dataset at {root} ({cfg.DATA.NUM_CLASSES} classes, "
                 f"{cfg.DATA.GENERATE_PER_CLASS} train + {cfg.DATA.GENERATE_PER_CLASS} test images each)"
+                f"{note}"
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

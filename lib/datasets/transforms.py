@@ -48,7 +48,7 @@ from torchvision.transforms.v2 import functional as TF
 from yacs.config import CfgNode
 
 from lib.config import TENSOR_INTERPOLATION, small_crop_size, small_resize_size, train_cache_size
-from lib.utils.errors import UserError
+from lib.utils.errors import UserError, relative_path_note
 
 from .cache import ShorterSideResize, build_cache, image_error_message, load_rgb, read_all, verify_image
 
@@ -326,8 +326,8 @@ class TwoScaleDataset(Dataset):
         """Raise a UserError naming `path` unless it is a folder."""
         if not os.path.isdir(path):
             raise UserError(
-                f"{what} {path} does not exist or is not a folder; expected {cls.layout} (python "
-                "tools/prepare_data.py downloads both datasets into data/; see data/README.md)"
+                f"{what} {path} does not exist or is not a folder{relative_path_note(path)}; expected {cls.layout} "
+                "(python tools/prepare_data.py downloads both datasets into data/; see data/README.md)"
             )
 
     @classmethod
