@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import statistics
@@ -445,6 +446,26 @@ def test_a_row_whose_cells_distilled_from_different_teachers_says_so_and_a_copy_
         (folder / "inputs.json").write_text(json.dumps({"MODEL.MODELDICT_T": {"path": "x", "sha256": "ab" * 32}}))
     assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
     assert "different teacher" not in capsys.readouterr().err
+
+
+def test_the_teacher_accuracy_of_a_pair_that_distilled_from_a_copy_is_that_of_the_experiment_that_made_it(
+        tmp_path, monkeypatch, capsys):
+    root = tmp_path / "ckpt"
+    teacher = _experiment(root, "cub", "2runs_resnet50_64_seed0_0.01", [70.0, 74.0], MODEL__ARCH="resnet50",
+                          DATA__CROP_SIZE=64)
+    for run, content in ((0, b"teacher run 0"), (1, b"teacher run 1")):
+        (teacher / "ckpt" / f"run{run}").mkdir(exist_ok=True)
+        (teacher / "ckpt" / f"run{run}" / "model_best.pth").write_bytes(content)
+    # Distilled from a copy of run 1's checkpoint on a node's own disk, gone since; inputs.json holds its SHA-256.
+    isrd = _experiment(root, "cub", "2runs_isrd_resnet50_64_resnet18_32_seed0_0.01", [58.0, 60.0],
+                       MODEL__MODELDICT_T="/scratch/job7/teacher.pth", **DISTILL)
+    (isrd / "inputs.json").write_text(json.dumps({"MODEL.MODELDICT_T": {
+        "path": "/scratch/job7/teacher.pth", "sha256": hashlib.sha256(b"teacher run 1").hexdigest()}}))
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    assert "| cub | resnet50@64 | 74.00 |" in capsys.readouterr().out  # run 1's, not the mean 72.00 or "–"
+    (isrd / "inputs.json").write_text(json.dumps({"MODEL.MODELDICT_T": {"path": "x", "sha256": "ab" * 32}}))
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    assert "| cub | resnet50@64 | – |" in capsys.readouterr().out  # another teacher's copy: not this one's
 
 
 def test_the_teacher_accuracy_of_one_run_of_a_multi_run_teacher_experiment_is_that_runs(tmp_path, monkeypatch, capsys):

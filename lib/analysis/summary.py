@@ -32,6 +32,7 @@ from yacs.config import CfgNode
 from lib.config import KDTYPES, resolve_path, small_crop_size
 from lib.engine.checkpoint import load_json_object, load_results, load_run_result, lock_holder
 from lib.utils.errors import UserError, first_line
+from lib.utils.files import file_digest
 from lib.utils.log import ERROR_PREFIX, INTERRUPTED_LINE
 
 from . import check_output_root, markdown_table, write_csv, write_text
@@ -237,6 +238,25 @@ def _unfinished_note(folder: str) -> str:
     return f"note: {folder} {state}; it is not in the table"
 
 
+def _teacher_by_content(sha256: str, candidates: list[ExperimentResult], digests: dict[str, str]
+                        ) -> tuple[ExperimentResult | None, int | None]:
+    """(experiment, run) among `candidates` whose model_best.pth (ckpt/ or ckpt/run<i>/) has the SHA-256 `sha256`
+    ((None, None) if none has); `digests` caches each file's."""
+    for e in candidates:
+        ckpt = os.path.join(e.path, "ckpt")
+        runs = sorted(d for d in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if _RUN_DIR.fullmatch(d))
+        for run_dir, run in [("", None)] + [(d, int(d[len("run"):])) for d in runs]:
+            path = os.path.join(ckpt, run_dir, "model_best.pth")
+            if path not in digests:
+                try:
+                    digests[path] = file_digest(path, "sha256")
+                except OSError:  # none there (a run without one), or unreadable
+                    digests[path] = ""
+            if digests.get(path) == sha256:
+                return e, run
+    return None, None
+
+
 def _pick(candidates: list[ExperimentResult], what: str, warn) -> ExperimentResult:
     """The experiment with the most runs, then the newest; the others are reported."""
     best = max(candidates, key=lambda e: (e.runs, e.mtime))
@@ -259,6 +279,7 @@ def build_rows(experiments: list[ExperimentResult], warn: Callable[[str], object
     single = {key: _pick(group, f"{key[1]}@{key[2]} on {key[0]}", warn) for key, group in singles.items()}
 
     by_folder = {os.path.realpath(e.path): e for e in experiments}  # a TAS assistant's folder is a KD experiment
+    digests: dict[str, str] = {}  # SHA-256 of the teachers' checkpoints, read once
     rows, used = [], set()
     for (dataset, teacher, teacher_size, arch, size), methods in pairs.items():
         what = f"{teacher}@{teacher_size} -> {arch}@{size} on {dataset}"
@@ -271,6 +292,9 @@ def build_rows(experiments: list[ExperimentResult], warn: Callable[[str], object
         if len(teacher_files) == 1:
             (e,) = teacher_files.values()
             teacher_result, teacher_run = by_folder.get(e.teacher_dir), e.teacher_run
+            if teacher_result is None and e.teacher_sha256:  # a copy (a node's local disk): the experiment that made it
+                teacher_result, teacher_run = _teacher_by_content(
+                    e.teacher_sha256, singles.get((dataset, teacher, teacher_size), []), digests)
         else:
             teacher_result, teacher_run = single.get((dataset, teacher, teacher_size)), None
         if len(teacher_files) > 1:  # (a teacher trained again elsewhere between two methods' experiments, say)
