@@ -393,6 +393,40 @@ def test_a_dataset_moved_or_copied_elsewhere_is_the_same_experiment_and_other_da
     assert f"DATA.DATADIR ('{tiny_cub}' -> '{copy}'); SOLVER.WEIGHT_DECAY" in capsys.readouterr().err
 
 
+def test_a_teacher_and_a_one_run_student_baseline_of_the_same_network_do_not_take_each_others_folder(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    # Both scripts name a 1-run experiment of resnet18@32, seed 0, lr 0.01 alike; one keeps its run in ckpt/, the
+    # other in ckpt/run0/. The teacher command said "is finished" with no ckpt/model_best.pth for distillation.
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 1},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
+    capsys.readouterr()
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
+    assert capsys.readouterr().err == (
+        f"error: {exp} holds a 1-run experiment of a multi-run script (its run in ckpt/run0/), the same network, size "
+        "and seed as this one-run script trains, which would put its run in ckpt/ itself; use "
+        f"{exp / 'ckpt' / 'run0' / 'model_best.pth'} (as MODEL.MODELDICT_T, say), or give this command its own "
+        "BASIC.OUTPUT_ROOT\n")
+    # Distilling from <folder>/ckpt/model_best.pth names the run's file.
+    kd = write_config({"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18",
+                                 "MODELDICT_T": str(exp / "ckpt" / "model_best.pth")},
+                       "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32, "LESSEN_RATIO": 2.0}}, tiny_cub)
+    assert run_in_process(KD, kd, monkeypatch=monkeypatch) == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: teacher checkpoint MODEL.MODELDICT_T not found: {exp / 'ckpt' / 'model_best.pth'} ({exp / 'ckpt'} "
+        "holds the runs of a multi-run experiment, each with its own model_best.pth: give one of them, e.g. "
+        f"{exp / 'ckpt' / 'run0' / 'model_best.pth'})")
+    # The other way round: a teacher's run, then the student baseline with BASIC.NUM_RUNS 1.
+    other = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 1},
+                          "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub, str(tmp_path / "other"))
+    assert run_in_process(TEACHER, other, monkeypatch=monkeypatch) == 0
+    capsys.readouterr()
+    assert run_in_process(STUDENT, other, monkeypatch=monkeypatch) == 2
+    assert "holds the run of a one-run script (the teacher's: in ckpt/ itself)" in one_error_line(
+        capsys.readouterr().err)
+
+
 def test_rerunning_a_finished_experiment_prints_results_and_rewrites_nothing(tiny_cub, write_config, tmp_path,
                                                                            monkeypatch, capsys):
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)

@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -714,6 +715,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
                             "against; restore its config.yaml to resume, or add BASIC.FRESH_START True to start over")
         exists = True  # an earlier attempt: moved aside below
     checking = exists and not cfg.BASIC.FRESH_START  # an earlier attempt, to resume or re-report
+    if checking:
+        _check_layout(exp_dir, multi_run)
     stale = checking and stale_attempt(exp_dir, lambda: check_saved_config(cfg, exp_dir),
                                         lambda: check_saved_inputs(cfg, method, exp_dir))
     if checking and not stale and os.path.isfile(results_path):
@@ -804,6 +807,25 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+
+
+def _check_layout(exp_dir: str, multi_run: bool) -> None:
+    """Refuse an experiment folder whose run is laid out for the other kind of script: a one-run script (the
+    teacher's: ckpt/) and a multi-run one given BASIC.NUM_RUNS 1 (ckpt/run0/) name the same experiment alike."""
+    ckpt = os.path.join(exp_dir, "ckpt")
+    names = os.listdir(ckpt) if os.path.isdir(ckpt) else []
+    in_runs = any(re.fullmatch(r"run\d+", name) for name in names)
+    in_ckpt = any(name in ("last.pth", "result.json", "model_best.pth") for name in names)
+    if not multi_run and in_runs and not in_ckpt:
+        raise UserError(f"{exp_dir} holds a 1-run experiment of a multi-run script (its run in ckpt/run0/), the same "
+                        "network, size and seed as this one-run script trains, which would put its run in ckpt/ "
+                        f"itself; use {os.path.join(ckpt, 'run0', 'model_best.pth')} (as MODEL.MODELDICT_T, say), or "
+                        "give this command its own BASIC.OUTPUT_ROOT")
+    if multi_run and in_ckpt and not in_runs:
+        raise UserError(f"{exp_dir} holds the run of a one-run script (the teacher's: in ckpt/ itself), the same "
+                        "network, size and seed as this command's 1-run experiment, which would put its run in "
+                        "ckpt/run0/; its results.json is this experiment's, or give this command its own "
+                        "BASIC.OUTPUT_ROOT")
 
 
 def _claim_folder(exp: Experiment, lock: ExperimentLock, exists: bool, fresh: bool, stale: bool) -> None:

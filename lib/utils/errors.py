@@ -176,7 +176,21 @@ def require_file(path: str, what: str, hint: str = "") -> None:
     """Raise a one-line UserError `<what> not found: <path><hint>` unless `path` is a file (a folder is named so)."""
     if not os.path.isfile(path):
         problem = "is a folder, not a file" if os.path.isdir(path) else "not found"
-        raise UserError(f"{what} {problem}: {path}{relative_path_note(path)}{hint}")
+        raise UserError(f"{what} {problem}: {path}{relative_path_note(path)}{run_checkpoint_note(path)}{hint}")
+
+
+def run_checkpoint_note(path: str) -> str:
+    """For a missing <experiment>/ckpt/<name> whose runs hold one (<experiment>/ckpt/run<i>/<name>: a multi-run
+    experiment, a 1-run student baseline where a teacher's run was expected): a note naming the first; else ""."""
+    folder, name = os.path.split(path)
+    if os.path.basename(folder) != "ckpt" or not os.path.isdir(folder):
+        return ""
+    runs = sorted((d for d in os.listdir(folder) if re.fullmatch(r"run\d+", d)
+                   and os.path.isfile(os.path.join(folder, d, name))), key=lambda d: int(d[len("run"):]))
+    if not runs:
+        return ""
+    return (f" ({folder} holds the runs of a multi-run experiment, each with its own {name}: give one of them, "
+            f"e.g. {os.path.join(folder, runs[0], name)})")
 
 
 def relative_path_note(path: str) -> str:
