@@ -43,8 +43,9 @@ def test_ddp_under_torchrun_with_gloo_trains_one_run_and_rank_0_alone_writes(tin
     assert torch.load(exp / "ckpt" / "run0" / "last.pth", weights_only=False)["world_size"] == 2
     log = (exp / "train.log").read_text()
     assert "2 DDP processes" in log
-    assert log.count("warning: BASIC.PARALLEL_RUNS 2 is ignored under torchrun: the 2 DDP processes train each run "
-                     "together, one run after another") == 1
+    warning = ("warning: BASIC.PARALLEL_RUNS 2 is ignored under torchrun: the 2 DDP processes train each run "
+               "together, one run after another")
+    assert log.count(warning) == 1 and proc.stdout.count(warning) == 1, "a warning was said by more than one rank"
     assert log.count("run 0 epoch 2/2") == 1, "a line was logged by more than one rank"
     best = torch.load(exp / "ckpt" / "run0" / "model_best.pth", weights_only=False)
     build_model("resnet18", 4, False).load_state_dict(best["state_dict"])

@@ -767,7 +767,7 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     once = WarnOnce()  # each run builds its networks again: what the first build warned of is said once
     log.addFilter(once)
     try:
-        for line in warnings:
+        for line in warnings if info.is_main else ():  # (every rank of a DDP job checked the same config)
             log.warning(line)
         for line in environment_lines(run_devices):
             log.info(line)
