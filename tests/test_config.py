@@ -523,6 +523,27 @@ def test_an_override_given_twice_takes_the_last_value_with_one_warning_line(caps
     assert err == "warning: BASIC.SEED is given 3 times on the command line; using the last value, 3\n"
 
 
+def test_a_copied_experiments_own_config_says_that_it_trains_under_its_old_root(tmp_path, capsys):
+    # An experiment folder copied to another disk and resumed with its config.yaml, which names the old root: the
+    # command trains under that root (a new experiment there), not in the copy.
+    cfg = _load()
+    cfg.defrost()
+    cfg.BASIC.OUTPUT_ROOT = str(tmp_path / "old")
+    folder = tmp_path / "new" / "cub" / "5runs_resnet18_56_seed0_0.01"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(cfg.dump())
+    (folder / "inputs.json").write_text("{}")
+    config = str(folder / "config.yaml")
+    load_config(parse_args(["--config_file", config]))
+    assert capsys.readouterr().err == (
+        f"note: {config} is the config of the experiment in {folder}, but its BASIC.OUTPUT_ROOT {tmp_path / 'old'} "
+        f"puts this command's experiment under {tmp_path / 'old'}; to go on with that folder where it is now, add "
+        f"BASIC.OUTPUT_ROOT {tmp_path / 'new'}\n")
+    load_config(parse_args(["--config_file", config, "BASIC.OUTPUT_ROOT", str(tmp_path / "new")]))
+    load_config(parse_args(["--config_file", config], trains=False))  # tools/eval.py's use of it
+    assert capsys.readouterr().err == ""
+
+
 def test_an_override_repeated_with_the_same_value_or_refused_gives_no_warning(capsys):
     _load("TRAIN.AMP", "bf16", "TRAIN.AMP", "'bf16'", "SOLVER.NUM_EPOCHS", "4", "SOLVER.NUM_EPOCHS", "4.0")
     assert capsys.readouterr().err == ""

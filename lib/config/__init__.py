@@ -114,6 +114,7 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "",
     if flags:
         parser.error(f"unrecognized arguments: {' '.join(flags)}")
     args.opts = opts
+    args.trains = trains
     return args
 
 
@@ -131,10 +132,29 @@ def load_config(args: argparse.Namespace) -> CfgNode:
     merge_list(cfg, args.opts or [])
     check_cfg(cfg)
     # After the check, so that a refused config stays one line.
-    for line in _repeated_overrides(args.opts or []):
+    lines = _repeated_overrides(args.opts or [])
+    if getattr(args, "trains", True):
+        lines += _experiment_elsewhere(args.config_file, cfg)
+    for line in lines:
         print(line, file=sys.stderr, flush=True)
     cfg.freeze()
     return cfg
+
+
+def _experiment_elsewhere(config_file: str, cfg: CfgNode) -> list[str]:
+    """A note when the config is a saved experiment's config.yaml (<root>/<dataset>/<experiment>/config.yaml) whose
+    BASIC.OUTPUT_ROOT names another root than the one it sits in: a folder copied or moved elsewhere, which this
+    command would not resume there (it trains into BASIC.OUTPUT_ROOT)."""
+    folder = os.path.dirname(os.path.abspath(config_file))
+    if os.path.basename(config_file) != "config.yaml" or not os.path.isfile(os.path.join(folder, "inputs.json")):
+        return []
+    dataset_dir = os.path.dirname(folder)
+    root, output_root = os.path.dirname(dataset_dir), resolve_path(cfg.BASIC.OUTPUT_ROOT)
+    if os.path.basename(dataset_dir) != cfg.DATA.DATASET or os.path.realpath(root) == os.path.realpath(output_root):
+        return []
+    return [f"note: {config_file} is the config of the experiment in {folder}, but its BASIC.OUTPUT_ROOT "
+            f"{cfg.BASIC.OUTPUT_ROOT} puts this command's experiment under {output_root}; to go on with that folder "
+            f"where it is now, add BASIC.OUTPUT_ROOT {root}"]
 
 
 def resolve_path(path: str) -> str:
