@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import statistics
 from pathlib import Path
 
@@ -446,6 +447,21 @@ def test_a_row_whose_cells_distilled_from_different_teachers_says_so_and_a_copy_
         (folder / "inputs.json").write_text(json.dumps({"MODEL.MODELDICT_T": {"path": "x", "sha256": "ab" * 32}}))
     assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
     assert "different teacher" not in capsys.readouterr().err
+    # The same path, trained again in place between the two (their SHA-256s differ): two teachers.
+    shutil.rmtree(isrd)
+    isrd = _experiment(root, "cub", "2runs_isrd_resnet50_64_resnet18_32_seed0_0.01", [58.0, 60.0],
+                       MODEL__MODELDICT_T=str(first / "ckpt" / "model_best.pth"), **DISTILL)
+    (isrd / "inputs.json").write_text(json.dumps({"MODEL.MODELDICT_T": {"path": "x", "sha256": "cd" * 32}}))
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    assert (f"(KD from {first / 'ckpt' / 'model_best.pth'} (SHA-256 abababababab); ISRD from "
+            f"{first / 'ckpt' / 'model_best.pth'} (SHA-256 cdcdcdcdcdcd))") in capsys.readouterr().err
+    # A TAS stage 2 records no MODELDICT_T (it reads its assistant): the same path as KD's is the same teacher.
+    shutil.rmtree(isrd)
+    _experiment(root, "cub", "2runs_tas_resnet50_64_resnet18_32_seed0_0.01", [59.0, 61.0],
+                MODEL__MODELDICT_T=str(first / "ckpt" / "model_best.pth"), MODEL__ARCH_A="resnet18", **DISTILL)
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    out, err = capsys.readouterr()
+    assert "different teacher" not in err and "| cub | resnet50@64 | 80.00 |" in out
 
 
 def test_the_teacher_accuracy_of_a_pair_that_distilled_from_a_copy_is_that_of_the_experiment_that_made_it(

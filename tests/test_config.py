@@ -14,6 +14,7 @@ from lib.config import (
     REPO_ROOT,
     UNUSED_KEYS,
     cfg_value,
+    config_parser,
     diff_cfg,
     get_cfg,
     load_config,
@@ -536,11 +537,13 @@ def test_a_copied_experiments_own_config_says_that_it_trains_under_its_old_root(
     config = str(folder / "config.yaml")
     load_config(parse_args(["--config_file", config]))
     assert capsys.readouterr().err == (
-        f"note: {config} is the config of the experiment in {folder}, but its BASIC.OUTPUT_ROOT {tmp_path / 'old'} "
-        f"puts this command's experiment under {tmp_path / 'old'}; to go on with that folder where it is now, add "
-        f"BASIC.OUTPUT_ROOT {tmp_path / 'new'}\n")
+        f"note: {config} is the saved config of the experiment in {folder}, under {tmp_path / 'new'}; this command "
+        f"writes its experiment under the BASIC.OUTPUT_ROOT that it names, {tmp_path / 'old'}; to resume that folder "
+        f"where it is now, add BASIC.OUTPUT_ROOT {tmp_path / 'new'}\n")
     load_config(parse_args(["--config_file", config, "BASIC.OUTPUT_ROOT", str(tmp_path / "new")]))
+    load_config(parse_args(["--config_file", config, "BASIC.OUTPUT_ROOT", str(tmp_path / "third")]))  # on purpose
     load_config(parse_args(["--config_file", config], trains=False))  # tools/eval.py's use of it
+    load_config(parse_args(["--config_file", config], parser=config_parser(trains=False)))  # tools/benchmark.py's
     assert capsys.readouterr().err == ""
 
 

@@ -80,10 +80,10 @@ def test_runs_saved_by_another_number_of_ddp_processes_are_not_trained_on_in_thi
     capsys.readouterr()
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
     assert capsys.readouterr().err == (
-        f"error: run 0 of {exp} was trained by 2 DDP processes (16 images a step: TRAIN.BATCH_SIZE 8 per process), and "
-        f"this command trains with one process (8 a step; {run0_result} says so); re-run it under torchrun with 2 "
-        "processes in all (--nproc_per_node 2 on one node) to go on with the same batch, or add BASIC.FRESH_START "
-        "True to start over\n")
+        f"error: run 0 of {exp} was trained by 2 DDP processes ({run0_result} says so; 16 images a step: "
+        "TRAIN.BATCH_SIZE 8 per process), and this command trains with one process (8 a step); re-run it under "
+        "torchrun with 2 processes in all (--nproc_per_node 2 on one node) to go on with the same batch, or add "
+        "BASIC.FRESH_START True to start over\n")
     assert run1_last.read_bytes() == before and not (exp / "results.json").exists()
 
     saved_by(run0_result, 1)
@@ -429,7 +429,7 @@ def test_every_run_gets_the_same_cpu_thread_count_whether_it_trains_beside_other
 
     monkeypatch.setattr(trainer, "train_run", fake_run)
     monkeypatch.setattr(trainer, "_train_in_parallel", fake_parallel)
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)  # 4 usable CPUs
     config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": 2}}, tiny_cub)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     assert threads_seen == {0: 2, 1: 2}

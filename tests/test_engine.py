@@ -404,9 +404,9 @@ def test_a_teacher_and_a_one_run_student_baseline_of_the_same_network_do_not_tak
     capsys.readouterr()
     assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
     assert capsys.readouterr().err == (
-        f"error: {exp} holds a 1-run experiment of a multi-run script (its run in ckpt/run0/), the same network, size "
-        "and seed as this one-run script trains, which would put its run in ckpt/ itself; use "
-        f"{exp / 'ckpt' / 'run0' / 'model_best.pth'} (as MODEL.MODELDICT_T, say), or give this command its own "
+        f"error: {exp} holds a 1-run experiment of a multi-run script (its run in ckpt/run0/), the same networks, "
+        "sizes and seed as this one-run script trains, which would put its run in ckpt/ itself; where its checkpoint "
+        f"is wanted, give {exp / 'ckpt' / 'run0' / 'model_best.pth'}, or give this command its own "
         "BASIC.OUTPUT_ROOT\n")
     # Distilling from <folder>/ckpt/model_best.pth names the run's file.
     kd = write_config({"MODEL": {"ARCH_T": "resnet18", "ARCH_S": "resnet18",
@@ -423,8 +423,24 @@ def test_a_teacher_and_a_one_run_student_baseline_of_the_same_network_do_not_tak
     assert run_in_process(TEACHER, other, monkeypatch=monkeypatch) == 0
     capsys.readouterr()
     assert run_in_process(STUDENT, other, monkeypatch=monkeypatch) == 2
-    assert "holds the run of a one-run script (the teacher's: in ckpt/ itself)" in one_error_line(
+    assert "holds the run of a one-run script (a teacher's or a TAS assistant's: in ckpt/ itself)" in one_error_line(
         capsys.readouterr().err)
+    # An attempt of the other script that saved no epoch (killed in epoch 1: ckpt/run0/ made, nothing in it) is not
+    # in the way: it is moved aside as any such attempt.
+    third = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 1},
+                          "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub, str(tmp_path / "third"))
+    train_epoch = trainer.train_epoch
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_epoch", killed)
+    assert run_in_process(STUDENT, third, monkeypatch=monkeypatch) == 130
+    empty = tmp_path / "third" / "cub" / "1runs_resnet18_32_seed0_0.01"
+    assert (empty / "ckpt" / "run0").is_dir() and not (empty / "ckpt" / "run0" / "last.pth").exists()
+    monkeypatch.setattr(trainer, "train_epoch", train_epoch)
+    assert run_in_process(TEACHER, third, monkeypatch=monkeypatch) == 0
+    assert (empty / "ckpt" / "model_best.pth").is_file()
 
 
 def test_rerunning_a_finished_experiment_prints_results_and_rewrites_nothing(tiny_cub, write_config, tmp_path,

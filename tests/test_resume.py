@@ -606,6 +606,39 @@ def test_inputs_json_entries_an_older_version_did_not_write_are_not_checked(tmp_
     check_saved_data(cfg, str(tmp_path), split, split)  # a split entry without its SHA-256
 
 
+def test_every_checkpoint_a_config_names_is_recorded_so_that_a_copy_of_one_it_does_not_read_is_recognised(tmp_path):
+    # TAS stage 2 reads its assistant, not the teacher; train_tas_2stages.py passes it the teacher's path all the
+    # same. With the teacher copied to a node's own disk, stage 1 took the copy and stage 2 refused it.
+    from lib.config import get_cfg
+    from lib.engine.resume import check_saved_config, checkpoint_fingerprints
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "teacher.pth").write_bytes(b"teacher")
+    (tmp_path / "assistant.pth").write_bytes(b"assistant")
+    cfg = get_cfg()
+    cfg.MODEL.MODELDICT_T, cfg.MODEL.MODELDICT_A = str(tmp_path / "a" / "teacher.pth"), str(tmp_path / "assistant.pth")
+    assert list(checkpoint_fingerprints(cfg, "tas")) == ["MODEL.MODELDICT_A"]  # what the resume check compares
+    recorded = checkpoint_fingerprints(cfg, "tas", every_key=True)
+    assert set(recorded) == {"MODEL.MODELDICT_T", "MODEL.MODELDICT_A"}
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "config.yaml").write_text(cfg.dump())
+    (exp / "inputs.json").write_text(json.dumps(recorded))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "teacher.pth").write_bytes(b"teacher")
+    moved = cfg.clone()
+    moved.MODEL.MODELDICT_T = str(tmp_path / "b" / "teacher.pth")
+    check_saved_config(moved, str(exp))
+    (tmp_path / "b" / "teacher.pth").write_bytes(b"another teacher")
+    with pytest.raises(UserError, match=r"MODEL.MODELDICT_T \('.*' -> '.*', which holds other weights\)"):
+        check_saved_config(moved, str(exp))
+    # An experiment that recorded only what its method reads (an older one) cannot tell: another config.
+    (exp / "inputs.json").write_text(json.dumps(checkpoint_fingerprints(cfg, "tas")))
+    (tmp_path / "b" / "teacher.pth").write_bytes(b"teacher")
+    with pytest.raises(UserError, match=r"MODEL.MODELDICT_T \('.*' -> '.*'\)\. Re-run"):
+        check_saved_config(moved, str(exp))
+
+
 def test_saved_results_must_hold_numbers_and_runs(tmp_path):
     run = tmp_path / "result.json"
     run.write_text(json.dumps({"run": 0, "seed": 0, "best_acc": True, "best_epoch": 1, "last_acc": 1.0}))

@@ -32,7 +32,7 @@ from yacs.config import CfgNode
 from lib.config import KDTYPES, resolve_path, small_crop_size
 from lib.engine.checkpoint import load_json_object, load_results, load_run_result, lock_holder
 from lib.utils.errors import UserError, first_line
-from lib.utils.files import file_digest
+from lib.utils.files import file_digest, run_folders
 from lib.utils.log import ERROR_PREFIX, INTERRUPTED_LINE
 
 from . import check_output_root, markdown_table, write_csv, write_text
@@ -157,7 +157,8 @@ def _recorded_sha256(folder: str, key: str) -> str | None:
         entry = load_json_object(os.path.join(folder, "inputs.json")).get(key)
     except (OSError, ValueError):  # none (an older experiment), or damaged: the path decides
         return None
-    return entry.get("sha256") if isinstance(entry, dict) else None
+    sha256 = entry.get("sha256") if isinstance(entry, dict) else None
+    return sha256 if isinstance(sha256, str) else None
 
 
 def find_experiments(root: str, warn: Callable[[str], object] | None = None) -> list[ExperimentResult]:
@@ -197,9 +198,8 @@ def _finished_runs(folder: str) -> int:
     """Runs of an unfinished experiment that have written a readable result.json (ckpt/run<i>/ or the teacher's
     ckpt/)."""
     ckpt = os.path.join(folder, "ckpt")
-    runs = [os.path.join(ckpt, d) for d in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if _RUN_DIR.fullmatch(d)]
     finished = 0
-    for run_dir in [ckpt, *runs]:
+    for run_dir in [ckpt, *(path for path, _ in run_folders(ckpt))]:
         try:
             load_run_result(os.path.join(run_dir, "result.json"))
             finished += 1
@@ -238,15 +238,32 @@ def _unfinished_note(folder: str) -> str:
     return f"note: {folder} {state}; it is not in the table"
 
 
+def _teachers(cells: list[ExperimentResult]) -> list[list[ExperimentResult]]:
+    """The cells grouped by the teacher checkpoint they distilled from: one teacher where the checkpoint's path is
+    the same and no recorded SHA-256 differs (a teacher trained again in place), or where the SHA-256s that
+    inputs.json recorded agree (a copy elsewhere)."""
+    groups: list[list[ExperimentResult]] = []
+    for e in cells:
+        for group in groups:
+            shas = {g.teacher_sha256 for g in group if g.teacher_sha256}
+            same_path = any(g.teacher_file == e.teacher_file for g in group)
+            conflict = bool(e.teacher_sha256 and shas and e.teacher_sha256 not in shas)
+            if e.teacher_sha256 in shas or (same_path and not conflict):
+                group.append(e)
+                break
+        else:
+            groups.append([e])
+    return groups
+
+
 def _teacher_by_content(sha256: str, candidates: list[ExperimentResult], digests: dict[str, str]
                         ) -> tuple[ExperimentResult | None, int | None]:
     """(experiment, run) among `candidates` whose model_best.pth (ckpt/ or ckpt/run<i>/) has the SHA-256 `sha256`
     ((None, None) if none has); `digests` caches each file's."""
     for e in candidates:
         ckpt = os.path.join(e.path, "ckpt")
-        runs = sorted(d for d in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if _RUN_DIR.fullmatch(d))
-        for run_dir, run in [("", None)] + [(d, int(d[len("run"):])) for d in runs]:
-            path = os.path.join(ckpt, run_dir, "model_best.pth")
+        for run_dir, run in [(ckpt, None), *run_folders(ckpt)]:
+            path = os.path.join(run_dir, "model_best.pth")
             if path not in digests:
                 try:
                     digests[path] = file_digest(path, "sha256")
@@ -287,19 +304,20 @@ def build_rows(experiments: list[ExperimentResult], warn: Callable[[str], object
         # The teacher's accuracy: that of the experiment whose checkpoint the shown cells distilled from (their
         # MODEL.MODELDICT_T), when they agree on one: none when it is not under the root (not another teacher's of
         # the same name). Cells that name no checkpoint, or different ones: the pick among teacher@size experiments.
-        # One teacher: the same checkpoint, or the same content (a copy) as inputs.json recorded it.
-        teacher_files = {e.teacher_sha256 or e.teacher_file: e for e in cells.values() if e.teacher_file}
-        if len(teacher_files) == 1:
-            (e,) = teacher_files.values()
+        teachers = _teachers([cells[m] for m in METHOD_COLUMNS if m in cells and cells[m].teacher_file])
+        if len(teachers) == 1:
+            e = next((e for e in teachers[0] if by_folder.get(e.teacher_dir)), teachers[0][0])
             teacher_result, teacher_run = by_folder.get(e.teacher_dir), e.teacher_run
-            if teacher_result is None and e.teacher_sha256:  # a copy (a node's local disk): the experiment that made it
+            sha256 = next((e.teacher_sha256 for e in teachers[0] if e.teacher_sha256), None)
+            if teacher_result is None and sha256:  # a copy (a node's local disk): the experiment that made it
                 teacher_result, teacher_run = _teacher_by_content(
-                    e.teacher_sha256, singles.get((dataset, teacher, teacher_size), []), digests)
+                    sha256, singles.get((dataset, teacher, teacher_size), []), digests)
         else:
             teacher_result, teacher_run = single.get((dataset, teacher, teacher_size)), None
-        if len(teacher_files) > 1:  # (a teacher trained again elsewhere between two methods' experiments, say)
-            sources = "; ".join(f"{METHOD_LABELS[m]} from {cells[m].teacher_file}" for m in METHOD_COLUMNS
-                                if m in cells and cells[m].teacher_file)
+        if len(teachers) > 1:  # (a teacher trained again, in place or elsewhere, between two methods' experiments)
+            sources = "; ".join(f"{METHOD_LABELS[e.method]} from {e.teacher_file}"
+                                + (f" (SHA-256 {e.teacher_sha256[:12]})" if e.teacher_sha256 else "")
+                                for group in teachers for e in group)
             shown = f"that of {teacher_result.path}" if teacher_result else "not shown"
             warn(f"note: the cells of {what} distilled from different teacher checkpoints ({sources}): they compare "
                  f"students of different teachers; its 'teacher top-1' is {shown}")

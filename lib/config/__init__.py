@@ -89,6 +89,7 @@ def config_parser(description: str = "", trains: bool = True) -> ArgumentParser:
                             epilog=epilog)
     parser.add_argument("--config_file", type=nonempty, required=True, metavar="FILE",
                         help=f"YAML config file ({_CONFIG_FILE_ALIAS} also works)")
+    parser.trains = trains  # (parse_args hands it on to load_config)
     return parser
 
 
@@ -114,7 +115,7 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "",
     if flags:
         parser.error(f"unrecognized arguments: {' '.join(flags)}")
     args.opts = opts
-    args.trains = trains
+    args.trains = getattr(parser, "trains", trains)
     return args
 
 
@@ -133,10 +134,11 @@ def load_config(args: argparse.Namespace) -> CfgNode:
     check_cfg(cfg)
     # After the check, so that a refused config stays one line.
     lines = _repeated_overrides(args.opts or [])
-    if getattr(args, "trains", True):
+    if getattr(args, "trains", True) and "BASIC.OUTPUT_ROOT" not in (args.opts or [])[0::2]:
         lines += _experiment_elsewhere(args.config_file, cfg)
-    for line in lines:
-        print(line, file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") in ("", "0"):  # (under torchrun every rank loads the same config)
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
     cfg.freeze()
     return cfg
 
@@ -152,8 +154,8 @@ def _experiment_elsewhere(config_file: str, cfg: CfgNode) -> list[str]:
     root, output_root = os.path.dirname(dataset_dir), resolve_path(cfg.BASIC.OUTPUT_ROOT)
     if os.path.basename(dataset_dir) != cfg.DATA.DATASET or os.path.realpath(root) == os.path.realpath(output_root):
         return []
-    return [f"note: {config_file} is the config of the experiment in {folder}, but its BASIC.OUTPUT_ROOT "
-            f"{cfg.BASIC.OUTPUT_ROOT} puts this command's experiment under {output_root}; to go on with that folder "
+    return [f"note: {config_file} is the saved config of the experiment in {folder}, under {root}; this command "
+            f"writes its experiment under the BASIC.OUTPUT_ROOT that it names, {output_root}; to resume that folder "
             f"where it is now, add BASIC.OUTPUT_ROOT {root}"]
 
 

@@ -63,6 +63,8 @@ def _moved_content(cfg: CfgNode, key: str, entry: object) -> str | None:
         if not os.path.isfile(path):
             return "which is not a file"
         return None if entry.get("sha256") == file_digest(path, "sha256") else "which holds other weights"
+    if not all(isinstance(entry.get(split), dict) for split in ("train", "test")):
+        return ""  # (an older entry without the splits' fingerprints)
     try:
         now = {split: build_dataset(cfg, is_train, load_images=False)
                for split, is_train in (("train", True), ("test", False))}
@@ -97,10 +99,15 @@ def check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
                         "BASIC.OUTPUT_ROOT; or add BASIC.FRESH_START True to move the old one aside and start over")
 
 
-def checkpoint_fingerprints(cfg: CfgNode, method: str) -> dict[str, dict[str, str]]:
-    """{config key: {"path", "sha256"}} of the checkpoints `method` starts from (inputs.json of an experiment)."""
+def checkpoint_fingerprints(cfg: CfgNode, method: str, every_key: bool = False) -> dict[str, dict[str, str]]:
+    """{config key: {"path", "sha256"}} of the checkpoints `method` starts from (what check_saved_inputs compares);
+    `every_key`: of every file a path key names too, read or not (inputs.json: a copy of any of them elsewhere is
+    then the same file, _moved_content)."""
+    files = {key: resolve_path(str(cfg_value(cfg, key))) for key in PATH_KEYS
+             if every_key and key != "DATA.DATADIR" and cfg_value(cfg, key)}
+    files.update(method_checkpoints(cfg, method))
     return {key: {"path": path, "sha256": file_digest(path, "sha256")}
-            for key, path in method_checkpoints(cfg, method).items() if os.path.isfile(path)}
+            for key, path in files.items() if os.path.isfile(path)}
 
 
 def _saved_inputs(exp_dir: str) -> dict:

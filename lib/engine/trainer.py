@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -43,6 +42,7 @@ from lib.utils.errors import (
     raise_terminated,
     signal_safe_iter,
 )
+from lib.utils.files import run_folders
 from lib.utils.log import WarnOnce, add_log_file, get_logger, held_warnings, log_stop
 from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit, usable_cpus
 
@@ -445,15 +445,14 @@ def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> tup
         saved = None
         if run in pending:
             if os.path.isfile(last):  # mapped, not read: checks the archive, costs nothing for a large model
-                saved = read_saved(last, lambda p: torch.load(p, map_location="cpu", weights_only=False, mmap=True),
-                                   _resume_fix(run))
+                saved = read_saved(last, _map_last, _resume_fix(run))
                 _check_world_size(exp, run, saved, last)
         else:
             saved = done[run] = read_saved(os.path.join(ckpt_dir, "result.json"), load_run_result,
                                            f"delete it and re-run: run {run} is summed up again from its last.pth")
             if pending:
                 _check_world_size(exp, run, saved, os.path.join(ckpt_dir, "result.json"))
-        if saved is not None and isinstance(saved.get("cpu_threads"), int) and saved["cpu_threads"] > 0:
+        if saved is not None and type(saved.get("cpu_threads")) is int and saved["cpu_threads"] > 0:
             threads.add(saved["cpu_threads"])
         best = os.path.join(ckpt_dir, "model_best.pth")
         if (run not in pending or os.path.isfile(last)) and not os.path.isfile(best):
@@ -464,11 +463,20 @@ def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> tup
     return done, threads
 
 
+def _map_last(path: str) -> dict:
+    """A last.pth, mapped rather than read (checks the archive, costs nothing for a large model); ValueError when it
+    holds no run state."""
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise ValueError(f"it holds a {type(state).__name__}, not a run's saved state")
+    return state
+
+
 def _check_world_size(exp: Experiment, run: int, saved: dict, path: str) -> None:
     """Refuse to train on beside (or into) a run that another number of DDP processes trained: TRAIN.BATCH_SIZE is
     per process, so the run, or the experiment's mean and std, would mix two batch sizes."""
     then, now = saved.get("world_size"), exp.dist.world_size
-    if not isinstance(then, int) or then == now:  # (a run saved before the count was recorded: not known)
+    if type(then) is not int or then == now:  # (a run saved before the count was recorded: not known)
         return
     batch = exp.cfg.TRAIN.BATCH_SIZE
 
@@ -477,9 +485,9 @@ def _check_world_size(exp: Experiment, run: int, saved: dict, path: str) -> None
 
     how = (f"re-run it under torchrun with {then} processes in all (--nproc_per_node {then} on one node)" if then > 1
            else "re-run it with python, not torchrun")
-    raise UserError(f"run {run} of {exp.exp_dir} was trained by {processes(then)} ({batch * then} images a step: "
-                    f"TRAIN.BATCH_SIZE {batch} per process), and this command trains with {processes(now)} "
-                    f"({batch * now} a step; {path} says so); {how} to go on with the same batch, or add "
+    raise UserError(f"run {run} of {exp.exp_dir} was trained by {processes(then)} ({path} says so; {batch * then} "
+                    f"images a step: TRAIN.BATCH_SIZE {batch} per process), and this command trains with "
+                    f"{processes(now)} ({batch * now} a step); {how} to go on with the same batch, or add "
                     "BASIC.FRESH_START True to start over")
 
 
@@ -542,6 +550,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
            if exp.dist.enabled else None)
     step_fn = compile_step(cfg, distiller, ddp)
     main = exp.dist.is_main
+    cpu_threads = torch.get_num_threads() if device.type == "cpu" else None  # (a GPU run's numbers do not depend on it)
 
     start_epoch, best_acc, best_epoch, history = 0, 0.0, 0, []
     if os.path.isfile(last_path):
@@ -604,7 +613,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "best_acc": best_acc, "best_epoch": best_epoch,
                 "history": history, "rng": rng_state(device), "seed": seed, "world_size": exp.dist.world_size,
-                "cpu_threads": torch.get_num_threads(),
+                "cpu_threads": cpu_threads,
             }, last_path)  # (what _load_last restores)
             trained_s += stats["time_s"]
             left = cfg.SOLVER.NUM_EPOCHS - epoch
@@ -622,7 +631,7 @@ def train_run(exp: Experiment, run: int, device: torch.device, distiller: Distil
     last_acc = history[-1]["test_top1"] if history else 0.0
     result = {"run": run, "seed": seed, "best_acc": best_acc, "best_epoch": best_epoch, "last_acc": last_acc,
               "world_size": exp.dist.world_size,  # (DDP processes: _check_world_size)
-              "cpu_threads": torch.get_num_threads()}  # (what a resumed experiment goes on with: _cpu_threads)
+              "cpu_threads": cpu_threads}  # (what a resumed experiment goes on with: _cpu_threads)
     if main:
         _require_exp_dir(exp, f"{where} finished")
         save_json(result, os.path.join(ckpt_dir, "result.json"))
@@ -813,19 +822,22 @@ def _check_layout(exp_dir: str, multi_run: bool) -> None:
     """Refuse an experiment folder whose run is laid out for the other kind of script: a one-run script (the
     teacher's: ckpt/) and a multi-run one given BASIC.NUM_RUNS 1 (ckpt/run0/) name the same experiment alike."""
     ckpt = os.path.join(exp_dir, "ckpt")
-    names = os.listdir(ckpt) if os.path.isdir(ckpt) else []
-    in_runs = any(re.fullmatch(r"run\d+", name) for name in names)
-    in_ckpt = any(name in ("last.pth", "result.json", "model_best.pth") for name in names)
+
+    def saved_in(folder: str) -> bool:
+        return any(os.path.isfile(os.path.join(folder, name)) for name in ("last.pth", "result.json"))
+
+    in_runs = any(saved_in(path) for path, _ in run_folders(ckpt))
+    in_ckpt = saved_in(ckpt)
     if not multi_run and in_runs and not in_ckpt:
         raise UserError(f"{exp_dir} holds a 1-run experiment of a multi-run script (its run in ckpt/run0/), the same "
-                        "network, size and seed as this one-run script trains, which would put its run in ckpt/ "
-                        f"itself; use {os.path.join(ckpt, 'run0', 'model_best.pth')} (as MODEL.MODELDICT_T, say), or "
-                        "give this command its own BASIC.OUTPUT_ROOT")
+                        "networks, sizes and seed as this one-run script trains, which would put its run in ckpt/ "
+                        f"itself; where its checkpoint is wanted, give {os.path.join(ckpt, 'run0', 'model_best.pth')}, "
+                        "or give this command its own BASIC.OUTPUT_ROOT")
     if multi_run and in_ckpt and not in_runs:
-        raise UserError(f"{exp_dir} holds the run of a one-run script (the teacher's: in ckpt/ itself), the same "
-                        "network, size and seed as this command's 1-run experiment, which would put its run in "
-                        "ckpt/run0/; its results.json is this experiment's, or give this command its own "
-                        "BASIC.OUTPUT_ROOT")
+        raise UserError(f"{exp_dir} holds the run of a one-run script (a teacher's or a TAS assistant's: in ckpt/ "
+                        "itself), the same networks, sizes and seed as this command's 1-run experiment, which would "
+                        "put its run in ckpt/run0/; train 2 or more runs (BASIC.NUM_RUNS, another folder), or give "
+                        "this command its own BASIC.OUTPUT_ROOT")
 
 
 def _claim_folder(exp: Experiment, lock: ExperimentLock, exists: bool, fresh: bool, stale: bool) -> None:
@@ -844,7 +856,8 @@ def _claim_folder(exp: Experiment, lock: ExperimentLock, exists: bool, fresh: bo
     if not exists:
         with open(os.path.join(exp.exp_dir, "config.yaml"), "w") as f:
             f.write(exp.cfg.dump())
-        save_json({**checkpoint_fingerprints(exp.cfg, exp.method), **data_fingerprint(exp.train_set, exp.test_set)},
+        save_json({**checkpoint_fingerprints(exp.cfg, exp.method, every_key=True),
+                   **data_fingerprint(exp.train_set, exp.test_set)},
                   os.path.join(exp.exp_dir, "inputs.json"))
 
 

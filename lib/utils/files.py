@@ -1,6 +1,8 @@
 """Small file helpers shared by the trainer and the tools."""
 
 import hashlib
+import os
+import re
 
 
 def file_digest(path: str, algorithm: str) -> str:
@@ -10,3 +12,14 @@ def file_digest(path: str, algorithm: str) -> str:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def run_folders(ckpt_dir: str) -> list[tuple[str, int]]:
+    """(path, i) of the run<i> folders in an experiment's ckpt/ (a multi-run experiment), by i; [] when there are
+    none or ckpt/ cannot be listed."""
+    try:
+        names = os.listdir(ckpt_dir)
+    except OSError:
+        return []
+    runs = [(os.path.join(ckpt_dir, name), int(name[len("run"):])) for name in names if re.fullmatch(r"run\d+", name)]
+    return sorted(((path, i) for path, i in runs if os.path.isdir(path)), key=lambda run: run[1])
