@@ -95,6 +95,30 @@ def test_eval_reports_a_real_checkpoint_at_the_student_size(tiny_cub, write_conf
     assert metrics["top1"] == pytest.approx(correct)
 
 
+def test_eval_writes_its_report_to_out_and_says_an_unwritable_folder_before_the_test_pass(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    from lib.analysis import evaluate
+
+    ckpt_dir = tmp_path / "archive" / "ckpt" / "run0"  # an archived experiment, say, that takes no new files
+    ckpt_dir.mkdir(parents=True)
+    ckpt = _checkpoint(ckpt_dir / "model_best.pth")
+    (ckpt_dir / "eval").write_text("")  # a file where the default report folder goes: it cannot be made
+    config = write_config(STUDENT, tiny_cub)
+    scored = []
+    real_predict = evaluate.predict
+    monkeypatch.setattr(evaluate, "predict", lambda *args: scored.append(1) or real_predict(*args))
+    assert run_in_process(EVAL, config, "TEST.CHECKPOINT", ckpt, monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot create the folder {ckpt_dir / 'eval' / 'model_best_32px'}") and \
+        line.endswith("(--out)"), line
+    assert scored == []  # said before the test pass, not after it
+    out = tmp_path / "reports" / "best"
+    assert run_in_process(EVAL, config, "TEST.CHECKPOINT", ckpt, "--out", str(out), monkeypatch=monkeypatch) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 16 and scored == [1]
+    assert sorted(os.listdir(out)) == ["confusion_matrix.csv", "confusion_matrix.png", "metrics.json",
+                                       "per_class.csv"]
+
+
 def test_eval_warns_when_the_checkpoint_was_trained_at_another_input_size(tiny_cub, write_config, tmp_path,
                                                                           monkeypatch, capsys):
     ckpt = _checkpoint(tmp_path / "model_best.pth", input_size=64)

@@ -155,12 +155,13 @@ def write_report(report: dict[str, Any], meta: dict[str, Any], classes: list[str
     return paths
 
 
-def evaluate_checkpoint(cfg: CfgNode) -> dict[str, Any]:
-    """Evaluate TEST.CHECKPOINT on the test split of DATA.DATASET and write the report beside it.
+def evaluate_checkpoint(cfg: CfgNode, out_dir: str | None = None) -> dict[str, Any]:
+    """Evaluate TEST.CHECKPOINT on the test split of DATA.DATASET and write the report beside it (or to `out_dir`).
 
     Args:
         cfg: the frozen config; MODEL.ARCH_S (else MODEL.ARCH), DATA.*, TEST.CHECKPOINT, TEST.BATCH_SIZE and
             BASIC.DEVICE / GPU_ID are read.
+        out_dir: the report's folder (tools/eval.py --out); None: <checkpoint folder>/eval/<name>_<size>px.
     Returns:
         metrics.json's content plus "out_dir".
     """
@@ -180,6 +181,8 @@ def evaluate_checkpoint(cfg: CfgNode) -> dict[str, Any]:
     model, ckpt = load_network(arch, num_classes, path, "checkpoint TEST.CHECKPOINT", size,
                                "DATA.CROP_SIZE / DATA.LESSEN_RATIO; give the experiment's config.yaml to match")
     test_set = build_dataset(cfg, is_train=False)
+    out_dir = os.path.abspath(out_dir) if out_dir else eval_dir(path, size)
+    make_folder(out_dir, "--out")  # before the test pass: a read-only checkpoint folder is said at once
     device = select_device(cfg)
     use_device(device)
     model = model.to(device)
@@ -190,7 +193,6 @@ def evaluate_checkpoint(cfg: CfgNode) -> dict[str, Any]:
             # The run's best test top-1 as the checkpoint records it: these weights' own score for a model_best.pth,
             # the best of the epochs up to "epoch" for a last.pth (whose weights score top1 here).
             "run_best_acc": ckpt.get("best_acc")}
-    out_dir = eval_dir(path, size)
     write_report(report, meta, list(test_set.classes), out_dir)
     log.info(f"{arch} @ {size} px, {cfg.DATA.DATASET} test split ({report['num_images']} images, "
              f"{report['num_classes']} classes), checkpoint {path}")

@@ -42,7 +42,7 @@ _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _FILE_IN_THE_WAY = {errno.EEXIST, errno.ENOTDIR}
 _WHERE_OUTPUTS_GO = ("BASIC.OUTPUT_ROOT for training and tools/benchmark.py, --out for tools/cost.py and "
-                     "tools/summarize.py; tools/eval.py writes beside TEST.CHECKPOINT")
+                     "tools/summarize.py, and for tools/eval.py, which writes beside TEST.CHECKPOINT without it")
 
 
 # What torch puts into the message of an exception that it re-raises from a DataLoader worker, before the
