@@ -15,18 +15,20 @@ import yaml
 
 from lib.config import REPO_ROOT
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 def _stop_signal_state() -> dict[str, object]:
-    """How Ctrl-C and SIGTERM are handled in this process: the handlers Python records and, on Linux, what the
+    """How Ctrl-C, SIGTERM and SIGHUP are handled in this process: the handlers Python records and, on Linux, what the
     kernel has for this (the main) thread: caught, ignored or blocked (a library's C code may change those)."""
-    state: dict[str, object] = {f"python {s.name}": signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    state: dict[str, object] = {f"python {s.name}": signal.getsignal(s) for s in STOP_SIGNALS}
     try:
         with open("/proc/self/status") as f:
             masks = dict(line.split(":\t", 1) for line in f if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
     except OSError:
         return state
     for field, mask in masks.items():
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in STOP_SIGNALS:
             state[f"kernel {field} {s.name}"] = bool(int(mask, 16) >> (s - 1) & 1)
     return state
 

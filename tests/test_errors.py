@@ -18,6 +18,7 @@ from lib.models.model_builder import build_model
 from lib.utils import errors
 from lib.utils.errors import (
     TOOL_INTERRUPTED_MESSAGE,
+    HungUp,
     Terminated,
     UserError,
     cli_main,
@@ -359,7 +360,7 @@ def test_eval_says_which_batch_size_to_lower_when_the_gpu_runs_out_of_memory(tin
                                                                              monkeypatch, capsys):
     import lib.analysis.evaluate as evaluate
 
-    def out_of_memory(cfg):
+    def out_of_memory(cfg, out_dir=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Allocation was preemptively rejected because it would "
                                           "exceed per_process_memory_fraction limit. Requested size: " + "9" * 200)
 
@@ -592,9 +593,11 @@ def test_an_image_that_stops_decoding_in_a_loader_worker_is_the_workers_one_line
 
 
 def _stop_handlers(on_sigterm, on_ctrl_c):
-    """SIGTERM and Ctrl-C handled by `on_sigterm` and `on_ctrl_c` for the test, then as the test runner had them."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    """SIGTERM (and SIGHUP) and Ctrl-C handled by `on_sigterm` and `on_ctrl_c` for the test, then as the test
+    runner had them."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGHUP, on_sigterm)
     signal.signal(signal.SIGINT, on_ctrl_c)
     yield
     for s, handler in saved.items():
@@ -620,7 +623,8 @@ def _signal_this_thread(signum: int) -> None:
     signal.pthread_kill(threading.get_ident(), signum)
 
 
-@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated),
+                                            (signal.SIGHUP, HungUp)])
 def test_a_ctrl_c_or_sigterm_inside_a_held_block_is_raised_at_its_end_not_lost(signum, raised,
                                                                                scripts_signal_handlers):
     # As while the loader workers are joined in a __del__, where Python would print and drop the exception.
@@ -644,6 +648,17 @@ def test_python_s_own_ctrl_c_handler_is_not_held(python_s_default_handlers):
         with interrupts_held():
             _signal_this_thread(signal.SIGINT)
             pytest.fail("not raised at once")
+
+
+@pytest.mark.parametrize("raised, status", [(KeyboardInterrupt, 130), (Terminated, 143), (HungUp, 129)])
+def test_a_command_stopped_by_ctrl_c_sigterm_or_sighup_is_its_one_line_and_the_shells_status(raised, status, capsys):
+    def stopped() -> None:
+        raise raised
+
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(stopped)()
+    assert exit_.value.code == status
+    assert capsys.readouterr().err.splitlines() == [errors.INTERRUPTED_MESSAGE]
 
 
 def test_a_ctrl_c_as_a_command_ends_and_puts_its_handlers_back_is_its_one_line(monkeypatch, capsys):
@@ -734,7 +749,8 @@ class _LockTakingLoader:
         return self.made
 
 
-@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated),
+                                            (signal.SIGHUP, HungUp)])
 def test_a_signal_while_the_loader_holds_a_lock_is_raised_after_it_lets_go(signum, raised, scripts_signal_handlers):
     # Raised inside, the lock stayed taken and the loader's shutdown waited on it for ever: the run printed
     # "interrupted" and never exited.

@@ -321,9 +321,12 @@ def test_sigterm_mid_run_unwinds_like_ctrl_c_with_exit_143_and_the_command_resum
     assert json.loads((exp / "ckpt" / "run0" / "result.json").read_text())["run"] == 0
 
 
-def test_sigterm_to_the_whole_process_group_is_the_same_one_line_and_exit_143(tiny_cub, write_config, tmp_path):
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_stop_signal_to_the_whole_process_group_is_one_line_and_its_exit_status(signum, status, tiny_cub,
+                                                                                  write_config, tmp_path):
     # `timeout`, Slurm's preemption and systemd signal every process of the job, loader workers included: a worker
-    # that died of it made the main process print torch's worker traceback, or exit 1 with it.
+    # that died of it made the main process print torch's worker traceback, or exit 1 with it. A closed terminal
+    # (an ssh session dropped) sends SIGHUP to the whole foreground group: the same, with 129, and train.log says so.
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 50}, "BASIC": {"NUM_RUNS": 1,
                            "NUM_WORKERS": 2, "DISP_FREQ": 1}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
@@ -333,15 +336,17 @@ def test_sigterm_to_the_whole_process_group_is_the_same_one_line_and_exit_143(ti
     try:
         for line in proc.stdout:
             if line.startswith("run 0 epoch 2 [1/"):  # the workers are busy with the next batches
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, signum)
                 break
         _, err = _wait_or_dump(proc, 120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 143, err
+    assert proc.returncode == status, err
     assert err.splitlines() == [INTERRUPTED_MESSAGE]
+    log = (tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "train.log").read_text().splitlines()
+    assert log[-1].endswith(" stopped: interrupted; re-run the same command to resume"), log[-1]
     deadline = time.time() + 10  # and the workers, which ignore SIGTERM, are gone with the main process
     while _group_alive(proc.pid):
         assert time.time() < deadline, "loader workers outlived the main process"

@@ -875,10 +875,11 @@ def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[to
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    # Ctrl-C reaches every process of the terminal's group. The run processes (and the loader workers they fork)
-    # start with SIGINT ignored; this process answers it and stops them through SIGTERM, on which each unwinds
-    # like an interrupted run (loaders shut down, the last finished epoch kept): one line, not a traceback each.
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C (and a closed terminal's SIGHUP) reaches every process of the terminal's group. The run processes (and
+    # the loader workers they fork) start with both ignored; this process answers them and stops them through
+    # SIGTERM, on which each unwinds like an interrupted run (loaders shut down, the last finished epoch kept): one
+    # line, not a traceback each.
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGHUP)}
     try:
         slots = len(devices)
         pool = ProcessPoolExecutor(slots, mp_context=multiprocessing.get_context("spawn"),
@@ -886,7 +887,8 @@ def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[to
         jobs = [pool.submit(_parallel_worker, exp.cfg.dump(), exp.method, exp.exp_dir, exp.multi_run,
                             pending[slot::slots], str(device), threads, said) for slot, device in enumerate(devices)]
     finally:
-        signal.signal(signal.SIGINT, handler)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
     results = {}
     try:
         for job in jobs:

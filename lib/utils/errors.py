@@ -26,6 +26,8 @@ USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
 # Exit status after SIGTERM (a scheduler preempting the job, `kill <pid>`): 128 + SIGTERM.
 TERMINATED_EXIT = 143
+# Exit status after SIGHUP (the terminal closed: an ssh session dropped without nohup or tmux): 128 + SIGHUP.
+HUNG_UP_EXIT = 129
 # Exit status when standard output's reader has gone (`... | head`): 128 + SIGPIPE, as for `cat` in that pipe.
 CLOSED_PIPE_EXIT = 141
 INTERRUPTED_MESSAGE = "interrupted; re-run the same command to resume (training goes on from its last saved epoch)"
@@ -58,12 +60,16 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where a Ctrl-C would be, so that a run unwinds the same way (its last saved epoch kept)."""
 
 
+class HungUp(Terminated):
+    """SIGHUP (the terminal closed), raised and unwound as SIGTERM is; train.log says the run was interrupted."""
+
+
 # Ctrl-C and SIGTERM raise where the main thread happens to be. Inside library code that takes a lock (a
 # multiprocessing queue's, as a DataLoader hands indices to its workers) the exception can land between the lock's
 # acquire and the `with` that releases it: the lock stays held, and the loader's shutdown then waits on it for ever
 # (the process printed its "interrupted" line and never exited). Code that calls into such libraries holds the
 # signals back (`interrupts_held`, `signal_safe_iter`) and raises them where it is safe.
-_INTERRUPTS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated}
+_INTERRUPTS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated, signal.SIGHUP: HungUp}
 # The main thread's nesting of interrupts_held blocks, the signal held in them and when it came.
 _hold = {"depth": 0, "received": [], "since": 0.0}
 # A second signal this soon after the held one is the same stop sent again, not a user insisting: torchrun's agent
@@ -361,8 +367,8 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             handled()
         except KeyboardInterrupt as err:  # in the command, or as it ended, while its handlers were put back
             # A run may say better how to resume (`message`: a command given BASIC.FRESH_START True).
-            _exit(getattr(err, "message", interrupted), TERMINATED_EXIT if isinstance(err, Terminated)
-                  else INTERRUPTED_EXIT)
+            _exit(getattr(err, "message", interrupted), HUNG_UP_EXIT if isinstance(err, HungUp)
+                  else TERMINATED_EXIT if isinstance(err, Terminated) else INTERRUPTED_EXIT)
 
     def handled() -> None:
         # Only the default handlers are replaced (SIGTERM would kill outright): a caller that handles a signal (a
@@ -370,6 +376,7 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
         ours = {}
         if threading.current_thread() is threading.main_thread():
             defaults = {signal.SIGTERM: (signal.SIG_DFL, raise_terminated),
+                        signal.SIGHUP: (signal.SIG_DFL, raise_terminated),  # (left alone under nohup: ignored)
                         signal.SIGINT: (signal.default_int_handler, raise_interrupted)}
             ours = {s: default for s, (default, handler) in defaults.items() if signal.getsignal(s) is default}
             for s in ours:
@@ -421,7 +428,8 @@ def _stop_at_once_while_exiting(signals: tuple[int, ...]) -> None:
     """At interpreter exit (before the libraries' exit callbacks, registered earlier), a Ctrl-C or SIGTERM ends the
     process at once and quietly: the command has finished, and a KeyboardInterrupt raised in torch's exit callbacks
     would print "Exception ignored in atexit callback" and a traceback. A handler the user set is kept."""
-    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGHUP: signal.SIG_DFL,
+                signal.SIGINT: signal.default_int_handler}
     for s in signals:
         if signal.getsignal(s) is defaults.get(s):
             signal.signal(s, _exit_at_once)

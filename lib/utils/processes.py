@@ -71,12 +71,14 @@ def exit_with_parent(parent: int, worker_id: int | None = None) -> None:
     dead parent only to block for ever on its loader's "done" event when the parent was killed (with -9, say)
     while it held that event's lock: the worker, and the memory it holds, stayed.
 
-    The worker also ignores SIGTERM: `timeout`, Slurm's preemption and systemd send it to every process of the
-    job, and a worker dead of it made the parent, unwinding from its own SIGTERM, print torch's "DataLoader worker
-    is killed by signal" traceback. The parent stops its workers on its way out; if it dies, the watch above does.
-    Nor does the worker print the traceback of a batch hand-over that the parent broke off on its way out.
+    The worker also ignores SIGTERM (and SIGHUP): `timeout`, Slurm's preemption and systemd send it to every
+    process of the job, and a worker dead of it made the parent, unwinding from its own SIGTERM, print torch's
+    "DataLoader worker is killed by signal" traceback. The parent stops its workers on its way out; if it dies, the
+    watch above does. Nor does the worker print the traceback of a batch hand-over that the parent broke off on its
+    way out.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # (the terminal closed: sent to the whole foreground group too)
     sys.excepthook = functools.partial(_quiet_about_hand_overs_broken_off, sys.excepthook)
     watch_parent(lambda: os._exit(1), parent)
 
