@@ -60,15 +60,17 @@ def _moved_content(cfg: CfgNode, key: str, entry: object) -> str | None:
         return ""
     path = resolve_path(value)
     if key != "DATA.DATADIR":
-        if not os.path.isfile(path):
-            return "which is not a file"
-        return None if entry.get("sha256") == file_digest(path, "sha256") else "which holds other weights"
+        try:
+            digest = file_digest(path, "sha256")
+        except OSError:  # missing, a folder, unreadable
+            return "which is not a readable file"
+        return None if entry.get("sha256") == digest else "which holds other weights"
     if not all(isinstance(entry.get(split), dict) for split in ("train", "test")):
         return ""  # (an older entry without the splits' fingerprints)
     try:
         now = {split: build_dataset(cfg, is_train, load_images=False)
                for split, is_train in (("train", True), ("test", False))}
-    except UserError:  # missing, another layout or class count
+    except (UserError, OSError):  # missing, unreadable, another layout or class count
         return "which is not a dataset of this config"
     same = all(isinstance(entry.get(split), dict) and entry[split].get("sha256") == dataset.fingerprint["sha256"]
                for split, dataset in now.items())

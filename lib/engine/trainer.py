@@ -44,7 +44,13 @@ from lib.utils.errors import (
 )
 from lib.utils.files import run_folders
 from lib.utils.log import WarnOnce, add_log_file, get_logger, held_warnings, log_stop
-from lib.utils.processes import LOADER_START_METHOD, exit_with_parent, reap_loader_workers_at_exit, usable_cpus
+from lib.utils.processes import (
+    HANGUP_SIGNALS,
+    LOADER_START_METHOD,
+    exit_with_parent,
+    reap_loader_workers_at_exit,
+    usable_cpus,
+)
 
 from .checkpoint import (
     ExperimentLock,
@@ -879,7 +885,7 @@ def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[to
     # the loader workers they fork) start with both ignored; this process answers them and stops them through
     # SIGTERM, on which each unwinds like an interrupted run (loaders shut down, the last finished epoch kept): one
     # line, not a traceback each.
-    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGHUP)}
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, *HANGUP_SIGNALS)}
     try:
         slots = len(devices)
         pool = ProcessPoolExecutor(slots, mp_context=multiprocessing.get_context("spawn"),

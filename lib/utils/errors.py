@@ -18,6 +18,8 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn, TypeVar
 
+from lib.utils.processes import HANGUP_SIGNALS
+
 T = TypeVar("T")
 
 # Exit status for a mistake the user can fix (bad config, missing file, ...). argparse uses 2 as well.
@@ -69,7 +71,7 @@ class HungUp(Terminated):
 # acquire and the `with` that releases it: the lock stays held, and the loader's shutdown then waits on it for ever
 # (the process printed its "interrupted" line and never exited). Code that calls into such libraries holds the
 # signals back (`interrupts_held`, `signal_safe_iter`) and raises them where it is safe.
-_INTERRUPTS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated, signal.SIGHUP: HungUp}
+_INTERRUPTS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated, **dict.fromkeys(HANGUP_SIGNALS, HungUp)}
 # The main thread's nesting of interrupts_held blocks, the signal held in them and when it came.
 _hold = {"depth": 0, "received": [], "since": 0.0}
 # A second signal this soon after the held one is the same stop sent again, not a user insisting: torchrun's agent
@@ -376,7 +378,7 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
         ours = {}
         if threading.current_thread() is threading.main_thread():
             defaults = {signal.SIGTERM: (signal.SIG_DFL, raise_terminated),
-                        signal.SIGHUP: (signal.SIG_DFL, raise_terminated),  # (left alone under nohup: ignored)
+                        **dict.fromkeys(HANGUP_SIGNALS, (signal.SIG_DFL, raise_terminated)),  # (nohup: ignored, kept)
                         signal.SIGINT: (signal.default_int_handler, raise_interrupted)}
             ours = {s: default for s, (default, handler) in defaults.items() if signal.getsignal(s) is default}
             for s in ours:
@@ -428,7 +430,7 @@ def _stop_at_once_while_exiting(signals: tuple[int, ...]) -> None:
     """At interpreter exit (before the libraries' exit callbacks, registered earlier), a Ctrl-C or SIGTERM ends the
     process at once and quietly: the command has finished, and a KeyboardInterrupt raised in torch's exit callbacks
     would print "Exception ignored in atexit callback" and a traceback. A handler the user set is kept."""
-    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGHUP: signal.SIG_DFL,
+    defaults = {signal.SIGTERM: signal.SIG_DFL, **dict.fromkeys(HANGUP_SIGNALS, signal.SIG_DFL),
                 signal.SIGINT: signal.default_int_handler}
     for s in signals:
         if signal.getsignal(s) is defaults.get(s):

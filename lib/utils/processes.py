@@ -13,7 +13,11 @@ from collections.abc import Callable
 from types import TracebackType
 
 __all__ = ["watch_parent", "exit_with_parent", "reap_loader_workers_at_exit", "process_ended", "usable_cpus",
-           "LOADER_START_METHOD"]
+           "LOADER_START_METHOD", "HANGUP_SIGNALS"]
+
+# The signal of a closed terminal (an ssh session dropped), which POSIX sends to its whole foreground process group;
+# Windows has none.
+HANGUP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
 
 # How loader workers start: fork on Linux, whatever Python's default (3.14 made it forkserver there). A forked
 # worker shares the decoded-image cache with the process that made it, page for page; a forkserver or spawned one
@@ -78,7 +82,8 @@ def exit_with_parent(parent: int, worker_id: int | None = None) -> None:
     way out.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # (the terminal closed: sent to the whole foreground group too)
+    for s in HANGUP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
     sys.excepthook = functools.partial(_quiet_about_hand_overs_broken_off, sys.excepthook)
     watch_parent(lambda: os._exit(1), parent)
 
