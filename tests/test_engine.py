@@ -443,6 +443,42 @@ def test_a_teacher_and_a_one_run_student_baseline_of_the_same_network_do_not_tak
     assert (empty / "ckpt" / "model_best.pth").is_file()
 
 
+def test_a_new_experiment_names_the_finished_runs_of_the_same_config_that_another_run_count_holds(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    # 5 runs done, then BASIC.NUM_RUNS 10: the new folder trains runs 0..4 again (the same seeds); the note says how
+    # to reuse them, and following it gives the same results.
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 2},
+                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    two = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01"
+    train_epoch = trainer.train_epoch
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_epoch", stopped)
+    capsys.readouterr()
+    assert run_in_process(STUDENT, config, "BASIC.NUM_RUNS", "3", monkeypatch=monkeypatch) == 130
+    assert (f"note: {two} holds finished runs 0, 1 of this same config (run i has seed BASIC.SEED + i in both), "
+            "which this experiment trains again; to reuse them instead, stop it and copy their ckpt/run<i>/ and "
+            "log/run<i>/ folders into its own, then re-run") in capsys.readouterr().out
+    three = tmp_path / "ckpt" / "cub" / "3runs_resnet18_32_seed0_0.01"
+    for kind in ("ckpt", "log"):
+        for run in (0, 1):
+            shutil.rmtree(three / kind / f"run{run}", ignore_errors=True)
+            shutil.copytree(two / kind / f"run{run}", three / kind / f"run{run}")
+    monkeypatch.setattr(trainer, "train_epoch", train_epoch)
+    assert run_in_process(STUDENT, config, "BASIC.NUM_RUNS", "3", monkeypatch=monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "run 0 already finished" in out and "run 1 already finished" in out and "note:" not in out
+    rows = json.loads((three / "results.json").read_text())["runs"]
+    assert rows[:2] == json.loads((two / "results.json").read_text())["runs"] and rows[2]["seed"] == 2
+    # Runs of another config beside it (another weight decay, the same folder name but for the count) are not named.
+    assert run_in_process(STUDENT, config, "BASIC.NUM_RUNS", "1", "SOLVER.WEIGHT_DECAY", "0.001",
+                          monkeypatch=monkeypatch) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_rerunning_a_finished_experiment_prints_results_and_rewrites_nothing(tiny_cub, write_config, tmp_path,
                                                                            monkeypatch, capsys):
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)

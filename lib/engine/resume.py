@@ -13,7 +13,7 @@ from lib.config import UNUSED_KEYS, cfg_value, diff_cfg, resolve_path
 from lib.datasets import TwoScaleDataset, build_dataset
 from lib.distillers import method_checkpoints
 from lib.utils.errors import UserError
-from lib.utils.files import file_digest
+from lib.utils.files import file_digest, run_folders
 
 from .checkpoint import load_json_object, read_saved
 
@@ -99,6 +99,34 @@ def check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
         raise UserError(f"{exp_dir} holds an experiment with another config: {'; '.join(differing)}. "
                         "Re-run with the same settings to resume; to keep both (a sweep, say), give this one its own "
                         "BASIC.OUTPUT_ROOT; or add BASIC.FRESH_START True to move the old one aside and start over")
+
+
+def runs_elsewhere(cfg: CfgNode, exp_dir: str, num_runs: int) -> list[tuple[str, list[int]]]:
+    """The experiments beside `exp_dir` of the same config with another BASIC.NUM_RUNS (<m>runs_<the same name>),
+    and which of the runs 0..num_runs-1 they have finished: run i has seed BASIC.SEED + i in each, so a new
+    experiment would train them again."""
+    parent, name = os.path.split(exp_dir)
+    rest = name.partition("runs_")[2]
+    try:
+        siblings = sorted(os.listdir(parent))
+    except OSError:
+        return []
+    found = []
+    for other in siblings:
+        count, _, other_rest = other.partition("runs_")
+        folder = os.path.join(parent, other)
+        if other == name or other_rest != rest or not count.isdigit():
+            continue
+        finished = [i for path, i in run_folders(os.path.join(folder, "ckpt"))
+                    if i < num_runs and os.path.isfile(os.path.join(path, "result.json"))]
+        if not finished:
+            continue
+        try:
+            check_saved_config(cfg, folder)
+        except UserError:  # another config (or one that cannot be read): not the same runs
+            continue
+        found.append((folder, finished))
+    return found
 
 
 def checkpoint_fingerprints(cfg: CfgNode, method: str, every_key: bool = False) -> dict[str, dict[str, str]]:

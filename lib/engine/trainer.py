@@ -81,6 +81,7 @@ from .resume import (
     checkpoint_fingerprints,
     data_fingerprint,
     move_aside,
+    runs_elsewhere,
     stale_attempt,
 )
 from .setup import (
@@ -793,6 +794,11 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
                  + (f", {slots} runs at a time" if slots > 1 else "") + ")")
         for run, row in done.items():
             log.info(f"run {run} already finished: best {row['best_acc']:.2f}")
+        if info.is_main and multi_run and pending == list(range(num_runs)):
+            for folder, runs in runs_elsewhere(cfg, exp_dir, num_runs):
+                log.info(f"note: {folder} holds finished runs {', '.join(map(str, runs))} of this same config (run i "
+                         "has seed BASIC.SEED + i in both), which this experiment trains again; to reuse them instead, "
+                         "stop it and copy their ckpt/run<i>/ and log/run<i>/ folders into its own, then re-run")
         if slots > 1:
             del first
             done.update(_train_in_parallel(exp, pending, run_devices, threads, sorted(once.said)))
