@@ -18,6 +18,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn, TypeVar
 
+from lib.utils.files import run_folders
 from lib.utils.processes import HANGUP_SIGNALS
 
 T = TypeVar("T")
@@ -191,14 +192,13 @@ def run_checkpoint_note(path: str) -> str:
     """For a missing <experiment>/ckpt/<name> whose runs hold one (<experiment>/ckpt/run<i>/<name>: a multi-run
     experiment, a 1-run student baseline where a teacher's run was expected): a note naming the first; else ""."""
     folder, name = os.path.split(path)
-    if os.path.basename(folder) != "ckpt" or not os.path.isdir(folder):
+    if os.path.basename(folder) != "ckpt":
         return ""
-    runs = sorted((d for d in os.listdir(folder) if re.fullmatch(r"run\d+", d)
-                   and os.path.isfile(os.path.join(folder, d, name))), key=lambda d: int(d[len("run"):]))
+    runs = [run for run, _ in run_folders(folder) if os.path.isfile(os.path.join(run, name))]
     if not runs:
         return ""
     return (f" ({folder} holds the runs of a multi-run experiment, each with its own {name}: give one of them, "
-            f"e.g. {os.path.join(folder, runs[0], name)})")
+            f"e.g. {os.path.join(runs[0], name)})")
 
 
 def relative_path_note(path: str) -> str:
@@ -354,7 +354,8 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
     line, `interrupted` (how to resume, by default), and exit status 130.
 
     SIGTERM (a scheduler preempting the job, `kill <pid>`) unwinds like Ctrl-C and prints the same line, with
-    exit status 143: the process stops its loader workers and run processes instead of leaving them behind.
+    exit status 143: the process stops its loader workers and run processes instead of leaving them behind. So does
+    SIGHUP (a closed terminal), with 129.
 
     `@cli_main` for the training scripts (their Ctrl-C line says how to resume; torchrun may start them);
     `@cli_main(interrupted=..., one_process=True)` for tools that have nothing to resume and work in one process
