@@ -49,6 +49,11 @@ def test_ddp_under_torchrun_with_gloo_trains_one_run_and_rank_0_alone_writes(tin
     assert log.count("run 0 epoch 2/2") == 1, "a line was logged by more than one rank"
     best = torch.load(exp / "ckpt" / "run0" / "model_best.pth", weights_only=False)
     build_model("resnet18", 4, False).load_state_dict(best["state_dict"])
+    # Re-run when finished: its results are printed once, not by every rank.
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0 and proc.stdout.count("is finished; its results") == 1, proc.stdout + proc.stderr
 
 
 def test_runs_saved_by_another_number_of_ddp_processes_are_not_trained_on_in_this_one(tiny_cub, write_config,
@@ -99,6 +104,24 @@ def test_runs_saved_by_another_number_of_ddp_processes_are_not_trained_on_in_thi
     saved_by(run0_result, 2)
     (exp / "results.json").unlink()
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+
+
+def _killed_outright(*args) -> None:
+    """A run process's work that ends it as the out-of-memory killer would (spawned: importable by name)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_run_process_killed_outright_is_one_line_not_a_broken_pool_traceback(tiny_cub, write_config, tmp_path,
+                                                                               monkeypatch, capsys):
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": 2}}, tiny_cub)
+    monkeypatch.setattr(trainer, "_parallel_worker", _killed_outright)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
+    exp = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01"
+    line = (f"error: a run process of {exp} ended abruptly (killed outright: by the system's out-of-memory killer, "
+            "or kill -9?), and the other runs were stopped; their last saved epochs are kept: re-run the same command "
+            "to resume (with fewer BASIC.PARALLEL_RUNS if memory ran out)")
+    assert capsys.readouterr().err == line + "\n"
+    assert (exp / "train.log").read_text().splitlines()[-1].endswith(line)
 
 
 def test_runs_trained_in_parallel_processes_are_gathered_into_one_results_file(tiny_cub, write_config, tmp_path):
@@ -264,8 +287,15 @@ def test_a_process_left_waiting_for_its_ddp_peers_says_so_and_gives_up_with_one_
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(distributed, "RENDEZVOUS_NOTICE_S", 0.2)
     monkeypatch.setattr(distributed, "RENDEZVOUS_TIMEOUT", datetime.timedelta(seconds=2))
+    # The parent is watched from before the rendezvous: a torchrun agent killed with -9 as its workers started left
+    # them waiting on its store for 30 minutes and more (then retrying), 700 MB each.
+    calls = []
+    monkeypatch.setattr(distributed, "stop_when_parent_dies", lambda: calls.append("watch"))
+    join = distributed._join_group
+    monkeypatch.setattr(distributed, "_join_group", lambda *args: calls.append("join") or join(*args))
     with pytest.raises(UserError) as err:
         distributed.init_distributed(get_cfg())
+    assert calls == ["watch", "join"]
     assert str(err.value).startswith(f"rank 0 of WORLD_SIZE 2 could not join its DDP job at 127.0.0.1:{port} ("), \
         str(err.value)
     assert str(err.value).endswith("); were all 2 processes started? torchrun starts them; to train in one "

@@ -95,9 +95,11 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
             raise UserError(f"the environment variable WORLD_SIZE is {info.world_size}, but {' and '.join(missing)} "
                             f"{'is' if len(missing) == 1 else 'are'} not set; start DDP with torchrun, which sets "
                             "them all, or unset RANK WORLD_SIZE LOCAL_RANK to train in one process")
+        # torchrun's agent killed with -9 leaves its workers running otherwise; watched from before the rendezvous,
+        # where a worker whose agent died waits on the agent's store (30 minutes, then retries).
+        stop_when_parent_dies()
         _join_group("nccl" if use_cuda else "gloo", info)
         atexit.register(_leave_group)  # NCCL warns at exit about a process group never destroyed
-        stop_when_parent_dies()  # torchrun's agent killed with -9 leaves its workers running otherwise
     return info, device
 
 

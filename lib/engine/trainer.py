@@ -491,7 +491,7 @@ def _check_world_size(exp: Experiment, run: int, saved: dict, path: str) -> None
         return f"{n} DDP processes" if n > 1 else "one process"
 
     how = (f"re-run it under torchrun with {then} processes in all (--nproc_per_node {then} on one node)" if then > 1
-           else "re-run it with python, not torchrun")
+           else "re-run it with python, not torchrun,")
     raise UserError(f"run {run} of {exp.exp_dir} was trained by {processes(then)} ({path} says so; {batch * then} "
                     f"images a step: TRAIN.BATCH_SIZE {batch} per process), and this command trains with "
                     f"{processes(now)} ({batch * now} a step); {how} to go on with the same batch, or add "
@@ -738,7 +738,8 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
     if checking and not stale and os.path.isfile(results_path):
         results = read_saved(results_path, load_results,
                              "delete it and re-run: it is made again from the runs' result.json")
-        log.info(f"{exp_dir} is finished; its results:\n{format_table(results)}")
+        if dist_info().is_main:  # (under torchrun every rank finds it finished)
+            log.info(f"{exp_dir} is finished; its results:\n{format_table(results)}")
         return results
 
     # Everything that can be checked is checked before anything is written: data, models, checkpoints (the free
@@ -886,6 +887,7 @@ def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[to
     the warnings `said` already are not said again by the run processes."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     # Ctrl-C (and a closed terminal's SIGHUP) reaches every process of the terminal's group. The run processes (and
     # the loader workers they fork) start with both ignored; this process answers them and stops them through
@@ -905,12 +907,17 @@ def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[to
     try:
         for job in jobs:
             results.update(job.result())
-    except BaseException:
+    except BaseException as err:
         # Interrupted, or a run failed: stop the other runs now rather than wait for them to finish. (The
         # executor has no public way to signal running workers.)
         for process in list(pool._processes.values()):
             process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(err, BrokenProcessPool):  # a run process killed outright: the kernel's out-of-memory killer
+            raise UserError(f"a run process of {exp.exp_dir} ended abruptly (killed outright: by the system's "
+                            "out-of-memory killer, or kill -9?), and the other runs were stopped; their last saved "
+                            "epochs are kept: re-run the same command to resume (with fewer BASIC.PARALLEL_RUNS if "
+                            "memory ran out)") from None
         raise
     pool.shutdown()
     return results
