@@ -393,14 +393,22 @@ def test_a_dataset_moved_or_copied_elsewhere_is_the_same_experiment_and_other_da
     assert f"DATA.DATADIR ('{tiny_cub}' -> '{copy}'); SOLVER.WEIGHT_DECAY" in capsys.readouterr().err
 
 
+# A 1-run resnet18@32 experiment of one epoch (ONE_RUN_EXP).
+ONE_EPOCH = {**ONE_RUN, "SOLVER": {"NUM_EPOCHS": 1}}
+
+
+def _interrupted(*args, **kwargs):
+    """trainer.train_epoch stopped by Ctrl-C at once: the run leaves its folders and no saved epoch."""
+    raise KeyboardInterrupt
+
+
 def test_a_teacher_and_a_one_run_student_baseline_of_the_same_network_do_not_take_each_others_folder(
         tiny_cub, write_config, tmp_path, monkeypatch, capsys):
     # Both scripts name a 1-run experiment of resnet18@32, seed 0, lr 0.01 alike; one keeps its run in ckpt/, the
     # other in ckpt/run0/. The teacher command said "is finished" with no ckpt/model_best.pth for distillation.
-    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 1},
-                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    config = write_config(ONE_EPOCH, tiny_cub)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
-    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
+    exp = tmp_path / ONE_RUN_EXP
     capsys.readouterr()
     assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
     assert capsys.readouterr().err == (
@@ -418,8 +426,7 @@ def test_a_teacher_and_a_one_run_student_baseline_of_the_same_network_do_not_tak
         "holds the runs of a multi-run experiment, each with its own model_best.pth: give one of them, e.g. "
         f"{exp / 'ckpt' / 'run0' / 'model_best.pth'})")
     # The other way round: a teacher's run, then the student baseline with BASIC.NUM_RUNS 1.
-    other = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 1},
-                          "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub, str(tmp_path / "other"))
+    other = write_config(ONE_EPOCH, tiny_cub, str(tmp_path / "other"))
     assert run_in_process(TEACHER, other, monkeypatch=monkeypatch) == 0
     capsys.readouterr()
     assert run_in_process(STUDENT, other, monkeypatch=monkeypatch) == 2
@@ -427,16 +434,11 @@ def test_a_teacher_and_a_one_run_student_baseline_of_the_same_network_do_not_tak
         capsys.readouterr().err)
     # An attempt of the other script that saved no epoch (killed in epoch 1: ckpt/run0/ made, nothing in it) is not
     # in the way: it is moved aside as any such attempt.
-    third = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 1},
-                          "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub, str(tmp_path / "third"))
+    third = write_config(ONE_EPOCH, tiny_cub, str(tmp_path / "third"))
     train_epoch = trainer.train_epoch
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "train_epoch", killed)
+    monkeypatch.setattr(trainer, "train_epoch", _interrupted)
     assert run_in_process(STUDENT, third, monkeypatch=monkeypatch) == 130
-    empty = tmp_path / "third" / "cub" / "1runs_resnet18_32_seed0_0.01"
+    empty = tmp_path / "third" / os.path.relpath(ONE_RUN_EXP, "ckpt")
     assert (empty / "ckpt" / "run0").is_dir() and not (empty / "ckpt" / "run0" / "last.pth").exists()
     monkeypatch.setattr(trainer, "train_epoch", train_epoch)
     assert run_in_process(TEACHER, third, monkeypatch=monkeypatch) == 0
@@ -447,16 +449,11 @@ def test_a_new_experiment_names_the_finished_runs_of_the_same_config_that_anothe
         tiny_cub, write_config, tmp_path, monkeypatch, capsys):
     # 5 runs done, then BASIC.NUM_RUNS 10: the new folder trains runs 0..4 again (the same seeds); the note says how
     # to reuse them, and following it gives the same results.
-    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 2},
-                           "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
+    config = write_config({**ONE_EPOCH, "BASIC": {"NUM_RUNS": 2}}, tiny_cub)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     two = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01"
     train_epoch = trainer.train_epoch
-
-    def stopped(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "train_epoch", stopped)
+    monkeypatch.setattr(trainer, "train_epoch", _interrupted)
     capsys.readouterr()
     assert run_in_process(STUDENT, config, "BASIC.NUM_RUNS", "3", monkeypatch=monkeypatch) == 130
     assert (f"note: {two} holds finished runs 0, 1 of this same config (run i has seed BASIC.SEED + i in both), "
