@@ -21,7 +21,15 @@ from typing import Any
 import yaml
 from yacs.config import CfgNode
 
-from lib.utils.errors import TORCH_FILE_STARTS, ArgumentParser, UserError, first_line, nonempty, require_file
+from lib.utils.errors import (
+    TORCH_FILE_STARTS,
+    ArgumentParser,
+    UserError,
+    first_line,
+    nonempty,
+    require_file,
+    torchrun_rank_other_than_0,
+)
 
 from .defaults import _C, UNUSED_KEYS
 
@@ -136,7 +144,7 @@ def load_config(args: argparse.Namespace) -> CfgNode:
     lines = _repeated_overrides(args.opts or [])
     if getattr(args, "trains", True) and "BASIC.OUTPUT_ROOT" not in (args.opts or [])[0::2]:
         lines += _experiment_elsewhere(args.config_file, cfg)
-    if os.environ.get("RANK", "0") in ("", "0"):  # (under torchrun every rank loads the same config)
+    if not torchrun_rank_other_than_0():  # (under torchrun every rank loads the same config)
         for line in lines:
             print(line, file=sys.stderr, flush=True)
     cfg.freeze()

@@ -410,7 +410,7 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             if message is None:
                 raise
             # Not a mistake that every rank of a DDP job meets: one card may be full, or shared. Each says it.
-            rank = f"rank {os.environ['RANK']}: " if _torchrun_rank_other_than_0() else ""
+            rank = f"rank {os.environ['RANK']}: " if torchrun_rank_other_than_0() else ""
             _exit(f"error: {rank}{message}", USER_ERROR_EXIT, every_rank=True)
         finally:
             for s, default in ours.items():
@@ -447,7 +447,7 @@ def _exit_at_once(signum: int, frame) -> None:
 
 def _exit(line: str, status: int, every_rank: bool = False) -> NoReturn:
     # Under torchrun every rank meets the same mistake: rank 0 alone says it (unless `every_rank`).
-    if every_rank or not _torchrun_rank_other_than_0():
+    if every_rank or not torchrun_rank_other_than_0():
         try:
             print(line, file=sys.stderr, flush=True)
         except OSError:  # stderr is a closed pipe (`... 2>&1 | head`): the exit status still tells
@@ -489,6 +489,7 @@ def _to_devnull(*streams) -> None:
         os.close(devnull)
 
 
-def _torchrun_rank_other_than_0() -> bool:
+def torchrun_rank_other_than_0() -> bool:
+    """Whether this process is a torchrun worker of rank 1 or more (rank 0 says the job's lines for all)."""
     rank = os.environ.get("RANK", "0")
     return "TORCHELASTIC_RUN_ID" in os.environ and rank.isdigit() and int(rank) > 0
