@@ -15,12 +15,13 @@ import yaml
 
 from lib.config import REPO_ROOT
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 
 
 def _stop_signal_state() -> dict[str, object]:
-    """How Ctrl-C, SIGTERM and SIGHUP are handled in this process: the handlers Python records and, on Linux, what the
-    kernel has for this (the main) thread: caught, ignored or blocked (a library's C code may change those)."""
+    """How Ctrl-C, SIGTERM, SIGHUP and SIGUSR1 are handled in this process: the handlers Python records and, on
+    Linux, what the kernel has for this (the main) thread: caught, ignored or blocked (a library's C code may change
+    those)."""
     state: dict[str, object] = {f"python {s.name}": signal.getsignal(s) for s in STOP_SIGNALS}
     try:
         with open("/proc/self/status") as f:

@@ -328,9 +328,12 @@ def test_bf16_autocast_gives_the_fp32_losses_within_tolerance(tmp_path):
         torch.testing.assert_close(bf16[name].float(), fp32[name], rtol=0.05, atol=0.02, msg=name)
 
 
-def test_ctrl_c_during_parallel_runs_is_one_line_and_leaves_no_damaged_checkpoint(tiny_cub, write_config, tmp_path):
-    # The terminal sends SIGINT to the whole process group: this process, the run processes and their loader
-    # workers. Sent two seconds after the run processes started: while they load and train.
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGUSR1, 138)])
+def test_a_stop_signal_during_parallel_runs_is_one_line_and_leaves_no_damaged_checkpoint(signum, status, tiny_cub,
+                                                                                        write_config, tmp_path):
+    # The terminal sends Ctrl-C's SIGINT to the whole process group: this process, the run processes and their loader
+    # workers; Slurm sends SIGUSR1 ahead of a time limit (`--signal=USR1@120`) to every process of the job. Sent
+    # two seconds after the run processes started: while they load and train.
     config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": 2, "NUM_WORKERS": 2},
                            "SOLVER": {"NUM_EPOCHS": 200}}, tiny_cub)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -343,13 +346,13 @@ def test_ctrl_c_during_parallel_runs_is_one_line_and_leaves_no_damaged_checkpoin
         assert time.time() < deadline and proc.poll() is None, "the runs did not start"
         time.sleep(0.1)
     time.sleep(2)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signum)
     try:
         _, err = proc.communicate(timeout=120)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130
+    assert proc.returncode == status
     assert err.decode().splitlines() == [INTERRUPTED_MESSAGE], err.decode()
     for last in exp.glob("ckpt/run*/last.pth"):
         assert torch.load(last, weights_only=False)["epoch"] >= 1

@@ -19,6 +19,7 @@ from lib.utils import errors
 from lib.utils.errors import (
     TOOL_INTERRUPTED_MESSAGE,
     HungUp,
+    Signalled,
     Terminated,
     UserError,
     cli_main,
@@ -593,11 +594,11 @@ def test_an_image_that_stops_decoding_in_a_loader_worker_is_the_workers_one_line
 
 
 def _stop_handlers(on_sigterm, on_ctrl_c):
-    """SIGTERM (and SIGHUP) and Ctrl-C handled by `on_sigterm` and `on_ctrl_c` for the test, then as the test
-    runner had them."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGHUP, on_sigterm)
+    """SIGTERM (and SIGHUP, SIGUSR1) and Ctrl-C handled by `on_sigterm` and `on_ctrl_c` for the test, then as the
+    test runner had them."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGINT)}
+    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(s, on_sigterm)
     signal.signal(signal.SIGINT, on_ctrl_c)
     yield
     for s, handler in saved.items():
@@ -624,7 +625,7 @@ def _signal_this_thread(signum: int) -> None:
 
 
 @pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated),
-                                            (signal.SIGHUP, HungUp)])
+                                            (signal.SIGHUP, HungUp), (signal.SIGUSR1, Signalled)])
 def test_a_ctrl_c_or_sigterm_inside_a_held_block_is_raised_at_its_end_not_lost(signum, raised,
                                                                                scripts_signal_handlers):
     # As while the loader workers are joined in a __del__, where Python would print and drop the exception.
@@ -650,8 +651,9 @@ def test_python_s_own_ctrl_c_handler_is_not_held(python_s_default_handlers):
             pytest.fail("not raised at once")
 
 
-@pytest.mark.parametrize("raised, status", [(KeyboardInterrupt, 130), (Terminated, 143), (HungUp, 129)])
-def test_a_command_stopped_by_ctrl_c_sigterm_or_sighup_is_its_one_line_and_the_shells_status(raised, status, capsys):
+@pytest.mark.parametrize("raised, status", [(KeyboardInterrupt, 130), (Terminated, 143), (HungUp, 129),
+                                           (Signalled, 138)])
+def test_a_command_stopped_by_ctrl_c_or_a_stop_signal_is_its_one_line_and_the_shells_status(raised, status, capsys):
     def stopped() -> None:
         raise raised
 
@@ -750,7 +752,7 @@ class _LockTakingLoader:
 
 
 @pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated),
-                                            (signal.SIGHUP, HungUp)])
+                                            (signal.SIGHUP, HungUp), (signal.SIGUSR1, Signalled)])
 def test_a_signal_while_the_loader_holds_a_lock_is_raised_after_it_lets_go(signum, raised, scripts_signal_handlers):
     # Raised inside, the lock stayed taken and the loader's shutdown waited on it for ever: the run printed
     # "interrupted" and never exited.

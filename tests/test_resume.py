@@ -321,12 +321,13 @@ def test_sigterm_mid_run_unwinds_like_ctrl_c_with_exit_143_and_the_command_resum
     assert json.loads((exp / "ckpt" / "run0" / "result.json").read_text())["run"] == 0
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGUSR1, 138)])
 def test_a_stop_signal_to_the_whole_process_group_is_one_line_and_its_exit_status(signum, status, tiny_cub,
                                                                                   write_config, tmp_path):
     # `timeout`, Slurm's preemption and systemd signal every process of the job, loader workers included: a worker
     # that died of it made the main process print torch's worker traceback, or exit 1 with it. A closed terminal
-    # (an ssh session dropped) sends SIGHUP to the whole foreground group: the same, with 129, and train.log says so.
+    # (an ssh session dropped) sends SIGHUP to the whole foreground group: the same, with 129, and train.log says so;
+    # and Slurm's SIGUSR1 ahead of a time limit (`--signal=USR1@120`, default action: die without a word), with 138.
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 50}, "BASIC": {"NUM_RUNS": 1,
                            "NUM_WORKERS": 2, "DISP_FREQ": 1}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}}, tiny_cub)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")

@@ -45,8 +45,8 @@ from lib.utils.errors import (
 from lib.utils.files import run_folders
 from lib.utils.log import WarnOnce, add_log_file, get_logger, held_warnings, log_stop
 from lib.utils.processes import (
-    HANGUP_SIGNALS,
     LOADER_START_METHOD,
+    STOP_SIGNALS,
     exit_with_parent,
     reap_loader_workers_at_exit,
     usable_cpus,
@@ -889,11 +889,11 @@ def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[to
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    # Ctrl-C (and a closed terminal's SIGHUP) reaches every process of the terminal's group. The run processes (and
-    # the loader workers they fork) start with both ignored; this process answers them and stops them through
-    # SIGTERM, on which each unwinds like an interrupted run (loaders shut down, the last finished epoch kept): one
-    # line, not a traceback each.
-    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, *HANGUP_SIGNALS)}
+    # Ctrl-C (and a closed terminal's SIGHUP, Slurm's SIGUSR1 ahead of a time limit) reaches every process of the
+    # terminal's group or job. The run processes (and the loader workers they fork) start with them ignored; this
+    # process answers them and stops them through SIGTERM, on which each unwinds like an interrupted run (loaders
+    # shut down, the last finished epoch kept): one line, not a traceback each.
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         slots = len(devices)
         pool = ProcessPoolExecutor(slots, mp_context=multiprocessing.get_context("spawn"),

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn, TypeVar
 
 from lib.utils.files import run_folders
-from lib.utils.processes import HANGUP_SIGNALS
+from lib.utils.processes import STOP_SIGNALS
 
 T = TypeVar("T")
 
@@ -31,6 +31,8 @@ INTERRUPTED_EXIT = 130
 TERMINATED_EXIT = 143
 # Exit status after SIGHUP (the terminal closed: an ssh session dropped without nohup or tmux): 128 + SIGHUP.
 HUNG_UP_EXIT = 129
+# Exit status after SIGUSR1 (Slurm's warning ahead of a job's time limit, `--signal=USR1@120`): 128 + SIGUSR1.
+SIGNALLED_EXIT = 128 + getattr(signal, "SIGUSR1", 10)
 # Exit status when standard output's reader has gone (`... | head`): 128 + SIGPIPE, as for `cat` in that pipe.
 CLOSED_PIPE_EXIT = 141
 INTERRUPTED_MESSAGE = "interrupted; re-run the same command to resume (training goes on from its last saved epoch)"
@@ -62,9 +64,19 @@ class UserError(Exception):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where a Ctrl-C would be, so that a run unwinds the same way (its last saved epoch kept)."""
 
+    exit_status = TERMINATED_EXIT
+
 
 class HungUp(Terminated):
     """SIGHUP (the terminal closed), raised and unwound as SIGTERM is; train.log says the run was interrupted."""
+
+    exit_status = HUNG_UP_EXIT
+
+
+class Signalled(Terminated):
+    """SIGUSR1 (Slurm's warning ahead of a job's time limit), raised and unwound as SIGTERM is."""
+
+    exit_status = SIGNALLED_EXIT
 
 
 # Ctrl-C and SIGTERM raise where the main thread happens to be. Inside library code that takes a lock (a
@@ -72,7 +84,8 @@ class HungUp(Terminated):
 # acquire and the `with` that releases it: the lock stays held, and the loader's shutdown then waits on it for ever
 # (the process printed its "interrupted" line and never exited). Code that calls into such libraries holds the
 # signals back (`interrupts_held`, `signal_safe_iter`) and raises them where it is safe.
-_INTERRUPTS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated, **dict.fromkeys(HANGUP_SIGNALS, HungUp)}
+_INTERRUPTS = {signal.SIGINT: KeyboardInterrupt, signal.SIGTERM: Terminated,
+               **{s: HungUp if s.name == "SIGHUP" else Signalled for s in STOP_SIGNALS}}
 # The main thread's nesting of interrupts_held blocks, the signal held in them and when it came.
 _hold = {"depth": 0, "received": [], "since": 0.0}
 # A second signal this soon after the held one is the same stop sent again, not a user insisting: torchrun's agent
@@ -355,7 +368,7 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
 
     SIGTERM (a scheduler preempting the job, `kill <pid>`) unwinds like Ctrl-C and prints the same line, with
     exit status 143: the process stops its loader workers and run processes instead of leaving them behind. So does
-    SIGHUP (a closed terminal), with 129.
+    SIGHUP (a closed terminal), with 129, and SIGUSR1 (Slurm's warning ahead of a job's time limit), with 138.
 
     `@cli_main` for the training scripts (their Ctrl-C line says how to resume; torchrun may start them);
     `@cli_main(interrupted=..., one_process=True)` for tools that have nothing to resume and work in one process
@@ -370,8 +383,7 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             handled()
         except KeyboardInterrupt as err:  # in the command, or as it ended, while its handlers were put back
             # A run may say better how to resume (`message`: a command given BASIC.FRESH_START True).
-            _exit(getattr(err, "message", interrupted), HUNG_UP_EXIT if isinstance(err, HungUp)
-                  else TERMINATED_EXIT if isinstance(err, Terminated) else INTERRUPTED_EXIT)
+            _exit(getattr(err, "message", interrupted), getattr(err, "exit_status", INTERRUPTED_EXIT))
 
     def handled() -> None:
         # Only the default handlers are replaced (SIGTERM would kill outright): a caller that handles a signal (a
@@ -379,7 +391,7 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
         ours = {}
         if threading.current_thread() is threading.main_thread():
             defaults = {signal.SIGTERM: (signal.SIG_DFL, raise_terminated),
-                        **dict.fromkeys(HANGUP_SIGNALS, (signal.SIG_DFL, raise_terminated)),  # (nohup: ignored, kept)
+                        **dict.fromkeys(STOP_SIGNALS, (signal.SIG_DFL, raise_terminated)),  # (nohup: ignored, kept)
                         signal.SIGINT: (signal.default_int_handler, raise_interrupted)}
             ours = {s: default for s, (default, handler) in defaults.items() if signal.getsignal(s) is default}
             for s in ours:
@@ -431,7 +443,7 @@ def _stop_at_once_while_exiting(signals: tuple[int, ...]) -> None:
     """At interpreter exit (before the libraries' exit callbacks, registered earlier), a Ctrl-C or SIGTERM ends the
     process at once and quietly: the command has finished, and a KeyboardInterrupt raised in torch's exit callbacks
     would print "Exception ignored in atexit callback" and a traceback. A handler the user set is kept."""
-    defaults = {signal.SIGTERM: signal.SIG_DFL, **dict.fromkeys(HANGUP_SIGNALS, signal.SIG_DFL),
+    defaults = {signal.SIGTERM: signal.SIG_DFL, **dict.fromkeys(STOP_SIGNALS, signal.SIG_DFL),
                 signal.SIGINT: signal.default_int_handler}
     for s in signals:
         if signal.getsignal(s) is defaults.get(s):

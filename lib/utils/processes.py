@@ -13,11 +13,14 @@ from collections.abc import Callable
 from types import TracebackType
 
 __all__ = ["watch_parent", "exit_with_parent", "reap_loader_workers_at_exit", "process_ended", "usable_cpus",
-           "LOADER_START_METHOD", "HANGUP_SIGNALS"]
+           "LOADER_START_METHOD", "STOP_SIGNALS"]
 
-# The signal of a closed terminal (an ssh session dropped), which POSIX sends to its whole foreground process group;
-# Windows has none.
-HANGUP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+# The signals that stop a run as SIGTERM does, besides it and Ctrl-C: a closed terminal's SIGHUP (an ssh session
+# dropped: POSIX sends it to the terminal's whole foreground process group), and SIGUSR1, which Slurm sends ahead of a
+# job's time limit when the job asks for it (`#SBATCH --signal=USR1@120`) and whose default action would end the run
+# without a word. Windows has neither.
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(getattr(signal, name) for name in ("SIGHUP", "SIGUSR1")
+                                                 if hasattr(signal, name))
 
 # How loader workers start: fork on Linux, whatever Python's default (3.14 made it forkserver there). A forked
 # worker shares the decoded-image cache with the process that made it, page for page; a forkserver or spawned one
@@ -75,14 +78,14 @@ def exit_with_parent(parent: int, worker_id: int | None = None) -> None:
     dead parent only to block for ever on its loader's "done" event when the parent was killed (with -9, say)
     while it held that event's lock: the worker, and the memory it holds, stayed.
 
-    The worker also ignores SIGTERM (and SIGHUP): `timeout`, Slurm's preemption and systemd send it to every
+    The worker also ignores SIGTERM (and SIGHUP, SIGUSR1): `timeout`, Slurm's preemption and systemd send it to every
     process of the job, and a worker dead of it made the parent, unwinding from its own SIGTERM, print torch's
     "DataLoader worker is killed by signal" traceback. The parent stops its workers on its way out; if it dies, the
     watch above does. Nor does the worker print the traceback of a batch hand-over that the parent broke off on its
     way out.
     """
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for s in HANGUP_SIGNALS:
+    for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     sys.excepthook = functools.partial(_quiet_about_hand_overs_broken_off, sys.excepthook)
     watch_parent(lambda: os._exit(1), parent)
