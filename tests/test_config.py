@@ -3,6 +3,7 @@
 import argparse
 import glob
 import os
+import sys
 import threading
 
 import pytest
@@ -544,6 +545,18 @@ def test_a_copied_experiments_own_config_says_that_it_trains_under_its_old_root(
     load_config(parse_args(["--config_file", config, "BASIC.OUTPUT_ROOT", str(tmp_path / "third")]))  # on purpose
     load_config(parse_args(["--config_file", config], trains=False))  # tools/eval.py's use of it
     load_config(parse_args(["--config_file", config], parser=config_parser(trains=False)))  # tools/benchmark.py's
+    assert capsys.readouterr().err == ""
+
+
+def test_a_num_runs_set_for_a_one_run_script_is_said_to_be_ignored(monkeypatch, capsys):
+    # `train_teacher_1run.py ... BASIC.NUM_RUNS 3` trained one teacher without a word.
+    monkeypatch.setattr(sys, "argv", ["tools_0_base/train_teacher_1run.py"])
+    path = os.path.join(REPO_ROOT, "configs/demo/cub_demo_teacher.yaml")
+    load_config(argparse.Namespace(config_file=path, opts=["BASIC.NUM_RUNS", "3"]), one_run=True)
+    assert capsys.readouterr().err == ("note: BASIC.NUM_RUNS 3 is ignored: train_teacher_1run.py trains one run (seed "
+                                       "BASIC.SEED 0); the *_5runs.py scripts train BASIC.NUM_RUNS seeded runs\n")
+    load_config(argparse.Namespace(config_file=path, opts=[]), one_run=True)  # the default: nothing to say
+    load_config(argparse.Namespace(config_file=path, opts=["BASIC.NUM_RUNS", "3"]))  # a script that trains them
     assert capsys.readouterr().err == ""
 
 

@@ -10,7 +10,7 @@ from lib.utils.errors import cli_main
 @cli_main
 def main() -> None:
     """Parse --config_file and KEY VALUE overrides, then train."""
-    cfg = load_config(parse_args(description=__doc__))
+    cfg = load_config(parse_args(description=__doc__), one_run=True)
     # Imported once the arguments are read, inside cli_main: --help and config mistakes answer at once,
     # and Ctrl-C while torch loads is one line too.
     from lib.engine.trainer import run_experiment

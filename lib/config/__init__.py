@@ -134,14 +134,22 @@ def _canonical_flag(word: str) -> str:
     return word
 
 
-def load_config(args: argparse.Namespace) -> CfgNode:
-    """Merge the YAML file and the overrides into the defaults, check the result, and freeze it."""
+def load_config(args: argparse.Namespace, one_run: bool = False) -> CfgNode:
+    """Merge the YAML file and the overrides into the defaults, check the result, and freeze it.
+
+    `one_run`: the script trains one run whatever BASIC.NUM_RUNS says (the teacher's, the TAS assistant's); a
+    BASIC.NUM_RUNS on the command line gets a note saying so (a config file's is that of the experiments it serves).
+    """
     cfg = get_cfg()
     merge_file(cfg, args.config_file)
     merge_list(cfg, args.opts or [])
     check_cfg(cfg)
     # After the check, so that a refused config stays one line.
     lines = _repeated_overrides(args.opts or [])
+    if one_run and "BASIC.NUM_RUNS" in (args.opts or [])[0::2]:
+        lines.append(f"note: BASIC.NUM_RUNS {cfg.BASIC.NUM_RUNS} is ignored: {os.path.basename(sys.argv[0])} trains "
+                     f"one run (seed BASIC.SEED {cfg.BASIC.SEED}); the *_5runs.py scripts train BASIC.NUM_RUNS "
+                     "seeded runs")
     if getattr(args, "trains", True) and "BASIC.OUTPUT_ROOT" not in (args.opts or [])[0::2]:
         lines += _experiment_elsewhere(args.config_file, cfg)
     if not torchrun_rank_other_than_0():  # (under torchrun every rank loads the same config)

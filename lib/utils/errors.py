@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn, TypeVar
 
 from lib.utils.files import run_folders
-from lib.utils.processes import STOP_SIGNALS
+from lib.utils.processes import STOP_SIGNALS, stop_signals_blocked
 
 T = TypeVar("T")
 
@@ -161,11 +161,12 @@ def signal_safe_iter(iterable: Iterable[T]) -> Iterator[T]:
     let go; they are raised between items, in the caller's code.
 
     Stop early with `.close()` (it stops a loader's workers at once and raises what was held meanwhile): a
-    generator that Python finalises instead prints and drops the exception.
+    generator that Python finalises instead prints and drops the exception. A loader's workers are forked with
+    SIGTERM, SIGHUP and SIGUSR1 blocked (stop_signals_blocked): its worker_init_fn must be exit_with_parent.
     """
     iterator = ()
     try:
-        with interrupts_held():
+        with interrupts_held(), stop_signals_blocked():  # a loader's workers are forked here
             iterator = iter(iterable)
         while True:
             with interrupts_held():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import signal
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 __all__ = ["watch_parent", "exit_with_parent", "reap_loader_workers_at_exit", "process_ended", "usable_cpus",
-           "LOADER_START_METHOD", "STOP_SIGNALS"]
+           "LOADER_START_METHOD", "STOP_SIGNALS", "stop_signals_blocked"]
 
 # The signals that stop a run as SIGTERM does, besides it and Ctrl-C: a closed terminal's SIGHUP (an ssh session
 # dropped: POSIX sends it to the terminal's whole foreground process group), and SIGUSR1, which Slurm sends ahead of a
@@ -84,11 +85,38 @@ def exit_with_parent(parent: int, worker_id: int | None = None) -> None:
     watch above does. Nor does the worker print the traceback of a batch hand-over that the parent broke off on its
     way out.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for s in STOP_SIGNALS:
+    for s in _WORKER_IGNORES:
         signal.signal(s, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked as it was forked (stop_signals_blocked): what came is dropped
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_IGNORES)
     sys.excepthook = functools.partial(_quiet_about_hand_overs_broken_off, sys.excepthook)
     watch_parent(lambda: os._exit(1), parent)
+
+
+# The signals a loader worker ignores (its parent stops it), and that stay blocked from its fork until it does.
+_WORKER_IGNORES = (signal.SIGTERM, *STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked():
+    """Block SIGTERM, SIGHUP and SIGUSR1 in this thread for the block: around the start of a loader whose workers
+    are forked and begin with exit_with_parent.
+
+    A worker is forked with its parent's handlers, and torch's worker then installs its own SIGTERM handler, which
+    dies of a SIGTERM that its parent did not send: a job's SIGTERM (torchrun's agent signals each worker's whole
+    process group, as Slurm and `timeout` do) that came before exit_with_parent ignored it killed the worker, and
+    the parent printed torch's "DataLoader worker ... is killed by signal" lines after its own. Forked with the
+    signals blocked, the worker holds them until exit_with_parent ignores them and unblocks. Signals sent meanwhile
+    to this process go to its other threads, or wait until the block ends.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no fork, no such signals
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_IGNORES)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _quiet_about_hand_overs_broken_off(hook: Callable, exc_type: type, exc: BaseException, tb: TracebackType | None
