@@ -508,6 +508,39 @@ def test_the_teacher_accuracy_of_a_pair_that_distilled_from_a_copy_is_that_of_th
     assert "| cub | resnet50@64 | – |" in capsys.readouterr().out  # another teacher's copy: not this one's
 
 
+def test_a_teacher_trained_again_in_place_after_its_students_is_not_shown_as_theirs(tmp_path, monkeypatch, capsys):
+    # BASIC.FRESH_START True retrained the teacher into its folder (the old one moved aside, .old1, skipped): the
+    # row showed the new teacher's top-1 beside students of the old one.
+    root = tmp_path / "ckpt"
+    teacher = _experiment(root, "cub", "1runs_resnet50_64_seed0_0.01", [80.0], MODEL__ARCH="resnet50",
+                          DATA__CROP_SIZE=64)
+    checkpoint = teacher / "ckpt" / "model_best.pth"
+    checkpoint.write_bytes(b"the teacher trained again")
+    old = hashlib.sha256(b"the first teacher").hexdigest()
+    kd = _experiment(root, "cub", "2runs_kd_resnet50_64_resnet18_32_seed0_0.01", [55.0, 57.0],
+                     MODEL__MODELDICT_T=str(checkpoint), **DISTILL)
+    (kd / "inputs.json").write_text(json.dumps({"MODEL.MODELDICT_T": {"path": str(checkpoint), "sha256": old}}))
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    out, err = capsys.readouterr()
+    now = hashlib.sha256(b"the teacher trained again").hexdigest()
+    assert "| cub | resnet50@64 | – |" in out
+    assert (f"note: {checkpoint} was trained again after the cells of resnet50@64 -> resnet18@32 on cub distilled "
+            f"from it (SHA-256 {old[:12]} then, {now[:12]} now): {teacher} holds the new teacher, so the row's "
+            "'teacher top-1' is not shown") in err
+    # The first teacher kept under the root (a copy of the folder moved aside): its accuracy, found by content.
+    first = _experiment(root, "cub", "1runs_resnet50_64_seed0_0.01_first", [70.0], MODEL__ARCH="resnet50",
+                        DATA__CROP_SIZE=64)
+    (first / "ckpt" / "model_best.pth").write_bytes(b"the first teacher")
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    out, err = capsys.readouterr()
+    assert "| cub | resnet50@64 | 70.00 |" in out and f"'teacher top-1' is that of {first}, which holds it" in err
+    # Unchanged since: its own folder's, no note.
+    (kd / "inputs.json").write_text(json.dumps({"MODEL.MODELDICT_T": {"path": str(checkpoint), "sha256": now}}))
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    out, err = capsys.readouterr()
+    assert "| cub | resnet50@64 | 80.00 |" in out and "trained again" not in err
+
+
 def test_the_teacher_accuracy_of_one_run_of_a_multi_run_teacher_experiment_is_that_runs(tmp_path, monkeypatch, capsys):
     root = tmp_path / "ckpt"
     used = _experiment(root, "cub", "3runs_resnet50_64_seed0_0.01", [20.0, 35.0, 32.0], MODEL__ARCH="resnet50",

@@ -123,6 +123,19 @@ def test_bad_overrides_name_the_key(opts, words):
         assert word in message
 
 
+def test_a_mistyped_config_file_name_is_answered_with_the_files_like_it(tmp_path, monkeypatch):
+    with pytest.raises(UserError) as err:
+        merge_file(get_cfg(), "configs/demo/cub_demo_isrd.yam")
+    assert str(err.value) == ("config file not found: configs/demo/cub_demo_isrd.yam; did you mean "
+                              "configs/demo/cub_demo_isrd.yaml?")
+    monkeypatch.chdir(tmp_path)  # a bare name: the current folder's files
+    (tmp_path / "teacher.yaml").write_text("BASIC:\n  SEED: 1\n")
+    with pytest.raises(UserError, match="not found: techer.yaml; did you mean teacher.yaml\\?$"):
+        merge_file(get_cfg(), "techer.yaml")
+    with pytest.raises(UserError, match="not found: other.yaml$"):  # nothing like it: nothing said
+        merge_file(get_cfg(), "other.yaml")
+
+
 def test_missing_and_malformed_config_files_name_the_file(tmp_path):
     with pytest.raises(UserError, match="config file not found: .*nope.yaml"):
         merge_file(get_cfg(), str(tmp_path / "nope.yaml"))

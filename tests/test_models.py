@@ -608,6 +608,9 @@ def test_a_missing_checkpoint_outside_the_output_root_says_the_key_does_not_foll
     assert output_root_hint("MODEL.MODELDICT_T", os.path.join(root, "cub", "x.pth"), root, default) == ""  # under it
     # A path of the user's own (not under the default root): the outputs' root has nothing to do with it.
     assert output_root_hint("MODEL.MODELDICT_T", str(tmp_path / "mine" / "teacher.pth"), root, default) == ""
+    # A file name mistyped in a folder that is there: a typo, not a root the key did not follow.
+    os.makedirs(written.parent)
+    assert output_root_hint("MODEL.MODELDICT_T", str(written.parent / "model_best.pth.bak"), root, default) == ""
 
 
 class _Payload:

@@ -263,15 +263,19 @@ def _teacher_by_content(sha256: str, candidates: list[ExperimentResult], digests
     for e in candidates:
         ckpt = os.path.join(e.path, "ckpt")
         for run_dir, run in [(ckpt, None), *run_folders(ckpt)]:
-            path = os.path.join(run_dir, "model_best.pth")
-            if path not in digests:
-                try:
-                    digests[path] = file_digest(path, "sha256")
-                except OSError:  # none there (a run without one), or unreadable
-                    digests[path] = ""
-            if digests.get(path) == sha256:
+            if _digest(os.path.join(run_dir, "model_best.pth"), digests) == sha256:
                 return e, run
     return None, None
+
+
+def _digest(path: str, digests: dict[str, str]) -> str:
+    """The SHA-256 of the file `path`, "" if there is none or it cannot be read; `digests` caches it."""
+    if path not in digests:
+        try:
+            digests[path] = file_digest(path, "sha256")
+        except OSError:  # none there (a run without one), or unreadable
+            digests[path] = ""
+    return digests[path]
 
 
 def _pick(candidates: list[ExperimentResult], what: str, warn) -> ExperimentResult:
@@ -309,9 +313,19 @@ def build_rows(experiments: list[ExperimentResult], warn: Callable[[str], object
             e = next((e for e in teachers[0] if by_folder.get(e.teacher_dir)), teachers[0][0])
             teacher_result, teacher_run = by_folder.get(e.teacher_dir), e.teacher_run
             sha256 = next((e.teacher_sha256 for e in teachers[0] if e.teacher_sha256), None)
+            now = _digest(e.teacher_file, digests) if teacher_result is not None and sha256 else ""
+            if now and now != sha256:
+                # Trained again in place since (BASIC.FRESH_START moved the old one aside, skipped here): that
+                # folder's accuracy is the new teacher's, not that of the one these students learnt from.
+                replaced, teacher_result, teacher_run = teacher_result, None, None
             if teacher_result is None and sha256:  # a copy (a node's local disk): the experiment that made it
                 teacher_result, teacher_run = _teacher_by_content(
                     sha256, singles.get((dataset, teacher, teacher_size), []), digests)
+            if now and now != sha256:
+                shown = f"that of {teacher_result.path}, which holds it" if teacher_result else "not shown"
+                warn(f"note: {e.teacher_file} was trained again after the cells of {what} distilled from it (SHA-256 "
+                     f"{sha256[:12]} then, {now[:12]} now): {replaced.path} holds the new teacher, so the row's "
+                     f"'teacher top-1' is {shown}")
         else:
             teacher_result, teacher_run = single.get((dataset, teacher, teacher_size)), None
         if len(teachers) > 1:  # (a teacher trained again, in place or elsewhere, between two methods' experiments)

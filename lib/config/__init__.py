@@ -190,7 +190,7 @@ def merge_file(cfg: CfgNode, filename: str) -> None:
     if not os.path.isfile(filename) and os.path.isfile(resolve_path(filename)):
         filename = resolve_path(filename)
     if not os.path.exists(filename) or os.path.isdir(filename):  # a pipe (--config_file <(sed ...)) is read too
-        require_file(filename, "config file")
+        require_file(filename, "config file", _near_config_files(filename))
     with open(filename, "rb") as f:
         data = f.read()
     try:
@@ -243,6 +243,19 @@ class _StrictLoader(yaml.SafeLoader):
                 break
             first_line[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+def _near_config_files(filename: str) -> str:
+    """For a config file that is not there: the YAML files of the same folder with a name like it (a typo, `.yam`)
+    as "; did you mean ...?", the folder taken as merge_file takes it; else ""."""
+    folder, name = os.path.split(filename)
+    for base in (folder, resolve_path(folder)) if folder else (".",):
+        if os.path.isdir(base):
+            names = [n for n in os.listdir(base) if n.endswith((".yaml", ".yml"))]
+            near = difflib.get_close_matches(name, names, n=3, cutoff=0.9)
+            if near:
+                return f"; did you mean {' or '.join(os.path.join(folder, n) for n in near)}?"
+    return ""
 
 
 def _yaml_problem(err: yaml.YAMLError, text: str) -> str:

@@ -132,6 +132,8 @@ def output_root_hint(key: str, path: str, output_root: str, default_root: str) -
     there = os.path.join(output_root, *parts[-4:])  # <dataset>/<experiment>/ckpt/model_best.pth under the root
     if len(parts) > 4 and os.path.isfile(there):
         return f"; {key} does not follow BASIC.OUTPUT_ROOT: did you mean {key} {there}?"
+    if os.path.isdir(os.path.dirname(path)):  # its folder is there: the file's name is what is wrong (a typo)
+        return ""
     return f"; {key} does not follow BASIC.OUTPUT_ROOT ({output_root}): give the path of the checkpoint to use"
 
 
