@@ -506,6 +506,17 @@ def test_the_teacher_accuracy_of_a_pair_that_distilled_from_a_copy_is_that_of_th
     (isrd / "inputs.json").write_text(json.dumps({"MODEL.MODELDICT_T": {"path": "x", "sha256": "ab" * 32}}))
     assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
     assert "| cub | resnet50@64 | – |" in capsys.readouterr().out  # another teacher's copy: not this one's
+    # A TAS stage 2 without a teacher, from a copy of its assistant: the stage-1 experiment that trained it.
+    stage1 = _experiment(root, "cub", "1runs_kd_resnet50_64_resnet34_64_seed0_0.01", [66.0], MODEL__ARCH_T="resnet50",
+                         MODEL__ARCH_S="resnet34", DATA__CROP_SIZE=64)
+    (stage1 / "ckpt" / "model_best.pth").write_bytes(b"assistant")
+    tas = _experiment(root, "cub", "2runs_tas_resnet34_64_resnet18_32_seed0_0.01", [50.0, 52.0],
+                      MODEL__MODELDICT_A="/scratch/job8/assistant.pth",
+                      **{**DISTILL, "MODEL__ARCH_T": "resnet34", "MODEL__ARCH_A": "resnet34"})
+    (tas / "inputs.json").write_text(json.dumps({"MODEL.MODELDICT_A": {
+        "path": "/scratch/job8/assistant.pth", "sha256": hashlib.sha256(b"assistant").hexdigest()}}))
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    assert "| cub | resnet34@64 | 66.00 |" in capsys.readouterr().out
 
 
 def test_a_teacher_trained_again_in_place_after_its_students_is_not_shown_as_theirs(tmp_path, monkeypatch, capsys):

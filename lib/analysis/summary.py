@@ -319,8 +319,11 @@ def build_rows(experiments: list[ExperimentResult], warn: Callable[[str], object
                 # folder's accuracy is the new teacher's, not that of the one these students learnt from.
                 replaced, teacher_result, teacher_run = teacher_result, None, None
             if teacher_result is None and sha256:  # a copy (a node's local disk): the experiment that made it
+                # (The teacher's own experiments, and those that trained that network at that size by distilling
+                # it: a TAS stage 1, whose assistant a stage 2 without a teacher reads.)
                 teacher_result, teacher_run = _teacher_by_content(
-                    sha256, singles.get((dataset, teacher, teacher_size), []), digests)
+                    sha256, [x for x in experiments if (x.dataset, x.arch, x.size) == (dataset, teacher, teacher_size)],
+                    digests)
             if now and now != sha256:
                 shown = f"that of {teacher_result.path}, which holds it" if teacher_result else "not shown"
                 warn(f"note: {e.teacher_file} was trained again after the cells of {what} distilled from it (SHA-256 "
