@@ -132,8 +132,14 @@ def test_a_mistyped_config_file_name_is_answered_with_the_files_like_it(tmp_path
     (tmp_path / "teacher.yaml").write_text("BASIC:\n  SEED: 1\n")
     with pytest.raises(UserError, match="not found: techer.yaml; did you mean teacher.yaml\\?$"):
         merge_file(get_cfg(), "techer.yaml")
+    with pytest.raises(UserError, match="not found: teacher; did you mean teacher.yaml\\?$"):  # no extension
+        merge_file(get_cfg(), "teacher")
     with pytest.raises(UserError, match="not found: other.yaml$"):  # nothing like it: nothing said
         merge_file(get_cfg(), "other.yaml")
+    # From another folder, a relative path is looked for from the repository root too.
+    with pytest.raises(UserError, match="not found: configs/demo/cub_demo_teacher; did you mean "
+                                        "configs/demo/cub_demo_teacher.yaml\\?$"):
+        merge_file(get_cfg(), "configs/demo/cub_demo_teacher")
 
 
 def test_missing_and_malformed_config_files_name_the_file(tmp_path):
@@ -569,6 +575,7 @@ def test_a_num_runs_set_for_a_one_run_script_is_said_to_be_ignored(monkeypatch, 
     assert capsys.readouterr().err == ("note: BASIC.NUM_RUNS 3 is ignored: train_teacher_1run.py trains one run (seed "
                                        "BASIC.SEED 0); the *_5runs.py scripts train BASIC.NUM_RUNS seeded runs\n")
     load_config(argparse.Namespace(config_file=path, opts=[]), one_run=True)  # the default: nothing to say
+    load_config(argparse.Namespace(config_file=path, opts=["BASIC.NUM_RUNS", "1"]), one_run=True)  # what it does
     load_config(argparse.Namespace(config_file=path, opts=["BASIC.NUM_RUNS", "3"]))  # a script that trains them
     assert capsys.readouterr().err == ""
 

@@ -10,8 +10,9 @@ import threading
 import torch
 from torch.utils.data import DataLoader
 
+from lib.utils import processes
 from lib.utils.errors import signal_safe_iter
-from lib.utils.processes import STOP_SIGNALS, exit_with_parent, watch_parent
+from lib.utils.processes import STOP_SIGNALS, exit_with_parent, forks_workers_that_ignore_stops, watch_parent
 
 
 def test_the_end_of_a_watched_process_that_is_not_this_ones_parent_is_noticed_before_it_is_reaped():
@@ -105,17 +106,32 @@ def test_usable_cpus_are_those_of_the_process_affinity_not_the_machines(monkeypa
     assert processes.usable_cpus() == 64
 
 
-def _signalled_as_it_starts(parent: int, worker_id: int) -> None:
+def test_stop_signals_that_reach_a_loader_worker_as_it_starts_are_dropped_not_its_death(monkeypatch):
     # The job's stop signals reach the worker before its init has ignored them, with torch's own SIGTERM handler
     # already in place: torchrun's agent, Slurm and `timeout` signal every process of the job, a worker as it starts.
-    for s in (signal.SIGTERM, *STOP_SIGNALS):
-        os.kill(os.getpid(), s)
-    exit_with_parent(parent, worker_id)
-
-
-def test_stop_signals_that_reach_a_loader_worker_as_it_starts_are_dropped_not_its_death():
     # The worker died of them, and the parent, stopping for the same signal, printed torch's "DataLoader worker ...
     # is killed by signal" lines after its own.
+    def signalled_as_it_starts(parent: int, worker_id: int) -> None:
+        for s in (signal.SIGTERM, *STOP_SIGNALS):
+            os.kill(os.getpid(), s)
+        exit_with_parent(parent, worker_id)
+
+    monkeypatch.setattr(processes, "exit_with_parent", signalled_as_it_starts)
     loader = DataLoader(torch.arange(8), batch_size=2, num_workers=2, multiprocessing_context="fork",
-                        worker_init_fn=functools.partial(_signalled_as_it_starts, os.getpid()))
+                        worker_init_fn=functools.partial(processes.exit_with_parent, os.getpid()))
     assert [batch.tolist() for batch in signal_safe_iter(loader)] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
+def test_only_loaders_whose_forked_workers_unblock_the_stop_signals_start_them_blocked():
+    # A worker that never unblocks them (another init) would ignore its loader's terminate() for good; one spawned,
+    # or forked by a server started inside the block, is no copy of the blocked thread.
+    init = functools.partial(exit_with_parent, os.getpid())
+    data = torch.arange(4)
+    assert forks_workers_that_ignore_stops(DataLoader(data, num_workers=1, worker_init_fn=init,
+                                                      multiprocessing_context="fork"))
+    assert not forks_workers_that_ignore_stops(DataLoader(data, num_workers=1, worker_init_fn=init,
+                                                          multiprocessing_context="spawn"))
+    assert not forks_workers_that_ignore_stops(DataLoader(data, num_workers=1, worker_init_fn=print,
+                                                          multiprocessing_context="fork"))
+    assert not forks_workers_that_ignore_stops(DataLoader(data, num_workers=0, worker_init_fn=init))
+    assert not forks_workers_that_ignore_stops(range(4))

@@ -146,7 +146,7 @@ def load_config(args: argparse.Namespace, one_run: bool = False) -> CfgNode:
     check_cfg(cfg)
     # After the check, so that a refused config stays one line.
     lines = _repeated_overrides(args.opts or [])
-    if one_run and "BASIC.NUM_RUNS" in (args.opts or [])[0::2]:
+    if one_run and "BASIC.NUM_RUNS" in (args.opts or [])[0::2] and cfg.BASIC.NUM_RUNS != 1:
         lines.append(f"note: BASIC.NUM_RUNS {cfg.BASIC.NUM_RUNS} is ignored: {os.path.basename(sys.argv[0])} trains "
                      f"one run (seed BASIC.SEED {cfg.BASIC.SEED}); the *_5runs.py scripts train BASIC.NUM_RUNS "
                      "seeded runs")
@@ -246,15 +246,19 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _near_config_files(filename: str) -> str:
-    """For a config file that is not there: the YAML files of the same folder with a name like it (a typo, `.yam`)
-    as "; did you mean ...?", the folder taken as merge_file takes it; else ""."""
+    """For a config file that is not there: the YAML files of its folder (from the current folder, else from the
+    repository root, as merge_file looks) named like it (a typo, `.yam`, no extension) as "; did you mean ...?";
+    else ""."""
     folder, name = os.path.split(filename)
-    for base in (folder, resolve_path(folder)) if folder else (".",):
-        if os.path.isdir(base):
+    for base in dict.fromkeys((folder or os.curdir, resolve_path(folder or os.curdir))):
+        try:
             names = [n for n in os.listdir(base) if n.endswith((".yaml", ".yml"))]
-            near = difflib.get_close_matches(name, names, n=3, cutoff=0.9)
-            if near:
-                return f"; did you mean {' or '.join(os.path.join(folder, n) for n in near)}?"
+        except OSError:  # not there, not a folder, not readable
+            continue
+        near = [n for n in (name + ".yaml", name + ".yml") if n in names] or \
+            difflib.get_close_matches(name, names, n=3, cutoff=0.9)
+        if near:
+            return f"; did you mean {' or '.join(os.path.join(folder, n) for n in near)}?"
     return ""
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn, TypeVar
 
 from lib.utils.files import run_folders
-from lib.utils.processes import STOP_SIGNALS, stop_signals_blocked
+from lib.utils.processes import STOP_SIGNALS, forks_workers_that_ignore_stops, stop_signals_blocked
 
 T = TypeVar("T")
 
@@ -161,12 +161,13 @@ def signal_safe_iter(iterable: Iterable[T]) -> Iterator[T]:
     let go; they are raised between items, in the caller's code.
 
     Stop early with `.close()` (it stops a loader's workers at once and raises what was held meanwhile): a
-    generator that Python finalises instead prints and drops the exception. A loader's workers are forked with
-    SIGTERM, SIGHUP and SIGUSR1 blocked (stop_signals_blocked): its worker_init_fn must be exit_with_parent.
+    generator that Python finalises instead prints and drops the exception. A loader that forks its workers with
+    exit_with_parent as their init forks them with SIGTERM, SIGHUP and SIGUSR1 blocked (stop_signals_blocked).
     """
     iterator = ()
     try:
-        with interrupts_held(), stop_signals_blocked():  # a loader's workers are forked here
+        # A loader's workers are forked here: with the stop signals blocked, when they unblock them.
+        with interrupts_held(), stop_signals_blocked(forks_workers_that_ignore_stops(iterable)):
             iterator = iter(iterable)
         while True:
             with interrupts_held():
@@ -369,7 +370,8 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
 
     SIGTERM (a scheduler preempting the job, `kill <pid>`) unwinds like Ctrl-C and prints the same line, with
     exit status 143: the process stops its loader workers and run processes instead of leaving them behind. So does
-    SIGHUP (a closed terminal), with 129, and SIGUSR1 (Slurm's warning ahead of a job's time limit), with 138.
+    SIGHUP (a closed terminal), with 129, and SIGUSR1 (Slurm's warning ahead of a job's time limit), with 128 +
+    SIGUSR1 (138 on Linux).
 
     `@cli_main` for the training scripts (their Ctrl-C line says how to resume; torchrun may start them);
     `@cli_main(interrupted=..., one_process=True)` for tools that have nothing to resume and work in one process

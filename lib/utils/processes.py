@@ -14,7 +14,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 __all__ = ["watch_parent", "exit_with_parent", "reap_loader_workers_at_exit", "process_ended", "usable_cpus",
-           "LOADER_START_METHOD", "STOP_SIGNALS", "stop_signals_blocked"]
+           "LOADER_START_METHOD", "STOP_SIGNALS", "stop_signals_blocked", "forks_workers_that_ignore_stops"]
 
 # The signals that stop a run as SIGTERM does, besides it and Ctrl-C: a closed terminal's SIGHUP (an ssh session
 # dropped: POSIX sends it to the terminal's whole foreground process group), and SIGUSR1, which Slurm sends ahead of a
@@ -98,9 +98,9 @@ _WORKER_IGNORES = (signal.SIGTERM, *STOP_SIGNALS)
 
 
 @contextlib.contextmanager
-def stop_signals_blocked():
-    """Block SIGTERM, SIGHUP and SIGUSR1 in this thread for the block: around the start of a loader whose workers
-    are forked and begin with exit_with_parent.
+def stop_signals_blocked(block: bool = True):
+    """Block SIGTERM, SIGHUP and SIGUSR1 in this thread for the block (if `block`): around the start of a loader
+    whose workers are forked and begin with exit_with_parent (forks_workers_that_ignore_stops).
 
     A worker is forked with its parent's handlers, and torch's worker then installs its own SIGTERM handler, which
     dies of a SIGTERM that its parent did not send: a job's SIGTERM (torchrun's agent signals each worker's whole
@@ -109,7 +109,7 @@ def stop_signals_blocked():
     signals blocked, the worker holds them until exit_with_parent ignores them and unblocks. Signals sent meanwhile
     to this process go to its other threads, or wait until the block ends.
     """
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no fork, no such signals
+    if not block or not hasattr(signal, "pthread_sigmask"):  # Windows: no fork, no such signals
         yield
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_IGNORES)
@@ -117,6 +117,17 @@ def stop_signals_blocked():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def forks_workers_that_ignore_stops(loader: object) -> bool:
+    """Whether `loader` (a DataLoader) forks its workers and starts each with exit_with_parent: only those unblock
+    what stop_signals_blocked holds for them. (A worker of another start method is no copy of this thread: spawned
+    or forked by a server started inside the block, it would keep the signals blocked for good; so would one whose
+    init does not unblock them.)"""
+    init = getattr(loader, "worker_init_fn", None)
+    context = getattr(loader, "multiprocessing_context", None)
+    return (getattr(loader, "num_workers", 0) > 0 and isinstance(init, functools.partial)
+            and init.func is exit_with_parent and context is not None and context.get_start_method() == "fork")
 
 
 def _quiet_about_hand_overs_broken_off(hook: Callable, exc_type: type, exc: BaseException, tb: TracebackType | None
