@@ -18,8 +18,8 @@ __all__ = ["watch_parent", "exit_with_parent", "reap_loader_workers_at_exit", "p
 
 # The signals that stop a run as SIGTERM does, besides it and Ctrl-C: a closed terminal's SIGHUP (an ssh session
 # dropped: POSIX sends it to the terminal's whole foreground process group), and SIGUSR1, which Slurm sends ahead of a
-# job's time limit when the job asks for it (`#SBATCH --signal=USR1@120`) and whose default action would end the run
-# without a word. Windows has neither.
+# job's time limit to the job's srun steps when the job asks for it (`#SBATCH --signal=USR1@120`) and whose default
+# action would end the run without a word. Windows has neither.
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(getattr(signal, name) for name in ("SIGHUP", "SIGUSR1")
                                                  if hasattr(signal, name))
 
