@@ -18,7 +18,7 @@ from torch import nn
 
 from lib.analysis.cost import LiveTensorBytes, count_flops, expand_archs, flops_of, format_markdown
 from lib.analysis.evaluate import classification_report
-from lib.analysis.summary import find_experiments
+from lib.analysis.summary import distill_name_pattern, find_experiments
 from lib.config import get_cfg
 from lib.models.model_builder import CNN_MIN_INPUT_SIZE, build_model
 from lib.utils.errors import UserError
@@ -424,6 +424,13 @@ def test_experiment_config_is_read_not_the_name(tmp_path, monkeypatch, capsys):
         (row,) = list(csv.DictReader(f))
     assert (row["student_arch"], row["student_size"], row["student_best_mean"]) == ("resnet34", "32", "33.0")
     assert yaml.safe_load((root / "cub" / "my_baseline" / "config.yaml").read_text())["MODEL"]["ARCH"] == "resnet34"
+
+
+def test_a_method_whose_name_begins_with_another_s_is_not_filed_under_it():
+    # A method added as "kd_rev" (docs/extending.md): its folders were read as KD experiments.
+    pattern = distill_name_pattern(["kd", "at", "kd_rev"])
+    assert pattern.match("2runs_kd_rev_resnet50_224_resnet18_56_seed0_0.01").group(1) == "kd_rev"
+    assert pattern.match("2runs_kd_resnet50_224_resnet18_56_seed0_0.01").group(1) == "kd"
 
 
 def test_two_stage_tas_experiments_fill_their_own_column(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lib.config import KDTYPES, get_cfg
 from lib.distillers import ISRD, FeatureKD, build_distiller, build_teacher, check_archs
-from lib.distillers.base import unfinished_run
+from lib.distillers.base import check_step_output, unfinished_run
 from lib.losses import dkd_loss, ickd_loss, kd_loss, sp_loss
 from lib.losses.at import at_loss
 from lib.losses.isrd import isrd_loss
@@ -58,6 +58,35 @@ def test_every_learnable_parameter_reaches_the_optimiser_and_the_teacher_stays_b
         optimizer.step()
     after = distiller.teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "teacher weights or BN statistics changed"
+
+
+def test_a_method_registered_without_its_builder_branch_is_refused_not_trained_as_another(tmp_path, monkeypatch):
+    # A method added to KDTYPES (docs/extending.md) whose branch was forgotten fell through to ICKD: a folder named
+    # after the new method held an ICKD run.
+    import lib.distillers as distillers
+
+    teacher_path = str(tmp_path / "t.pth")
+    save_network(teacher_path, "resnet18")
+    monkeypatch.setattr(distillers, "METHODS", (*distillers.METHODS, "mse"))
+    with pytest.raises(NotImplementedError, match="MODEL.KDTYPE 'mse' is in lib.config.KDTYPES, but build_distiller"):
+        build_distiller(_cfg(teacher_path, kdtype="mse"), "mse")
+
+
+@pytest.mark.parametrize("output, problem", [
+    (torch.zeros(4, 4), "got Tensor"),  # the logits alone
+    ((torch.zeros(4, 4),), "got a tuple of 1 (Tensor)"),
+    ((torch.zeros(4, 4), {}), "got a tuple of 2 (Tensor, dict)"),  # no term: nothing to train
+    ((torch.zeros(4, 4), {"mse": torch.tensor(1.0)}), "the term 'mse' is not named loss_<term>"),
+    ((torch.zeros(4, 4), {"loss_mse": torch.zeros(4)}), "the term 'loss_mse' is shape (4,), not a scalar tensor"),
+    ((torch.zeros(4, 4), {"loss_mse": 0.5}), "the term 'loss_mse' is float, not a scalar tensor"),
+])
+def test_a_training_step_that_returns_other_than_logits_and_named_scalar_terms_says_what_is_wrong(output, problem):
+    # A method being added: the trainer met these as "grad can be implicitly created only for scalar outputs",
+    # "'float' object has no attribute 'detach'" or a sparse-layout error.
+    with pytest.raises(TypeError, match=re.escape(problem)):
+        check_step_output(output)
+    good = (torch.zeros(4, 4), {"loss_ce": torch.tensor(1.0), "loss_mse": torch.tensor(0.5)})
+    assert check_step_output(good) is good
 
 
 def _expected_terms(distiller, cfg, method, image, image_large, target, epoch):

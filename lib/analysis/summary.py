@@ -22,7 +22,7 @@ import os
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,15 @@ __all__ = ["METHOD_COLUMNS", "ExperimentResult", "Row", "find_experiments", "bui
 # lib.config.KDTYPES gets its column and its label (its name in capitals) from there.
 METHOD_COLUMNS = ("student", *KDTYPES, "isrd", "tas")
 METHOD_LABELS = {"student": "baseline", **{method: method.upper() for method in METHOD_COLUMNS[1:]}}
-_DISTILL_NAME = re.compile(rf"\d+runs_({'|'.join(METHOD_COLUMNS[1:])})_")
+
+
+def distill_name_pattern(methods: Iterable[str]) -> re.Pattern:
+    """The pattern of a distillation experiment's folder name, <n>runs_<method>_..., its group the method: the
+    longest name tried first, so that a method added as "kd_rev" is not taken for KD."""
+    return re.compile(rf"\d+runs_({'|'.join(sorted(methods, key=len, reverse=True))})_")
+
+
+_DISTILL_NAME = distill_name_pattern(METHOD_COLUMNS[1:])
 _MOVED_ASIDE = re.compile(r".*\.old\d+")
 _DEMO_FOLDER = "demo"  # ckpt/demo, the BASIC.OUTPUT_ROOT of configs/demo/*
 _RUN_DIR = re.compile(r"run\d+")

@@ -130,5 +130,9 @@ def build_distiller(cfg: CfgNode, method: str, teacher: nn.Module | None = None)
         return FeatureKD(student, teacher, ATLoss(), "at", cfg.AT.BETA, paired, cfg.MODEL.PRERELU)
     if method == "sp":
         return FeatureKD(student, teacher, SPLoss(), "sp", cfg.SP.BETA, slice(-1, None), cfg.MODEL.PRERELU)
-    criterion = ICKDLoss(shapes_s[-1][0], shapes_t[-1][0], cfg.ICKD.TRAIN_EMBED)
-    return FeatureKD(student, teacher, criterion, "ickd", cfg.ICKD.BETA, slice(-1, None), cfg.MODEL.PRERELU)
+    if method == "ickd":
+        criterion = ICKDLoss(shapes_s[-1][0], shapes_t[-1][0], cfg.ICKD.TRAIN_EMBED)
+        return FeatureKD(student, teacher, criterion, "ickd", cfg.ICKD.BETA, slice(-1, None), cfg.MODEL.PRERELU)
+    # A method added to lib.config.KDTYPES without its branch here (docs/extending.md) must not train another's loss.
+    raise NotImplementedError(f"MODEL.KDTYPE {method!r} is in lib.config.KDTYPES, but build_distiller "
+                              "(lib/distillers/__init__.py) has no branch that builds it; add one (docs/extending.md)")

@@ -22,6 +22,24 @@ StepOutput = tuple[Tensor, dict[str, Tensor]]
 StepFn = Callable[[Tensor, Tensor, Tensor, int], StepOutput]
 
 
+def check_step_output(output: object) -> StepOutput:
+    """`output` if it is what a training step's forward must return, (student logits, {"loss_<term>": a scalar
+    tensor}); else a TypeError saying what is wrong (a method being added: docs/extending.md)."""
+    what = 'a distiller\'s forward_train must return (student logits, {"loss_<term>": weighted scalar loss})'
+    if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], Tensor)
+            and isinstance(output[1], dict) and output[1]):
+        shape = f"a tuple of {len(output)}" if isinstance(output, tuple) else type(output).__name__
+        raise TypeError(f"{what}; got {shape}" + (f" ({', '.join(type(x).__name__ for x in output)})"
+                                                  if isinstance(output, tuple) else ""))
+    for name, value in output[1].items():
+        if not (isinstance(name, str) and name.startswith("loss_")):
+            raise TypeError(f"{what}; the term {name!r} is not named loss_<term> (the trainer logs each by its name)")
+        if not isinstance(value, Tensor) or value.dim() != 0:
+            got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            raise TypeError(f"{what}; the term {name!r} is {got}, not a scalar tensor (reduce it: .mean() or .sum())")
+    return output
+
+
 class Distiller(nn.Module):
     """Owns a student trained on the small image and, optionally, a frozen teacher run on the large one.
 

@@ -31,7 +31,7 @@ from lib.datasets import BatchPreparer, build_dataset
 from lib.datasets.device import DeviceCropLoader, check_cache_fits
 from lib.datasets.sampler import EpochBatchSampler, EpochSampler
 from lib.distillers import Distiller, build_distiller, check_archs, method_archs
-from lib.distillers.base import StepFn, StepOutput
+from lib.distillers.base import StepFn, StepOutput, check_step_output
 from lib.utils.errors import (
     FRESH_START_INTERRUPTED_MESSAGE,
     TERMINATED_EXIT,
@@ -287,7 +287,7 @@ def optimizer_step(step_fn: StepFn, batch: dict[str, torch.Tensor], epoch: int, 
     Returns the step's (student logits, loss terms). The benchmark's "model only" figure times this same function.
     """
     with autocast(cfg, device):
-        logits, losses = step_fn(batch["image"], batch["image_large"], batch["target"], epoch)
+        logits, losses = check_step_output(step_fn(batch["image"], batch["image_large"], batch["target"], epoch))
         loss = sum(losses.values())
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

@@ -229,7 +229,11 @@ def _fetch_failed(arch: str, source: str, fix: str, err: Exception) -> UserError
 
 def _fetch_torchvision_weights(arch: str) -> dict[str, Tensor]:
     """Return torchvision's IMAGENET1K_V1 state dict of `arch`, from the torch hub cache or the network."""
-    weights = get_model_weights(arch).IMAGENET1K_V1
+    try:
+        weights = get_model_weights(arch).IMAGENET1K_V1
+    except (ValueError, AttributeError):  # a network added under a name of its own (docs/extending.md)
+        raise UserError(f"torchvision has no ImageNet weights for {arch}; give a local file through "
+                        f"{_PRETRAIN_FILE_KEYS}, or set {_PRETRAIN_KEYS} False") from None
     try:
         return weights.get_state_dict(progress=True)
     except Exception as err:  # no network, nothing cached, truncated download, ...
