@@ -358,6 +358,32 @@ def test_a_stop_signal_during_parallel_runs_is_one_line_and_leaves_no_damaged_ch
         assert torch.load(last, weights_only=False)["epoch"] >= 1
 
 
+def test_a_stop_after_one_run_process_finished_its_runs_ends_the_command_instead_of_hanging(tiny_cub, write_config,
+                                                                                              tmp_path):
+    # Runs 0 and 2 in one process, run 1 in the other: once run 1 is done its process waits for a task, exits at the
+    # first SIGTERM, and the pool then signals the busy one again while it unwinds; that one went back to waiting
+    # for a task, and the command waited on it for ever (found by a stress test: 3 hangs in 4 such stops).
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 3, "PARALLEL_RUNS": 2, "NUM_WORKERS": 0},
+                           "SOLVER": {"NUM_EPOCHS": 60}}, tiny_cub)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
+                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    exp = tmp_path / "ckpt" / "cub" / "3runs_resnet18_32_seed0_0.01"
+    try:
+        deadline = time.time() + 300
+        while not (exp / "ckpt" / "run1" / "result.json").is_file():
+            assert time.time() < deadline and proc.poll() is None, "run 1 did not finish"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGUSR1)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert (proc.returncode, err.decode().splitlines()) == (138, [INTERRUPTED_MESSAGE]), err.decode()
+    assert not (exp / "results.json").exists()
+
+
 _IDLE = """
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor

@@ -910,8 +910,7 @@ def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[to
     except BaseException as err:
         # Interrupted, or a run failed: stop the other runs now rather than wait for them to finish. (The
         # executor has no public way to signal running workers.)
-        for process in list(pool._processes.values()):
-            process.terminate()
+        _stop_run_processes(list(pool._processes.values()))
         pool.shutdown(wait=True, cancel_futures=True)
         if isinstance(err, BrokenProcessPool):  # a run process killed outright: the kernel's out-of-memory killer
             raise UserError(f"a run process of {exp.exp_dir} ended abruptly (killed outright: by the system's "
@@ -923,32 +922,61 @@ def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[to
     return results
 
 
+# A run process that outlives the SIGTERM that stops it gets another this many seconds later: one that was unwinding
+# its run went back to waiting for a task (a second SIGTERM, from its pool once another run process had exited, may
+# have come while it unwound), where the next ends it at once. One still there after the last is killed.
+_RESTOP_S = 5.0
+_KILL_AFTER_S = 120.0
+
+
+def _stop_run_processes(processes: Sequence) -> None:
+    """SIGTERM the run processes of a ProcessPoolExecutor, again every _RESTOP_S until each has exited (killed
+    after _KILL_AFTER_S), so that the pool's shutdown does not wait for ever on one that waits for a task."""
+    start = last = time.monotonic()
+    for process in processes:
+        process.terminate()
+    while alive := [process for process in processes if process.is_alive()]:
+        now = time.monotonic()
+        if now - start >= _KILL_AFTER_S:
+            for process in alive:
+                process.kill()
+        elif now - last >= _RESTOP_S:
+            for process in alive:
+                process.terminate()
+            last = now
+        time.sleep(0.05)
+
+
 def _stop_on_sigterm() -> None:
     """The initializer of a run process: SIGTERM (sent by _train_in_parallel, or by the process itself once its
-    parent has died) ends it at once and silently while it waits for a task (its pool's loop would print the
-    exception's traceback); _parallel_worker makes it interrupt a run as Ctrl-C would."""
+    parent has died) ends it at once and silently while it waits for a task; _parallel_worker makes it interrupt a
+    run as Ctrl-C would."""
     signal.signal(signal.SIGTERM, _exit_terminated)
     stop_when_parent_dies()
 
 
 def _exit_terminated(signum, frame) -> None:
-    os._exit(TERMINATED_EXIT)
+    # SystemExit, not os._exit: the process's exit handlers run (multiprocessing's unlink the semaphores it made,
+    # tqdm's lock among them; skipped, the resource tracker warned of "leaked semaphore objects" on the job's
+    # stderr), and multiprocessing ends the process quietly with this status (the pool's loop, waiting for a task,
+    # does not catch it).
+    raise SystemExit(TERMINATED_EXIT)
 
 
 def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, runs: list[int], device: str,
                      threads: int, said: Sequence[str] = ()) -> dict[int, dict]:
     """One process of _train_in_parallel: rebuild the data and train its runs on its device."""
-    cfg = CfgNode.load_cfg(cfg_yaml)
-    cfg.freeze()
-    if threads:
-        torch.set_num_threads(threads)
-    configure_backends(cfg)
-    handler = add_log_file(os.path.join(exp_dir, "train.log"))
-    once = WarnOnce(said)
-    get_logger().addFilter(once)
     idle = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, raise_terminated)  # from here the run unwinds, its last saved epoch kept
+    log, handler, once = get_logger(), None, WarnOnce(said)
     try:
-        signal.signal(signal.SIGTERM, raise_terminated)  # from here the run unwinds, its last saved epoch kept
+        cfg = CfgNode.load_cfg(cfg_yaml)
+        cfg.freeze()
+        if threads:
+            torch.set_num_threads(threads)
+        configure_backends(cfg)
+        handler = add_log_file(os.path.join(exp_dir, "train.log"))
+        log.addFilter(once)
         exp = Experiment(cfg, method, exp_dir, multi_run, build_dataset(cfg, is_train=True),
                          build_dataset(cfg, is_train=False))
         target = torch.device(device)
@@ -962,6 +990,7 @@ def _parallel_worker(cfg_yaml: str, method: str, exp_dir: str, multi_run: bool, 
         raise
     finally:
         signal.signal(signal.SIGTERM, idle)
-        get_logger().removeFilter(once)
-        get_logger().removeHandler(handler)
-        handler.close()
+        log.removeFilter(once)
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
