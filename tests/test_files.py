@@ -1,6 +1,6 @@
 import hashlib
 
-from lib.utils.files import file_digest
+from lib.utils.files import file_digest, run_folders, run_index
 
 
 def test_file_digest_reads_a_file_larger_than_its_chunk_whole(tmp_path):
@@ -9,3 +9,12 @@ def test_file_digest_reads_a_file_larger_than_its_chunk_whole(tmp_path):
     path.write_bytes(data)
     assert file_digest(str(path), "sha256") == hashlib.sha256(data).hexdigest()
     assert file_digest(str(path), "md5") == hashlib.md5(data).hexdigest()
+
+
+def test_run_folders_are_the_run_i_folders_of_a_ckpt_folder_by_number(tmp_path):
+    for name in ("run10", "run2", "run0", "runs", "run1x"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "run3").write_text("a file, not a run's folder")
+    assert run_folders(str(tmp_path)) == [(str(tmp_path / f"run{i}"), i) for i in (0, 2, 10)]
+    assert run_folders(str(tmp_path / "missing")) == []
+    assert (run_index("run7"), run_index("run"), run_index("model_best.pth")) == (7, None, None)

@@ -32,7 +32,7 @@ from yacs.config import CfgNode
 from lib.config import KDTYPES, resolve_path, small_crop_size
 from lib.engine.checkpoint import load_json_object, load_results, load_run_result, lock_holder
 from lib.utils.errors import UserError, first_line
-from lib.utils.files import file_digest, run_folders
+from lib.utils.files import file_digest, run_folders, run_index
 from lib.utils.log import ERROR_PREFIX, INTERRUPTED_LINE
 
 from . import check_output_root, markdown_table, write_csv, write_text
@@ -56,7 +56,6 @@ def distill_name_pattern(methods: Iterable[str]) -> re.Pattern:
 _DISTILL_NAME = distill_name_pattern(METHOD_COLUMNS[1:])
 _MOVED_ASIDE = re.compile(r".*\.old\d+")
 _DEMO_FOLDER = "demo"  # ckpt/demo, the BASIC.OUTPUT_ROOT of configs/demo/*
-_RUN_DIR = re.compile(r"run\d+")
 
 
 @dataclass
@@ -118,9 +117,9 @@ def _teacher_source(checkpoint: str) -> tuple[str, int | None]:
     """(experiment folder, run) of a teacher checkpoint <folder>/ckpt/model_best.pth (run None) or
     <folder>/ckpt/run<i>/model_best.pth (run i)."""
     ckpt_dir = os.path.dirname(os.path.realpath(resolve_path(checkpoint)))
-    run = None
-    if _RUN_DIR.fullmatch(os.path.basename(ckpt_dir)):
-        ckpt_dir, run = os.path.dirname(ckpt_dir), int(os.path.basename(ckpt_dir)[len("run"):])
+    run = run_index(os.path.basename(ckpt_dir))
+    if run is not None:
+        ckpt_dir = os.path.dirname(ckpt_dir)
     return os.path.dirname(ckpt_dir), run
 
 
@@ -322,17 +321,18 @@ def build_rows(experiments: list[ExperimentResult], warn: Callable[[str], object
             teacher_result, teacher_run = by_folder.get(e.teacher_dir), e.teacher_run
             sha256 = next((e.teacher_sha256 for e in teachers[0] if e.teacher_sha256), None)
             now = _digest(e.teacher_file, digests) if teacher_result is not None and sha256 else ""
-            if now and now != sha256:
-                # Trained again in place since (BASIC.FRESH_START moved the old one aside, skipped here): that
-                # folder's accuracy is the new teacher's, not that of the one these students learnt from.
-                replaced, teacher_result, teacher_run = teacher_result, None, None
+            # Trained again in place since (BASIC.FRESH_START moved the old one aside, skipped here): that folder's
+            # accuracy is the new teacher's, not that of the one these students learnt from.
+            replaced = teacher_result if now and now != sha256 else None
+            if replaced is not None:
+                teacher_result, teacher_run = None, None
             if teacher_result is None and sha256:  # a copy (a node's local disk): the experiment that made it
                 # (The teacher's own experiments, and those that trained that network at that size by distilling
                 # it: a TAS stage 1, whose assistant a stage 2 without a teacher reads.)
                 teacher_result, teacher_run = _teacher_by_content(
                     sha256, [x for x in experiments if (x.dataset, x.arch, x.size) == (dataset, teacher, teacher_size)],
                     digests)
-            if now and now != sha256:
+            if replaced is not None:
                 shown = f"that of {teacher_result.path}, which holds it" if teacher_result else "not shown"
                 warn(f"note: {e.teacher_file} was trained again after the cells of {what} distilled from it (SHA-256 "
                      f"{sha256[:12]} then, {now[:12]} now): {replaced.path} holds the new teacher, so the row's "

@@ -146,11 +146,12 @@ def load_config(args: argparse.Namespace, one_run: bool = False) -> CfgNode:
     check_cfg(cfg)
     # After the check, so that a refused config stays one line.
     lines = _repeated_overrides(args.opts or [])
-    if one_run and "BASIC.NUM_RUNS" in (args.opts or [])[0::2] and cfg.BASIC.NUM_RUNS != 1:
+    overridden = set((args.opts or [])[0::2])
+    if one_run and "BASIC.NUM_RUNS" in overridden and cfg.BASIC.NUM_RUNS != 1:
         lines.append(f"note: BASIC.NUM_RUNS {cfg.BASIC.NUM_RUNS} is ignored: {os.path.basename(sys.argv[0])} trains "
                      f"one run (seed BASIC.SEED {cfg.BASIC.SEED}); the *_5runs.py scripts train BASIC.NUM_RUNS "
                      "seeded runs")
-    if getattr(args, "trains", True) and "BASIC.OUTPUT_ROOT" not in (args.opts or [])[0::2]:
+    if getattr(args, "trains", True) and "BASIC.OUTPUT_ROOT" not in overridden:
         lines += _experiment_elsewhere(args.config_file, cfg)
     if not torchrun_rank_other_than_0():  # (under torchrun every rank loads the same config)
         for line in lines:

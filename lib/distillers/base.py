@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 
 import torch
@@ -14,6 +13,7 @@ from yacs.config import CfgNode
 from lib.config import cfg_value, get_cfg, resolve_path
 from lib.models.weights import load_network, output_root_hint
 from lib.utils.errors import UserError
+from lib.utils.files import run_index
 
 # What a training step's forward returns: the student's logits (B, K) and its named, weighted loss terms.
 StepOutput = tuple[Tensor, dict[str, Tensor]]
@@ -140,7 +140,7 @@ def unfinished_run(path: str) -> str | None:
     if os.path.basename(path) != "model_best.pth":
         return None
     ckpt = folder if os.path.basename(folder) == "ckpt" else os.path.dirname(folder)
-    if os.path.basename(ckpt) != "ckpt" or (ckpt != folder and not re.fullmatch(r"run\d+", os.path.basename(folder))):
+    if os.path.basename(ckpt) != "ckpt" or (ckpt != folder and run_index(os.path.basename(folder)) is None):
         return None
     if not os.path.isfile(os.path.join(os.path.dirname(ckpt), "config.yaml")):
         return None

@@ -451,7 +451,7 @@ def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> tup
         last = os.path.join(ckpt_dir, "last.pth")
         saved = None
         if run in pending:
-            if os.path.isfile(last):  # mapped, not read: checks the archive, costs nothing for a large model
+            if os.path.isfile(last):
                 saved = read_saved(last, _map_last, _resume_fix(run))
                 _check_world_size(exp, run, saved, last)
         else:

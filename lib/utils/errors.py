@@ -393,9 +393,8 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
         # test runner) keeps its handler.
         ours = {}
         if threading.current_thread() is threading.main_thread():
-            defaults = {signal.SIGTERM: (signal.SIG_DFL, raise_terminated),
-                        **dict.fromkeys(STOP_SIGNALS, (signal.SIG_DFL, raise_terminated)),  # (nohup: ignored, kept)
-                        signal.SIGINT: (signal.default_int_handler, raise_interrupted)}
+            defaults = {**dict.fromkeys((signal.SIGTERM, *STOP_SIGNALS), (signal.SIG_DFL, raise_terminated)),
+                        signal.SIGINT: (signal.default_int_handler, raise_interrupted)}  # (nohup's SIGHUP: kept)
             ours = {s: default for s, (default, handler) in defaults.items() if signal.getsignal(s) is default}
             for s in ours:
                 signal.signal(s, defaults[s][1])
@@ -446,7 +445,7 @@ def _stop_at_once_while_exiting(signals: tuple[int, ...]) -> None:
     """At interpreter exit (before the libraries' exit callbacks, registered earlier), a Ctrl-C or SIGTERM ends the
     process at once and quietly: the command has finished, and a KeyboardInterrupt raised in torch's exit callbacks
     would print "Exception ignored in atexit callback" and a traceback. A handler the user set is kept."""
-    defaults = {signal.SIGTERM: signal.SIG_DFL, **dict.fromkeys(STOP_SIGNALS, signal.SIG_DFL),
+    defaults = {**dict.fromkeys((signal.SIGTERM, *STOP_SIGNALS), signal.SIG_DFL),
                 signal.SIGINT: signal.default_int_handler}
     for s in signals:
         if signal.getsignal(s) is defaults.get(s):

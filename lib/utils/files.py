@@ -14,6 +14,11 @@ def file_digest(path: str, algorithm: str) -> str:
     return digest.hexdigest()
 
 
+def run_index(name: str) -> int | None:
+    """i of a run folder's name, run<i> (a multi-run experiment's ckpt/run<i>/, log/run<i>/); None for another."""
+    return int(name[len("run"):]) if re.fullmatch(r"run\d+", name) else None
+
+
 def run_folders(ckpt_dir: str) -> list[tuple[str, int]]:
     """(path, i) of the run<i> folders in an experiment's ckpt/ (a multi-run experiment), by i; [] when there are
     none or ckpt/ cannot be listed."""
@@ -21,5 +26,5 @@ def run_folders(ckpt_dir: str) -> list[tuple[str, int]]:
         names = os.listdir(ckpt_dir)
     except OSError:
         return []
-    runs = [(os.path.join(ckpt_dir, name), int(name[len("run"):])) for name in names if re.fullmatch(r"run\d+", name)]
-    return sorted(((path, i) for path, i in runs if os.path.isdir(path)), key=lambda run: run[1])
+    runs = [(os.path.join(ckpt_dir, name), run_index(name)) for name in names]
+    return sorted(((path, i) for path, i in runs if i is not None and os.path.isdir(path)), key=lambda run: run[1])
