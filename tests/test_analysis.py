@@ -18,7 +18,7 @@ from torch import nn
 
 from lib.analysis.cost import LiveTensorBytes, count_flops, expand_archs, flops_of, format_markdown
 from lib.analysis.evaluate import classification_report
-from lib.analysis.summary import distill_name_pattern, find_experiments
+from lib.analysis.summary import build_rows, distill_name_pattern, find_experiments
 from lib.config import get_cfg
 from lib.models.model_builder import CNN_MIN_INPUT_SIZE, build_model
 from lib.utils.errors import UserError
@@ -328,8 +328,10 @@ def test_cost_arch_list_gives_each_vit_its_size_and_refuses_a_cnn_below_its_mini
     pairs = expand_archs(["resnet18", "vit_tiny_patch16", "vit_small_patch16_56"], [112, 56])
     assert pairs == [("resnet18", 112), ("resnet18", 56), ("vit_tiny_patch16_112", 112), ("vit_tiny_patch16_56", 56),
                      ("vit_small_patch16_56", 56)]
-    with pytest.raises(UserError, match=f"at least {CNN_MIN_INPUT_SIZE} px"):
+    with pytest.raises(UserError, match=rf"\(--sizes\): it needs at least {CNN_MIN_INPUT_SIZE} px"):
         expand_archs(["resnet18"], [TOO_SMALL])
+    with pytest.raises(UserError, match=r"vit_tiny_patch16_8 cannot take 8 px inputs \(its name in --archs\)"):
+        expand_archs(["vit_tiny_patch16_8"], [112])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -407,12 +409,32 @@ def test_summarize_builds_the_paper_table_and_plots(experiment_tree, tmp_path, m
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
 
+def test_a_size_sweep_of_vit_students_is_tabled_by_size_not_as_text(tmp_path, monkeypatch):
+    root = tmp_path / "ckpt"
+    for size in (64, 149, 89, 74):  # the release's ViT-Tiny sizes; as text 149 sorted first and 64 before 74
+        _experiment(root, "cub", f"2runs_isrd_resnet50_224_vit_tiny_patch16_{size}_seed0_0.01", [50.0, 52.0],
+                    **{**DISTILL, "MODEL__ARCH_S": f"vit_tiny_patch16_{size}", "DATA__CROP_SIZE": 224,
+                       "DATA__LESSEN_RATIO": 224 / size})
+    for size in (32, 112):
+        _experiment(root, "cub", f"2runs_isrd_resnet50_224_resnet18_{size}_seed0_0.01", [50.0, 52.0],
+                    **{**DISTILL, "DATA__CROP_SIZE": 224, "DATA__LESSEN_RATIO": 224 / size})
+    rows = build_rows(find_experiments(str(root)))
+    assert [(r.arch, r.size) for r in rows] == [
+        ("resnet18", 112), ("resnet18", 32), ("vit_tiny_patch16_149", 149), ("vit_tiny_patch16_89", 89),
+        ("vit_tiny_patch16_74", 74), ("vit_tiny_patch16_64", 64)]
+
+
 def test_summarize_without_results_is_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
     assert _run(SUMMARIZE, "--root", str(tmp_path / "empty"), monkeypatch=monkeypatch) == 2
     assert "no experiment" in _one_error_line(capsys.readouterr().err)
     assert _run(SUMMARIZE, "--root", str(tmp_path / "nowhere"), monkeypatch=monkeypatch) == 2
     assert "does not exist" in _one_error_line(capsys.readouterr().err)
+    # A relative --root is taken from the repository root; one found only from the current folder is named.
+    monkeypatch.chdir(tmp_path)
+    assert _run(SUMMARIZE, "--root", "empty", monkeypatch=monkeypatch) == 2
+    assert _one_error_line(capsys.readouterr().err).endswith(
+        f"not the current folder, where empty exists: give it as {tmp_path / 'empty'})")
 
 
 def test_experiment_config_is_read_not_the_name(tmp_path, monkeypatch, capsys):

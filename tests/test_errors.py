@@ -469,9 +469,9 @@ def test_a_relative_path_missing_from_the_repository_root_but_found_here_says_wh
     with pytest.raises(UserError) as err:
         errors.require_file(missing, "teacher checkpoint MODEL.MODELDICT_T")
     assert str(err.value) == (
-        f"teacher checkpoint MODEL.MODELDICT_T not found: {missing} (relative paths in a config or an override are "
-        f"taken from the repository root {REPO_ROOT}, not the current folder, where teacher.pth exists: give it as "
-        f"{tmp_path / 'teacher.pth'})")
+        f"teacher checkpoint MODEL.MODELDICT_T not found: {missing} (relative paths in a config, an override or a "
+        f"flag are taken from the repository root {REPO_ROOT}, not the current folder, where teacher.pth exists: give "
+        f"it as {tmp_path / 'teacher.pth'})")
     monkeypatch.chdir(REPO_ROOT)  # from the root itself there is nothing to say
     with pytest.raises(UserError) as err:
         errors.require_file(missing, "teacher checkpoint MODEL.MODELDICT_T")
@@ -487,8 +487,8 @@ def test_a_relative_dataset_folder_found_only_from_the_current_folder_says_where
     assert run_in_process(TEACHER, config, "DATA.DATADIR", "cub", monkeypatch=monkeypatch) == 2
     assert one_error_line(capsys.readouterr().err) == (
         f"error: DATA.DATADIR {os.path.join(REPO_ROOT, 'cub')} does not exist or is not a folder (relative paths in a "
-        f"config or an override are taken from the repository root {REPO_ROOT}, not the current folder, where cub "
-        f"exists: give it as {tmp_path / 'job' / 'cub'}); expected the CUB_200_2011 folder holding images.txt, "
+        f"config, an override or a flag are taken from the repository root {REPO_ROOT}, not the current folder, where "
+        f"cub exists: give it as {tmp_path / 'job' / 'cub'}); expected the CUB_200_2011 folder holding images.txt, "
         "image_class_labels.txt, train_test_split.txt and images/<class folder>/<image>.jpg (python "
         "tools/prepare_data.py downloads both datasets into data/; see data/README.md)")
     assert not os.path.exists(os.path.join(REPO_ROOT, "cub"))

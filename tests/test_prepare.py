@@ -233,6 +233,14 @@ def test_hints_name_the_root_given_and_a_root_that_is_the_dataset_folder_is_caug
     with pytest.raises(UserError, match=f"did you mean --root {tmp_path / 'data'}\\?"):
         prepare(["cub"], str(inside), urls={"cub": "http://127.0.0.1:9/none.tgz"}, log=lambda line: None)
     assert os.listdir(inside) == []
+    # The other dataset's folder as --root: the advice was to download CUB into it.
+    aircraft = tmp_path / "data" / "aircraft"
+    aircraft.mkdir()
+    for args in ({"verify_only": True}, {"urls": {"cub": "http://127.0.0.1:9/none.tgz"}}):
+        with pytest.raises(UserError, match=f"--root {aircraft} is the aircraft dataset's own folder; .* did you "
+                                            f"mean --root {tmp_path / 'data'}\\?"):
+            prepare(["cub"], str(aircraft), log=lambda line: None, **args)
+    assert os.listdir(aircraft) == []
 
 
 def test_a_python_without_safe_tar_extraction_is_refused_before_any_download(server, tmp_path, monkeypatch):

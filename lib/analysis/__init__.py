@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from lib.utils.errors import UserError, make_folder
+from lib.utils.errors import UserError, make_folder, relative_path_note
 
 __all__ = ["markdown_table", "write_text", "write_csv", "check_output_root"]
 
@@ -24,7 +24,7 @@ __all__ = ["markdown_table", "write_text", "write_csv", "check_output_root"]
 def check_output_root(root: str) -> None:
     """Raise a UserError unless `root` (--root of tools/summarize.py) is a folder."""
     if not os.path.isdir(root):
-        raise UserError(f"output root {root} does not exist or is not a folder (--root)")
+        raise UserError(f"output root {root} does not exist or is not a folder (--root){relative_path_note(root)}")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

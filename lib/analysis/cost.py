@@ -102,7 +102,8 @@ def expand_archs(archs: Sequence[str], sizes: Sequence[int]) -> list[tuple[str, 
     for name, size in pairs:
         smallest = VIT_PATCH_SIZE if is_vit(name) else CNN_MIN_INPUT_SIZE
         if size < smallest:
-            raise UserError(f"{name} cannot take {size} px inputs (--sizes): it needs at least {smallest} px")
+            source = "its name in --archs" if is_vit(name) and name in archs else "--sizes"  # (measured at its size)
+            raise UserError(f"{name} cannot take {size} px inputs ({source}): it needs at least {smallest} px")
     return list(dict.fromkeys(pairs))
 
 

@@ -354,8 +354,14 @@ def build_rows(experiments: list[ExperimentResult], warn: Callable[[str], object
     for (dataset, arch, size), experiment in single.items():
         if (dataset, arch, size) not in used:
             rows.append(Row(dataset, arch, size, cells={"student": experiment}))
-    rows.sort(key=lambda r: (r.dataset, r.teacher is None, r.teacher or "", -(r.teacher_size or 0), r.arch, -r.size))
+    rows.sort(key=lambda r: (r.dataset, r.teacher is None, _family(r.teacher or "", r.teacher_size),
+                             -(r.teacher_size or 0), r.teacher or "", _family(r.arch, r.size), -r.size, r.arch))
     return rows
+
+
+def _family(arch: str, size: int | None) -> str:
+    """`arch` without the input size a ViT's name ends with, so that a size sweep sorts by size, not as text."""
+    return arch.removesuffix(f"_{size}")
 
 
 def _cell(e: ExperimentResult | None) -> str:

@@ -225,8 +225,8 @@ def relative_path_note(path: str) -> str:
     if rel.startswith(os.pardir) or os.path.exists(path) or not os.path.exists(rel) \
             or os.path.realpath(os.getcwd()) == os.path.realpath(REPO_ROOT):
         return ""
-    return (f" (relative paths in a config or an override are taken from the repository root {REPO_ROOT}, not the "
-            f"current folder, where {rel} exists: give it as {os.path.abspath(rel)})")
+    return (f" (relative paths in a config, an override or a flag are taken from the repository root {REPO_ROOT}, "
+            f"not the current folder, where {rel} exists: give it as {os.path.abspath(rel)})")
 
 
 # How a torch.save file begins: a zip archive, or a pickle (torch.save's format before torch 1.6).
