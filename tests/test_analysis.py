@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -517,6 +518,26 @@ def test_a_row_whose_cells_distilled_from_different_teachers_says_so_and_a_copy_
     assert "different teacher" not in err and "| cub | resnet50@64 | 80.00 |" in out
 
 
+def test_cells_are_grouped_by_teacher_whatever_their_order():
+    # KD from a node's copy (SHA-256 X recorded), SP from the file under the root (X), AT an older experiment of
+    # that file without inputs.json: one teacher. In KD, AT, SP order AT made a second group ("different teacher
+    # checkpoints", and the row's teacher top-1 from the generic pick).
+    from lib.analysis.summary import ExperimentResult, _teachers
+
+    def cell(method, path, sha256):
+        return ExperimentResult(f"/r/{method}", method, "cub", "resnet18", 32, "resnet50", 64, 4, {"runs": []}, 0.0,
+                                teacher_file=path, teacher_sha256=sha256)
+
+    kd, at, sp = cell("kd", "/copy/t.pth", "ab" * 32), cell("at", "/r/t.pth", None), cell("sp", "/r/t.pth", "ab" * 32)
+    for cells in itertools.permutations([kd, at, sp]):
+        assert [sorted(e.method for e in group) for group in _teachers(list(cells))] == [["at", "kd", "sp"]]
+    # The same path trained again in place (another SHA-256) stays another teacher, whatever the order.
+    again = cell("dkd", "/r/t.pth", "cd" * 32)
+    for cells in itertools.permutations([kd, sp, again]):
+        groups = sorted(sorted(e.method for e in group) for group in _teachers(list(cells)))
+        assert groups == [["dkd"], ["kd", "sp"]]
+
+
 def test_the_teacher_accuracy_of_a_pair_that_distilled_from_a_copy_is_that_of_the_experiment_that_made_it(
         tmp_path, monkeypatch, capsys):
     root = tmp_path / "ckpt"
@@ -706,3 +727,18 @@ def test_cost_table_puts_flops_and_macs_in_their_own_columns():
     assert lines[0] == ("| arch | size | params (M) | GFLOPs | GMACs | pixels | input bytes | latency b1 (ms) | "
                         "peak act. mem b1 (MiB) |")
     assert lines[2] == "| resnet18 | 32 | 11.2 | 4.0 | 2.0 | 1024 | 3072 | 1.5 | 2.25 |"  # by hand
+
+
+def test_an_experiment_from_before_inputs_json_shows_its_teachers_accuracy_without_a_note(tmp_path, monkeypatch,
+                                                                                            capsys):
+    # No inputs.json (an older version's experiment): nothing to tell a teacher trained again by; the path decides.
+    root = tmp_path / "ckpt"
+    teacher = _experiment(root, "cub", "1runs_resnet50_64_seed0_0.01", [80.0], MODEL__ARCH="resnet50",
+                          DATA__CROP_SIZE=64)
+    checkpoint = teacher / "ckpt" / "model_best.pth"
+    checkpoint.write_bytes(b"the teacher")
+    _experiment(root, "cub", "2runs_kd_resnet50_64_resnet18_32_seed0_0.01", [55.0, 57.0],
+                MODEL__MODELDICT_T=str(checkpoint), **DISTILL)
+    assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
+    out, err = capsys.readouterr()
+    assert "| cub | resnet50@64 | 80.00 |" in out and "trained again" not in err

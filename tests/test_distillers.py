@@ -75,7 +75,8 @@ def test_a_method_registered_without_its_builder_branch_is_refused_not_trained_a
 @pytest.mark.parametrize("output, problem", [
     (torch.zeros(4, 4), "got Tensor"),  # the logits alone
     ((torch.zeros(4, 4),), "got a tuple of 1 (Tensor)"),
-    ((torch.zeros(4, 4), {}), "got a tuple of 2 (Tensor, dict)"),  # no term: nothing to train
+    ((torch.zeros(4, 4), {}), "got a tuple of 2 (Tensor, dict): no loss term, nothing to train"),
+    (((torch.zeros(4, 4), [torch.zeros(4, 8)]), {"loss_ce": torch.tensor(1.0)}), "got a tuple of 2 (tuple, dict)"),
     ((torch.zeros(4, 4), {"mse": torch.tensor(1.0)}), "the term 'mse' is not named loss_<term>"),
     ((torch.zeros(4, 4), {"loss_mse": torch.zeros(4)}), "the term 'loss_mse' is shape (4,), not a scalar tensor"),
     ((torch.zeros(4, 4), {"loss_mse": 0.5}), "the term 'loss_mse' is float, not a scalar tensor"),

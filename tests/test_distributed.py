@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -400,6 +401,40 @@ if __name__ == "__main__":
 """
 
 
+def test_stopping_run_processes_signals_each_at_once_again_every_few_seconds_and_kills_one_that_stays(monkeypatch):
+    # One run process exits at the first SIGTERM; another went back to waiting for a task and needs one more (a lost
+    # one hung the command); one that never exits is killed rather than waited on for ever.
+    clock = [0.0]
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(monotonic=lambda: clock[0],
+                                                         sleep=lambda s: clock.__setitem__(0, clock[0] + s)))
+
+    class Process:
+        def __init__(self, ends_at):
+            self.ends_at, self.calls = ends_at, []
+
+        def terminate(self):
+            self.calls.append(("terminate", clock[0]))
+
+        def kill(self):
+            self.calls.append(("kill", clock[0]))
+            self.ends_at = clock[0]
+
+        def is_alive(self):
+            assert clock[0] < 3 * trainer._KILL_AFTER_S, "still waiting on a run process that never exits"
+            return clock[0] < self.ends_at
+
+    restop, kill_after = trainer._RESTOP_S, trainer._KILL_AFTER_S
+    quick, second, stuck = Process(0.0), Process(restop + 2), Process(float("inf"))
+    trainer._stop_run_processes([quick, second, stuck])
+    assert quick.calls == [("terminate", 0.0)]  # at once, not after the first few seconds
+    assert [what for what, _ in second.calls] == ["terminate", "terminate"]
+    assert second.calls[0][1] == 0.0 and restop <= second.calls[1][1] < restop + 0.2
+    terms = [t for what, t in stuck.calls if what == "terminate"]
+    assert terms[0] == 0.0 and all(restop <= b - a < restop + 0.2 for a, b in zip(terms, terms[1:]))
+    assert len(terms) == pytest.approx(kill_after / restop, abs=1)
+    assert stuck.calls[-1][0] == "kill" and kill_after <= stuck.calls[-1][1] < kill_after + 0.2
+
+
 def test_a_run_process_stopped_while_it_waits_for_a_run_exits_without_a_traceback(tmp_path):
     # 3 runs on 2 slots: one process finishes its run while the other trains the third, then waits. SIGTERM there
     # came through the pool's own loop: a traceback on the terminal under the command's one line.
@@ -571,3 +606,22 @@ def test_on_the_cpu_runs_go_one_at_a_time_whatever_gpu_id_lists():
     cfg = get_cfg()
     cfg.BASIC.GPU_ID = [0, 1, 2, 3, 4]
     assert parallel_slots(cfg, torch.device("cpu"), 5) == 1
+
+
+def _record_runs(cfg_yaml, method, exp_dir, multi_run, runs, device, threads, said=()):
+    """A run process's work that records the runs it was given and trains none (spawned: importable by name)."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="given_", suffix=".json", dir=exp_dir)
+    with os.fdopen(fd, "w") as f:
+        json.dump(runs, f)
+    return {run: {"run": run, "seed": run, "best_acc": 1.0, "best_epoch": 1, "last_acc": 1.0} for run in runs}
+
+
+def test_each_pending_run_is_given_to_exactly_one_run_process(tiny_cub, write_config, tmp_path, monkeypatch):
+    # Two run processes training the same run would write into the same run folder at once.
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 3, "PARALLEL_RUNS": 2}}, tiny_cub)
+    monkeypatch.setattr(trainer, "_parallel_worker", _record_runs)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "3runs_resnet18_32_seed0_0.01"
+    assert sorted(json.loads(p.read_text()) for p in exp.glob("given_*.json")) == [[0, 2], [1]]

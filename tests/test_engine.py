@@ -1138,3 +1138,17 @@ def test_an_experiment_folder_deleted_after_a_runs_last_epoch_stops_before_its_r
     line = one_error_line(capsys.readouterr().err)
     assert "was deleted or moved while run 0 finished" in line, line
     assert not (output_root / "cub").exists(), "no result.json in a folder made again"
+
+
+def test_the_trainer_refuses_a_step_that_returns_other_than_logits_and_named_terms_at_its_first_batch():
+    # A method being added returned the logits alone: autograd's or a sparse-layout error, not what is wrong.
+    from lib.config import get_cfg
+
+    model = torch.nn.Linear(3, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    batch = {"image": torch.randn(2, 3), "image_large": torch.randn(2, 3), "target": torch.tensor([0, 1])}
+    with pytest.raises(TypeError, match="forward_train must return .*; got Tensor"):
+        trainer.optimizer_step(lambda image, large, target, epoch: model(image), batch, 1, optimizer, scaler,
+                               get_cfg(), torch.device("cpu"))
+    assert all(p.grad is None for p in model.parameters())  # no step taken

@@ -94,6 +94,23 @@ def test_a_loader_worker_is_silent_on_a_batch_hand_over_that_its_stopping_parent
     assert reported == [ValueError, ConnectionResetError]
 
 
+class _WorkersExceptHook(torch.utils.data.Dataset):
+    """One item: whether the process that reads it has the quiet excepthook as sys.excepthook."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> bool:
+        return getattr(sys.excepthook, "func", None) is processes._quiet_about_hand_overs_broken_off
+
+
+def test_a_loader_worker_started_with_exit_with_parent_has_the_quiet_excepthook_and_its_parent_keeps_its_own():
+    loader = DataLoader(_WorkersExceptHook(), batch_size=None, num_workers=1, multiprocessing_context="fork",
+                        worker_init_fn=functools.partial(processes.exit_with_parent, os.getpid()))
+    assert list(signal_safe_iter(loader)) == [True]
+    assert getattr(sys.excepthook, "func", None) is not processes._quiet_about_hand_overs_broken_off
+
+
 def test_usable_cpus_are_those_of_the_process_affinity_not_the_machines(monkeypatch):
     # A scheduler's cpuset (or taskset) gives the job fewer CPUs than the machine has: loader workers and run threads
     # beyond them only contend (and torch's DataLoader warns about each worker too many).

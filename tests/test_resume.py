@@ -683,3 +683,18 @@ def test_a_resumed_optimiser_keeps_its_own_step_kernel_and_steps_on_unscaled_gra
     scaler.scale(weight.sum()).backward()
     scaler.step(optimizer)
     assert torch.allclose(weight.detach(), torch.full((3,), 1 - 0.1 * (0.9 * 1 + 1)))  # gradient 1, not 1024
+
+
+def test_the_runs_another_run_count_finished_are_named_only_up_to_this_experiments_count(tmp_path):
+    # 5 runs finished, then BASIC.NUM_RUNS 3: runs 3 and 4 are not trained again, and the note must not say they are.
+    from lib.config import get_cfg
+    from lib.engine.resume import runs_elsewhere
+
+    cfg = get_cfg()
+    other = tmp_path / "5runs_resnet18_32_seed0_0.01"
+    other.mkdir()
+    (other / "config.yaml").write_text(cfg.dump())
+    for run in range(5):
+        (other / "ckpt" / f"run{run}").mkdir(parents=True)
+        (other / "ckpt" / f"run{run}" / "result.json").write_text("{}")
+    assert runs_elsewhere(cfg, str(tmp_path / "3runs_resnet18_32_seed0_0.01"), 3) == [(str(other), [0, 1, 2])]

@@ -248,19 +248,21 @@ def _unfinished_note(folder: str) -> str:
 def _teachers(cells: list[ExperimentResult]) -> list[list[ExperimentResult]]:
     """The cells grouped by the teacher checkpoint they distilled from: one teacher where the checkpoint's path is
     the same and no recorded SHA-256 differs (a teacher trained again in place), or where the SHA-256s that
-    inputs.json recorded agree (a copy elsewhere)."""
-    groups: list[list[ExperimentResult]] = []
-    for e in cells:
-        for group in groups:
-            shas = {g.teacher_sha256 for g in group if g.teacher_sha256}
-            same_path = any(g.teacher_file == e.teacher_file for g in group)
-            conflict = bool(e.teacher_sha256 and shas and e.teacher_sha256 not in shas)
-            if e.teacher_sha256 in shas or (same_path and not conflict):
-                group.append(e)
-                break
-        else:
-            groups.append([e])
+    inputs.json recorded agree (a copy elsewhere). Groups are merged until none joins another, so that the cells'
+    order does not decide (a cell without a SHA-256 at the path of a cell whose SHA-256 a copy's cell shares)."""
+    groups = [[e] for e in cells]
+    while pair := next(((i, j) for i, j in itertools.combinations(range(len(groups)), 2)
+                        if _one_teacher(groups[i], groups[j])), None):
+        groups[pair[0]] += groups.pop(pair[1])
     return groups
+
+
+def _one_teacher(a: list[ExperimentResult], b: list[ExperimentResult]) -> bool:
+    """Whether two groups of cells distilled from one teacher checkpoint (see _teachers)."""
+    shas_a = {e.teacher_sha256 for e in a if e.teacher_sha256}
+    shas_b = {e.teacher_sha256 for e in b if e.teacher_sha256}
+    same_path = bool({e.teacher_file for e in a} & {e.teacher_file for e in b})
+    return bool(shas_a & shas_b) or (same_path and not (shas_a and shas_b))
 
 
 def _teacher_by_content(sha256: str, candidates: list[ExperimentResult], digests: dict[str, str]

@@ -29,8 +29,9 @@ def check_step_output(output: object) -> StepOutput:
     if not (isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], Tensor)
             and isinstance(output[1], dict) and output[1]):
         shape = f"a tuple of {len(output)}" if isinstance(output, tuple) else type(output).__name__
-        raise TypeError(f"{what}; got {shape}" + (f" ({', '.join(type(x).__name__ for x in output)})"
-                                                  if isinstance(output, tuple) else ""))
+        kinds = f" ({', '.join(type(x).__name__ for x in output)})" if isinstance(output, tuple) else ""
+        empty = ": no loss term, nothing to train" if kinds == " (Tensor, dict)" else ""
+        raise TypeError(f"{what}; got {shape}{kinds}{empty}")
     for name, value in output[1].items():
         if not (isinstance(name, str) and name.startswith("loss_")):
             raise TypeError(f"{what}; the term {name!r} is not named loss_<term> (the trainer logs each by its name)")
