@@ -11,9 +11,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from lib.config import REPO_ROOT
+
+# One CPU thread for the tests' tiny networks, in process and in the scripts run_script starts: on a 2-core machine
+# with anything else running, two threads made a step anywhere from as fast to 60 times slower.
+torch.set_num_threads(1)
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
 
@@ -140,7 +145,7 @@ def run_script(script: str, config: str, *opts: str, check: bool = True, timeout
 
     `env` adds variables to the environment the script gets.
     """
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2", **(env or {}))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, script), "--config_file", config, *opts],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

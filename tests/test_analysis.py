@@ -309,6 +309,9 @@ def test_flops_golden_values():
 
     published = ResNet18_Weights.IMAGENET1K_V1.meta["_ops"] * 1e9  # 1.814
     assert flops_of("resnet18", 224, 1000) / 2 == pytest.approx(published, rel=1e-3)
+    # flops_of builds on the meta device (no weights, no arithmetic): the count of a real forward.
+    for arch, size in (("shufflenet_v2_x0_5", 32), ("resnet50", 32), ("vit_small_patch16_32", 32)):
+        assert flops_of(arch, size, 10) == count_flops(build_model(arch, 10, False), size), arch
 
 
 def test_live_tensor_bytes_tracks_the_peak_and_frees():

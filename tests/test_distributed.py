@@ -364,8 +364,9 @@ def test_a_stop_after_one_run_process_finished_its_runs_ends_the_command_instead
     # Runs 0 and 2 in one process, run 1 in the other: once run 1 is done its process waits for a task, exits at the
     # first SIGTERM, and the pool then signals the busy one again while it unwinds; that one went back to waiting
     # for a task, and the command waited on it for ever (found by a stress test: 3 hangs in 4 such stops).
+    # (Run 2's epochs are the margin: the stop comes while they train. The stop loop itself is the next test's.)
     config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 3, "PARALLEL_RUNS": 2, "NUM_WORKERS": 0},
-                           "SOLVER": {"NUM_EPOCHS": 60}}, tiny_cub)
+                           "SOLVER": {"NUM_EPOCHS": 15}}, tiny_cub)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
                             cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,

@@ -42,7 +42,7 @@ KILL_AT = ["run 0 epoch 3 [1/", "run 0 epoch 3/3", "run 1 epoch 2 [1/"]
 
 def _kill_when(config: str, marker: str) -> bool:
     """Start the script, SIGKILL it as soon as `marker` is printed; False if it finished first."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
