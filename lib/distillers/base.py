@@ -30,7 +30,7 @@ def check_step_output(output: object) -> StepOutput:
             and isinstance(output[1], dict) and output[1]):
         shape = f"a tuple of {len(output)}" if isinstance(output, tuple) else type(output).__name__
         kinds = f" ({', '.join(type(x).__name__ for x in output)})" if isinstance(output, tuple) else ""
-        empty = ": no loss term, nothing to train" if kinds == " (Tensor, dict)" else ""
+        empty = ": no loss term, nothing to train" if kinds == " (Tensor, dict)" else ""  # (the dict is empty)
         raise TypeError(f"{what}; got {shape}{kinds}{empty}")
     for name, value in output[1].items():
         if not (isinstance(name, str) and name.startswith("loss_")):
