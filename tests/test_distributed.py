@@ -626,3 +626,20 @@ def test_each_pending_run_is_given_to_exactly_one_run_process(tiny_cub, write_co
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     exp = tmp_path / "ckpt" / "cub" / "3runs_resnet18_32_seed0_0.01"
     assert sorted(json.loads(p.read_text()) for p in exp.glob("given_*.json")) == [[0, 2], [1]]
+
+
+def test_the_main_process_of_parallel_runs_frees_its_checked_images_before_the_run_processes_decode_theirs(
+        tiny_cub, write_config, tmp_path, monkeypatch):
+    # It held one more copy of the decoded dataset (gigabytes for CUB at 224 px) while the runs trained.
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": 2}}, tiny_cub)
+    seen = []
+
+    def train_in_parallel(exp, pending, devices, threads, said=()):
+        seen.append([(split.cache, split.released) for split in (exp.train_set, exp.test_set)])
+        with pytest.raises(RuntimeError, match="released"):
+            exp.train_set[0]
+        return {run: {"run": run, "seed": run, "best_acc": 1.0, "best_epoch": 1, "last_acc": 1.0} for run in pending}
+
+    monkeypatch.setattr(trainer, "_train_in_parallel", train_in_parallel)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert seen == [[(None, True), (None, True)]]

@@ -152,3 +152,19 @@ def test_only_loaders_whose_forked_workers_unblock_the_stop_signals_start_them_b
                                                           multiprocessing_context="fork"))
     assert not forks_workers_that_ignore_stops(DataLoader(data, num_workers=0, worker_init_fn=init))
     assert not forks_workers_that_ignore_stops(range(4))
+
+
+def test_freed_memory_is_handed_back_through_glibcs_malloc_trim_and_nothing_happens_without_it(monkeypatch):
+    import ctypes
+    from types import SimpleNamespace
+
+    calls = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: SimpleNamespace(malloc_trim=calls.append))
+    processes.return_freed_memory()
+    assert calls == [0]  # keep no free heap
+
+    def no_trim(name):
+        raise AttributeError("malloc_trim")  # macOS, musl
+
+    monkeypatch.setattr(ctypes, "CDLL", no_trim)
+    processes.return_freed_memory()

@@ -246,6 +246,7 @@ class TwoScaleDataset(Dataset):
         self.cache: list[torch.Tensor] | None = None
         self.cache_size: int | None = None  # the training cache's shorter side (tensor and device pipelines)
         self.transform = None
+        self.released = False
         if not load_images:
             return
         if self.pipeline in ("tensor", "device"):  # "device" items are "tensor" items (lib/datasets/device.py)
@@ -269,6 +270,12 @@ class TwoScaleDataset(Dataset):
         """Human-readable split name for messages."""
         return "training" if self.is_train else "test"
 
+    def release_images(self) -> None:
+        """Free the decoded-image cache of a split this process has checked but will not read: the main process of
+        parallel runs, whose run processes decode their own (it held one more copy of the dataset all along)."""
+        self.cache, self.transform = None, None
+        self.released = True
+
     @property
     def cache_nbytes(self) -> int:
         """Memory held by the decoded-image cache (0 for the pil pipeline)."""
@@ -279,6 +286,8 @@ class TwoScaleDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         """Item `key`: an index, or (index, augmentation seed) as the trainer's sampler gives it."""
+        if self.released:
+            raise RuntimeError(f"the images of this {self.split} split were released (release_images)")
         index, seed = key if isinstance(key, tuple) else (key, None)
         # Without a seed (plain DataLoader use) the augmentation draws its seed from torch's global RNG.
         rng = random.Random(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))

@@ -49,6 +49,7 @@ from lib.utils.processes import (
     STOP_SIGNALS,
     exit_with_parent,
     reap_loader_workers_at_exit,
+    return_freed_memory,
     usable_cpus,
 )
 
@@ -802,6 +803,9 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
                          "stop it and copy their ckpt/run<i>/ and log/run<i>/ folders into its own, then re-run")
         if slots > 1:
             del first
+            for split in (train_set, test_set):  # checked; each run process decodes its own
+                split.release_images()
+            return_freed_memory()
             done.update(_train_in_parallel(exp, pending, run_devices, threads, sorted(once.said)))
         else:
             default_threads = torch.get_num_threads()

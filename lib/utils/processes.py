@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import functools
 import os
 import signal
@@ -14,7 +15,8 @@ from collections.abc import Callable
 from types import TracebackType
 
 __all__ = ["watch_parent", "exit_with_parent", "reap_loader_workers_at_exit", "process_ended", "usable_cpus",
-           "LOADER_START_METHOD", "STOP_SIGNALS", "stop_signals_blocked", "forks_workers_that_ignore_stops"]
+           "LOADER_START_METHOD", "STOP_SIGNALS", "stop_signals_blocked", "forks_workers_that_ignore_stops",
+           "return_freed_memory"]
 
 # The signals that stop a run as SIGTERM does, besides it and Ctrl-C: a closed terminal's SIGHUP (an ssh session
 # dropped: POSIX sends it to the terminal's whole foreground process group), and SIGUSR1, which Slurm sends ahead of a
@@ -35,6 +37,17 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):  # no affinity to read (macOS, Windows)
         return os.cpu_count() or 1
+
+
+def return_freed_memory() -> None:
+    """Give the memory this process has freed back to the system, where the C library keeps it for reuse (glibc's
+    malloc_trim: the thousands of images of a freed decoded-image cache stayed in this process's heap). Elsewhere,
+    nothing."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # not glibc (macOS, musl), or no C library to load
+        return
+    trim(0)
 
 
 def process_ended(pid: int) -> bool:
