@@ -11,14 +11,16 @@ import shutil
 import statistics
 from pathlib import Path
 
+import matplotlib.axes
 import numpy as np
 import pytest
 import torch
 import yaml
 from torch import nn
 
+from lib.analysis import cost
 from lib.analysis.cost import LiveTensorBytes, count_flops, expand_archs, flops_of, format_markdown
-from lib.analysis.evaluate import classification_report
+from lib.analysis.evaluate import classification_report, plot_confusion
 from lib.analysis.summary import build_rows, distill_name_pattern, find_experiments
 from lib.config import get_cfg
 from lib.models.model_builder import CNN_MIN_INPUT_SIZE, build_model
@@ -745,3 +747,78 @@ def test_an_experiment_from_before_inputs_json_shows_its_teachers_accuracy_witho
     assert _run(SUMMARIZE, "--root", str(root), monkeypatch=monkeypatch) == 0
     out, err = capsys.readouterr()
     assert "| cub | resnet50@64 | 80.00 |" in out and "trained again" not in err
+
+
+def _scores(preds, num_classes):
+    return torch.nn.functional.one_hot(torch.tensor(preds), num_classes).float()
+
+
+def test_per_class_rows_give_f1_and_the_class_each_true_class_is_most_often_taken_for():
+    # true 0, 0, 0, 1 predicted 2, 2, 0, 0: class a is taken for c twice (its row), while b is taken for a once
+    # (a's column): by hand precision a = 1/2, recall a = 1/3, F1 a = 0.4; b: nothing right; c: never true.
+    report = classification_report(_scores([2, 2, 0, 0], 3), torch.tensor([0, 0, 0, 1]), ["a", "b", "c"])
+    a, b, c = report["per_class"]
+    assert (a["most_confused_with"], a["confused_count"]) == ("c", 2)
+    assert (b["most_confused_with"], b["confused_count"]) == ("a", 1)
+    assert (c["most_confused_with"], c["confused_count"]) == ("", 0)
+    assert (a["precision"], a["f1"]) == (pytest.approx(50.0), pytest.approx(40.0))
+    assert (b["precision"], b["f1"], c["precision"], c["f1"]) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_the_confusion_plot_normalises_each_true_class_row_to_one(tmp_path, monkeypatch):
+    shown = []
+    real = matplotlib.axes.Axes.imshow
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow",
+                        lambda self, data, *a, **k: (shown.append(np.asarray(data)), real(self, data, *a, **k))[1])
+    confusion = np.array([[3, 1, 0], [0, 0, 0], [2, 0, 2]])
+    plot_confusion(confusion, ["a", "b", "c"], str(tmp_path / "c.png"), "t")
+    np.testing.assert_allclose(shown[0], [[0.75, 0.25, 0.0], [0.0, 0.0, 0.0], [0.5, 0.0, 0.5]])
+
+
+def test_latency_is_the_median_of_the_timed_runs_after_untimed_warmup_runs(monkeypatch):
+    calls = []
+    model = lambda x: calls.append(1)  # noqa: E731
+    # perf_counter pairs (start, end) of three timed runs: 1 ms, 100 ms, 2 ms; the warm-up runs are not timed.
+    ticks = iter([0.0, 0.001, 1.0, 1.1, 2.0, 2.002])
+    monkeypatch.setattr(cost.time, "perf_counter", lambda: next(ticks))
+    ms = cost.median_latency_ms(model, torch.zeros(1), warmup=2, repeats=3)
+    assert len(calls) == 5 and ms == pytest.approx(2.0)
+
+
+def test_cuda_peak_activation_memory_excludes_what_was_allocated_before_the_forward(monkeypatch):
+    # Runs without a GPU: torch.cuda's statistics are stood in for; 1000 bytes (weights, input) were there before.
+    class FakeInput:
+        device = torch.device("cuda", 0)
+
+    monkeypatch.setattr(cost.torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(cost.torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(cost.torch.cuda, "memory_allocated", lambda device=None: 1000)
+    monkeypatch.setattr(cost.torch.cuda, "max_memory_allocated", lambda device=None: 5000)
+    assert cost.peak_activation_bytes(lambda x: None, FakeInput()) == 4000
+
+
+def test_a_cuda_device_index_past_the_last_gpu_is_refused(monkeypatch):
+    monkeypatch.setattr(cost.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cost.torch.cuda, "device_count", lambda: 1)
+    assert cost.resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(cost.UserError, match="this machine has 1 CUDA device"):
+        cost.resolve_device("cuda:1")
+
+
+def test_the_flat_cost_row_puts_each_measurement_under_its_own_column():
+    row = {"arch": "resnet18", "size": 32, "params": 1, "flops": 4, "macs": 2, "input_pixels": 1024,
+           "input_bytes": 3072, "latency_ms": {1: 1.23456, 8: 7.5}, "peak_mem_mb": {1: 0.5, 8: 4.0004}}
+    assert cost._flat(row, [1, 8]) == {"arch": "resnet18", "size": 32, "params": 1, "flops": 4, "macs": 2,
+                                       "input_pixels": 1024, "input_bytes": 3072,
+                                       "latency_ms_b1": 1.2346, "latency_ms_b8": 7.5,
+                                       "peak_mem_mb_b1": 0.5, "peak_mem_mb_b8": 4.0}
+
+
+def test_a_cnn_above_224_px_is_estimated_to_need_activation_memory_in_proportion_to_its_area(monkeypatch):
+    # Measured at 224 px (1,000,000 bytes), 448 px needs 4x that plus the input (2,408,448 bytes): 6.4 MB, not 4.4 MB.
+    monkeypatch.setattr(cost, "peak_activation_bytes", lambda model, x: 1_000_000)
+    monkeypatch.setattr(cost, "available_memory_bytes", lambda: 5_000_000)
+    with pytest.raises(cost.UserError, match="resnet18 @ 448 px needs about"):
+        cost.check_fits_in_memory("resnet18", 448, 1, 4)
+    monkeypatch.setattr(cost, "available_memory_bytes", lambda: 6_500_000)
+    cost.check_fits_in_memory("resnet18", 448, 1, 4)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import errno
 import functools
 import hashlib
 import http.server
+import io
 import os
 import shutil
 import tarfile
@@ -13,9 +16,11 @@ import threading
 
 import pytest
 
-from lib.analysis.prepare import ARCHIVES, download, prepare_dataset
+from lib.analysis import prepare as prep
+from lib.analysis.prepare import ARCHIVES, DamagedArchive, download, extract, prepare_dataset, verify_existing
 from lib.config import REPO_ROOT
 from lib.datasets.synthetic import make_aircraft, make_cub
+from lib.utils.errors import UserError
 
 from .conftest import one_error_line, run_cli
 
@@ -316,3 +321,112 @@ def test_an_archive_that_writes_a_file_where_it_made_a_folder_is_damaged_not_a_d
     with pytest.raises(DamagedArchive, match="odd.tgz is damaged or not a tar archive"):
         extract(str(archive), "CUB_200_2011", str(tmp_path / "cub"))
     assert sorted(os.listdir(tmp_path)) == ["odd.tgz"]  # no temporary folder left
+
+
+def test_a_download_is_refused_without_room_for_the_archive_and_its_extracted_copy(tmp_path, monkeypatch):
+    source = tmp_path / "archive.bin"
+    source.write_bytes(b"x" * 1000)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(prep.shutil, "disk_usage", lambda path: usage(10**9, 0, 1500))  # room for 1x, not 2.1x
+    with pytest.raises(UserError, match="needs about .* free"):
+        download(source.as_uri(), str(tmp_path / "copy.bin"))
+    assert sorted(os.listdir(tmp_path)) == ["archive.bin"]
+
+
+def test_an_archive_member_outside_its_folder_is_refused_as_damaged_and_nothing_is_written_outside(tmp_path):
+    archive = tmp_path / "evil.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("CUB_200_2011/images.txt"), io.BytesIO(b""))
+        tar.addfile(tarfile.TarInfo("CUB_200_2011/../../escaped.txt"), io.BytesIO(b"pwned"))
+    (tmp_path / "root").mkdir()
+    with pytest.raises(DamagedArchive):
+        extract(str(archive), "CUB_200_2011", str(tmp_path / "root" / "cub"))
+    assert not (tmp_path / "escaped.txt").exists()
+    assert os.listdir(tmp_path / "root") == []
+
+
+def test_an_archive_in_the_root_matching_an_upper_case_md5_is_not_downloaded_again(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    md5 = _cub_archive(root / "CUB_200_2011.tgz", tmp_path / "build").upper()
+    lines = []
+    report = prepare_dataset("cub", str(root), url="http://127.0.0.1:9/unreachable.tgz", md5=md5, log=lines.append)
+    assert (report["train_images"], report["test_images"]) == (2, 2)
+    assert not any("downloading" in line for line in lines), lines
+
+
+def test_a_dataset_with_the_official_counts_is_reported_as_the_official_release(tmp_path, monkeypatch):
+    make_cub(str(tmp_path / "data" / "cub"), num_classes=2, per_class=1, image_size=(24, 20))
+    monkeypatch.setitem(ARCHIVES, "cub", dataclasses.replace(ARCHIVES["cub"], official=(2, 2, 2)))
+    report = verify_existing("cub", str(tmp_path / "data"))
+    assert report["official"] is True and "matches the official release" in prep._describe(report)
+
+
+class _NoLengthHandler(http.server.BaseHTTPRequestHandler):
+    """Serves BODY without a Content-Length (close-delimited), or with a Content-Length it does not keep."""
+    BODY = b"x" * 5000
+    LIE = None
+
+    def do_GET(self):
+        self.send_response(200)
+        if self.LIE:
+            self.send_header("Content-Length", str(self.LIE))
+        self.end_headers()
+        self.wfile.write(self.BODY)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def plain_server():
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _NoLengthHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/a.tgz"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_the_size_is_checked_on_the_bytes_received_when_the_server_sends_no_length(plain_server, tmp_path):
+    with pytest.raises(UserError, match="has 5,000 bytes, expected 6,000"):
+        download(plain_server, str(tmp_path / "a.tgz"), size=6000)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_download_cut_short_of_its_content_length_is_refused(plain_server, tmp_path, monkeypatch):
+    monkeypatch.setattr(_NoLengthHandler, "LIE", 8000)
+    with pytest.raises(UserError, match="stopped after 5,000 of 8,000 bytes"):
+        download(plain_server, str(tmp_path / "a.tgz"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_archive_whose_layout_fails_its_check_is_not_moved_into_place(tmp_path):
+    build = tmp_path / "build"
+    make_cub(str(build / "CUB_200_2011"), num_classes=2, per_class=1, image_size=(24, 20))
+    first = (build / "CUB_200_2011" / "images.txt").read_text().splitlines()[0].split(" ", 1)[1]
+    os.remove(build / "CUB_200_2011" / "images" / first)  # an image the annotations name is missing
+    archive = tmp_path / "CUB_200_2011.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(build / "CUB_200_2011", arcname="CUB_200_2011")
+    root = tmp_path / "data"
+    with pytest.raises(UserError, match="missing"):
+        prepare_dataset("cub", str(root), url=str(archive), verify=False, log=lambda line: None)
+    assert os.listdir(root) == []  # no cub/ that a re-run would take for a finished dataset, no .partial folder
+
+
+def test_an_archive_given_by_its_path_in_the_root_is_kept_when_its_md5_differs_or_it_is_damaged(tmp_path):
+    # --url-cub data/CUB_200_2011.tgz: an MD5 that differs (no --md5-cub) deleted the user's only copy as a wrong
+    # download, then failed to "download" it from itself.
+    root = tmp_path / "data"
+    root.mkdir()
+    archive = root / "CUB_200_2011.tgz"
+    md5 = _cub_archive(archive, tmp_path / "build")
+    with pytest.raises(UserError, match=f"checksum mismatch for {archive} \\(--url-cub\\): MD5 {md5}, expected "
+                                        f"{ARCHIVES['cub'].md5}; the file is kept. Pass --md5-cub {md5} or"):
+        prepare_dataset("cub", str(root), url=str(archive), log=lambda line: None)
+    assert archive.is_file()
+    # Damaged, unverified (--no-verify): kept too; a download into the root would have been deleted.
+    archive.write_bytes(b"not a tar archive")
+    with pytest.raises(UserError, match=f"--url-cub's archive {archive} is kept"):
+        prepare_dataset("cub", str(root), url=str(archive), verify=False, log=lambda line: None)
+    assert archive.read_bytes() == b"not a tar archive"

@@ -1,6 +1,7 @@
 """Exact resume after SIGKILL, non-finite losses, and a full disk."""
 
 import errno
+import io
 import json
 import os
 import random
@@ -177,15 +178,16 @@ def test_out_of_disk_space_while_saving_is_one_error_and_the_previous_checkpoint
     assert os.listdir(tmp_path) == ["last.pth"], "the temporary file was left behind"
 
 
-def test_saved_files_are_readable_by_others_as_the_umask_allows(tmp_path):
-    old = os.umask(0o022)
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_saved_files_are_readable_by_others_as_the_umask_allows(umask, mode, tmp_path):
+    old = os.umask(umask)
     try:
         checkpoint.save_checkpoint({"epoch": 1}, str(tmp_path / "last.pth"))
         checkpoint.save_json({"runs": []}, str(tmp_path / "results.json"))
     finally:
         os.umask(old)
     for name in ("last.pth", "results.json"):
-        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == mode, name
 
 
 def _student_killed_at_a_last_pth(tiny_cub, write_config, monkeypatch, epoch: int, saved: bool) -> str:
@@ -698,3 +700,52 @@ def test_the_runs_another_run_count_finished_are_named_only_up_to_this_experimen
         (other / "ckpt" / f"run{run}").mkdir(parents=True)
         (other / "ckpt" / f"run{run}" / "result.json").write_text("{}")
     assert runs_elsewhere(cfg, str(tmp_path / "3runs_resnet18_32_seed0_0.01"), 3) == [(str(other), [0, 1, 2])]
+
+
+def test_an_atomic_write_fsyncs_the_file_and_then_its_folder_and_renames_within_the_folder(tmp_path, monkeypatch):
+    calls = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd):
+        st = os.fstat(fd)
+        calls.append(("fsync", "dir" if stat.S_ISDIR(st.st_mode) else "file"))
+        fsync(fd)
+
+    def spy_replace(src, dst):
+        calls.append(("replace", os.path.dirname(os.path.abspath(src)) == os.path.dirname(os.path.abspath(dst))))
+        replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", spy_fsync)
+    monkeypatch.setattr(checkpoint.os, "replace", spy_replace)
+    checkpoint.save_json({"a": 1}, str(tmp_path / "results.json"))
+    # data on disk before the rename; the rename on disk before returning; the rename never crosses file systems
+    assert calls == [("fsync", "file"), ("replace", True), ("fsync", "dir")]
+
+
+def test_a_write_that_fails_with_a_non_os_error_leaves_no_temporary_file_and_the_old_file(tmp_path):
+    path = tmp_path / "results.json"
+    checkpoint.save_json({"old": True}, str(path))
+    with pytest.raises(TypeError):
+        checkpoint.save_json({"bad": object()}, str(path))  # not JSON-serialisable, raised inside write_fn
+    assert os.listdir(tmp_path) == ["results.json"]
+    assert checkpoint.load_json(str(path)) == {"old": True}
+
+
+def test_a_checkpoint_rewritten_after_a_failed_streamed_save_has_no_tail_of_the_first_attempt(tmp_path, monkeypatch):
+    real_save = torch.save
+    attempts = []
+
+    def save(obj, f, *args, **kwargs):
+        attempts.append(1)
+        if len(attempts) == 1:  # the streamed attempt writes a lot, then fails as torch's zip writer does
+            f.write(b"\0" * 1_000_000)
+            raise RuntimeError("PytorchStreamWriter failed writing file")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    path = tmp_path / "last.pth"
+    checkpoint.save_checkpoint({"epoch": 3}, str(path))
+    monkeypatch.undo()
+    buffer = io.BytesIO()
+    torch.save({"epoch": 3}, buffer)
+    assert path.read_bytes() == buffer.getvalue()

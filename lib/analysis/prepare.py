@@ -312,6 +312,13 @@ def verify_existing(name: str, root: str) -> dict[str, Any]:
     return verify_layout(name, folder)
 
 
+def _is_file_url_of(url: str, path: str) -> bool:
+    """Whether `url` is a file:// URL of the file `path`."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "file" and os.path.realpath(urllib.request.url2pathname(parts.path)) == \
+        os.path.realpath(path)
+
+
 def source_url(name: str, url: str | None) -> str:
     """Where dataset `name` is downloaded from: `url` (a URL, or the path of an archive downloaded already, as a
     file:// URL) or, when None, the official URL."""
@@ -354,7 +361,11 @@ def prepare_dataset(name: str, root: str, url: str | None = None, md5: str | Non
     expected_md5 = (md5 or spec.md5) if verify else None
     expected_size = spec.size if verify and (md5 is None or md5.lower() == spec.md5) else None
     archive = os.path.join(root, spec.filename)
-    if os.path.isfile(archive) and expected_md5 is not None and file_digest(archive, "md5") != expected_md5.lower():
+    if os.path.isfile(archive) and expected_md5 is not None and \
+            (digest := file_digest(archive, "md5")) != expected_md5.lower():
+        if _is_file_url_of(source, archive):  # --url-<name> names this very file: deleted, there was no other
+            raise UserError(f"checksum mismatch for {archive} (--url-{name}): MD5 {digest}, expected {expected_md5}; "
+                            f"the file is kept. Pass --md5-{name} {digest} or --no-verify if you trust it")
         log(f"{name}: {archive} is there but its MD5 is wrong; downloading it again")
         os.remove(archive)
     if not os.path.isfile(archive):
@@ -366,11 +377,14 @@ def prepare_dataset(name: str, root: str, url: str | None = None, md5: str | Non
     try:
         report = extract(archive, spec.top_folder, dest, check=lambda folder: verify_layout(name, folder))
     except UserError as err:
-        # A damaged or unverified archive is useless as it is; one whose MD5 matched is kept (2.75 GB for Aircraft).
-        if isinstance(err, DamagedArchive) or expected_md5 is None:
+        # A damaged or unverified archive is useless as it is; one whose MD5 matched is kept (2.75 GB for Aircraft),
+        # and so is the file --url-<name> named (the user's only copy).
+        given = _is_file_url_of(source, archive)
+        if (isinstance(err, DamagedArchive) or expected_md5 is None) and not given:
             os.remove(archive)
             raise UserError(f"{err}; {archive} was deleted") from None
-        raise UserError(f"{err}; the verified archive {archive} is kept") from None
+        kept = f"--url-{name}'s archive" if given else "the verified archive"
+        raise UserError(f"{err}; {kept} {archive} is kept") from None
     os.remove(archive)
     report["folder"] = os.path.abspath(dest)
     return report
