@@ -190,6 +190,19 @@ def test_saved_files_are_readable_by_others_as_the_umask_allows(umask, mode, tmp
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == mode, name
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux's /proc tells the umask")
+def test_the_umask_is_read_without_setting_it(monkeypatch):
+    # Setting it to 0 to read it back left a moment in which a file another thread made (tensorboard's writer, a
+    # log) got no mask.
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(checkpoint.os, "umask", lambda mask: pytest.fail("the umask was set"))
+        assert checkpoint._umask() == 0o027
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+
+
 def _student_killed_at_a_last_pth(tiny_cub, write_config, monkeypatch, epoch: int, saved: bool) -> str:
     """The config of a 1-run, 2-epoch student whose first attempt was interrupted (exit 130) at epoch `epoch`'s
     last.pth: right after writing it (`saved`) or right before. save_checkpoint is real again on return."""

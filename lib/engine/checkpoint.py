@@ -36,8 +36,8 @@ def atomic_write(path: str, write_fn: Callable[[IO[bytes]], object]) -> None:
     make_folder(folder)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are for the whole group to read
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; results are for the whole group to read
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
@@ -80,9 +80,15 @@ def remove_temporaries(folder: str) -> list[str]:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """This process's umask, read without changing it where Linux tells it (setting it to read it back leaves a
+    moment in which a file another thread makes gets no mask)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, IndexError, ValueError):  # not Linux, or a kernel before 4.7
+        mask = os.umask(0)
+        os.umask(mask)
+        return mask
 
 
 def _remove_quietly(path: str) -> None:
