@@ -395,10 +395,11 @@ if __name__ == "__main__":
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=trainer._stop_on_sigterm)
     assert pool.submit(abs, -1).result() == 1  # the run process has done its runs and waits for another task
     (process,) = pool._processes.values()
-    process.terminate()  # as _train_in_parallel stops every run process when one fails or the command is stopped
-    process.join()
-    print(process.exitcode)
+    # As _train_in_parallel stops every run process when one fails or the command is stopped (a SIGTERM that comes
+    # while the process still hands its result over is taken by the pool's own catch-all, and it waits again).
+    trainer._stop_run_processes([process])
     pool.shutdown(wait=True, cancel_futures=True)
+    print(process.exitcode)  # (after the pool's own thread has reaped it too)
 """
 
 
