@@ -17,7 +17,15 @@ import threading
 import pytest
 
 from lib.analysis import prepare as prep
-from lib.analysis.prepare import ARCHIVES, DamagedArchive, download, extract, prepare_dataset, verify_existing
+from lib.analysis.prepare import (
+    ARCHIVES,
+    DamagedArchive,
+    download,
+    extract,
+    prepare,
+    prepare_dataset,
+    verify_existing,
+)
 from lib.config import REPO_ROOT
 from lib.datasets.synthetic import make_aircraft, make_cub
 from lib.utils.errors import UserError
@@ -224,8 +232,6 @@ def test_a_full_disk_while_extracting_names_the_folder_and_keeps_the_verified_ar
 
 
 def test_hints_name_the_root_given_and_a_root_that_is_the_dataset_folder_is_caught_before_any_download(tmp_path):
-    from lib.analysis.prepare import prepare
-    from lib.utils.errors import UserError
 
     elsewhere = tmp_path / "datasets"
     with pytest.raises(UserError, match=f"--datasets cub --root {elsewhere} to download it"):
@@ -249,8 +255,6 @@ def test_hints_name_the_root_given_and_a_root_that_is_the_dataset_folder_is_caug
 
 
 def test_a_python_without_safe_tar_extraction_is_refused_before_any_download(server, tmp_path, monkeypatch):
-    from lib.analysis.prepare import prepare
-    from lib.utils.errors import UserError
 
     monkeypatch.delattr(tarfile, "data_filter")  # Python before 3.10.12 / 3.11.4
     with pytest.raises(UserError, match="cannot extract archives safely .* use Python 3.10.12, 3.11.4, 3.12"):
@@ -307,10 +311,6 @@ def test_a_root_where_no_folder_can_be_made_is_one_line_naming_the_flag(tmp_path
 
 
 def test_an_archive_that_writes_a_file_where_it_made_a_folder_is_damaged_not_a_destination_problem(tmp_path):
-    import io
-
-    from lib.analysis.prepare import DamagedArchive, extract
-
     archive = tmp_path / "odd.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         folder = tarfile.TarInfo("CUB_200_2011/x")

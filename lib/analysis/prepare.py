@@ -274,14 +274,13 @@ def _refuse_dataset_folder_as_root(name: str, root: str) -> None:
     folder = os.path.join(root, target)
     if os.path.isdir(folder):
         return
-    parent = os.path.dirname(os.path.normpath(root))
-    if os.path.basename(os.path.normpath(root)) == target:
+    parent, base = os.path.split(os.path.normpath(root))
+    if base == target:
         raise UserError(f"{name}: {folder} does not exist; --root names the data folder that holds {target}/, "
                         f"did you mean --root {parent}?")
     # (--datasets cub --root data/aircraft: the advice was to download CUB into the Aircraft folder)
     other = next((o for o in ARCHIVES if o != name and (
-        os.path.basename(os.path.normpath(root)) == ARCHIVES[o].target
-        or any(os.path.exists(os.path.join(root, m)) for m in LAYOUT_MARKERS[o]))), None)
+        base == ARCHIVES[o].target or any(os.path.exists(os.path.join(root, m)) for m in LAYOUT_MARKERS[o]))), None)
     if other is not None:
         raise UserError(f"{name}: --root {root} is the {other} dataset's own folder; --root names the data folder "
                         f"that holds {target}/, did you mean --root {parent}?")

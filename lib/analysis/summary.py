@@ -362,7 +362,8 @@ def build_rows(experiments: list[ExperimentResult], warn: Callable[[str], object
 
 
 def _family(arch: str, size: int | None) -> str:
-    """`arch` without the input size a ViT's name ends with, so that a size sweep sorts by size, not as text."""
+    """`arch` without the input size a ViT's name ends with, so that a size sweep sorts by size, not as text. (Not
+    model_builder.parse_arch, which refuses a name this version cannot build; the summary still tables it.)"""
     return arch.removesuffix(f"_{size}")
 
 

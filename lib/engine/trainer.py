@@ -963,7 +963,8 @@ def _exit_terminated(signum, frame) -> None:
     # SystemExit, not os._exit: the process's exit handlers run (multiprocessing's unlink the semaphores it made,
     # tqdm's lock among them; skipped, the resource tracker warned of "leaked semaphore objects" on the job's
     # stderr), and multiprocessing ends the process quietly with this status (the pool's loop, waiting for a task,
-    # does not catch it).
+    # does not catch it; while the process still hands a result over, the pool's catch-all takes it and the process
+    # waits again, which is why _stop_run_processes signals again).
     raise SystemExit(TERMINATED_EXIT)
 
 
