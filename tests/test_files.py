@@ -1,6 +1,12 @@
 import hashlib
+import os
+import threading
+import time
 
-from lib.utils.files import file_digest, run_folders, run_index
+import pytest
+
+from lib.utils import files
+from lib.utils.files import file_digest, flock_holder, lock_folder, run_folders, run_index, unlock_folder
 
 
 def test_file_digest_reads_a_file_larger_than_its_chunk_whole(tmp_path):
@@ -18,3 +24,21 @@ def test_run_folders_are_the_run_i_folders_of_a_ckpt_folder_by_number(tmp_path):
     assert run_folders(str(tmp_path)) == [(str(tmp_path / f"run{i}"), i) for i in (0, 2, 10)]
     assert run_folders(str(tmp_path / "missing")) == []
     assert (run_index("run7"), run_index("run"), run_index("model_best.pth")) == (7, None, None)
+
+
+def test_a_locked_folder_is_refused_or_waited_for_until_its_holder_lets_go(tmp_path, monkeypatch):
+    folder = str(tmp_path)
+    held = lock_folder(folder)
+    assert held is not None and f" (pid {os.getpid()})" == flock_holder(os.stat(folder))
+    with pytest.raises(BlockingIOError):
+        lock_folder(folder)
+    releaser = threading.Timer(0.3, unlock_folder, (held,))
+    releaser.start()
+    start = time.monotonic()
+    waited = lock_folder(folder, wait=True)  # blocks until the timer lets go
+    assert waited is not None and time.monotonic() - start >= 0.25
+    releaser.join()
+    unlock_folder(waited)
+    assert flock_holder(os.stat(folder)) == ""
+    monkeypatch.setattr(files, "fcntl", None)  # no flock on this platform: unguarded, no error
+    assert lock_folder(folder) is None

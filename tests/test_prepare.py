@@ -13,6 +13,7 @@ import os
 import shutil
 import tarfile
 import threading
+import time
 
 import pytest
 
@@ -29,6 +30,7 @@ from lib.analysis.prepare import (
 from lib.config import REPO_ROOT
 from lib.datasets.synthetic import make_aircraft, make_cub
 from lib.utils.errors import UserError
+from lib.utils.files import lock_folder, unlock_folder
 
 from .conftest import one_error_line, run_cli
 
@@ -430,3 +432,47 @@ def test_an_archive_given_by_its_path_in_the_root_is_kept_when_its_md5_differs_o
     with pytest.raises(UserError, match=f"--url-cub's archive {archive} is kept"):
         prepare_dataset("cub", str(root), url=str(archive), verify=False, log=lambda line: None)
     assert archive.read_bytes() == b"not a tar archive"
+
+
+def test_a_second_prepare_on_the_same_root_waits_for_the_first_and_then_only_checks_its_dataset(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    other = lock_folder(str(root))  # the first prepare_data.py, extracting into its hidden folder
+    (root / ".cub.partial-first").mkdir()
+    lines, done = [], []
+    waiter = threading.Thread(target=lambda: done.append(prepare_dataset(
+        "cub", str(root), url="http://127.0.0.1:9/unreachable.tgz", log=lines.append)))
+    waiter.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not lines and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+        # It waits: the first one's extraction folder is not removed as a killed run's, nothing is downloaded.
+        assert lines == [f"cub: another prepare_data.py (pid {os.getpid()}) is preparing data in {root}; "
+                         "waiting for it to finish"]
+        assert waiter.is_alive() and (root / ".cub.partial-first").is_dir()
+        make_cub(str(root / ".cub.partial-first" / "CUB_200_2011"), num_classes=2, per_class=1, image_size=(24, 20))
+        os.rename(root / ".cub.partial-first" / "CUB_200_2011", root / "cub")  # the first one finishes
+        os.rmdir(root / ".cub.partial-first")
+    finally:
+        unlock_folder(other)
+        waiter.join(60)
+    assert lines[1:] == [f"cub: {root / 'cub'} is there already; checking it"]
+    assert (done[0]["train_images"], done[0]["test_images"]) == (2, 2)
+
+
+def test_a_dataset_folder_made_by_something_else_during_extraction_is_left_as_it_is_in_one_line(tmp_path):
+    archive = tmp_path / "CUB_200_2011.tgz"
+    _cub_archive(archive, tmp_path / "build")
+    dest = tmp_path / "cub"
+
+    def check(folder):  # meanwhile another program makes the dataset's folder
+        dest.mkdir()
+        (dest / "theirs.txt").write_text("theirs")
+
+    with pytest.raises(UserError) as err:
+        extract(str(archive), "CUB_200_2011", str(dest), check=check)
+    assert str(err.value) == (f"{dest} appeared while CUB_200_2011.tgz was extracted; nothing was moved there. "
+                              "Re-run to check it, or remove it and re-run to extract again")
+    assert os.listdir(dest) == ["theirs.txt"] and sorted(os.listdir(tmp_path)) == ["CUB_200_2011.tgz", "build", "cub"]

@@ -20,6 +20,7 @@ from lib.config import REPO_ROOT
 from lib.distillers.base import Distiller, Vanilla
 from lib.distillers.methods import ISRD
 from lib.engine import checkpoint
+from lib.utils import files
 from lib.utils.errors import (
     FRESH_START_INTERRUPTED_MESSAGE,
     INTERRUPTED_MESSAGE,
@@ -528,7 +529,7 @@ def test_a_resume_removes_the_temporary_file_of_a_write_killed_with_sigkill(lock
         path.write_text("mine")
     monkeypatch.setattr(Vanilla, "forward_train", original)
     if not locked:
-        monkeypatch.setattr(checkpoint, "fcntl", None)
+        monkeypatch.setattr(files, "fcntl", None)
     capsys.readouterr()
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     assert left.exists() != locked and all(path.read_text() == "mine" for path in kept)

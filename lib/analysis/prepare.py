@@ -24,6 +24,7 @@ Nothing is left half-made: the download goes to <root>/<archive>.part and is ren
 (deleted on a mismatch or an error); extraction goes to a hidden <root>/.<name>.partial-* folder that is renamed
 to <root>/<name> only when its layout checks out, and removed otherwise (a killed run's leftovers are removed by
 the next run). The archive is deleted once its dataset is in place; a re-run finds the dataset and only checks it.
+Two runs on one root take turns (a flock on the root folder): the second waits, then finds the dataset.
 
 Layout check (--verify-only, and after every extraction): the dataset is built exactly as training builds it
 (lib.datasets, the "pil" pipeline), which parses every annotation file, finds every image named in both splits
@@ -32,6 +33,7 @@ and opens each one; then it reports images and classes per split, and whether th
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import hashlib
@@ -47,7 +49,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +57,7 @@ from tqdm import tqdm
 
 from lib.config import get_cfg, resolve_path
 from lib.utils.errors import UserError, first_line, make_folder, os_error_message
-from lib.utils.files import file_digest
+from lib.utils.files import file_digest, flock_holder, lock_folder, unlock_folder
 from lib.utils.processes import usable_cpus
 
 __all__ = ["DamagedArchive", "DatasetArchive", "ARCHIVES", "download", "extract", "verify_layout", "prepare_dataset",
@@ -212,7 +214,13 @@ def extract(archive: str, top_folder: str, dest: str, check: Callable[[str], Any
             raise UserError(f"{archive} holds no {top_folder}/ folder (found {found}); is it the right archive?")
         result = check(source) if check is not None else None
         os.chmod(source, 0o755)
-        os.rename(source, dest)
+        try:
+            os.rename(source, dest)
+        except OSError:
+            if os.path.lexists(dest):  # made by something else while this one extracted
+                raise UserError(f"{dest} appeared while {os.path.basename(archive)} was extracted; nothing was "
+                                "moved there. Re-run to check it, or remove it and re-run to extract again") from None
+            raise
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -345,12 +353,37 @@ def prepare_dataset(name: str, root: str, url: str | None = None, md5: str | Non
     Returns:
         The layout report (see verify_layout).
     """
-    spec = ARCHIVES[name]
     source = source_url(name, url)
     if md5 is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
         raise UserError(f"--md5-{name} {md5} is not an MD5 checksum (32 hexadecimal digits)")
     _refuse_dataset_folder_as_root(name, root)
     make_folder(root, "--root")
+    with _root_locked(name, root, log):
+        return _prepare_in_locked_root(name, root, source, md5, verify, log)
+
+
+@contextlib.contextmanager
+def _root_locked(name: str, root: str, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold `root`'s folder lock, waiting for another prepare_data.py that holds it (the jobs of an array that each
+    prepare the data first): it would otherwise remove this one's extraction folder as a killed run's, download
+    into the same .part file, and rename its folder onto one already there."""
+    try:
+        fd = lock_folder(root)
+    except BlockingIOError:
+        log(f"{name}: another prepare_data.py{flock_holder(os.stat(root))} is preparing data in {root}; "
+            "waiting for it to finish")
+        fd = lock_folder(root, wait=True)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            unlock_folder(fd)
+
+
+def _prepare_in_locked_root(name: str, root: str, source: str, md5: str | None, verify: bool,
+                            log: Callable[[str], None]) -> dict[str, Any]:
+    """prepare_dataset's work once it holds the root's lock."""
+    spec = ARCHIVES[name]
     dest = os.path.join(root, spec.target)
     for stale in glob.glob(os.path.join(root, f".{spec.target}.partial-*")):
         _remove(stale)  # what a killed extraction left

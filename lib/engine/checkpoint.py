@@ -3,7 +3,6 @@ clear errors (model weights: lib.models.weights)."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import json
@@ -14,15 +13,11 @@ import tempfile
 from collections.abc import Callable
 from typing import IO, Any
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: experiments go unguarded
-    fcntl = None
-
 import numpy as np
 import torch
 
 from lib.utils.errors import UserError, first_line, make_folder
+from lib.utils.files import flock_holder, lock_folder, unlock_folder
 
 
 def atomic_write(path: str, write_fn: Callable[[IO[bytes]], object]) -> None:
@@ -98,22 +93,6 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
-# The descriptors of the locks this process holds. A forked child (a loader worker) closes its copies: it must
-# not keep the lock alive for seconds after its parent was killed, when the re-run should get it.
-_HELD_LOCKS: set[int] = set()
-
-
-def _drop_held_locks_in_child() -> None:
-    for fd in _HELD_LOCKS:
-        with contextlib.suppress(OSError):
-            os.close(fd)  # the parent's lock stands while the parent holds its own descriptor
-    _HELD_LOCKS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_drop_held_locks_in_child)
-
-
 class ExperimentLock:
     """An exclusive lock on an experiment folder, held while a process trains into it.
 
@@ -130,30 +109,24 @@ class ExperimentLock:
     def take(self, folder: str) -> bool:
         """Lock `folder` (and let go of a folder locked before, e.g. one moved aside); UserError if it is held.
         Returns whether it is locked now (False where the file system has no flock: training goes on unguarded)."""
-        if fcntl is None:
-            return False
         stat = os.stat(folder)
         if self._inode == (stat.st_dev, stat.st_ino):
             return True
-        fd = os.open(folder, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise UserError(f"{folder} is being trained by another process{_flock_holder(stat)} now; "
-                                "wait for it to end (or stop it), then re-run this command to resume") from None
+            fd = lock_folder(folder)
+        except BlockingIOError:
+            raise UserError(f"{folder} is being trained by another process{flock_holder(stat)} now; "
+                            "wait for it to end (or stop it), then re-run this command to resume") from None
+        if fd is None:
             return False  # flock unsupported here
         self.release()
         self._fd, self._inode = fd, (stat.st_dev, stat.st_ino)
-        _HELD_LOCKS.add(fd)
         return True
 
     def release(self) -> None:
         """Let go of the lock (the kernel does too when the process ends)."""
-        if self._fd in _HELD_LOCKS:
-            _HELD_LOCKS.discard(self._fd)
-            os.close(self._fd)
+        if self._fd is not None:
+            unlock_folder(self._fd)
         self._fd = self._inode = None
 
 
@@ -161,25 +134,9 @@ def lock_holder(folder: str) -> str:
     """' (pid N)' while a process trains into the experiment `folder` (holds its ExperimentLock), else '' (also where
     /proc/locks is not there to tell)."""
     try:
-        return _flock_holder(os.stat(folder))
+        return flock_holder(os.stat(folder))
     except OSError:
         return ""
-
-
-def _flock_holder(stat: os.stat_result) -> str:
-    """' (pid N)' of the process holding a flock on the file `stat` describes, from Linux's /proc/locks; '' where
-    unknown."""
-    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
-    try:
-        with open("/proc/locks") as f:
-            for line in f:
-                fields = line.split()
-                # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF" (waiters have a "->" field and are skipped)
-                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
-                    return f" (pid {fields[4]})"
-    except OSError:
-        pass
-    return ""
 
 
 def save_checkpoint(obj: Any, path: str) -> None:

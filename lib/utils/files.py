@@ -1,8 +1,15 @@
 """Small file helpers shared by the trainer and the tools."""
 
+import contextlib
+import errno
 import hashlib
 import os
 import re
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: folders go unlocked
+    fcntl = None
 
 
 def file_digest(path: str, algorithm: str) -> str:
@@ -28,3 +35,67 @@ def run_folders(ckpt_dir: str) -> list[tuple[str, int]]:
         return []
     runs = [(os.path.join(ckpt_dir, name), run_index(name)) for name in names]
     return sorted(((path, i) for path, i in runs if i is not None and os.path.isdir(path)), key=lambda run: run[1])
+
+
+# The descriptors of the folder locks this process holds. A forked child (a loader worker) closes its copies: it
+# must not keep a lock alive for seconds after its parent was killed, when the re-run should get it.
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_held_locks_in_child() -> None:
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # the parent's lock stands while the parent holds its own descriptor
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_held_locks_in_child)
+
+
+def lock_folder(folder: str, wait: bool = False) -> int | None:
+    """Take an exclusive flock on `folder` itself (nothing is written for it; the kernel drops it when this process
+    ends, however it ends) and return its descriptor for unlock_folder; None where the file system has no flock
+    (some network mounts) or there is no fcntl.
+
+    Raises:
+        BlockingIOError: another process holds it (only without `wait`, which waits for it instead).
+    """
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise BlockingIOError(err.errno, f"{folder} is locked by another process") from None
+        return None  # flock unsupported here
+    except BaseException:  # a Ctrl-C while waiting
+        os.close(fd)
+        raise
+    _HELD_LOCKS.add(fd)
+    return fd
+
+
+def unlock_folder(fd: int) -> None:
+    """Let go of a lock_folder lock (the kernel does too when the process ends)."""
+    if fd in _HELD_LOCKS:
+        _HELD_LOCKS.discard(fd)
+        os.close(fd)
+
+
+def flock_holder(stat: os.stat_result) -> str:
+    """' (pid N)' of the process holding a flock on the file `stat` describes, from Linux's /proc/locks; '' where
+    unknown."""
+    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF" (waiters have a "->" field and are skipped)
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
+                    return f" (pid {fields[4]})"
+    except OSError:
+        pass
+    return ""
