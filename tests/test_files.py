@@ -42,3 +42,12 @@ def test_a_locked_folder_is_refused_or_waited_for_until_its_holder_lets_go(tmp_p
     assert flock_holder(os.stat(folder)) == ""
     monkeypatch.setattr(files, "fcntl", None)  # no flock on this platform: unguarded, no error
     assert lock_folder(folder) is None
+
+
+
+def test_a_folder_that_cannot_be_opened_goes_unlocked(tmp_path, monkeypatch):
+    def refuse(path, flags, *args):
+        raise PermissionError(13, "Permission denied", path)  # a folder with write but no read permission
+
+    monkeypatch.setattr(os, "open", refuse)
+    assert lock_folder(str(tmp_path)) is None

@@ -56,14 +56,17 @@ if hasattr(os, "register_at_fork"):
 def lock_folder(folder: str, wait: bool = False) -> int | None:
     """Take an exclusive flock on `folder` itself (nothing is written for it; the kernel drops it when this process
     ends, however it ends) and return its descriptor for unlock_folder; None where the file system has no flock
-    (some network mounts) or there is no fcntl.
+    (some network mounts), there is no fcntl, or the folder cannot be opened.
 
     Raises:
         BlockingIOError: another process holds it (only without `wait`, which waits for it instead).
     """
     if fcntl is None:
         return None
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder this user may write into but not read: it goes unlocked, as without flock
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except OSError as err:
