@@ -756,6 +756,8 @@ cfg = load_config(argparse.Namespace(config_file=sys.argv[1], opts=["BASIC.NUM_W
 batches = iter(build_loader(cfg, build_dataset(cfg, is_train=False), False, torch.device("cpu")))
 next(batches)
 print(" ".join(str(worker.pid) for worker in batches._workers), flush=True)
+import multiprocessing
+print(multiprocessing.current_process()._config.get("tempdir"), flush=True)  # the process's own, if it has one
 batches._workers_done_event._cond.acquire()  # where a kill inside the loader's shutdown (Event.set) leaves it
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -765,19 +767,24 @@ def test_loader_workers_exit_when_their_process_is_killed_even_holding_the_loade
                                                                                      tmp_path):
     # torch's worker, finding its parent gone, waits on the loader's "done" event: for ever when the parent was
     # killed holding that event's lock (a kill -9 during the loader's shutdown), with its copy of the cache.
+    # Nor do they leave the /tmp/pymp-* folder each makes for handing batches over (os._exit skips its removal).
     config = write_config({"MODEL": {"ARCH": "resnet18"}}, tiny_cub)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
     # Read the workers' pids, then wait for the process, not for the end of its output: workers that outlive it
     # hold its stdout open.
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen([sys.executable, "-c", _KILLED_HOLDING_THE_DONE_LOCK, config], cwd=REPO_ROOT,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+                                stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "TMPDIR": str(temp)})
     workers = [int(pid) for pid in proc.stdout.readline().split()]
+    own = proc.stdout.readline().strip()
     try:
         assert proc.wait(timeout=120) == -9 and len(workers) == 2, (tmp_path / "stderr.txt").read_text()[-3000:]
         deadline = time.time() + 20
         while not all(map(process_ended, workers)) and time.time() < deadline:
             time.sleep(0.2)
         assert all(map(process_ended, workers)), "a loader worker outlived its killed process"
+        assert [path for path in glob.glob(str(temp / "pymp-*")) if path != own] == []
     finally:
         proc.stdout.close()
         for pid in itertools.filterfalse(process_ended, workers):

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -103,7 +104,24 @@ def exit_with_parent(parent: int, worker_id: int | None = None) -> None:
     if hasattr(signal, "pthread_sigmask"):  # blocked as it was forked (stop_signals_blocked): what came is dropped
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_IGNORES)
     sys.excepthook = functools.partial(_quiet_about_hand_overs_broken_off, sys.excepthook)
-    watch_parent(lambda: os._exit(1), parent)
+    watch_parent(functools.partial(_exit_for_a_dead_parent, _multiprocessing_temp_dir()), parent)
+
+
+def _multiprocessing_temp_dir() -> str | None:
+    """The /tmp/pymp-* folder multiprocessing made for this process (where a loader worker's sockets for handing
+    batches over live), or the one it inherited from its parent; None before there is one."""
+    import multiprocessing
+
+    return getattr(multiprocessing.current_process(), "_config", {}).get("tempdir")
+
+
+def _exit_for_a_dead_parent(inherited: str | None) -> None:
+    """os._exit(1), after removing the multiprocessing folder this worker made itself: os._exit skips the exit
+    handler that removes it, and every loader worker of a run killed with -9 left its /tmp/pymp-* folder."""
+    made = _multiprocessing_temp_dir()
+    if made is not None and made != inherited:  # an inherited one is the parent's (and its other workers')
+        shutil.rmtree(made, ignore_errors=True)
+    os._exit(1)
 
 
 # The signals a loader worker ignores (its parent stops it), and that stay blocked from its fork until it does.
