@@ -532,6 +532,12 @@ def test_a_different_config_in_the_same_directory_is_refused_naming_the_keys(tin
                           monkeypatch=monkeypatch) == 0
     assert (tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01.old1" / "config.yaml").read_text() == saved
     assert "WEIGHT_DECAY: 0.001" in (exp / "config.yaml").read_text()
+    # What that command did is not saved as a setting: the experiment's own config.yaml re-reports it.
+    assert "FRESH_START: false" in (exp / "config.yaml").read_text()
+    capsys.readouterr()
+    assert run_in_process(TEACHER, str(exp / "config.yaml"), monkeypatch=monkeypatch) == 0
+    assert "is finished" in capsys.readouterr().out
+    assert not (tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01.old2").exists()
 
 
 def test_an_attempt_that_saved_no_epoch_does_not_block_the_corrected_command(tiny_cub, write_config, tmp_path,

@@ -871,8 +871,13 @@ def _claim_folder(exp: Experiment, lock: ExperimentLock, exists: bool, fresh: bo
         for path in remove_temporaries(exp.exp_dir):
             get_logger().info(f"removed {path}, a file that a killed write left half-done")
     if not exists:
+        # BASIC.FRESH_START is what this command did, not a setting of the experiment: saved True, a later command
+        # given this config.yaml (to resume a copy, say) moved the finished experiment aside and trained it again.
+        saved = exp.cfg.clone()
+        saved.defrost()
+        saved.BASIC.FRESH_START = False
         with open(os.path.join(exp.exp_dir, "config.yaml"), "w") as f:
-            f.write(exp.cfg.dump())
+            f.write(saved.dump())
         save_json({**checkpoint_fingerprints(exp.cfg, exp.method, every_key=True),
                    **data_fingerprint(exp.train_set, exp.test_set)},
                   os.path.join(exp.exp_dir, "inputs.json"))
