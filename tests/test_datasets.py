@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -528,11 +529,22 @@ def test_corrupt_image(broken, pipeline, workers):
 @pytest.mark.parametrize("pipeline", ["pil", "tensor"])
 def test_an_image_above_pils_decompression_bomb_limit_is_named_as_too_large_not_damaged(roots, pipeline,
                                                                                        monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the generated images are 48x40 px: above twice the limit
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the generated images are 40x30 px: above twice the limit
     message = raises_user_error(make_cfg("cub", roots["cub"], pipeline), False,
                                 "is larger than PIL decodes by default (DecompressionBombError: ",
                                 "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS")
     assert "replace it" not in message
+
+
+@pytest.mark.parametrize("pipeline", ["pil", "tensor"])
+def test_an_image_between_pils_limit_and_twice_it_is_decoded_as_pil_does_without_its_warning(roots, pipeline,
+                                                                                             monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the generated images are 40x30 = 1200 px
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = build_dataset(make_cfg("cub", roots["cub"], pipeline), False)
+        assert data[0]["image"].shape[0] == 3
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 def test_an_image_too_large_for_memory_at_the_cache_size_names_the_size_keys_not_the_file(roots):

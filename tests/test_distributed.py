@@ -116,7 +116,11 @@ def test_a_run_process_killed_outright_is_one_line_not_a_broken_pool_traceback(t
                                                                                monkeypatch, capsys):
     config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": 2}}, tiny_cub)
     monkeypatch.setattr(trainer, "_parallel_worker", _killed_outright)
+    # Its semaphores are left to the resource tracker, started quiet about them (test_processes).
+    quiet = []
+    monkeypatch.setattr(trainer, "start_quiet_resource_tracker", lambda: quiet.append(True))
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
+    assert quiet == [True]
     exp = tmp_path / "ckpt" / "cub" / "2runs_resnet18_32_seed0_0.01"
     line = (f"error: a run process of {exp} ended abruptly (killed outright: by the system's out-of-memory killer, "
             "or kill -9?), and the other runs were stopped; their last saved epochs are kept: re-run the same command "
@@ -644,3 +648,34 @@ def test_the_main_process_of_parallel_runs_frees_its_checked_images_before_the_r
     monkeypatch.setattr(trainer, "_train_in_parallel", train_in_parallel)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     assert seen == [[(None, True), (None, True)]]
+
+
+def test_a_process_waiting_for_its_ddp_peers_stops_at_once_on_sigterm_with_one_line(tiny_cub, write_config, tmp_path):
+    # init_process_group blocks in C++ for its 30 minutes: in the main thread, no signal handler ran meanwhile, and
+    # Ctrl-C or a job's SIGTERM left the process waiting until kill -9.
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 1}}, tiny_cub)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RANK="0", WORLD_SIZE="2", LOCAL_RANK="0",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # rank 0 serves the job's store: it waits there
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out + err
+    assert err.splitlines() == [INTERRUPTED_MESSAGE], err
+    assert not (tmp_path / "ckpt").exists()

@@ -7,9 +7,11 @@ import subprocess
 import sys
 import threading
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from lib.config import REPO_ROOT
 from lib.utils import processes
 from lib.utils.errors import signal_safe_iter
 from lib.utils.processes import STOP_SIGNALS, exit_with_parent, forks_workers_that_ignore_stops, watch_parent
@@ -168,3 +170,26 @@ def test_freed_memory_is_handed_back_through_glibcs_malloc_trim_and_nothing_happ
 
     monkeypatch.setattr(ctypes, "CDLL", no_trim)
     processes.return_freed_memory()
+
+
+# A process that made a semaphore the resource tracker knows of, and ended without unlinking it (killed outright).
+_SEMAPHORE_LEFT = """
+import multiprocessing, os, sys
+from lib.utils.processes import start_quiet_resource_tracker
+if sys.argv[1] == "quiet":
+    start_quiet_resource_tracker()
+lock = multiprocessing.get_context("spawn").Lock()
+print(lock._semlock.name, flush=True)
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_the_resource_tracker_unlinks_what_a_killed_process_left_and_warns_only_when_not_started_quiet(quiet):
+    # (Not quiet: the tracker's warning, two lines after a command's one line when a run process was killed.)
+    proc = subprocess.run([sys.executable, "-c", _SEMAPHORE_LEFT, "quiet" if quiet else "loud"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)  # waits for the tracker: it shares stderr
+    name = proc.stdout.strip()
+    assert name and not os.path.exists(f"/dev/shm/sem.{name.lstrip('/')}")  # unlinked by the tracker
+    assert ("leaked semaphore objects" in proc.stderr) != quiet, proc.stderr
+    assert proc.stderr == "" or not quiet

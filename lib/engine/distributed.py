@@ -98,16 +98,18 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
         # torchrun's agent killed with -9 leaves its workers running otherwise; watched from before the rendezvous,
         # where a worker whose agent died waits on the agent's store (30 minutes, then retries).
         stop_when_parent_dies()
-        _join_group("nccl" if use_cuda else "gloo", info)
+        _join_group("nccl" if use_cuda else "gloo", info, device)
         atexit.register(_leave_group)  # NCCL warns at exit about a process group never destroyed
     return info, device
 
 
-def _join_group(backend: str, info: DistInfo) -> None:
+def _join_group(backend: str, info: DistInfo, device: torch.device) -> None:
     """init_process_group, saying so when the other processes keep it waiting, and one line if they never come.
 
     Without torchrun, variables that a cluster's launcher left in the environment (WORLD_SIZE, MASTER_ADDR, ...)
-    make a single process wait there for peers that will never start.
+    make a single process wait there for peers that will never start. It waits in a thread: Python runs signal
+    handlers in the main thread only, between bytecodes, and init_process_group blocks in C++ until its timeout
+    (30 minutes), so Ctrl-C and SIGTERM did nothing while the main thread waited there itself.
     """
     where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     job = f"rank {info.rank} of WORLD_SIZE {info.world_size}"
@@ -116,13 +118,28 @@ def _join_group(backend: str, info: DistInfo) -> None:
     notice = threading.Timer(RENDEZVOUS_NOTICE_S, lambda: get_logger().warning(
         f"{job} has waited {RENDEZVOUS_NOTICE_S:.0f} s at {where} for the other processes of its DDP job; {hint}"))
     notice.daemon = True
+    failed: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # the current device is the calling thread's
+            dist.init_process_group(backend=backend, timeout=RENDEZVOUS_TIMEOUT)
+        except BaseException as err:  # raised again in the main thread
+            failed.append(err)
+
+    joiner = threading.Thread(target=join, name="ddp-rendezvous", daemon=True)
     notice.start()
+    joiner.start()
     try:
-        dist.init_process_group(backend=backend, timeout=RENDEZVOUS_TIMEOUT)
-    except dist.DistError as err:
-        raise UserError(f"{job} could not join its DDP job at {where} ({first_line(err)}); {hint}") from None
+        while joiner.is_alive():
+            joiner.join(0.5)  # a signal's handler runs here, and its exception ends the wait
     finally:
         notice.cancel()
+    if failed and isinstance(failed[0], dist.DistError):
+        raise UserError(f"{job} could not join its DDP job at {where} ({first_line(failed[0])}); {hint}") from None
+    if failed:
+        raise failed[0]
 
 
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:

@@ -50,6 +50,7 @@ from lib.utils.processes import (
     exit_with_parent,
     reap_loader_workers_at_exit,
     return_freed_memory,
+    start_quiet_resource_tracker,
     usable_cpus,
 )
 
@@ -904,6 +905,7 @@ def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[to
     # shut down, the last finished epoch kept): one line, not a traceback each.
     handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, *STOP_SIGNALS)}
     try:
+        start_quiet_resource_tracker()
         slots = len(devices)
         pool = ProcessPoolExecutor(slots, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_stop_on_sigterm)

@@ -40,6 +40,24 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def start_quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker for this process and the ones it spawns, unless it runs already,
+    with its "leaked semaphore objects" warning off.
+
+    A run process killed outright (the out-of-memory killer, kill -9) cannot unlink the semaphores it made (tqdm's
+    lock among them); the tracker unlinks them as the command ends, and warned of them on the job's stderr, two
+    lines after the command's one. The tracker is a separate interpreter that takes this one's -W options.
+    """
+    from multiprocessing import resource_tracker
+
+    option = "ignore:resource_tracker:UserWarning"
+    sys.warnoptions.append(option)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        sys.warnoptions.remove(option)
+
+
 def return_freed_memory() -> None:
     """Give the memory this process has freed back to the system, where the C library keeps it for reuse (glibc's
     malloc_trim: the thousands of images of a freed decoded-image cache stayed in this process's heap). Elsewhere,
