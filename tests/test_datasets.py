@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+import sys
 import types
 import warnings
 
@@ -15,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as TF
 
-from lib.config import get_cfg
+from lib.config import REPO_ROOT, get_cfg
 from lib.datasets import DATASETS, BatchPreparer, build_dataset
 from lib.datasets.cache import ShorterSideResize, build_cache, decode_uint8, load_rgb
 from lib.datasets.sampler import EpochSampler
@@ -536,15 +538,39 @@ def test_an_image_above_pils_decompression_bomb_limit_is_named_as_too_large_not_
     assert "replace it" not in message
 
 
-@pytest.mark.parametrize("pipeline", ["pil", "tensor"])
+# A user's process: the dataset decoded with PIL's limit below the images' size, in loader workers (tensor) and in
+# the process itself (pil, 0 workers).
+_BETWEEN_THE_LIMIT_AND_TWICE_IT = """
+import sys
+from PIL import Image
+from tests.test_datasets import make_cfg
+from lib.datasets import build_dataset
+Image.MAX_IMAGE_PIXELS = 1000  # the generated images are 40x30 = 1200 px
+data = build_dataset(make_cfg("cub", sys.argv[1], sys.argv[2], int(sys.argv[3])), True)
+print(tuple(data[0]["image_large"].shape))
+"""
+
+
+@pytest.mark.parametrize("pipeline, workers", [("pil", 0), ("tensor", 2)])
 def test_an_image_between_pils_limit_and_twice_it_is_decoded_as_pil_does_without_its_warning(roots, pipeline,
-                                                                                             monkeypatch):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the generated images are 40x30 = 1200 px
+                                                                                             workers):
+    proc = subprocess.run([sys.executable, "-c", _BETWEEN_THE_LIMIT_AND_TWICE_IT, roots["cub"], pipeline,
+                           str(workers)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("(3, "), proc.stderr
+    assert "DecompressionBombWarning" not in proc.stderr, proc.stderr
+
+
+def test_a_warning_pil_gives_for_every_image_of_a_kind_is_still_said_once(tmp_path):
+    # (Python's once-only registry: a catch_warnings block around each image reset it, and the warning came again.)
+    path = str(tmp_path / "palette.png")
+    image = Image.new("P", (8, 8))
+    image.putpalette([0] * 768)
+    image.save(path, transparency=bytes(range(256)))  # transparency in bytes: PIL warns as it converts to RGB
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        data = build_dataset(make_cfg("cub", roots["cub"], pipeline), False)
-        assert data[0]["image"].shape[0] == 3
-    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+        warnings.simplefilter("default")
+        for _ in range(3):
+            load_rgb(path)
+    assert len([w for w in caught if "Transparency" in str(w.message)]) == 1, [str(w.message) for w in caught]
 
 
 def test_an_image_too_large_for_memory_at_the_cache_size_names_the_size_keys_not_the_file(roots):

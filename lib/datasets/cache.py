@@ -9,12 +9,11 @@ error marker in the worker and a one-line UserError naming the file in the main 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,19 +33,16 @@ __all__ = ["load_rgb", "ShorterSideResize", "decode_uint8", "verify_image", "rea
 PilTransform = Callable[[Image.Image], Image.Image]
 
 
-@contextlib.contextmanager
-def _pil_bomb_warning_off() -> Iterator[None]:
-    """Without PIL's DecompressionBombWarning. PIL decodes an image between its MAX_IMAGE_PIXELS and twice that, with
-    a warning against untrusted files that a loader worker printed in two raw lines per image; above twice it, PIL
-    refuses (DecompressionBombError), which image_error_message names."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        yield
+# PIL decodes an image between its MAX_IMAGE_PIXELS and twice that, with a warning against untrusted files that a
+# loader worker printed in two raw lines per image; above twice it, PIL refuses (DecompressionBombError), which
+# image_error_message names. A filter set once, here (loader workers inherit it): a catch_warnings block around
+# each image reset Python's once-only warning registry, so every other warning came again with every image.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def load_rgb(path: str) -> Image.Image:
     """Decode an image file as RGB (CUB and Aircraft hold grayscale and CMYK JPEGs)."""
-    with _pil_bomb_warning_off(), Image.open(path) as image:
+    with Image.open(path) as image:
         # convert() loads the pixels, so the file can be closed before the image is used.
         return image.convert("RGB")
 
@@ -79,7 +75,7 @@ def decode_uint8(path: str, transform: PilTransform | None = None) -> np.ndarray
 
 def verify_image(path: str) -> None:
     """Check that PIL can identify a file (header parse + verify), without decoding the pixels."""
-    with _pil_bomb_warning_off(), Image.open(path) as image:
+    with Image.open(path) as image:
         image.verify()
 
 
