@@ -6,7 +6,15 @@ import time
 import pytest
 
 from lib.utils import files
-from lib.utils.files import file_digest, flock_holder, lock_folder, run_folders, run_index, unlock_folder
+from lib.utils.files import (
+    file_digest,
+    flock_holder,
+    lock_file,
+    lock_folder,
+    run_folders,
+    run_index,
+    unlock_folder,
+)
 
 
 def test_file_digest_reads_a_file_larger_than_its_chunk_whole(tmp_path):
@@ -26,23 +34,24 @@ def test_run_folders_are_the_run_i_folders_of_a_ckpt_folder_by_number(tmp_path):
     assert (run_index("run7"), run_index("run"), run_index("model_best.pth")) == (7, None, None)
 
 
-def test_a_locked_folder_is_refused_or_waited_for_until_its_holder_lets_go(tmp_path, monkeypatch):
-    folder = str(tmp_path)
-    held = lock_folder(folder)
-    assert held is not None and f" (pid {os.getpid()})" == flock_holder(os.stat(folder))
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_lock_is_refused_or_waited_for_until_its_holder_lets_go(kind, tmp_path, monkeypatch):
+    lock, path = (lock_folder, str(tmp_path)) if kind == "folder" else (lock_file, str(tmp_path / ".lock"))
+    held = lock(path)
+    assert held is not None and f" (pid {os.getpid()})" == flock_holder(os.stat(path))
     with pytest.raises(BlockingIOError):
-        lock_folder(folder)
+        lock(path)
     releaser = threading.Timer(0.3, unlock_folder, (held,))
     releaser.start()
     start = time.monotonic()
-    waited = lock_folder(folder, wait=True)  # blocks until the timer lets go
+    waited = lock(path, wait=True)  # blocks until the timer lets go
     assert waited is not None and time.monotonic() - start >= 0.25
     releaser.join()
     unlock_folder(waited)
-    assert flock_holder(os.stat(folder)) == ""
+    assert flock_holder(os.stat(path)) == ""
+    assert kind == "folder" or (os.path.isfile(path) and os.path.getsize(path) == 0)  # left, empty, for the next
     monkeypatch.setattr(files, "fcntl", None)  # no flock on this platform: unguarded, no error
-    assert lock_folder(folder) is None
-
+    assert lock(path) is None
 
 
 def test_a_folder_that_cannot_be_opened_goes_unlocked(tmp_path, monkeypatch):

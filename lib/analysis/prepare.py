@@ -24,7 +24,8 @@ Nothing is left half-made: the download goes to <root>/<archive>.part and is ren
 (deleted on a mismatch or an error); extraction goes to a hidden <root>/.<name>.partial-* folder that is renamed
 to <root>/<name> only when its layout checks out, and removed otherwise (a killed run's leftovers are removed by
 the next run). The archive is deleted once its dataset is in place; a re-run finds the dataset and only checks it.
-Two runs on one root take turns (a flock on the root folder): the second waits, then finds the dataset.
+Two runs on one root take turns (a flock on <root>/.prepare_data.lock, which reaches an NFS server, so runs on
+several machines sharing the root take turns too): the second waits, then finds the dataset.
 
 Layout check (--verify-only, and after every extraction): the dataset is built exactly as training builds it
 (lib.datasets, the "pil" pipeline), which parses every annotation file, finds every image named in both splits
@@ -57,7 +58,7 @@ from tqdm import tqdm
 
 from lib.config import get_cfg, resolve_path
 from lib.utils.errors import UserError, first_line, make_folder, os_error_message
-from lib.utils.files import file_digest, flock_holder, lock_folder, unlock_folder
+from lib.utils.files import file_digest, flock_holder, lock_file, unlock_folder
 from lib.utils.processes import usable_cpus
 
 __all__ = ["DamagedArchive", "DatasetArchive", "ARCHIVES", "download", "extract", "verify_layout", "prepare_dataset",
@@ -110,6 +111,10 @@ ARCHIVES = {
         official=(6667, 3333, 100),
     ),
 }
+
+
+# The file in the root that prepare_data.py runs lock to take turns (empty; left there).
+LOCK_FILE = ".prepare_data.lock"
 
 
 def _remove(path: str) -> None:
@@ -364,15 +369,17 @@ def prepare_dataset(name: str, root: str, url: str | None = None, md5: str | Non
 
 @contextlib.contextmanager
 def _root_locked(name: str, root: str, log: Callable[[str], None]) -> Iterator[None]:
-    """Hold `root`'s folder lock, waiting for another prepare_data.py that holds it (the jobs of an array that each
-    prepare the data first): it would otherwise remove this one's extraction folder as a killed run's, download
-    into the same .part file, and rename its folder onto one already there."""
+    """Hold the lock on `root` (its LOCK_FILE), waiting for another prepare_data.py that holds it (the jobs of an
+    array that each prepare the data first, on one machine or several sharing the root): it would otherwise remove
+    this one's extraction folder as a killed run's, download into the same .part file, and rename its folder onto
+    one already there."""
+    path = os.path.join(root, LOCK_FILE)
     try:
-        fd = lock_folder(root)
+        fd = lock_file(path)
     except BlockingIOError:
-        log(f"{name}: another prepare_data.py{flock_holder(os.stat(root))} is preparing data in {root}; "
+        log(f"{name}: another prepare_data.py{flock_holder(os.stat(path))} is preparing data in {root}; "
             "waiting for it to finish")
-        fd = lock_folder(root, wait=True)
+        fd = lock_file(path, wait=True)
     try:
         yield
     finally:

@@ -56,23 +56,35 @@ if hasattr(os, "register_at_fork"):
 def lock_folder(folder: str, wait: bool = False) -> int | None:
     """Take an exclusive flock on `folder` itself (nothing is written for it; the kernel drops it when this process
     ends, however it ends) and return its descriptor for unlock_folder; None where the file system has no flock
-    (some network mounts), there is no fcntl, or the folder cannot be opened.
+    (some network mounts), there is no fcntl, or the folder cannot be opened. On NFS a folder's flock is seen by
+    this machine only (lock_file's reaches the server).
 
     Raises:
         BlockingIOError: another process holds it (only without `wait`, which waits for it instead).
     """
+    return _flock(folder, os.O_RDONLY, wait)
+
+
+def lock_file(path: str, wait: bool = False) -> int | None:
+    """lock_folder's lock on the regular file `path`, made (empty) if it is not there and left there for the next
+    holder. Unlike a folder's, a file's flock reaches an NFS server (Linux takes it there as a byte-range lock), so
+    processes on other machines that share the file system take turns too."""
+    return _flock(path, os.O_RDWR | os.O_CREAT, wait)
+
+
+def _flock(path: str, flags: int, wait: bool) -> int | None:
     if fcntl is None:
         return None
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # a folder this user may write into but not read: it goes unlocked, as without flock
+        fd = os.open(path, flags, 0o666)
+    except OSError:  # a folder this user may write into but not read, a read-only one: it goes unlocked
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except OSError as err:
         os.close(fd)
         if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise BlockingIOError(err.errno, f"{folder} is locked by another process") from None
+            raise BlockingIOError(err.errno, f"{path} is locked by another process") from None
         return None  # flock unsupported here
     except BaseException:  # a Ctrl-C while waiting
         os.close(fd)
@@ -82,7 +94,7 @@ def lock_folder(folder: str, wait: bool = False) -> int | None:
 
 
 def unlock_folder(fd: int) -> None:
-    """Let go of a lock_folder lock (the kernel does too when the process ends)."""
+    """Let go of a lock_folder or lock_file lock (the kernel does too when the process ends)."""
     if fd in _HELD_LOCKS:
         _HELD_LOCKS.discard(fd)
         os.close(fd)
