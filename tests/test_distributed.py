@@ -129,6 +129,38 @@ def test_a_run_process_killed_outright_is_one_line_not_a_broken_pool_traceback(t
     assert (exp / "train.log").read_text().splitlines()[-1].endswith(line)
 
 
+def _killed_holding_a_semaphore(*args) -> None:
+    """_killed_outright, once the run process has made a semaphore the resource tracker knows of (as a training one
+    has: loaders, progress bars)."""
+    import multiprocessing
+
+    lock = multiprocessing.get_context("spawn").Lock()  # (kept: a lock let go of unlinks its semaphore at once)
+    os.kill(os.getpid(), signal.SIGKILL)
+    del lock
+
+
+# The command in a process whose default start method is forkserver (Python 3.14's on Linux): a progress bar's lock
+# starts the resource tracker while the data are checked, before the run processes.
+_KILLED_UNDER_FORKSERVER = """
+import multiprocessing, runpy, sys
+multiprocessing.set_start_method("forkserver")
+from lib.engine import trainer
+from tests.test_distributed import _killed_holding_a_semaphore
+trainer._parallel_worker = _killed_holding_a_semaphore
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_killed_run_process_leaves_only_the_one_line_whatever_the_default_start_method(tiny_cub, write_config):
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 2, "PARALLEL_RUNS": 2}}, tiny_cub)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_UNDER_FORKSERVER, os.path.join(REPO_ROOT, STUDENT),
+                           "--config_file", config], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))  # (waits for the tracker: it shares stderr)
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1 and "ended abruptly (killed outright" in proc.stderr, proc.stderr
+
+
 def test_runs_trained_in_parallel_processes_are_gathered_into_one_results_file(tiny_cub, write_config, tmp_path):
     # Three runs in two processes: one process trains two of them.
     config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 3, "PARALLEL_RUNS": 2},

@@ -721,6 +721,11 @@ def run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool = T
 
 def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, lock: ExperimentLock) -> dict:
     log = get_logger()
+    if not dist_info().enabled and (cfg.BASIC.PARALLEL_RUNS > 1 or
+                                    (cfg.BASIC.PARALLEL_RUNS == 0 and len(cfg.BASIC.GPU_ID) > 1)):
+        # Before anything else can start the tracker: a progress bar's lock does where the default start method
+        # is not fork (Python 3.14's forkserver, macOS's spawn).
+        start_quiet_resource_tracker()
     exp_dir = experiment_dir(cfg, method, num_runs)
     if dist_info().is_main and os.path.isdir(exp_dir):
         lock.take(exp_dir)  # before anything is read or moved: another process may be training into it
@@ -905,7 +910,6 @@ def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[to
     # shut down, the last finished epoch kept): one line, not a traceback each.
     handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, *STOP_SIGNALS)}
     try:
-        start_quiet_resource_tracker()
         slots = len(devices)
         pool = ProcessPoolExecutor(slots, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_stop_on_sigterm)

@@ -42,11 +42,13 @@ def usable_cpus() -> int:
 
 def start_quiet_resource_tracker() -> None:
     """Start multiprocessing's resource tracker for this process and the ones it spawns, unless it runs already,
-    with its "leaked semaphore objects" warning off.
+    with its warnings off (start it before anything else does).
 
     A run process killed outright (the out-of-memory killer, kill -9) cannot unlink the semaphores it made (tqdm's
-    lock among them); the tracker unlinks them as the command ends, and warned of them on the job's stderr, two
-    lines after the command's one. The tracker is a separate interpreter that takes this one's -W options.
+    lock among them); the tracker unlinks them as the command ends, and warned of "leaked semaphore objects" on the
+    job's stderr, two lines after the command's one. The tracker is a separate interpreter that takes this one's -W
+    options; the option silences every warning of its own ("resource_tracker: ..."), which all are of that kind:
+    leftovers it cleans up, or one it could not.
     """
     from multiprocessing import resource_tracker
 
