@@ -567,6 +567,27 @@ def test_a_copied_experiments_own_config_says_that_it_trains_under_its_old_root(
     assert capsys.readouterr().err == ""
 
 
+def test_fresh_start_saved_true_by_an_older_version_in_an_experiments_config_is_not_applied(tmp_path, capsys):
+    # Given its own config.yaml (the way to resume a copy), that experiment was moved aside and trained again.
+    cfg = _load()
+    cfg.defrost()
+    cfg.BASIC.OUTPUT_ROOT, cfg.BASIC.FRESH_START = str(tmp_path), True
+    folder = tmp_path / "cub" / "5runs_resnet18_56_seed0_0.01"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(cfg.dump())
+    config = str(folder / "config.yaml")
+    assert load_config(parse_args(["--config_file", config])).BASIC.FRESH_START  # no inputs.json: any YAML file
+    (folder / "inputs.json").write_text("{}")
+    assert capsys.readouterr().err == ""
+    assert not load_config(parse_args(["--config_file", config])).BASIC.FRESH_START
+    assert capsys.readouterr().err == (
+        f"note: BASIC.FRESH_START True in {config} is not applied (saved there by an older version, it would move "
+        "that experiment aside and train it again); to start over, add BASIC.FRESH_START True to the command\n")
+    assert load_config(parse_args(["--config_file", config, "BASIC.FRESH_START", "True"])).BASIC.FRESH_START
+    load_config(parse_args(["--config_file", config], trains=False))  # tools/eval.py reads no FRESH_START: no note
+    assert capsys.readouterr().err == ""
+
+
 def test_a_num_runs_set_for_a_one_run_script_is_said_to_be_ignored(monkeypatch, capsys):
     # `train_teacher_1run.py ... BASIC.NUM_RUNS 3` trained one teacher without a word.
     monkeypatch.setattr(sys, "argv", ["tools_0_base/train_teacher_1run.py"])

@@ -151,7 +151,14 @@ def load_config(args: argparse.Namespace, one_run: bool = False) -> CfgNode:
         lines.append(f"note: BASIC.NUM_RUNS {cfg.BASIC.NUM_RUNS} is ignored: {os.path.basename(sys.argv[0])} trains "
                      f"one run (seed BASIC.SEED {cfg.BASIC.SEED}); the *_5runs.py scripts train BASIC.NUM_RUNS "
                      "seeded runs")
-    if getattr(args, "trains", True) and "BASIC.OUTPUT_ROOT" not in overridden:
+    saved = getattr(args, "trains", True) and _is_saved_experiment_config(args.config_file)
+    if saved and cfg.BASIC.FRESH_START and "BASIC.FRESH_START" not in overridden:
+        # Saved True by a version before config.yaml kept it False (what a command did, not a setting).
+        cfg.BASIC.FRESH_START = False
+        lines.append(f"note: BASIC.FRESH_START True in {args.config_file} is not applied (saved there by an older "
+                     "version, it would move that experiment aside and train it again); to start over, add "
+                     "BASIC.FRESH_START True to the command")
+    if saved and "BASIC.OUTPUT_ROOT" not in overridden:
         lines += _experiment_elsewhere(args.config_file, cfg)
     if not torchrun_rank_other_than_0():  # (under torchrun every rank loads the same config)
         for line in lines:
@@ -160,13 +167,18 @@ def load_config(args: argparse.Namespace, one_run: bool = False) -> CfgNode:
     return cfg
 
 
+def _is_saved_experiment_config(config_file: str) -> bool:
+    """Whether `config_file` is the config.yaml a training command saved in its experiment folder (inputs.json
+    beside it)."""
+    folder = os.path.dirname(os.path.abspath(config_file))
+    return os.path.basename(config_file) == "config.yaml" and os.path.isfile(os.path.join(folder, "inputs.json"))
+
+
 def _experiment_elsewhere(config_file: str, cfg: CfgNode) -> list[str]:
-    """A note when the config is a saved experiment's config.yaml (<root>/<dataset>/<experiment>/config.yaml) whose
-    BASIC.OUTPUT_ROOT names another root than the one it sits in: a folder copied or moved elsewhere, which this
+    """A note when the saved experiment's config.yaml `config_file` (<root>/<dataset>/<experiment>/config.yaml)
+    names in BASIC.OUTPUT_ROOT another root than the one it sits in: a folder copied or moved elsewhere, which this
     command would not resume there (it trains into BASIC.OUTPUT_ROOT)."""
     folder = os.path.dirname(os.path.abspath(config_file))
-    if os.path.basename(config_file) != "config.yaml" or not os.path.isfile(os.path.join(folder, "inputs.json")):
-        return []
     dataset_dir = os.path.dirname(folder)
     root, output_root = os.path.dirname(dataset_dir), resolve_path(cfg.BASIC.OUTPUT_ROOT)
     if os.path.basename(dataset_dir) != cfg.DATA.DATASET or os.path.realpath(root) == os.path.realpath(output_root):
