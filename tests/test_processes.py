@@ -180,6 +180,13 @@ if sys.argv[1] == "quiet":
     start_quiet_resource_tracker()
 lock = multiprocessing.get_context("spawn").Lock()
 print(lock._semlock.name, flush=True)
+if sys.argv[1] == "quiet":  # the job's stop signals reach the tracker too
+    import signal, time
+    from multiprocessing import resource_tracker
+    for s in (signal.SIGHUP, signal.SIGUSR1):
+        os.kill(resource_tracker._resource_tracker._pid, s)
+    time.sleep(0.5)
+    assert os.waitpid(resource_tracker._resource_tracker._pid, os.WNOHANG) == (0, 0), "the tracker died"
 os._exit(0)
 """
 

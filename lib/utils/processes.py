@@ -49,14 +49,23 @@ def start_quiet_resource_tracker() -> None:
     job's stderr, two lines after the command's one. The tracker is a separate interpreter that takes this one's -W
     options; the option silences every warning of its own ("resource_tracker: ..."), which all are of that kind:
     leftovers it cleans up, or one it could not.
+
+    It starts with the job's other stop signals (SIGHUP, SIGUSR1) ignored, as the run processes do: they reach every
+    process of the job, and the tracker, which ignores only SIGINT and SIGTERM itself, died of them (its "process
+    died unexpectedly, relaunching" warnings and a KeyError traceback per semaphore on the job's stderr).
     """
     from multiprocessing import resource_tracker
 
     option = "ignore:resource_tracker:UserWarning"
     sys.warnoptions.append(option)
+    # An ignored signal stays ignored across the fork and exec that start the tracker.
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS} if main else {}
     try:
         resource_tracker.ensure_running()
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         sys.warnoptions.remove(option)
 
 
