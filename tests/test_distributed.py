@@ -5,6 +5,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +56,27 @@ def test_ddp_under_torchrun_with_gloo_trains_one_run_and_rank_0_alone_writes(tin
                            os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0 and proc.stdout.count("is finished; its results") == 1, proc.stdout + proc.stderr
+
+
+def test_under_torchrun_a_mistake_met_while_training_is_said_by_each_rank_that_meets_it(tiny_cub, write_config,
+                                                                                         tmp_path):
+    # Each rank decodes its own half of the images (the pil pipeline checks headers only before training): rank 1
+    # met a damaged one in silence, and the user saw rank 0's "interrupted" or gloo's traceback.
+    data = tmp_path / "cub"
+    shutil.copytree(tiny_cub, data)
+    for image in data.glob("images/*/*.jpg"):
+        content = image.read_bytes()
+        image.write_bytes(content[: len(content) * 2 // 3])  # a whole header: passes the check, fails to decode
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 1, "NUM_WORKERS": 0},
+                           "DATA": {**EXTRA["DATA"], "PIPELINE": "pil"}}, str(data))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode != 0
+    said = [line for line in proc.stderr.splitlines() if "cannot read image" in line]
+    assert any(line.startswith("error: cannot read image ") for line in said), proc.stderr[-3000:]
+    assert any(line.startswith("error: rank 1: cannot read image ") for line in said), proc.stderr[-3000:]
 
 
 def test_runs_saved_by_another_number_of_ddp_processes_are_not_trained_on_in_this_one(tiny_cub, write_config,

@@ -357,6 +357,60 @@ def test_under_torchrun_every_rank_that_runs_out_of_gpu_memory_says_so_with_its_
                            "error: the GPU ran out of memory ("), line
 
 
+def _met_while_training(message: str) -> UserError:
+    err = UserError(message)
+    err.every_rank = True  # as the trainer marks a mistake met while training (a rank's own images or loss)
+    return err
+
+
+_GLOO_PEER_GONE = ("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                   "[127.0.0.1]:29500")
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+@pytest.mark.parametrize("raised, says", [
+    (_met_while_training("the loss is not finite at run 0 epoch 2"), "the loss is not finite at run 0 epoch 2"),
+    (RuntimeError(_GLOO_PEER_GONE), f"another process of this DDP job has gone ({_GLOO_PEER_GONE}); its own line "
+                                    "above, or torchrun's report, says why; re-run the same command to resume from "
+                                    "the last saved epoch"),
+    (RuntimeError("NCCL communicator was aborted on rank 1."), "another process of this DDP job has gone (NCCL"),
+])
+def test_under_torchrun_what_one_rank_meets_while_training_is_said_by_that_rank(rank, raised, says, monkeypatch,
+                                                                                capsys):
+    # A rank's own images or loss, or a collective whose peer has gone: rank 1 alone may meet it. It was silent
+    # there (rank 0 said nothing, or gloo's traceback).
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_:
+        _raises(raised)()
+    assert exit_.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {'rank 1: ' if rank == '1' else ''}{says}"), line
+
+
+def test_a_lost_peer_outside_a_ddp_job_is_left_as_it_is(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        _raises(RuntimeError(_GLOO_PEER_GONE))()
+
+
+def test_a_training_batch_of_one_image_at_a_1x1_feature_map_is_one_line_naming_the_keys(capsys):
+    bn = torch.nn.BatchNorm2d(4).train()
+    with pytest.raises(ValueError) as raised:
+        bn(torch.zeros(1, 4, 1, 1))  # what ResNet's last stage meets at a small input
+    with pytest.raises(SystemExit) as exit_:
+        _raises(raised.value)()
+    assert exit_.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: a training batch of 1 image reached a batch-norm layer whose feature map is 1x1 "
+                           "at this input size (Expected more than 1 value per channel when training"), line
+    assert line.endswith("choose a TRAIN.BATCH_SIZE that leaves a larger last batch, or a larger input "
+                         "(DATA.CROP_SIZE, DATA.LESSEN_RATIO)")
+    with pytest.raises(ValueError, match="another"):
+        _raises(ValueError("another"))()
+
+
 def test_eval_says_which_batch_size_to_lower_when_the_gpu_runs_out_of_memory(tiny_cub, write_config, tmp_path,
                                                                              monkeypatch, capsys):
     import lib.analysis.evaluate as evaluate

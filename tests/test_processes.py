@@ -131,7 +131,7 @@ def test_stop_signals_that_reach_a_loader_worker_as_it_starts_are_dropped_not_it
     # The worker died of them, and the parent, stopping for the same signal, printed torch's "DataLoader worker ...
     # is killed by signal" lines after its own.
     def signalled_as_it_starts(parent: int, worker_id: int) -> None:
-        for s in (signal.SIGTERM, *STOP_SIGNALS):
+        for s in (signal.SIGTERM, signal.SIGINT, *STOP_SIGNALS):  # a Ctrl-C's SIGINT reaches the group too
             os.kill(os.getpid(), s)
         exit_with_parent(parent, worker_id)
 

@@ -821,6 +821,11 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
                 for run in pending:
                     done[run] = train_run(exp, run, device, first)
                     first = None  # run 0's networks (and their gradients) are freed before run 1 builds its own
+            except UserError as err:
+                # Met while training, by this process's own images or loss: under DDP maybe by this rank alone, so
+                # each rank that meets it says it (rank 0 alone says the mistakes every rank meets).
+                err.every_rank = info.enabled
+                raise
             finally:
                 torch.set_num_threads(default_threads)
         results = summarize_runs([done[run] for run in range(num_runs)])

@@ -346,6 +346,39 @@ def out_of_memory_message(err: BaseException, hint: str) -> str | None:
     return f"the GPU ran out of memory ({detail}): {hint}"
 
 
+def peer_gone_message(err: BaseException) -> str | None:
+    """One line for a DDP collective that failed because another process of the job has gone (stopped by a signal,
+    failed with its own error, killed): gloo's "Connection closed by peer" and the like, NCCL's aborted communicator;
+    None for any other error, and outside a DDP job."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return None
+    text = first_line(err)
+    gloo = "gloo" in text and re.search(r"(closed|reset) by peer|Broken pipe", text)
+    nccl = re.search(r"NCCL communicator was aborted|ncclRemoteError", text)
+    if not (gloo or nccl):
+        return None
+    detail = text if len(text) <= 200 else text[:197] + "..."
+    return (f"another process of this DDP job has gone ({detail}); its own line above, or torchrun's report, says "
+            "why; re-run the same command to resume from the last saved epoch")
+
+
+def batch_of_one_message(err: BaseException) -> str | None:
+    """One line for batch norm given a training batch of one image whose feature map is 1x1 (a small input: an
+    epoch's last batch of 1 image); None for any other error."""
+    text = first_line(err)
+    if "Expected more than 1 value per channel when training" not in text:
+        return None
+    return (f"a training batch of 1 image reached a batch-norm layer whose feature map is 1x1 at this input size "
+            f"({text}): an epoch's last batch holds 1 image (the training images of each process modulo "
+            "TRAIN.BATCH_SIZE); choose a TRAIN.BATCH_SIZE that leaves a larger last batch, or a larger input "
+            "(DATA.CROP_SIZE, DATA.LESSEN_RATIO)")
+
+
+def _rank_prefix() -> str:
+    """'rank N: ' on a torchrun worker of rank 1 or more, whose line is said beside rank 0's; '' elsewhere."""
+    return f"rank {os.environ['RANK']}: " if torchrun_rank_other_than_0() else ""
+
+
 def make_folder(path: str, where_to_choose: str = _WHERE_OUTPUTS_GO) -> None:
     """os.makedirs(path, exist_ok=True), or one UserError naming the folder and `where_to_choose` another (a
     read-only, forbidden or full disk, a file or a broken link in the way, a place that takes no folders: /proc)."""
@@ -406,7 +439,10 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
                                 "the same files; run it with python (torchrun is for the training scripts)")
             fn()
         except UserError as err:
-            _exit(f"error: {one_line(str(err))}", USER_ERROR_EXIT)
+            # A mistake met while training (a rank's own images or loss: `every_rank`) may be this rank's alone.
+            every_rank = getattr(err, "every_rank", False)
+            _exit(f"error: {_rank_prefix() if every_rank else ''}{one_line(str(err))}", USER_ERROR_EXIT,
+                  every_rank=every_rank)
         except BrokenPipeError:
             if not stdout_is_a_closed_pipe():
                 raise
@@ -420,12 +456,16 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
                 raise
             _exit(f"error: {one_line(message)}", USER_ERROR_EXIT)
         except RuntimeError as err:
-            message = out_of_memory_message(err, memory_hint)
+            message = out_of_memory_message(err, memory_hint) or peer_gone_message(err)
             if message is None:
                 raise
             # Not a mistake that every rank of a DDP job meets: one card may be full, or shared. Each says it.
-            rank = f"rank {os.environ['RANK']}: " if torchrun_rank_other_than_0() else ""
-            _exit(f"error: {rank}{message}", USER_ERROR_EXIT, every_rank=True)
+            _exit(f"error: {_rank_prefix()}{message}", USER_ERROR_EXIT, every_rank=True)
+        except ValueError as err:
+            message = batch_of_one_message(err)
+            if message is None:
+                raise
+            _exit(f"error: {_rank_prefix()}{message}", USER_ERROR_EXIT, every_rank=True)
         finally:
             for s, default in ours.items():
                 signal.signal(s, default)

@@ -122,8 +122,8 @@ def exit_with_parent(parent: int, worker_id: int | None = None) -> None:
     dead parent only to block for ever on its loader's "done" event when the parent was killed (with -9, say)
     while it held that event's lock: the worker, and the memory it holds, stayed.
 
-    The worker also ignores SIGTERM (and SIGHUP, SIGUSR1): `timeout`, Slurm's preemption and systemd send it to every
-    process of the job, and a worker dead of it made the parent, unwinding from its own SIGTERM, print torch's
+    The worker also ignores SIGTERM (and SIGINT, SIGHUP, SIGUSR1): `timeout`, Slurm's preemption and systemd send it
+    to every process of the job, and a worker dead of it made the parent, unwinding from its own SIGTERM, print torch's
     "DataLoader worker is killed by signal" traceback. The parent stops its workers on its way out; if it dies, the
     watch above does. Nor does the worker print the traceback of a batch hand-over that the parent broke off on its
     way out.
@@ -154,7 +154,10 @@ def _exit_for_a_dead_parent(inherited: str | None) -> None:
 
 
 # The signals a loader worker ignores (its parent stops it), and that stay blocked from its fork until it does.
-_WORKER_IGNORES = (signal.SIGTERM, *STOP_SIGNALS)
+# SIGINT too: a terminal's Ctrl-C reaches the whole group (torchrun's agent sends it on to each worker's group), and
+# workers that it ended before their parent had taken its own made the parent's loader fail ("DataLoader worker
+# exited unexpectedly", a batch's file gone from resource_sharer) in a traceback instead of the interrupted line.
+_WORKER_IGNORES = (signal.SIGTERM, signal.SIGINT, *STOP_SIGNALS)
 
 
 @contextlib.contextmanager
