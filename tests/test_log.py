@@ -1,6 +1,6 @@
 import logging
 
-from lib.utils.errors import Terminated, UserError
+from lib.utils.errors import FRESH_START_INTERRUPTED_MESSAGE, Terminated, UserError
 from lib.utils.log import INTERRUPTED_LINE, get_logger, held_warnings, log_stop
 
 
@@ -18,8 +18,12 @@ def test_log_stop_writes_the_error_line_the_script_prints_or_that_it_was_interru
     log_stop(handler, UserError("the loss is not finite\n  in run 0"))  # one line, as cli_main prints it
     log_stop(handler, RuntimeError("CUDA error: an illegal memory access\nCompile with TORCH_USE_CUDA_DSA"))
     log_stop(handler, Terminated())  # SIGTERM, a KeyboardInterrupt subclass
+    fresh = KeyboardInterrupt()
+    fresh.message = FRESH_START_INTERRUPTED_MESSAGE  # a command given BASIC.FRESH_START True, as the trainer marks it
+    log_stop(handler, fresh)
     assert handler.lines == ["error: the loss is not finite in run 0",
-                             "error: RuntimeError: CUDA error: an illegal memory access", INTERRUPTED_LINE]
+                             "error: RuntimeError: CUDA error: an illegal memory access", INTERRUPTED_LINE,
+                             "stopped: interrupted; re-run the same command without BASIC.FRESH_START True to resume"]
 
 
 def test_held_warnings_print_nothing_until_released_and_let_info_through(capsys):

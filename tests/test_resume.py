@@ -332,6 +332,14 @@ def test_sigterm_mid_run_unwinds_like_ctrl_c_with_exit_143_and_the_command_resum
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the script's handler is gone with it
     exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
     assert torch.load(exp / "ckpt" / "run0" / "last.pth", weights_only=False)["epoch"] == 1
+    # train.log and summarize say the same (train.log said "re-run the same command" after FRESH_START too).
+    without = " without BASIC.FRESH_START True" if fresh_start else ""
+    assert (exp / "train.log").read_text().splitlines()[-1].endswith(
+        f" stopped: interrupted; re-run the same command{without} to resume")
+    notes = []
+    find_experiments(str(tmp_path / "ckpt"), warn=notes.append)
+    assert notes == [f"note: {exp} was interrupted (0 runs done); re-run its command{without} to resume; it is not "
+                     "in the table"]
     monkeypatch.setattr(Distiller, "forward_train", original)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     assert json.loads((exp / "ckpt" / "run0" / "result.json").read_text())["run"] == 0

@@ -33,7 +33,7 @@ from lib.config import KDTYPES, resolve_path, small_crop_size
 from lib.engine.checkpoint import load_json_object, load_results, load_run_result, lock_holder
 from lib.utils.errors import UserError, first_line
 from lib.utils.files import file_digest, run_folders, run_index
-from lib.utils.log import ERROR_PREFIX, INTERRUPTED_LINE
+from lib.utils.log import ERROR_PREFIX, FRESH_START_INTERRUPTED_LINE, INTERRUPTED_LINE
 
 from . import check_output_root, markdown_table, write_csv, write_text
 from .cost import flops_of, input_cost
@@ -238,8 +238,9 @@ def _unfinished_note(folder: str) -> str:
         state = f"is training now{holder} ({done})"
     elif last.startswith(ERROR_PREFIX):
         state = f"stopped with an error ({done}): {last[len(ERROR_PREFIX):]}"
-    elif last == INTERRUPTED_LINE:
-        state = f"was interrupted ({done}); re-run its command to resume"
+    elif last in (INTERRUPTED_LINE, FRESH_START_INTERRUPTED_LINE):
+        without = " without BASIC.FRESH_START True" if last == FRESH_START_INTERRUPTED_LINE else ""
+        state = f"was interrupted ({done}); re-run its command{without} to resume"
     else:
         state = f"is not finished ({done}, no results.json)"
     return f"note: {folder} {state}; it is not in the table"

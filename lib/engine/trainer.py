@@ -834,10 +834,10 @@ def _run_experiment(cfg: CfgNode, method: str, num_runs: int, multi_run: bool, l
             log.info(f"results ({results_path}):\n{format_table(results)}")
         return results
     except BaseException as err:
-        if handler is not None:  # the log says how it ended: tools/summarize.py tells a failed run from a running one
-            log_stop(handler, err)
         if isinstance(err, KeyboardInterrupt) and cfg.BASIC.FRESH_START:
             err.message = FRESH_START_INTERRUPTED_MESSAGE  # the same command would move this attempt aside again
+        if handler is not None:  # the log says how it ended: tools/summarize.py tells a failed run from a running one
+            log_stop(handler, err)
         raise
     finally:
         log.removeFilter(once)

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Iterable, Iterator
 
 from .errors import (
+    FRESH_START_INTERRUPTED_MESSAGE,
     TRAINING_MEMORY_HINT,
     UserError,
     first_line,
@@ -116,13 +117,17 @@ def add_log_file(path: str) -> logging.FileHandler:
 
 # The last line of a train.log whose command stopped before its results.json (tools/summarize.py reads it back).
 ERROR_PREFIX, INTERRUPTED_LINE = "error: ", "stopped: interrupted; re-run the same command to resume"
+# ... of a command given BASIC.FRESH_START True, which would move this attempt aside again.
+FRESH_START_INTERRUPTED_LINE = ("stopped: interrupted; re-run the same command without BASIC.FRESH_START True to "
+                                "resume")
 
 
 def log_stop(handler: logging.Handler, err: BaseException) -> None:
     """Append why a command stopped to its train.log alone (`handler`): the error line that the script prints on
     stderr, or that it was interrupted (Ctrl-C, SIGTERM)."""
     if isinstance(err, KeyboardInterrupt):
-        line = INTERRUPTED_LINE
+        fresh = getattr(err, "message", None) == FRESH_START_INTERRUPTED_MESSAGE
+        line = FRESH_START_INTERRUPTED_LINE if fresh else INTERRUPTED_LINE
     elif isinstance(err, UserError):
         line = ERROR_PREFIX + one_line(str(err))
     else:
