@@ -555,6 +555,10 @@ def test_a_copied_experiments_own_config_says_that_it_trains_under_its_old_root(
     (folder / "config.yaml").write_text(cfg.dump())
     (folder / "inputs.json").write_text("{}")
     config = str(folder / "config.yaml")
+    (folder / "inputs.json").unlink()
+    load_config(parse_args(["--config_file", config]))  # a config.yaml no command saved there: no note
+    assert capsys.readouterr().err == ""
+    (folder / "inputs.json").write_text("{}")
     load_config(parse_args(["--config_file", config]))
     assert capsys.readouterr().err == (
         f"note: {config} is the saved config of the experiment in {folder}, under {tmp_path / 'new'}; this command "
@@ -578,6 +582,9 @@ def test_fresh_start_saved_true_by_an_older_version_in_an_experiments_config_is_
     config = str(folder / "config.yaml")
     assert load_config(parse_args(["--config_file", config])).BASIC.FRESH_START  # no inputs.json: any YAML file
     (folder / "inputs.json").write_text("{}")
+    mine = folder / "mine.yaml"  # the user's own file beside a saved experiment's: taken as it is
+    mine.write_text(cfg.dump())
+    assert load_config(parse_args(["--config_file", str(mine)])).BASIC.FRESH_START
     assert capsys.readouterr().err == ""
     assert not load_config(parse_args(["--config_file", config])).BASIC.FRESH_START
     assert capsys.readouterr().err == (

@@ -366,6 +366,45 @@ def test_a_process_left_waiting_for_its_ddp_peers_says_so_and_gives_up_with_one_
     assert not torch.distributed.is_initialized()
 
 
+def _rendezvous_env(monkeypatch) -> None:
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29599"}.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_a_rendezvous_that_fails_otherwise_raises_its_error_and_a_quick_one_says_nothing(monkeypatch, capsys):
+    # The join runs in a thread: its error must reach the main thread (swallowed, training went on without a
+    # group), and the minute's notice must not fire once the join is done.
+    from lib.engine import distributed
+
+    _rendezvous_env(monkeypatch)
+    monkeypatch.setattr(distributed, "RENDEZVOUS_NOTICE_S", 0.2)
+
+    def fails(**kwargs):
+        raise ValueError("a bad init_method")
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", fails)
+    with pytest.raises(ValueError, match="a bad init_method"):
+        distributed._join_group("gloo", distributed.dist_info(), torch.device("cpu"))
+    joined = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kwargs: joined.append(kwargs["backend"]))
+    distributed._join_group("gloo", distributed.dist_info(), torch.device("cpu"))
+    time.sleep(0.5)
+    assert joined == ["gloo"] and capsys.readouterr().out == ""
+
+
+def test_automatic_parallel_runs_over_several_gpu_ids_start_the_resource_tracker_quiet(tiny_cub, write_config,
+                                                                                       monkeypatch):
+    # BASIC.PARALLEL_RUNS 0 trains one run per GPU of GPU_ID: a command that may run in parallel (here on the CPU,
+    # one at a time) starts the tracker quiet before anything else can start it.
+    config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 1, "PARALLEL_RUNS": 0, "GPU_ID": [0, 1]},
+                           "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    quiet = []
+    monkeypatch.setattr(trainer, "start_quiet_resource_tracker", lambda: quiet.append(True))
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert quiet == [True]
+
+
 def test_bf16_autocast_gives_the_fp32_losses_within_tolerance(tmp_path):
     teacher = tmp_path / "t.pth"
     torch.save({"state_dict": build_model("resnet18", 4, False).state_dict()}, teacher)

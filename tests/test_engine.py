@@ -759,6 +759,9 @@ from lib.config import load_config
 from lib.datasets import build_dataset
 from lib.engine.trainer import build_loader
 cfg = load_config(argparse.Namespace(config_file=sys.argv[1], opts=["BASIC.NUM_WORKERS", 2]))
+if sys.argv[2] == "parent-has-one":  # made before the workers fork: theirs by inheritance, which they must not remove
+    import multiprocessing.util
+    multiprocessing.util.get_temp_dir()
 batches = iter(build_loader(cfg, build_dataset(cfg, is_train=False), False, torch.device("cpu")))
 next(batches)
 print(" ".join(str(worker.pid) for worker in batches._workers), flush=True)
@@ -769,8 +772,9 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_loader_workers_exit_when_their_process_is_killed_even_holding_the_loaders_lock(tiny_cub, write_config,
-                                                                                     tmp_path):
+@pytest.mark.parametrize("temp_dir", ["workers-make-theirs", "parent-has-one"])
+def test_loader_workers_exit_when_their_process_is_killed_even_holding_the_loaders_lock(temp_dir, tiny_cub,
+                                                                                     write_config, tmp_path):
     # torch's worker, finding its parent gone, waits on the loader's "done" event: for ever when the parent was
     # killed holding that event's lock (a kill -9 during the loader's shutdown), with its copy of the cache.
     # Nor do they leave the /tmp/pymp-* folder each makes for handing batches over (os._exit skips its removal).
@@ -780,7 +784,7 @@ def test_loader_workers_exit_when_their_process_is_killed_even_holding_the_loade
     # Read the workers' pids, then wait for the process, not for the end of its output: workers that outlive it
     # hold its stdout open.
     with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-c", _KILLED_HOLDING_THE_DONE_LOCK, config], cwd=REPO_ROOT,
+        proc = subprocess.Popen([sys.executable, "-c", _KILLED_HOLDING_THE_DONE_LOCK, config, temp_dir], cwd=REPO_ROOT,
                                 stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "TMPDIR": str(temp)})
     workers = [int(pid) for pid in proc.stdout.readline().split()]
     own = proc.stdout.readline().strip()
@@ -791,6 +795,7 @@ def test_loader_workers_exit_when_their_process_is_killed_even_holding_the_loade
             time.sleep(0.2)
         assert all(map(process_ended, workers)), "a loader worker outlived its killed process"
         assert [path for path in glob.glob(str(temp / "pymp-*")) if path != own] == []
+        assert (own != "None") == (temp_dir == "parent-has-one") and (own == "None" or os.path.isdir(own))
     finally:
         proc.stdout.close()
         for pid in itertools.filterfalse(process_ended, workers):

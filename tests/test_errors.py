@@ -374,6 +374,12 @@ _GLOO_PEER_GONE = ("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connect
                                     "above, or torchrun's report, says why; re-run the same command to resume from "
                                     "the last saved epoch"),
     (RuntimeError("NCCL communicator was aborted on rank 1."), "another process of this DDP job has gone (NCCL"),
+    (RuntimeError("NCCL error: remote process exited or there was a network error, ncclRemoteError"),
+     "another process of this DDP job has gone (NCCL error"),
+    (RuntimeError("[gloo/transport/tcp/pair.cc:598] Connection reset by peer"), "another process of this DDP job"),
+    (RuntimeError("[gloo/transport/tcp/pair.cc:534] Write error: Broken pipe"), "another process of this DDP job"),
+    (ValueError("Expected more than 1 value per channel when training, got input size torch.Size([1, 256, 1, 1])"),
+     "a training batch of 1 image reached a batch-norm layer"),
 ])
 def test_under_torchrun_what_one_rank_meets_while_training_is_said_by_that_rank(rank, raised, says, monkeypatch,
                                                                                 capsys):
@@ -389,10 +395,13 @@ def test_under_torchrun_what_one_rank_meets_while_training_is_said_by_that_rank(
     assert line.startswith(f"error: {'rank 1: ' if rank == '1' else ''}{says}"), line
 
 
-def test_a_lost_peer_outside_a_ddp_job_is_left_as_it_is(monkeypatch):
+def test_a_lost_peer_outside_a_ddp_job_or_outside_gloo_is_left_as_it_is(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         _raises(RuntimeError(_GLOO_PEER_GONE))()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="reset by peer"):  # a dataset on a network share, say: not the job's peer
+        _raises(RuntimeError("Connection reset by peer"))()
 
 
 def test_a_training_batch_of_one_image_at_a_1x1_feature_map_is_one_line_naming_the_keys(capsys):

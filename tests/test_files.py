@@ -1,3 +1,4 @@
+import errno
 import hashlib
 import os
 import threading
@@ -60,3 +61,18 @@ def test_a_folder_that_cannot_be_opened_goes_unlocked(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "open", refuse)
     assert lock_folder(str(tmp_path)) is None
+
+
+def test_a_file_system_whose_flock_fails_goes_unlocked_without_leaking_the_descriptor(tmp_path, monkeypatch):
+    # NFS without lockd, some FUSE mounts: flock fails with ENOLCK or EOPNOTSUPP rather than being absent.
+    class NoFlock:
+        LOCK_EX, LOCK_NB = files.fcntl.LOCK_EX, files.fcntl.LOCK_NB
+
+        @staticmethod
+        def flock(fd, operation):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(files, "fcntl", NoFlock)
+    before = len(os.listdir("/proc/self/fd"))
+    assert lock_folder(str(tmp_path)) is None and lock_file(str(tmp_path / ".lock")) is None
+    assert len(os.listdir("/proc/self/fd")) == before
