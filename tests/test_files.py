@@ -12,9 +12,9 @@ from lib.utils.files import (
     flock_holder,
     lock_file,
     lock_folder,
+    release_lock,
     run_folders,
     run_index,
-    unlock_folder,
 )
 
 
@@ -42,13 +42,13 @@ def test_a_lock_is_refused_or_waited_for_until_its_holder_lets_go(kind, tmp_path
     assert held is not None and f" (pid {os.getpid()})" == flock_holder(os.stat(path))
     with pytest.raises(BlockingIOError):
         lock(path)
-    releaser = threading.Timer(0.3, unlock_folder, (held,))
+    releaser = threading.Timer(0.3, release_lock, (held,))
     releaser.start()
     start = time.monotonic()
     waited = lock(path, wait=True)  # blocks until the timer lets go
     assert waited is not None and time.monotonic() - start >= 0.25
     releaser.join()
-    unlock_folder(waited)
+    release_lock(waited)
     assert flock_holder(os.stat(path)) == ""
     assert kind == "folder" or (os.path.isfile(path) and os.path.getsize(path) == 0)  # left, empty, for the next
     monkeypatch.setattr(files, "fcntl", None)  # no flock on this platform: unguarded, no error

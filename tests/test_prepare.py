@@ -30,7 +30,7 @@ from lib.analysis.prepare import (
 from lib.config import REPO_ROOT
 from lib.datasets.synthetic import make_aircraft, make_cub
 from lib.utils.errors import UserError
-from lib.utils.files import lock_file, unlock_folder
+from lib.utils.files import lock_file, release_lock
 
 from .conftest import one_error_line, run_cli
 
@@ -459,7 +459,7 @@ def test_a_second_prepare_on_the_same_root_waits_for_the_first_and_then_only_che
         os.rename(root / ".cub.partial-first" / "CUB_200_2011", root / "cub")  # the first one finishes
         os.rmdir(root / ".cub.partial-first")
     finally:
-        unlock_folder(other)
+        release_lock(other)
         waiter.join(60)
     assert lines[1:] == [f"cub: {root / 'cub'} is there already; checking it"]
     assert (done[0]["train_images"], done[0]["test_images"]) == (2, 2)

@@ -58,7 +58,7 @@ from tqdm import tqdm
 
 from lib.config import get_cfg, resolve_path
 from lib.utils.errors import UserError, first_line, make_folder, os_error_message
-from lib.utils.files import file_digest, flock_holder, lock_file, unlock_folder
+from lib.utils.files import file_digest, flock_holder, lock_file, release_lock
 from lib.utils.processes import usable_cpus
 
 __all__ = ["DamagedArchive", "DatasetArchive", "ARCHIVES", "download", "extract", "verify_layout", "prepare_dataset",
@@ -384,7 +384,7 @@ def _root_locked(name: str, root: str, log: Callable[[str], None]) -> Iterator[N
         yield
     finally:
         if fd is not None:
-            unlock_folder(fd)
+            release_lock(fd)
 
 
 def _prepare_in_locked_root(name: str, root: str, source: str, md5: str | None, verify: bool,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lib.utils.errors import UserError, first_line, make_folder
-from lib.utils.files import flock_holder, lock_folder, unlock_folder
+from lib.utils.files import flock_holder, lock_folder, release_lock
 
 
 def atomic_write(path: str, write_fn: Callable[[IO[bytes]], object]) -> None:
@@ -126,7 +126,7 @@ class ExperimentLock:
     def release(self) -> None:
         """Let go of the lock (the kernel does too when the process ends)."""
         if self._fd is not None:
-            unlock_folder(self._fd)
+            release_lock(self._fd)
         self._fd = self._inode = None
 
 

@@ -37,8 +37,8 @@ def run_folders(ckpt_dir: str) -> list[tuple[str, int]]:
     return sorted(((path, i) for path, i in runs if i is not None and os.path.isdir(path)), key=lambda run: run[1])
 
 
-# The descriptors of the folder locks this process holds. A forked child (a loader worker) closes its copies: it
-# must not keep a lock alive for seconds after its parent was killed, when the re-run should get it.
+# The descriptors of the locks (lock_folder, lock_file) this process holds. A forked child (a loader worker) closes
+# its copies: it must not keep a lock alive for seconds after its parent was killed, when the re-run should get it.
 _HELD_LOCKS: set[int] = set()
 
 
@@ -55,7 +55,7 @@ if hasattr(os, "register_at_fork"):
 
 def lock_folder(folder: str, wait: bool = False) -> int | None:
     """Take an exclusive flock on `folder` itself (nothing is written for it; the kernel drops it when this process
-    ends, however it ends) and return its descriptor for unlock_folder; None where the file system has no flock
+    ends, however it ends) and return its descriptor for release_lock; None where the file system has no flock
     (some network mounts), there is no fcntl, or the folder cannot be opened. On NFS a folder's flock is seen by
     this machine only (lock_file's reaches the server).
 
@@ -93,7 +93,7 @@ def _flock(path: str, flags: int, wait: bool) -> int | None:
     return fd
 
 
-def unlock_folder(fd: int) -> None:
+def release_lock(fd: int) -> None:
     """Let go of a lock_folder or lock_file lock (the kernel does too when the process ends)."""
     if fd in _HELD_LOCKS:
         _HELD_LOCKS.discard(fd)
