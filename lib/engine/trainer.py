@@ -50,6 +50,7 @@ from lib.utils.processes import (
     exit_with_parent,
     reap_loader_workers_at_exit,
     return_freed_memory,
+    signals_ignored,
     start_quiet_resource_tracker,
     usable_cpus,
 )
@@ -913,16 +914,12 @@ def _train_in_parallel(exp: Experiment, pending: list[int], devices: Sequence[to
     # terminal's group or job. The run processes (and the loader workers they fork) start with them ignored; this
     # process answers them and stops them through SIGTERM, on which each unwinds like an interrupted run (loaders
     # shut down, the last finished epoch kept): one line, not a traceback each.
-    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, *STOP_SIGNALS)}
-    try:
+    with signals_ignored((signal.SIGINT, *STOP_SIGNALS)):
         slots = len(devices)
         pool = ProcessPoolExecutor(slots, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_stop_on_sigterm)
         jobs = [pool.submit(_parallel_worker, exp.cfg.dump(), exp.method, exp.exp_dir, exp.multi_run,
                             pending[slot::slots], str(device), threads, said) for slot, device in enumerate(devices)]
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
     results = {}
     try:
         for job in jobs:

@@ -12,12 +12,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 
 __all__ = ["watch_parent", "exit_with_parent", "reap_loader_workers_at_exit", "process_ended", "usable_cpus",
            "LOADER_START_METHOD", "STOP_SIGNALS", "stop_signals_blocked", "forks_workers_that_ignore_stops",
-           "return_freed_memory"]
+           "return_freed_memory", "signals_ignored", "start_quiet_resource_tracker"]
 
 # The signals that stop a run as SIGTERM does, besides it and Ctrl-C: a closed terminal's SIGHUP (an ssh session
 # dropped: POSIX sends it to the terminal's whole foreground process group), and SIGUSR1, which Slurm sends ahead of a
@@ -58,15 +58,24 @@ def start_quiet_resource_tracker() -> None:
 
     option = "ignore:resource_tracker:UserWarning"
     sys.warnoptions.append(option)
-    # An ignored signal stays ignored across the fork and exec that start the tracker.
-    main = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS} if main else {}
     try:
-        resource_tracker.ensure_running()
+        with signals_ignored(STOP_SIGNALS):
+            resource_tracker.ensure_running()
+    finally:
+        sys.warnoptions.remove(option)
+
+
+@contextlib.contextmanager
+def signals_ignored(signals: Iterable[int]) -> Iterator[None]:
+    """Ignore `signals` in this process for the block (from the main thread; elsewhere nothing): a process started
+    meanwhile keeps them ignored, across its fork and exec, until it sets handlers of its own."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals} if main else {}
+    try:
+        yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        sys.warnoptions.remove(option)
 
 
 def return_freed_memory() -> None:
