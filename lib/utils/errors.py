@@ -455,16 +455,12 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             if message is None:
                 raise
             _exit(f"error: {one_line(message)}", USER_ERROR_EXIT)
-        except RuntimeError as err:
-            message = out_of_memory_message(err, memory_hint) or peer_gone_message(err)
+        except (RuntimeError, ValueError) as err:
+            message = out_of_memory_message(err, memory_hint) or peer_gone_message(err) or batch_of_one_message(err)
             if message is None:
                 raise
-            # Not a mistake that every rank of a DDP job meets: one card may be full, or shared. Each says it.
-            _exit(f"error: {_rank_prefix()}{message}", USER_ERROR_EXIT, every_rank=True)
-        except ValueError as err:
-            message = batch_of_one_message(err)
-            if message is None:
-                raise
+            # Not a mistake that every rank of a DDP job meets: one card may be full, or shared; a peer gone, a
+            # rank's own last batch. Each says it.
             _exit(f"error: {_rank_prefix()}{message}", USER_ERROR_EXIT, every_rank=True)
         finally:
             for s, default in ours.items():
