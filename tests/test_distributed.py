@@ -330,20 +330,33 @@ def test_stray_torchrun_variables_in_the_environment_are_one_line_not_a_tracebac
     assert str(err.value).startswith(message), str(err.value)
 
 
+def _rank_0_of_2(port: int | None = None) -> dict[str, str]:
+    """torchrun's variables for rank 0 of a 2-process job whose store is at 127.0.0.1:`port` (default: a free port,
+    so that nothing answers there)."""
+    if port is None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    return {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def _rendezvous_env(monkeypatch, port: int | None = None) -> int:
+    """Set _rank_0_of_2's variables in this process; returns the port."""
+    for name, value in _rank_0_of_2(port).items():
+        monkeypatch.setenv(name, value)
+    return int(os.environ["MASTER_PORT"])
+
+
 def test_a_process_left_waiting_for_its_ddp_peers_says_so_and_gives_up_with_one_line(monkeypatch, capsys):
     # WORLD_SIZE and MASTER_* left by a cluster's launcher, no torchrun: the one process waited in the rendezvous
     # without a word for torch's 30 minutes, then gave a traceback.
     import datetime
-    import socket
 
     from lib.engine import distributed
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": str(port)}.items():
-        monkeypatch.setenv(name, value)
+    port = _rendezvous_env(monkeypatch)
     monkeypatch.setattr(distributed, "RENDEZVOUS_NOTICE_S", 0.2)
     monkeypatch.setattr(distributed, "RENDEZVOUS_TIMEOUT", datetime.timedelta(seconds=2))
     # The parent is watched from before the rendezvous: a torchrun agent killed with -9 as its workers started left
@@ -364,12 +377,6 @@ def test_a_process_left_waiting_for_its_ddp_peers_says_so_and_gives_up_with_one_
                                        "processes of its DDP job; were all 2 processes started? torchrun starts "
                                        "them; to train in one process, unset RANK WORLD_SIZE LOCAL_RANK\n")
     assert not torch.distributed.is_initialized()
-
-
-def _rendezvous_env(monkeypatch) -> None:
-    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": "29599"}.items():
-        monkeypatch.setenv(name, value)
 
 
 def test_a_rendezvous_that_fails_otherwise_raises_its_error_and_a_quick_one_says_nothing(monkeypatch, capsys):
@@ -748,12 +755,10 @@ def test_a_process_waiting_for_its_ddp_peers_stops_at_once_on_sigterm_with_one_l
     # Ctrl-C or a job's SIGTERM left the process waiting until kill -9.
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    job = _rank_0_of_2()
+    port = int(job["MASTER_PORT"])
     config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 1}}, tiny_cub)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", RANK="0", WORLD_SIZE="2", LOCAL_RANK="0",
-               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **job)
     proc = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
