@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import os
 import pathlib
 import runpy
@@ -53,6 +54,27 @@ def no_interrupts_left_held():
     after = _stop_signal_state()
     changed = {key: (before[key], after.get(key)) for key in before if after.get(key) != before[key]}
     assert not changed, f"the test changed how stop signals are handled (before, after): {changed}"
+
+
+# A test still running after this many seconds (PD_TEST_TIMEOUT_S overrides) has hung, most likely waiting for a
+# process or a lock: every thread's traceback is printed and the suite ends with status 1, rather than at CI's
+# 90-minute limit with nothing said. The slowest tests take about a minute on 2 busy cores.
+TEST_TIMEOUT_S = float(os.environ.get("PD_TEST_TIMEOUT_S", 600))
+_terminal: list = []  # the terminal's stderr, kept open for the tracebacks (a test's own stderr is captured)
+
+
+def pytest_configure(config):
+    # Called while pytest does not capture (it does while this file is imported): file descriptor 2 is the terminal.
+    _terminal.append(os.fdopen(os.dup(2), "w"))
+
+
+@pytest.fixture(autouse=True)
+def hung_test_ends_the_suite():
+    faulthandler.dump_traceback_later(TEST_TIMEOUT_S, exit=True, file=_terminal[0])
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 # Tiny but real: teacher at 64 px, student at 32 px (LESSEN_RATIO 2), 4 classes, a few images each.

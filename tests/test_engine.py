@@ -954,9 +954,10 @@ def test_deterministic_mode_keeps_deterministic_algorithms_but_does_not_fill_eve
         torch.utils.deterministic.fill_uninitialized_memory = before[1]
 
 
-# Another process training an experiment: it holds the folder's flock until it ends.
-_HOLD = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
-         "print('held', flush=True); time.sleep(120)")
+# Another process training an experiment: it holds the flock of the folder's lock file until it ends.
+_HOLD = ("import fcntl, os, sys, time; path = os.path.join(sys.argv[1], '.training.lock'); "
+         "fd = os.open(path, os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+         "time.sleep(120)")
 
 
 def test_the_same_experiment_started_while_another_process_trains_it_is_refused_until_that_one_ends(
@@ -974,7 +975,8 @@ def test_the_same_experiment_started_while_another_process_trains_it_is_refused_
             line = one_error_line(capsys.readouterr().err)
             assert f"{exp} is being trained by another process (pid {holder.pid}) now" in line, line
             assert "re-run this command to resume" in line
-            assert os.listdir(exp) == ["config.yaml"] and os.listdir(exp.parent) == [exp.name]
+            assert sorted(os.listdir(exp)) == [".training.lock", "config.yaml"]
+            assert os.listdir(exp.parent) == [exp.name]
     finally:
         holder.kill()
         holder.wait()

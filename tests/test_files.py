@@ -11,7 +11,6 @@ from lib.utils.files import (
     file_digest,
     flock_holder,
     lock_file,
-    lock_folder,
     release_lock,
     run_folders,
     run_index,
@@ -35,9 +34,8 @@ def test_run_folders_are_the_run_i_folders_of_a_ckpt_folder_by_number(tmp_path):
     assert (run_index("run7"), run_index("run"), run_index("model_best.pth")) == (7, None, None)
 
 
-@pytest.mark.parametrize("kind", ["folder", "file"])
-def test_a_lock_is_refused_or_waited_for_until_its_holder_lets_go(kind, tmp_path, monkeypatch):
-    lock, path = (lock_folder, str(tmp_path)) if kind == "folder" else (lock_file, str(tmp_path / ".lock"))
+def test_a_lock_is_refused_or_waited_for_until_its_holder_lets_go(tmp_path, monkeypatch):
+    lock, path = lock_file, str(tmp_path / ".lock")
     held = lock(path)
     assert held is not None and f" (pid {os.getpid()})" == flock_holder(os.stat(path))
     with pytest.raises(BlockingIOError):
@@ -50,17 +48,17 @@ def test_a_lock_is_refused_or_waited_for_until_its_holder_lets_go(kind, tmp_path
     releaser.join()
     release_lock(waited)
     assert flock_holder(os.stat(path)) == ""
-    assert kind == "folder" or (os.path.isfile(path) and os.path.getsize(path) == 0)  # left, empty, for the next
+    assert os.path.isfile(path) and os.path.getsize(path) == 0  # left, empty, for the next
     monkeypatch.setattr(files, "fcntl", None)  # no flock on this platform: unguarded, no error
     assert lock(path) is None
 
 
-def test_a_folder_that_cannot_be_opened_goes_unlocked(tmp_path, monkeypatch):
+def test_a_lock_file_that_cannot_be_made_goes_unlocked(tmp_path, monkeypatch):
     def refuse(path, flags, *args):
-        raise PermissionError(13, "Permission denied", path)  # a folder with write but no read permission
+        raise PermissionError(13, "Permission denied", path)  # a read-only folder
 
     monkeypatch.setattr(os, "open", refuse)
-    assert lock_folder(str(tmp_path)) is None
+    assert lock_file(str(tmp_path / ".lock")) is None
 
 
 def test_a_file_system_whose_flock_fails_goes_unlocked_without_leaking_the_descriptor(tmp_path, monkeypatch):
@@ -74,5 +72,5 @@ def test_a_file_system_whose_flock_fails_goes_unlocked_without_leaking_the_descr
 
     monkeypatch.setattr(files, "fcntl", NoFlock)
     before = len(os.listdir("/proc/self/fd"))
-    assert lock_folder(str(tmp_path)) is None and lock_file(str(tmp_path / ".lock")) is None
+    assert lock_file(str(tmp_path / ".lock")) is None
     assert len(os.listdir("/proc/self/fd")) == before

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 
 import setuptools
 
@@ -40,3 +41,15 @@ def test_a_source_distribution_carries_the_requirements_txt_that_setup_py_reads(
     with tarfile.open(archive) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     assert {"requirements.txt", "setup.py", "lib/engine/trainer.py"} <= names
+
+
+def test_a_hung_test_ends_the_suite_with_every_threads_traceback_instead_of_running_on(tmp_path):
+    # The suite's own conftest.py beside a test that would sleep for ten minutes, with a 2-second limit.
+    shutil.copy(os.path.join(REPO_ROOT, "tests", "conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_probe.py").write_text("import time\n\n\ndef test_waits_on_something():\n    time.sleep(600)\n")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_probe.py"],
+                          cwd=tmp_path, env={**os.environ, "PD_TEST_TIMEOUT_S": "2"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and time.monotonic() - start < 120
+    assert "Timeout (0:00:02)!" in proc.stderr and 'test_probe.py", line 5 in test_waits_on_something' in proc.stderr

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lib.utils.errors import UserError, first_line, make_folder
-from lib.utils.files import flock_holder, lock_folder, release_lock
+from lib.utils.files import flock_holder, lock_file, release_lock
 
 
 def atomic_write(path: str, write_fn: Callable[[IO[bytes]], object]) -> None:
@@ -93,13 +93,19 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+# The file in an experiment folder whose flock the process training into it holds (ExperimentLock).
+LOCK_NAME = ".training.lock"
+
+
 class ExperimentLock:
     """An exclusive lock on an experiment folder, held while a process trains into it.
 
     The same command started twice (a second terminal, a scheduler's retry) would otherwise train the same runs
-    into the same files. The lock is a flock on the folder itself, so nothing is written for it, and the kernel
-    drops it when the holder ends, however it ends (a killed run leaves no stale lock). On a file system that
-    does not support flock (some network mounts) training goes on unguarded.
+    into the same files. The lock is a flock on the empty file LOCK_NAME in the folder, which the kernel drops when
+    the holder ends, however it ends (a killed run leaves no stale lock); a file's flock, unlike a folder's, reaches
+    an NFS server, so a second node sharing the disk is refused too. It moves with the folder (BASIC.FRESH_START
+    moves an attempt aside). On a file system that does not support flock, or a folder this process cannot write
+    into, training goes on unguarded.
     """
 
     def __init__(self) -> None:
@@ -113,12 +119,12 @@ class ExperimentLock:
         if self._inode == (stat.st_dev, stat.st_ino):
             return True
         try:
-            fd = lock_folder(folder)
+            fd = lock_file(os.path.join(folder, LOCK_NAME))
         except BlockingIOError:
-            raise UserError(f"{folder} is being trained by another process{flock_holder(stat)} now; "
+            raise UserError(f"{folder} is being trained by another process{lock_holder(folder)} now; "
                             "wait for it to end (or stop it), then re-run this command to resume") from None
         if fd is None:
-            return False  # flock unsupported here
+            return False  # flock unsupported here, or the folder read-only
         self.release()
         self._fd, self._inode = fd, (stat.st_dev, stat.st_ino)
         return True
@@ -134,7 +140,7 @@ def lock_holder(folder: str) -> str:
     """' (pid N)' while a process trains into the experiment `folder` (holds its ExperimentLock), else '' (also where
     /proc/locks is not there to tell)."""
     try:
-        return flock_holder(os.stat(folder))
+        return flock_holder(os.stat(os.path.join(folder, LOCK_NAME)))
     except OSError:
         return ""
 

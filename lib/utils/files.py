@@ -37,7 +37,7 @@ def run_folders(ckpt_dir: str) -> list[tuple[str, int]]:
     return sorted(((path, i) for path, i in runs if i is not None and os.path.isdir(path)), key=lambda run: run[1])
 
 
-# The descriptors of the locks (lock_folder, lock_file) this process holds. A forked child (a loader worker) closes
+# The descriptors of the locks (lock_file) this process holds. A forked child (a loader worker) closes
 # its copies: it must not keep a lock alive for seconds after its parent was killed, when the re-run should get it.
 _HELD_LOCKS: set[int] = set()
 
@@ -53,31 +53,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_drop_held_locks_in_child)
 
 
-def lock_folder(folder: str, wait: bool = False) -> int | None:
-    """Take an exclusive flock on `folder` itself (nothing is written for it; the kernel drops it when this process
-    ends, however it ends) and return its descriptor for release_lock; None where the file system has no flock
-    (some network mounts), there is no fcntl, or the folder cannot be opened. On NFS a folder's flock is seen by
-    this machine only (lock_file's reaches the server).
+def lock_file(path: str, wait: bool = False) -> int | None:
+    """Take an exclusive flock on the regular file `path`, made (empty) if it is not there and left there for the
+    next holder, and return its descriptor for release_lock. The kernel drops the lock when this process ends,
+    however it ends; a file's flock (unlike a folder's) reaches an NFS server, where Linux takes it as a byte-range
+    lock, so processes on other machines sharing the file system take turns too. None where the file system has no
+    flock, there is no fcntl, or the file cannot be opened or made (a read-only folder).
 
     Raises:
         BlockingIOError: another process holds it (only without `wait`, which waits for it instead).
     """
-    return _flock(folder, os.O_RDONLY, wait)
-
-
-def lock_file(path: str, wait: bool = False) -> int | None:
-    """lock_folder's lock on the regular file `path`, made (empty) if it is not there and left there for the next
-    holder. Unlike a folder's, a file's flock reaches an NFS server (Linux takes it there as a byte-range lock), so
-    processes on other machines that share the file system take turns too."""
-    return _flock(path, os.O_RDWR | os.O_CREAT, wait)
-
-
-def _flock(path: str, flags: int, wait: bool) -> int | None:
     if fcntl is None:
         return None
     try:
-        fd = os.open(path, flags, 0o666)
-    except OSError:  # a folder this user may write into but not read, a read-only one: it goes unlocked
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # a read-only folder, one this user may not write into: it goes unlocked
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -94,7 +84,7 @@ def _flock(path: str, flags: int, wait: bool) -> int | None:
 
 
 def release_lock(fd: int) -> None:
-    """Let go of a lock_folder or lock_file lock (the kernel does too when the process ends)."""
+    """Let go of a lock_file lock (the kernel does too when the process ends)."""
     if fd in _HELD_LOCKS:
         _HELD_LOCKS.discard(fd)
         os.close(fd)
