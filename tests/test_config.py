@@ -107,6 +107,9 @@ def test_overrides_parse_python_literals_and_accept_ints_for_floats():
     (["BASIC.GPU_ID", "[0"], ["BASIC.GPU_ID", "list"]),
     (["SOLVER.START_LR"], ["KEY VALUE"]),
     (["SOLVER.NUM_EPOCHS", "True"], ["SOLVER.NUM_EPOCHS", "expects an int, got True (a bool)"]),
+    (["BASIC.OUTPUT_ROOT", "2024"], ["BASIC.OUTPUT_ROOT", "expects a string, got 2024 (an int); quote it to keep it "
+                                     "a string: BASIC.OUTPUT_ROOT \"'2024'\" on the command line, '2024' in a YAML "
+                                     "file"]),
     (["MODEL.ARCH", "BASIC.NUM_RUNS"], ["MODEL.ARCH", "has no value", "BASIC.NUM_RUNS"]),  # the last pair too
     (["SOLVR.X", "BASIC.SEED", "1"], ["unknown config key SOLVR.X"]),
     # KEY=VALUE, as other tools take it: odd and even word counts alike.
@@ -417,6 +420,9 @@ def test_every_shipped_loss_weight_is_refused_below_zero():
     (["TAS.FEAT_WEIGHTS", "[1.0, -1.0, 1.0, 1.0]"], r"TAS.FEAT_WEIGHTS must be >= 0 \(0 switches a feature off\)"),
     (["TAS.VIT_BLOCKS", "[0, 6, 9, 12]"], r"TAS.VIT_BLOCKS are 1-based block numbers, got \[0, 6, 9, 12\]"),
     (["BASIC.OUTPUT_ROOT", "''"], "BASIC.OUTPUT_ROOT is empty"),  # an unset $OUT: it would write beside the code
+    # A folder named under Latin-1 (its bytes arrive as lone surrogates): tensorboard's writer failed in a traceback.
+    (["BASIC.OUTPUT_ROOT", "/scratch/lat\udce9n"], r"BASIC.OUTPUT_ROOT '/scratch/lat\\udce9n' holds bytes that are "
+                                                   "not UTF-8 text"),
 ])
 def test_invalid_values_are_refused_after_merging(opts, key):
     args = argparse.Namespace(config_file=os.path.join(REPO_ROOT, "configs/ts/cub/cub_resnet50_resnet_kd.yaml"),

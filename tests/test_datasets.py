@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -519,6 +520,25 @@ def test_missing_image(broken, dataset):
     raises_user_error(make_cfg(dataset, root), True, data.samples[1][0], f"2 of {len(data)}")
 
 
+def test_images_in_a_folder_this_user_may_not_open_are_named_unreadable_not_missing(broken, monkeypatch):
+    root = broken("cub")
+    data = build_dataset(make_cfg("cub", root, "pil"), True)
+    folder = os.path.dirname(data.samples[0][0])  # chmod 000 on a class folder: its files are there, not to be seen
+    stat_ = os.stat
+
+    def forbidden(path, *args, **kwargs):
+        if os.path.dirname(os.fspath(path)) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return stat_(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", forbidden)
+    in_folder = [path for path, _ in data.samples if os.path.dirname(path) == folder]
+    message = raises_user_error(make_cfg("cub", root), True, f"{len(in_folder)} of {len(data)} training images",
+                                f"cannot be read (permission denied: a folder this user may not open), the first is "
+                                f"{in_folder[0]}; fix their folders' permissions (chmod a+rx)")
+    assert "missing" not in message
+
+
 @pytest.mark.parametrize("pipeline, workers", [("pil", 0), ("tensor", 0), ("tensor", 2)])
 def test_corrupt_image(broken, pipeline, workers):
     root = broken("cub")
@@ -641,6 +661,59 @@ def test_generate_if_missing_fills_an_empty_folder_but_never_one_with_files(tmp_
     cfg.DATA.DATADIR = str(used)
     raises_user_error(cfg, True, "images.txt is missing")
     assert os.listdir(used) == ["notes.txt"]
+
+
+def test_generate_if_missing_fills_the_empty_folder_a_link_leads_to_and_keeps_the_link(tmp_path):
+    (tmp_path / "scratch").mkdir()
+    link = tmp_path / "cub"
+    link.symlink_to(tmp_path / "scratch")
+    cfg = make_cfg("cub", str(link), GENERATE_IF_MISSING=True, GENERATE_PER_CLASS=2)
+    assert len(build_dataset(cfg, True)) == NUM_CLASSES * 2
+    assert link.is_symlink() and (tmp_path / "scratch" / "images.txt").is_file()
+    assert sorted(os.listdir(tmp_path)) == ["cub", "scratch"]  # no partial folder left
+
+
+def test_generate_if_missing_through_a_link_to_nothing_names_the_link_and_its_target(tmp_path):
+    link = tmp_path / "cub"
+    link.symlink_to(tmp_path / "unmounted" / "cub")
+    cfg = make_cfg("cub", str(link), GENERATE_IF_MISSING=True, GENERATE_PER_CLASS=2)
+    raises_user_error(cfg, True, f"cannot create the folder {link}: {link} is a link to {tmp_path}/unmounted/cub, "
+                                 "which does not exist (a disk that is not mounted?)", "(DATA.DATADIR)")
+    assert os.listdir(tmp_path) == ["cub"]
+
+
+def test_generate_if_missing_takes_a_folder_name_near_the_file_name_limit(tmp_path):
+    root = tmp_path / ("c" * 250)  # legal (255 bytes at most); the temporary ".<name>.partial-XXXXXXXX" was not
+    cfg = make_cfg("cub", str(root), GENERATE_IF_MISSING=True, GENERATE_PER_CLASS=2)
+    assert len(build_dataset(cfg, True)) == NUM_CLASSES * 2
+    assert os.listdir(tmp_path) == [root.name]
+
+
+def test_generating_into_a_full_disk_or_onto_a_mount_point_is_one_line_naming_the_folder(tmp_path, monkeypatch):
+    from lib.datasets import synthetic
+
+    root = tmp_path / "cub"
+    cfg = make_cfg("cub", str(root), GENERATE_IF_MISSING=True, GENERATE_PER_CLASS=2)
+
+    def fill_the_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write that filled the disk: no file named
+
+    monkeypatch.setitem(synthetic.GENERATORS, "cub", fill_the_disk)
+    raises_user_error(cfg, True, f"cannot write {root}: No space left on device; free some space or choose another "
+                                 "folder (DATA.DATADIR)")
+    monkeypatch.undo()
+    root.mkdir()  # an empty mount point: rename onto it fails with EBUSY, which was taken for a concurrent run's
+    rename = os.rename
+
+    def busy(source, target):
+        if os.fspath(target) == str(root):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), source, target)
+        rename(source, target)
+
+    monkeypatch.setattr(synthetic.os, "rename", busy)
+    raises_user_error(cfg, True, f"DATA.DATADIR {root} is a mount point, which a generated dataset cannot be moved "
+                                 f"into place onto; give a folder inside it (DATA.DATADIR {root / 'cub'})")
+    assert os.listdir(tmp_path) == ["cub"] and os.listdir(root) == []
 
 
 def test_generation_is_deterministic_and_official(tmp_path, roots):

@@ -328,6 +328,17 @@ def test_the_fused_sgd_of_gpus_steps_as_the_plain_one_after_a_first_step_skipped
     assert not torch.equal(weights[0], torch.ones(1000))  # steps 2 and 3 moved it
 
 
+def test_the_logged_command_line_is_quoted_so_that_it_can_be_pasted_back_into_a_shell(monkeypatch):
+    import shlex
+
+    from lib.engine.setup import environment_lines
+
+    argv = ["tools_1_ts/train_isrd_5runs.py", "--config_file", "my configs/isrd.yaml", "BASIC.OUTPUT_ROOT", "'2024'"]
+    monkeypatch.setattr(sys, "argv", argv)
+    line = environment_lines([torch.device("cpu")])[0]
+    assert line.startswith("command: ") and shlex.split(line[len("command: "):])[1:] == argv
+
+
 def test_the_log_names_the_card_the_run_trains_on_not_gpu_0(monkeypatch):
     from lib.engine.setup import environment_lines
 
@@ -619,6 +630,36 @@ def test_saved_runs_without_their_config_yaml_are_refused_not_resumed_under_anot
                           monkeypatch=monkeypatch) == 0
     assert (tmp_path / "ckpt" / "cub" / f"{exp.name}.old1" / "results.json").read_text() == results
     assert "WEIGHT_DECAY: 0.001" in (exp / "config.yaml").read_text()
+
+
+def test_an_experiments_own_config_yaml_edited_since_it_started_is_refused_not_checked_against_itself(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    # Given as the command's config, the edited file was compared with itself: the remaining runs trained with the
+    # new values beside the runs trained with the old, in one results.json.
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    own = exp / "config.yaml"
+    first = own.read_text()
+    assert "NUM_EPOCHS: 1" in first and "BASIC.FRESH_START" not in first
+    before = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(exp / "**" / "*"), recursive=True)}
+    own.write_text(first.replace("NUM_EPOCHS: 1", "NUM_EPOCHS: 2").replace("NUM_WORKERS: 0", "NUM_WORKERS: 1"))
+    capsys.readouterr()
+    assert run_in_process(TEACHER, str(own), monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == (f"error: {own} has been edited since the experiment started (SOLVER.NUM_EPOCHS (1 -> 2)): its runs "
+                    "were trained with the first values. Undo the edit to resume; to train the new values, give them "
+                    "to a config of your own with its own BASIC.OUTPUT_ROOT, or add BASIC.FRESH_START True to move "
+                    "this experiment aside and start over"), line
+    # The same line for the original config (not the edited file) given as the command's; nothing is written.
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 2
+    assert "has been edited since the experiment started (SOLVER.NUM_EPOCHS" in capsys.readouterr().err
+    before[str(own)] = os.stat(own).st_mtime_ns
+    assert {p: os.stat(p).st_mtime_ns for p in glob.glob(str(exp / "**" / "*"), recursive=True)} == before
+    # An edit of a key that changes how fast it runs, not what it learns, and a comment, are no edit of the runs.
+    own.write_text("# resumed on the cluster\n" + first.replace("NUM_WORKERS: 0", "NUM_WORKERS: 1"))
+    assert run_in_process(TEACHER, str(own), monkeypatch=monkeypatch) == 0
+    assert f"{exp} is finished; its results" in capsys.readouterr().out
 
 
 def test_a_last_checkpoint_written_for_another_model_shape_is_one_line(tiny_cub, write_config, tmp_path,

@@ -252,6 +252,18 @@ def _raises(exc: BaseException):
     return main
 
 
+def test_a_command_run_from_a_folder_that_was_deleted_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    gone = tmp_path / "old_checkout"
+    gone.mkdir()
+    monkeypatch.chdir(gone)  # (put back after the test)
+    gone.rmdir()
+    with pytest.raises(SystemExit) as exit_:
+        _raises(AssertionError("not reached: the folder is checked first"))()
+    assert exit_.value.code == 2
+    assert one_error_line(capsys.readouterr().err) == ("error: the current folder no longer exists (it was deleted or "
+                                                       "moved); cd to an existing folder and run the command again")
+
+
 def test_a_folder_given_for_a_checkpoint_is_named_a_folder_not_missing(tmp_path):
     from lib.models.weights import load_weights
 
@@ -292,6 +304,19 @@ def test_an_unwritable_or_full_output_folder_is_one_line_naming_the_file(code, r
     verb = "write" if code in (errno.ENOSPC, errno.EDQUOT) else "open or write"
     assert line.startswith(f"error: cannot {verb} {path}: {reason}; ") and "BASIC.OUTPUT_ROOT" in line, line
     assert "--out" in line and ("free some space" in line) == (code in (errno.ENOSPC, errno.EDQUOT)), line
+
+
+def test_an_input_this_user_may_not_read_is_one_line_without_advice_to_choose_an_output_folder(tmp_path, monkeypatch,
+                                                                                              capsys):
+    # chmod 000 on an annotation file or a config: the advice was "choose a writable folder (BASIC.OUTPUT_ROOT ...)".
+    path = tmp_path / "train_test_split.txt"
+    path.write_text("1 1\n")
+    monkeypatch.setattr(os, "access", lambda p, mode: not (os.fspath(p) == str(path) and mode == os.R_OK))  # (root)
+    with pytest.raises(SystemExit) as exit_:
+        _raises(PermissionError(errno.EACCES, "Permission denied", str(path)))()
+    assert exit_.value.code == 2
+    assert one_error_line(capsys.readouterr().err) == (f"error: cannot read {path}: Permission denied; fix its "
+                                                       "permissions (this user may not read it)")
 
 
 def test_a_folder_where_an_output_file_should_be_is_one_line(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
@@ -511,6 +536,23 @@ def test_a_file_that_cannot_be_a_checkpoint_says_what_it_is(content, problem, tm
                      "resnet18", 4)
     assert str(err.value) == (f"teacher checkpoint MODEL.MODELDICT_T {path} cannot be loaded: {problem}; give a whole "
                               "torch checkpoint (a run's model_best.pth or last.pth)")
+
+
+def test_a_checkpoint_this_user_may_not_read_says_so_not_that_it_may_be_no_checkpoint(tmp_path, monkeypatch):
+    from lib.models import weights
+
+    path = tmp_path / "t.pth"
+    torch.save({"state_dict": build_model("resnet18", 4, False).state_dict()}, path)
+
+    def forbidden(p):  # chmod 000, as a user other than root meets it
+        raise PermissionError(errno.EACCES, "Permission denied", p)
+
+    monkeypatch.setattr(weights, "_load_weights_only", forbidden)
+    with pytest.raises(UserError) as err:
+        weights.load_weights(build_model("resnet18", 4, False), str(path), "teacher checkpoint MODEL.MODELDICT_T",
+                             "resnet18", 4)
+    assert str(err.value) == (f"teacher checkpoint MODEL.MODELDICT_T {path} cannot be read: Permission denied; fix its "
+                              "permissions (this user may not read it)")
 
 
 def test_a_damaged_pretrained_weight_file_says_so(tmp_path):

@@ -1,7 +1,8 @@
 import logging
+import os
 
 from lib.utils.errors import FRESH_START_INTERRUPTED_MESSAGE, Terminated, UserError
-from lib.utils.log import INTERRUPTED_LINE, get_logger, held_warnings, log_stop
+from lib.utils.log import INTERRUPTED_LINE, add_log_file, get_logger, held_warnings, log_stop
 
 
 class _Lines(logging.Handler):
@@ -47,3 +48,17 @@ def test_a_user_error_from_a_loader_worker_keeps_its_whole_message_even_one_quot
                f"lib.utils.errors.UserError: {inner}\n")
     assert one_line(wrapped) == inner
     assert one_line(f"line one\n  {inner}") == f"line one {inner}"  # an ordinary message: only joined
+
+
+def test_a_path_of_bytes_that_are_not_utf8_is_logged_escaped_on_stdout_and_as_those_bytes_in_train_log(
+        tmp_path, capsys):
+    path = os.fsdecode(b"/data/lat\xe9n")  # a folder named under Latin-1: a lone surrogate in Python's str
+    handler = add_log_file(str(tmp_path / "train.log"))
+    try:
+        get_logger().info(f"command: python train.py DATA.DATADIR {path}")
+    finally:
+        get_logger().removeHandler(handler)
+        handler.close()
+    out, err = capsys.readouterr()
+    assert out == "command: python train.py DATA.DATADIR /data/lat\\udce9n\n" and err == ""  # no "Logging error"
+    assert (tmp_path / "train.log").read_bytes().endswith(b" command: python train.py DATA.DATADIR /data/lat\xe9n\n")

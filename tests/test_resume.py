@@ -179,6 +179,29 @@ def test_out_of_disk_space_while_saving_is_one_error_and_the_previous_checkpoint
     assert os.listdir(tmp_path) == ["last.pth"], "the temporary file was left behind"
 
 
+def test_a_full_disk_as_an_experiment_starts_leaves_no_empty_config_yaml_and_the_same_command_then_trains(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    # config.yaml was opened and then written: a full disk left it empty, and the next command took the folder for
+    # an attempt with another config and moved it aside.
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"NUM_RUNS": 1}},
+                          tiny_cub)
+    exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01"
+    fdopen = os.fdopen
+
+    def full_for_config_yaml(fd, mode):
+        room = 0 if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".config.yaml.") else 1 << 30
+        return _FullDisk(fdopen(fd, mode), room)
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", full_for_config_yaml)
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 2
+    assert f"no space left on the device while writing {exp / 'config.yaml'}" in capsys.readouterr().err
+    assert not (exp / "config.yaml").exists()
+    monkeypatch.setattr(checkpoint.os, "fdopen", fdopen)  # space freed
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert "was moved to" not in capsys.readouterr().err
+    assert sorted(os.listdir(exp.parent)) == [exp.name] and (exp / "results.json").is_file()
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
 def test_saved_files_are_readable_by_others_as_the_umask_allows(umask, mode, tmp_path):
     old = os.umask(umask)
@@ -253,7 +276,8 @@ def test_an_attempt_killed_before_its_first_last_pth_leaves_no_duplicate_tensorb
         assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
 
 
-def test_a_resumed_run_whose_model_best_pth_is_gone_says_so(tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+def test_a_resumed_run_whose_model_best_pth_is_gone_or_damaged_says_so(tiny_cub, write_config, tmp_path, monkeypatch,
+                                                                        capsys):
     config = _student_killed_at_a_last_pth(tiny_cub, write_config, monkeypatch, epoch=1, saved=True)
     ckpt = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "ckpt" / "run0"
     (ckpt / "model_best.pth").unlink()
@@ -267,6 +291,35 @@ def test_a_resumed_run_whose_model_best_pth_is_gone_says_so(tiny_cub, write_conf
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
     assert (f"warning: {ckpt / 'model_best.pth'} (run 0's best epoch so far) is missing; it cannot be made again; "
             f"delete {ckpt} to train run 0 again") in capsys.readouterr().out
+    # Cut short (a copy that ran out of room): found now, not when distillation or tools/eval.py loads it.
+    (ckpt / "model_best.pth").write_bytes(b"PK\x03\x04" + bytes(1000))
+    (ckpt.parent.parent / "results.json").unlink()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert f"warning: {ckpt / 'model_best.pth'} cannot be read (" in out, out
+    assert f"), it is damaged; it cannot be made again; delete {ckpt} to train run 0 again" in out, out
+
+
+def test_a_run_whose_last_pth_was_deleted_after_a_later_epoch_says_it_trains_again_from_its_first(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    # Killed between epoch 1's model_best.pth and its last.pth: nothing was lost, nothing is said.
+    config = _student_killed_at_a_last_pth(tiny_cub, write_config, monkeypatch, epoch=1, saved=False)
+    ckpt = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01" / "ckpt" / "run0"
+    assert (ckpt / "model_best.pth").is_file() and not (ckpt / "last.pth").exists()
+    capsys.readouterr()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert "is missing" not in capsys.readouterr().out
+    # A model_best.pth of epoch 2 without a last.pth: one was written, then deleted (a clean-up by hand, say).
+    for name in ("result.json", "last.pth"):
+        (ckpt / name).unlink()
+    (ckpt.parent.parent / "results.json").unlink()
+    best = torch.load(ckpt / "model_best.pth", weights_only=False)
+    torch.save({**best, "epoch": 2}, ckpt / "model_best.pth")
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert (f"warning: {ckpt / 'last.pth'} is missing, though run 0 saved epoch 2 (its model_best.pth): run 0 trains "
+            "again from its first epoch") in out, out
+    assert "run 0 epoch 1/2" in out
 
 
 def test_a_resumed_cpu_experiment_goes_on_with_the_thread_count_its_runs_started_with(tiny_cub, write_config, tmp_path,

@@ -12,13 +12,14 @@ This file holds the small helpers they share (no submodule is imported here, and
 from __future__ import annotations
 
 import csv
+import io
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import IO, Any
 
-from lib.utils.errors import UserError, make_folder, relative_path_note
+from lib.utils.errors import UserError, relative_path_note
 
-__all__ = ["markdown_table", "write_text", "write_csv", "check_output_root"]
+__all__ = ["markdown_table", "write_output", "write_text", "write_csv", "check_output_root"]
 
 
 def check_output_root(root: str) -> None:
@@ -41,17 +42,23 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def write_output(path: str, write_fn: Callable[[IO[bytes]], object]) -> None:
+    """Write a tool's output file atomically, creating its folder: a full disk leaves the previous file (or none),
+    never an empty or cut one, and is one line naming `path` (lib.engine.checkpoint.atomic_write)."""
+    from lib.engine.checkpoint import atomic_write  # (torch: imported where a tool writes, not with this package)
+
+    atomic_write(path, write_fn)
+
+
 def write_text(path: str, text: str) -> None:
-    """Write a text file, creating its folder."""
-    make_folder(os.path.dirname(os.path.abspath(path)))
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    """Write a text file (UTF-8), creating its folder."""
+    write_output(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_csv(path: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Write a CSV file with a header row, creating its folder."""
-    make_folder(os.path.dirname(os.path.abspath(path)))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(headers)
-        writer.writerows(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(headers)
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())

@@ -36,7 +36,7 @@ from lib.models.weights import load_network
 from lib.utils.errors import UserError, make_folder, require_file, signal_safe_iter
 from lib.utils.log import get_logger
 
-from . import write_csv
+from . import write_csv, write_output
 
 __all__ = ["eval_dir", "predict", "classification_report", "plot_confusion", "write_report", "evaluate_checkpoint"]
 
@@ -135,7 +135,7 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], path: str, title: 
                     ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_output(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 def write_report(report: dict[str, Any], meta: dict[str, Any], classes: list[str], out_dir: str) -> list[str]:

@@ -35,7 +35,7 @@ from lib.utils.errors import UserError, first_line
 from lib.utils.files import file_digest, run_folders, run_index
 from lib.utils.log import ERROR_PREFIX, FRESH_START_INTERRUPTED_LINE, INTERRUPTED_LINE
 
-from . import check_output_root, markdown_table, write_csv, write_text
+from . import check_output_root, markdown_table, write_csv, write_output, write_text
 from .cost import flops_of, input_cost
 
 __all__ = ["METHOD_COLUMNS", "ExperimentResult", "Row", "find_experiments", "build_rows", "format_markdown",
@@ -453,7 +453,7 @@ def plot_accuracy_vs_cost(rows: list[Row], flops: dict, path: str, x_axis: str) 
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_output(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 def write_summary(rows: list[Row], root: str, out_dir: str) -> list[str]:

@@ -458,6 +458,8 @@ def _coerce(default: Any, value: Any, key: str, source: str) -> Any:
     else:
         return value
     hint = "; write True or False" if isinstance(default, bool) else ""
+    if isinstance(default, str) and isinstance(value, (int, float)):  # a folder named 2024, a "yes" YAML reads True
+        hint = f"; quote it to keep it a string: {key} \"'{value}'\" on the command line, '{value}' in a YAML file"
     raise UserError(f"config key {key} {source} expects {_type_name(default)}, got {value!r} ({_type_name(value)})"
                     f"{hint}")
 
@@ -476,6 +478,15 @@ def _require(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+def _is_text(path: str) -> bool:
+    """Whether `path` encodes as UTF-8 (a file name's bytes that are not arrive as lone surrogates)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_cfg(cfg: CfgNode) -> None:
     """Check allowed values once, after merging (architectures are checked when models are built)."""
     data = cfg.DATA
@@ -484,6 +495,9 @@ def check_cfg(cfg: CfgNode) -> None:
     # An unset shell variable (BASIC.OUTPUT_ROOT "$OUT") would otherwise write beside the code.
     _require(cfg.BASIC.OUTPUT_ROOT.strip() != "",
              "BASIC.OUTPUT_ROOT is empty; set it to the folder that receives the experiments (default ckpt)")
+    _require(_is_text(cfg.BASIC.OUTPUT_ROOT),
+             f"BASIC.OUTPUT_ROOT {cfg.BASIC.OUTPUT_ROOT!r} holds bytes that are not UTF-8 text (a name made under "
+             "another encoding), where tensorboard cannot write its logs; rename that folder or choose another")
     _require(data.NUM_CLASSES > 0, f"DATA.NUM_CLASSES must be positive, got {data.NUM_CLASSES}")
     _require(data.CROP_SIZE > 0 and data.RESIZE_SIZE > 0, "DATA.CROP_SIZE and DATA.RESIZE_SIZE must be positive")
     _require(data.RESIZE_SIZE >= data.CROP_SIZE,

@@ -9,6 +9,7 @@ archives. Everything is a deterministic function of the seed.
 from __future__ import annotations
 
 import colorsys
+import errno
 import os
 import re
 import shutil
@@ -217,7 +218,8 @@ GENERATORS = {"cub": make_cub, "aircraft": make_aircraft}
 
 
 def _empty_folder(path: str) -> bool:
-    return os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)
+    """Whether `path` is (or links to) a folder with nothing in it."""
+    return os.path.isdir(path) and not os.listdir(path)
 
 
 def ensure_dataset(cfg: CfgNode) -> None:
@@ -232,12 +234,16 @@ def ensure_dataset(cfg: CfgNode) -> None:
         return
     if cfg.DATA.DATASET not in GENERATORS:
         raise UserError(f"unknown DATA.DATASET {cfg.DATA.DATASET!r}; valid names: {', '.join(GENERATORS)}")
+    if os.path.islink(root) and not os.path.exists(root):  # a link to nothing (a disk that is not mounted?)
+        raise folder_error(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), root), root, "DATA.DATADIR")
     note = relative_path_note(root)  # (before the folder exists)
-    parent = os.path.dirname(os.path.abspath(root))
+    target = os.path.realpath(root)  # where a link to an empty folder leads: the link stays
+    parent = os.path.dirname(target)
     make_folder(parent, "DATA.DATADIR")
-    # Written beside the target and renamed into place: a killed run never leaves half a dataset at DATADIR.
+    # Written beside the target and renamed into place: a killed run never leaves half a dataset at DATADIR. (The
+    # temporary name holds the start of the folder's: a name near the 255-byte limit stays within it.)
     try:
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.partial-", dir=parent)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)[:64]}.partial-", dir=parent)
     except OSError as err:
         raise folder_error(err, root, "DATA.DATADIR") from None
     try:
@@ -245,14 +251,20 @@ def ensure_dataset(cfg: CfgNode) -> None:
         try:
             GENERATORS[cfg.DATA.DATASET](tmp, cfg.DATA.NUM_CLASSES, cfg.DATA.GENERATE_PER_CLASS, image_size, seed=0)
         except OSError as err:  # a full disk: the folder to change is DATA.DATADIR, not an output folder
+            if err.filename is None:  # (a write that filled the disk names no file: the dataset's folder, then)
+                err.filename = root
             message = os_error_message(err, "DATA.DATADIR")
             if message is None:
                 raise
             raise UserError(message) from None
         try:
-            os.rename(tmp, root)  # replaces an empty folder
-        except OSError:
-            if not os.path.isdir(root):  # a concurrent run that got there first is fine; anything else is not
+            os.rename(tmp, target)  # replaces an empty folder
+        except OSError as err:
+            if err.errno == errno.EBUSY:  # an empty mount point, which nothing can be renamed onto
+                raise UserError(f"DATA.DATADIR {root} is a mount point, which a generated dataset cannot be moved "
+                                f"into place onto; give a folder inside it (DATA.DATADIR "
+                                f"{os.path.join(root, cfg.DATA.DATASET)})") from None
+            if not os.path.isdir(target):  # a concurrent run that got there first is fine; anything else is not
                 raise
         else:
             get_logger().info(

@@ -309,20 +309,30 @@ class TwoScaleDataset(Dataset):
 
     def _check_files_exist(self) -> None:
         """Raise a UserError if an annotated image is missing; otherwise set `fingerprint` (one stat per file)."""
-        digest, missing = hashlib.sha256(), []
+        digest, missing, unreadable = hashlib.sha256(), [], []
         for path, label in self.samples:
+            size, found = -1, missing
             try:
                 info = os.stat(path)
-                size = info.st_size if stat.S_ISREG(info.st_mode) else -1
+                if stat.S_ISREG(info.st_mode):
+                    size, found = info.st_size, None
+            except PermissionError:  # its folder may not be searched: there, but not for this user
+                found = unreadable
             except OSError:
-                size = -1
-            if size < 0:
-                missing.append(path)
+                pass
+            if found is not None:
+                found.append(path)
             digest.update(f"{os.path.relpath(path, self.root)}\t{label}\t{size}\n".encode())
         # What a resumed run checks its data against (inputs.json): the split's files, labels and byte counts.
         # Sizes rather than contents keep it to a stat per file; an image replaced by another rarely keeps its size,
         # and a copy of the dataset elsewhere (other root, other mtimes) keeps the same fingerprint.
         self.fingerprint = {"images": len(self.samples), "sha256": digest.hexdigest()}
+        if unreadable:
+            raise UserError(
+                f"{len(unreadable)} of {len(self.samples)} {self.split} images named in the annotations of "
+                f"{self.root} cannot be read (permission denied: a folder this user may not open), the first is "
+                f"{unreadable[0]}; fix their folders' permissions (chmod a+rx)"
+            )
         if missing:
             raise UserError(
                 f"{len(missing)} of {len(self.samples)} {self.split} images named in the annotations of {self.root} "

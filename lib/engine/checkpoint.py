@@ -41,7 +41,8 @@ def atomic_write(path: str, write_fn: Callable[[IO[bytes]], object]) -> None:
         _remove_quietly(tmp)
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"no space left on the device while writing {path}; the previous file is intact. "
-                            "Free some space and re-run the same command to resume") from None
+                            "Free some space and re-run the same command (a training command resumes where it "
+                            "stopped)") from None
         raise
     except BaseException:
         _remove_quietly(tmp)

@@ -85,6 +85,7 @@ def check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
                        "restore it, or add BASIC.FRESH_START True to start over")
     # BASIC.NUM_RUNS is in the folder's name already ("<n>runs_"), except for the teacher's script, which ignores it.
     ignore = RUNTIME_KEYS + ("BASIC.NUM_RUNS",)
+    _check_not_edited(exp_dir, saved, ignore)
     moved = [key for key in PATH_KEYS
              if not _same_path(str(cfg_value(saved, key) or ""), str(cfg_value(cfg, key) or ""))]
     notes = {}  # what differs in a moved key's content (inputs.json records it)
@@ -99,6 +100,29 @@ def check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
         raise UserError(f"{exp_dir} holds an experiment with another config: {'; '.join(differing)}. "
                         "Re-run with the same settings to resume; to keep both (a sweep, say), give this one its own "
                         "BASIC.OUTPUT_ROOT; or add BASIC.FRESH_START True to move the old one aside and start over")
+
+
+# inputs.json's copy of the config.yaml an experiment was given when it started (check_saved_config).
+STARTED_CONFIG = "config.yaml as started"
+
+
+def _check_not_edited(exp_dir: str, saved: CfgNode, ignore: tuple[str, ...]) -> None:
+    """Refuse an experiment whose config.yaml has been edited since it started (keys of `ignore` and path keys aside:
+    what a path names is checked by content): given as the command's config, an edited file would be checked
+    against itself, and the remaining runs trained with the new values beside the runs trained with the old."""
+    started = _saved_inputs(exp_dir).get(STARTED_CONFIG)
+    if not isinstance(started, str):
+        return  # an experiment from before the copy was kept
+    try:
+        original = CfgNode.load_cfg(started)
+    except Exception:  # (yaml's errors have no common base but Exception) a damaged inputs.json is read_saved's
+        return
+    edited = diff_cfg(original, saved, ignore=ignore + PATH_KEYS)
+    if edited:
+        raise UserError(f"{os.path.join(exp_dir, 'config.yaml')} has been edited since the experiment started "
+                        f"({'; '.join(edited)}): its runs were trained with the first values. Undo the edit to "
+                        "resume; to train the new values, give them to a config of your own with its own "
+                        "BASIC.OUTPUT_ROOT, or add BASIC.FRESH_START True to move this experiment aside and start over")
 
 
 def runs_elsewhere(cfg: CfgNode, exp_dir: str, num_runs: int) -> list[tuple[str, list[int]]]:

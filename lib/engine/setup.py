@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -125,7 +126,7 @@ def environment_lines(devices: Sequence[torch.device]) -> list[str]:
     cuda = ", ".join(f"{name} {torch.cuda.get_device_name(torch.device(name))}" for name in device_names(devices)
                      if name.startswith("cuda")) or "none"
     return [
-        f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}",
+        f"command: {shlex.join([os.path.basename(sys.executable)] + sys.argv)}",  # (quoted: it can be pasted back)
         f"git commit: {git_commit()}",
         f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
         f"timm {timm_version}, numpy {np.__version__}",

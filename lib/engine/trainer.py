@@ -78,6 +78,7 @@ from .distributed import (
     sum_over_ranks,
 )
 from .resume import (
+    STARTED_CONFIG,
     check_saved_config,
     check_saved_data,
     check_saved_inputs,
@@ -446,8 +447,8 @@ def _resume_fix(run: int) -> str:
 def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> tuple[dict[int, dict], set[int]]:
     """Read the finished runs' result.json and check that the pending runs' last.pth can be read, before anything
     is written: a damaged file is one line naming it, and so is a saved run of another DDP process count when this
-    command trains. A saved run without its model_best.pth gets a warning. Returns the finished runs' rows, and the
-    CPU thread counts the saved runs recorded."""
+    command trains. A saved run whose model_best.pth is missing or damaged, or whose last.pth was deleted, gets a
+    warning. Returns the finished runs' rows, and the CPU thread counts the saved runs recorded."""
     done, threads = {}, set()
     for run in range(num_runs):
         ckpt_dir = exp.run_dir("ckpt", run)
@@ -455,7 +456,7 @@ def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> tup
         saved = None
         if run in pending:
             if os.path.isfile(last):
-                saved = read_saved(last, _map_last, _resume_fix(run))
+                saved = read_saved(last, _map_saved, _resume_fix(run))
                 _check_world_size(exp, run, saved, last)
         else:
             saved = done[run] = read_saved(os.path.join(ckpt_dir, "result.json"), load_run_result,
@@ -465,17 +466,39 @@ def _check_saved_runs(exp: Experiment, num_runs: int, pending: list[int]) -> tup
         if saved is not None and type(saved.get("cpu_threads")) is int and saved["cpu_threads"] > 0:
             threads.add(saved["cpu_threads"])
         best = os.path.join(ckpt_dir, "model_best.pth")
-        if (run not in pending or os.path.isfile(last)) and not os.path.isfile(best):
+        if run in pending and not os.path.isfile(last):
+            # A model_best.pth of a later epoch than the first: a last.pth was written (every epoch), then deleted.
+            # (A kill between the two writes of epoch 1 leaves model_best.pth alone, and nothing to say.)
+            epoch = _saved_epoch(best)
+            if epoch > 1:
+                get_logger().warning(f"warning: {last} is missing, though run {run} saved epoch {epoch} (its "
+                                     f"model_best.pth): run {run} trains again from its first epoch")
+        else:
             later = ("it is written again only if a later epoch scores higher" if run in pending
                      else "it cannot be made again")
-            get_logger().warning(f"warning: {best} (run {run}'s best epoch so far) is missing; {later}; delete "
-                                 f"{ckpt_dir} to train run {run} again")
+            fix = f"{later}; delete {ckpt_dir} to train run {run} again"
+            if not os.path.isfile(best):
+                get_logger().warning(f"warning: {best} (run {run}'s best epoch so far) is missing; {fix}")
+            else:  # (what distillation and tools/eval.py load later, long after the run)
+                try:
+                    read_saved(best, _map_saved, fix)
+                except UserError as err:
+                    get_logger().warning(f"warning: {err}")
     return done, threads
 
 
-def _map_last(path: str) -> dict:
-    """A last.pth, mapped rather than read (checks the archive, costs nothing for a large model); ValueError when it
-    holds no run state."""
+def _saved_epoch(path: str) -> int:
+    """The epoch a run's model_best.pth holds; 0 where there is none or it cannot be read."""
+    try:
+        epoch = _map_saved(path)["epoch"]
+    except Exception:  # missing, damaged: nothing to tell from it
+        return 0
+    return epoch if type(epoch) is int else 0
+
+
+def _map_saved(path: str) -> dict:
+    """A run's last.pth or model_best.pth, mapped rather than read (checks the archive, costs nothing for a large
+    model); ValueError when it holds no saved state."""
     state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     if not isinstance(state, dict) or "epoch" not in state:
         raise ValueError(f"it holds a {type(state).__name__}, not a run's saved state")
@@ -888,11 +911,13 @@ def _claim_folder(exp: Experiment, lock: ExperimentLock, exists: bool, fresh: bo
         saved = exp.cfg.clone()
         saved.defrost()
         saved.BASIC.FRESH_START = False
-        with open(os.path.join(exp.exp_dir, "config.yaml"), "w") as f:
-            f.write(saved.dump())
+        # inputs.json first, with a copy of config.yaml to tell an edit of it by (check_saved_config); config.yaml,
+        # whose presence makes the folder an experiment to resume, last, and whole (a full disk leaves none).
+        text = saved.dump()
         save_json({**checkpoint_fingerprints(exp.cfg, exp.method, every_key=True),
-                   **data_fingerprint(exp.train_set, exp.test_set)},
+                   **data_fingerprint(exp.train_set, exp.test_set), STARTED_CONFIG: text},
                   os.path.join(exp.exp_dir, "inputs.json"))
+        atomic_write(os.path.join(exp.exp_dir, "config.yaml"), lambda f: f.write(text.encode()))
 
 
 def _barrier(info: DistInfo) -> None:

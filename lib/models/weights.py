@@ -74,6 +74,9 @@ def load_weights(model: nn.Module, path: str, what: str, arch: str, num_classes:
             f"if you trust the file, save its weights alone and pass that file: python -c \"import torch; "
             f"c = torch.load('{path}', weights_only=False); w = c.get('state_dict', c.get('student', c)) if "
             f"isinstance(c, dict) else c.state_dict(); torch.save({{'state_dict': w}}, 'weights.pth')\"") from None
+    except PermissionError as err:
+        raise UserError(f"{what} {path} cannot be read: {err.strerror or err}; fix its permissions (this user may not "
+                        "read it)") from None
     except Exception as err:  # any other unpickling failure is a bad file
         raise UserError(
             f"{what} {path} could not be read ({type(err).__name__}: {err}); is it a torch checkpoint?"

@@ -317,7 +317,9 @@ def os_error_message(err: OSError, where_to_choose: str = _WHERE_OUTPUTS_GO) -> 
     if err.errno in _FULL:
         return f"cannot write {where}: {err.strerror or err}; free some space or choose another folder " \
                f"({where_to_choose})"
-    # EACCES/EPERM may also come from reading (a dataset file without read permission).
+    if err.filename is not None and os.path.exists(err.filename) and not os.access(err.filename, os.R_OK):
+        # An input (a config, an annotation file, a teacher) that this user may not read: no folder to choose.
+        return f"cannot read {where}: {err.strerror or err}; fix its permissions (this user may not read it)"
     return f"cannot open or write {where}: {err.strerror or err}; fix its permissions or choose a writable folder " \
            f"({where_to_choose})"
 
@@ -432,6 +434,11 @@ def cli_main(fn: Callable[[], object] | None = None, *, interrupted: str = INTER
             for s in ours:
                 signal.signal(s, defaults[s][1])
         try:
+            try:
+                os.getcwd()
+            except FileNotFoundError:  # removed under the shell (an old checkout deleted from another terminal)
+                raise UserError("the current folder no longer exists (it was deleted or moved); cd to an existing "
+                                "folder and run the command again") from None
             world_size = os.environ.get("WORLD_SIZE", "1")
             if one_process and "TORCHELASTIC_RUN_ID" in os.environ and world_size != "1":
                 raise UserError(f"{os.path.basename(sys.argv[0])} works in one process, but torchrun started "

@@ -33,8 +33,15 @@ class _StdoutHandler(logging.StreamHandler):
     def handleError(self, record: logging.LogRecord) -> None:
         # `python train... | head`: once head has its lines, training goes on (train.log keeps every line) and
         # stdout's lines are dropped, instead of a "--- Logging error ---" traceback on stderr for each.
-        if isinstance(sys.exc_info()[1], BrokenPipeError) and stdout_is_a_closed_pipe():
+        err = sys.exc_info()[1]
+        if isinstance(err, BrokenPipeError) and stdout_is_a_closed_pipe():
             silence_stdout()
+            return
+        if isinstance(err, UnicodeEncodeError):  # a path of non-UTF-8 bytes: the line, with those bytes escaped
+            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+            line = self.format(record) + self.terminator
+            sys.stdout.write(line.encode(encoding, "backslashreplace").decode(encoding))
+            self.flush()
             return
         super().handleError(record)
 
@@ -109,7 +116,8 @@ def held_warnings() -> Iterator[list[str]]:
 
 def add_log_file(path: str) -> logging.FileHandler:
     """Also append the log to `path` (with timestamps); returns the handler so it can be removed."""
-    handler = logging.FileHandler(path)
+    # A path of non-UTF-8 bytes (in the command line, say) is written back as those bytes, not a logging error.
+    handler = logging.FileHandler(path, encoding="utf-8", errors="surrogateescape")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     get_logger().addHandler(handler)
     return handler
