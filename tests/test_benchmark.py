@@ -51,6 +51,13 @@ def test_benchmark_measures_the_method_asked_for_and_names_the_pipeline_of_its_t
     result = json.loads((tmp_path / "ckpt" / "benchmark.json").read_text())
     assert result["method"] == "at" and "note:" not in capsys.readouterr().out
     assert result["pipeline"] == "device" and all(result[key] == result["pipelines"]["device"][key] for key in KEYS)
+    # A teacher file named but not there (the demo's, before its teacher is trained): said, and measured with a
+    # random-weight teacher (it was silent).
+    missing = tmp_path / "ckpt" / "teacher" / "model_best.pth"
+    assert run_cli("tools/benchmark.py", "--config_file", config, *flags, "MODEL.MODELDICT_T", str(missing),
+                   monkeypatch=monkeypatch) == 0
+    assert (f"note: MODEL.MODELDICT_T {missing} is not there; a random-weight teacher stands in, which runs at the "
+            "same speed") in capsys.readouterr().out
 
 
 def test_benchmark_counts_the_short_last_batch_of_an_epoch(tiny_cub, write_config, tmp_path, monkeypatch):

@@ -112,6 +112,19 @@ def test_overrides_parse_python_literals_and_accept_ints_for_floats():
                                      "file"]),
     (["MODEL.ARCH", "BASIC.NUM_RUNS"], ["MODEL.ARCH", "has no value", "BASIC.NUM_RUNS"]),  # the last pair too
     (["SOLVR.X", "BASIC.SEED", "1"], ["unknown config key SOLVR.X"]),
+    # A path with a space, unquoted: the word after it was named an unknown key, or the last word left without a value.
+    (["DATA.DATADIR", "/tmp/my", "data/cub", "SOLVER.NUM_EPOCHS", "1"],
+     ['the shell split the value of DATA.DATADIR at its spaces: /tmp/my data/cub came as 2 words; put it in quotes, '
+      'DATA.DATADIR "/tmp/my data/cub"']),
+    (["TEST.CHECKPOINT", "/tmp/my", "models/model_best.pth"],
+     ['the shell split the value of TEST.CHECKPOINT at its spaces: /tmp/my models/model_best.pth came as 2 words']),
+    (["MODEL.ARCH", "resnet18", "SOLVR.X", "1"], ["unknown config key SOLVR.X"]),  # a key misspelt, not a split value
+    (["MODEL.ARCH", "resnet18", "solver.num_epochs", "1"], ["unknown config key solver.num_epochs",
+                                                            "SOLVER.NUM_EPOCHS"]),
+    # tools/eval.py's checkpoint given on its own, without TEST.CHECKPOINT.
+    (["BASIC.NUM_WORKERS", "0", "ckpt/x/run0/model_best.pth"],
+     ["'ckpt/x/run0/model_best.pth' has no value", "; a checkpoint is given to a config key: TEST.CHECKPOINT "
+      "ckpt/x/run0/model_best.pth (tools/eval.py), MODEL.MODELDICT_T ckpt/x/run0/model_best.pth (a teacher)"]),
     # KEY=VALUE, as other tools take it: odd and even word counts alike.
     (["SOLVER.NUM_EPOCHS=1"], ["write overrides as KEY VALUE with a space, SOLVER.NUM_EPOCHS 1, not "
                                "SOLVER.NUM_EPOCHS=1"]),
@@ -139,6 +152,12 @@ def test_a_mistyped_config_file_name_is_answered_with_the_files_like_it(tmp_path
         merge_file(get_cfg(), "teacher")
     with pytest.raises(UserError, match="not found: other.yaml$"):  # nothing like it: nothing said
         merge_file(get_cfg(), "other.yaml")
+    # A link to nothing: named so, not "not found; did you mean <itself>?".
+    (tmp_path / "broken.yaml").symlink_to(tmp_path / "moved" / "broken.yaml")
+    with pytest.raises(UserError) as err:
+        merge_file(get_cfg(), "broken.yaml")
+    assert str(err.value) == (f"config file broken.yaml is a link to {tmp_path}/moved/broken.yaml, which does not "
+                              "exist (moved, or on a disk that is not mounted?); mend the link or give the file itself")
     # From another folder, a relative path is looked for from the repository root too.
     with pytest.raises(UserError, match="not found: configs/demo/cub_demo_teacher; did you mean "
                                         "configs/demo/cub_demo_teacher.yaml\\?$"):
@@ -322,7 +341,11 @@ def test_config_file_flag_may_stand_anywhere_among_the_overrides():
     ([], ["the following arguments are required: --config_file", "--help"]),
     (["--config_file", "c.yaml", "SOLVER.NUM_EPOCHS", "1", "--fresh"], ["unrecognized arguments: --fresh"]),
     (["--config_file"], ["argument --config_file: expected one argument"]),
-    (["--config_file", "a.yaml", "--config-file=b.yaml"], ["--config_file is given 2 times; give one config file"]),
+    (["--config_file", "a.yaml", "--config-file=b.yaml"], ["--config_file is given twice (--config_file a.yaml, then "
+                                                           "--config_file b.yaml); give one config file"]),
+    # An abbreviation is the same flag (argparse takes it): it was not counted, and the last file was trained.
+    (["--config_file", "a.yaml", "--config", "b.yaml"], ["--config_file is given twice (--config_file a.yaml, then "
+                                                         "--config_file b.yaml); give one config file"]),
 ])
 def test_command_line_mistakes_are_one_user_error_not_usage(argv, words):
     with pytest.raises(UserError) as err:
@@ -342,10 +365,17 @@ def test_command_line_mistakes_are_one_user_error_not_usage(argv, words):
     (["SOLVER.LR_STEPS", "[-3]"], "SOLVER.LR_STEPS must be epochs >= 1 (the learning rate decays after each), got "
                                   "[-3]"),
     (["SOLVER.LR_STEPS", "[0,60]"], "SOLVER.LR_STEPS must be epochs >= 1"),
-    (["DATA.GENERATE_IMAGE_SIZE", "[0, 60]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both at least 4 "
-                                              "pixels, got [0, 60]"),
-    (["DATA.GENERATE_IMAGE_SIZE", "[1,1]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both at least 4"),
-    (["DATA.GENERATE_IMAGE_SIZE", "[80]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both at least 4"),
+    (["DATA.GENERATE_IMAGE_SIZE", "[0, 60]"], "DATA.GENERATE_IMAGE_SIZE must be [width, height], both 4 to 4096 "
+                                              "pixels (CUB's and Aircraft's images are about 500 x 375), got [0, 60]"),
+    (["DATA.GENERATE_IMAGE_SIZE", "[1,1]"], "DATA.GENERATE_IMAGE_SIZE must be"),
+    (["DATA.GENERATE_IMAGE_SIZE", "[80]"], "DATA.GENERATE_IMAGE_SIZE must be"),
+    # The kernel's out-of-memory killer ended the command (no message) as it drew 100000 x 100000 images.
+    (["DATA.GENERATE_IMAGE_SIZE", "[100000,100000]"], "DATA.GENERATE_IMAGE_SIZE must be"),
+    # The 0-255 scale: every image normalised to near -500, without a word.
+    (["DATA.IMAGE_MEAN", "[123.675,116.28,103.53]"], "DATA.IMAGE_MEAN and DATA.IMAGE_STD are on the images' 0-1 "
+                                                     "scale (ImageNet's: [0.485, 0.456, 0.406] and [0.229, 0.224, "
+                                                     "0.225]), got [123.675, 116.28, 103.53] and [0.229, 0.224, 0.225] "
+                                                     "(the 0-255 scale?)"),
     (["DATA.CACHE_SIZE", "-1"], "DATA.CACHE_SIZE must be >= 0 (0 = the larger of DATA.RESIZE_SIZE and 256), got -1"),
     (["BASIC.DISP_FREQ", "0"], "BASIC.DISP_FREQ must be >= 1 (a progress line every that many steps), got 0"),
     (["BASIC.PARALLEL_RUNS", "-1"], "BASIC.PARALLEL_RUNS must be >= 0 (0 = one run per GPU), got -1"),
@@ -548,6 +578,16 @@ def test_an_override_given_twice_takes_the_last_value_with_one_warning_line(caps
     assert cfg.BASIC.SEED == 3
     err = capsys.readouterr().err
     assert err == "warning: BASIC.SEED is given 3 times on the command line; using the last value, 3\n"
+
+
+def test_a_cache_size_below_the_crop_is_warned_of(capsys):
+    _load("DATA.CACHE_SIZE", "48")  # the demo teacher crops 64 px
+    assert capsys.readouterr().err == ("warning: DATA.CACHE_SIZE 48 is below DATA.CROP_SIZE 64: the training crops "
+                                       "are cut from images cached smaller than a crop, and enlarged (0 caches them at "
+                                       "the larger of DATA.RESIZE_SIZE and 256)\n")
+    _load("DATA.CACHE_SIZE", "64")
+    _load("DATA.CACHE_SIZE", "0")
+    assert capsys.readouterr().err == ""
 
 
 def test_a_copied_experiments_own_config_says_that_it_trains_under_its_old_root(tmp_path, capsys):

@@ -520,6 +520,18 @@ def test_missing_image(broken, dataset):
     raises_user_error(make_cfg(dataset, root), True, data.samples[1][0], f"2 of {len(data)}")
 
 
+@pytest.mark.parametrize("size", [(50, 40), (1, 1), (3, 1)])
+def test_a_decoded_image_is_its_own_writable_copy_whatever_its_size(size, tmp_path):
+    # An image 1 pixel high or wide is contiguous once transposed: it stayed a view of PIL's read-only buffer, and
+    # torch.from_numpy warned of it (DATA.CACHE_SIZE 1).
+    path = str(tmp_path / "a.jpg")
+    Image.new("RGB", size, (200, 10, 10)).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (image,) = build_cache([path], None)
+    assert image.shape == (3, size[1], size[0]) and image[0].float().mean() > 150
+
+
 def test_images_in_a_folder_this_user_may_not_open_are_named_unreadable_not_missing(broken, monkeypatch):
     root = broken("cub")
     data = build_dataset(make_cfg("cub", root, "pil"), True)

@@ -1,5 +1,6 @@
 """Distillers: the frozen teacher, parameter registration, loss terms, and every method through the scripts."""
 
+import argparse
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.config import KDTYPES, get_cfg
+from lib.config import KDTYPES, REPO_ROOT, get_cfg, load_config
 from lib.distillers import ISRD, FeatureKD, build_distiller, build_teacher, check_archs
 from lib.distillers.base import check_step_output, unfinished_run
 from lib.losses import dkd_loss, ickd_loss, kd_loss, sp_loss
@@ -32,6 +33,41 @@ def _cfg(teacher_path, arch_t="resnet18", arch_s="resnet18", kdtype="kd", crop=6
     cfg.MODEL.ARCH_T, cfg.MODEL.ARCH_S, cfg.MODEL.MODELDICT_T, cfg.MODEL.KDTYPE = arch_t, arch_s, teacher_path, kdtype
     cfg.FSR.ETA = 10.0
     return cfg
+
+
+def test_a_model_key_only_the_other_kind_of_script_reads_is_warned_of_not_silently_ignored(tmp_path, capsys):
+    # MODEL.PRETRAIN False to a distillation script, for a from-scratch ablation, left its PRETRAIN_S student as
+    # it was; MODEL.ARCH_S to a baseline trained MODEL.ARCH.
+    teacher_path = str(tmp_path / "t.pth")
+    save_network(teacher_path, "resnet18")
+    cfg = _cfg(teacher_path)
+    cfg.MODEL.ARCH, cfg.MODEL.PRETRAIN = "resnet34", True
+    student = build_distiller(cfg, "kd", teacher=build_model("resnet18", 4, False)).student
+    assert student.fc.in_features == 512 and len(student.layer1) == 2  # resnet18 (ARCH_S), not resnet34
+    distillation = ("distillation trains the student MODEL.ARCH_S from MODEL.PRETRAIN_S (PRETRAIN_FILE_S, "
+                    "MODELDICT_S); the teacher and student baselines read MODEL.ARCH and MODEL.PRETRAIN(_FILE)")
+    assert capsys.readouterr().out.splitlines() == [f"warning: MODEL.ARCH resnet34 is ignored: {distillation}",
+                                                    f"warning: MODEL.PRETRAIN True is ignored: {distillation}"]
+    baseline = get_cfg()
+    baseline.DATA.NUM_CLASSES, baseline.MODEL.ARCH = 4, "resnet18"
+    baseline.MODEL.ARCH_S, baseline.MODEL.ARCH_T = "resnet34", "resnet50"
+    build_distiller(baseline, "single")
+    reads = ("a teacher or student baseline trains MODEL.ARCH from MODEL.PRETRAIN(_FILE); the distillation scripts "
+             "read the _T, _A and _S keys")
+    assert capsys.readouterr().out.splitlines() == [f"warning: MODEL.ARCH_T resnet50 is ignored: {reads}",
+                                                    f"warning: MODEL.ARCH_S resnet34 is ignored: {reads}"]
+    build_distiller(_cfg(teacher_path), "kd")  # a config of its kind: nothing to say
+    assert capsys.readouterr().out == ""
+    # MODEL.PRETRAIN False on the command line of a distillation script (its default value: an intent all the same).
+    args = argparse.Namespace(config_file=os.path.join(REPO_ROOT, "configs/demo/cub_demo_isrd.yaml"),
+                              opts=["MODEL.PRETRAIN", "False", "MODEL.MODELDICT_T", teacher_path,
+                                    "DATA.NUM_CLASSES", "4"])
+    loaded = load_config(args)
+    capsys.readouterr()
+    build_distiller(loaded, "kd")
+    assert capsys.readouterr().out == f"warning: MODEL.PRETRAIN False is ignored: {distillation}\n"
+    build_distiller(loaded.clone(), "kd")  # another config (a copy): its own command line is not known
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("method", [*KDTYPES, "isrd"])  # a method added to KDTYPES is checked too

@@ -263,7 +263,8 @@ def test_warnings_of_the_checks_print_once_they_pass_and_reach_train_log(tiny_cu
     assert run_in_process(STUDENT, config, "MODEL.PRETRAIN_FILE", str(ignored), "BASIC.GPU_ID", "[0]",
                           "MODEL.MODELDICT_S", "student.pth", monkeypatch=monkeypatch) == 0
     warnings = [f"warning: weight file {ignored} for resnet18 is ignored: pretraining is off",
-                "warning: MODEL.MODELDICT_S student.pth is ignored: a teacher or student baseline trains MODEL.ARCH",
+                "warning: MODEL.MODELDICT_S student.pth is ignored: a teacher or student baseline trains MODEL.ARCH "
+                "from MODEL.PRETRAIN(_FILE); the distillation scripts read the _T, _A and _S keys",
                 "warning: CUDA is not available; running on the CPU"]
     out = capsys.readouterr().out.splitlines()
     train_log = tmp_path / ONE_RUN_EXP.replace("1runs", "2runs") / "train.log"

@@ -18,6 +18,7 @@ from lib.models.model_builder import build_model
 from lib.utils import errors
 from lib.utils.errors import (
     TOOL_INTERRUPTED_MESSAGE,
+    ArgumentParser,
     HungUp,
     Signalled,
     Terminated,
@@ -250,6 +251,23 @@ def _raises(exc: BaseException):
         raise exc
 
     return main
+
+
+def test_a_tools_flag_given_twice_is_refused_not_the_last_one_taken():
+    parser = ArgumentParser(prog="summarize.py")
+    parser.add_argument("--root", default="ckpt")
+    parser.add_argument("--sizes", nargs="+", type=int)
+    parser.add_argument("--no-verify", action="store_true")
+    args = parser.parse_args(["--root", "a", "--sizes", "56", "112", "--no-verify", "--no-verify"])  # (a switch: fine)
+    assert (args.root, args.sizes, args.no_verify) == ("a", [56, 112], True)
+    cases = ((["--root", "a", "--root=b"], "--root", "--root a, then --root b"),
+             (["--ro", "a", "--root", "b"], "--root", "--root a, then --root b"),  # an abbreviation is the flag
+             (["--sizes", "56", "--sizes", "112", "224"], "--sizes", "--sizes 56, then --sizes 112 224"))
+    for argv, flag, given in cases:
+        with pytest.raises(UserError) as err:
+            parser.parse_args(argv)
+        assert str(err.value) == f"{flag} is given twice ({given}); give {flag} once (see summarize.py --help)"
+    assert parser.parse_args(["--root", "c"]).root == "c"  # the next command line starts afresh
 
 
 def test_a_command_run_from_a_folder_that_was_deleted_says_so_in_one_line(tmp_path, monkeypatch, capsys):

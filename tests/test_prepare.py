@@ -86,6 +86,23 @@ def _left(root) -> list[str]:
     return [name for name in names if name != prep.LOCK_FILE]
 
 
+@pytest.mark.parametrize("args, line", [
+    # An unset shell variable: the default URL was downloaded (1.1 GB on a connected machine).
+    (["--url-cub", ""], "error: argument --url-cub: is empty (an unset shell variable?); name a file or folder (see "
+                        "prepare_data.py --help)"),
+    (["--datasets", "aircraft", "--url-cub", "CUB_200_2011.tgz", "--md5-cub", "0" * 32],
+     "error: --url-cub and --md5-cub are given, but --datasets aircraft leaves cub out; add cub to --datasets, or "
+     "drop --url-cub and --md5-cub"),
+    (["--datasets", "cub", "--datasets", "aircraft"], "error: --datasets is given twice (--datasets cub, then "
+                                                      "--datasets aircraft); give --datasets once (see prepare_data.py "
+                                                      "--help)"),
+])
+def test_a_flag_that_would_be_ignored_is_one_line_and_nothing_is_fetched(args, line, tmp_path, monkeypatch, capsys):
+    assert _run(*args, "--root", str(tmp_path / "data"), monkeypatch=monkeypatch) == 2
+    assert _one_error_line(capsys.readouterr().err) == line
+    assert not (tmp_path / "data").exists()
+
+
 def test_download_verify_extract_both_datasets(server, tmp_path, monkeypatch, capsys):
     root = tmp_path / "data"
     root.mkdir()

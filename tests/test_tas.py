@@ -356,6 +356,10 @@ def test_the_two_stage_command_takes_the_stage1_checkpoint_however_its_path_is_s
 
 @pytest.mark.parametrize("change, message", [
     ({"MODEL.MODELDICT_A": "elsewhere/model_best.pth"}, "leave MODEL.MODELDICT_A ''"),
+    # The student's files: stage 1 (the assistant, 140 epochs with the real configs) trained before they were read.
+    ({"MODEL.MODELDICT_S": "/nope/student.pth"}, "student checkpoint MODEL.MODELDICT_S not found: /nope/student.pth"),
+    ({"MODEL.PRETRAIN_S": True, "MODEL.PRETRAIN_FILE_S": "/nope/imagenet.pth"},
+     "weight file not found: /nope/imagenet.pth"),
     ({"MODEL.ARCH_A": "vit_tiny_patch16_64", "MODEL.ARCH_S": "vit_tiny_patch16_32", "TAS.VIT_BLOCKS": [1, 2, 3, 13]},
      "TAS.VIT_BLOCKS"),
 ])

@@ -6,7 +6,7 @@ See lib/analysis/prepare.py for the checksums, where they come from, and what is
 import argparse
 
 from lib.config import resolve_path
-from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, cli_main, nonempty
+from lib.utils.errors import TOOL_INTERRUPTED_MESSAGE, ArgumentParser, UserError, cli_main, nonempty
 
 
 def parse_args() -> argparse.Namespace:
@@ -18,9 +18,9 @@ def parse_args() -> argparse.Namespace:
                         help="datasets to prepare (default: both)")
     parser.add_argument("--root", type=nonempty, default="data",
                         help="data folder (relative to the repository root; default data)")
-    parser.add_argument("--url-cub", default=None,
+    parser.add_argument("--url-cub", type=nonempty, default=None,
                         help=f"CUB archive URL, or the archive's path (default {ARCHIVES['cub'].url})")
-    parser.add_argument("--url-aircraft", default=None,
+    parser.add_argument("--url-aircraft", type=nonempty, default=None,
                         help=f"Aircraft archive URL, or the archive's path (default {ARCHIVES['aircraft'].url})")
     parser.add_argument("--md5-cub", default=None,
                         help=f"expected MD5 of the CUB archive (default {ARCHIVES['cub'].md5})")
@@ -41,6 +41,12 @@ def main() -> None:
     from lib.analysis.prepare import prepare
 
     args = parse_args()
+    for name in ("cub", "aircraft"):  # a flag for a dataset not prepared would be ignored
+        given = [flag for flag in (f"--url-{name}", f"--md5-{name}") if getattr(args, flag[2:].replace("-", "_"))]
+        if given and name not in args.datasets:
+            raise UserError(f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} given, but --datasets "
+                            f"{' '.join(args.datasets)} leaves {name} out; add {name} to --datasets, or drop "
+                            f"{' and '.join(given)}")
     prepare(args.datasets, resolve_path(args.root), urls={"cub": args.url_cub, "aircraft": args.url_aircraft},
             md5s={"cub": args.md5_cub, "aircraft": args.md5_aircraft}, verify=not args.no_verify,
             verify_only=args.verify_only)

@@ -14,7 +14,9 @@ import ast
 import difflib
 import math
 import os
+import re
 import sys
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -34,7 +36,8 @@ from lib.utils.errors import (
 from .defaults import _C, UNUSED_KEYS
 
 __all__ = ["get_cfg", "load_config", "parse_args", "config_parser", "merge_file", "merge_list", "check_cfg",
-           "resolve_path", "cfg_value", "diff_cfg", "small_crop_size", "small_resize_size", "train_cache_size",
+           "resolve_path", "cfg_value", "diff_cfg", "given_on_the_command_line", "small_crop_size",
+           "small_resize_size", "train_cache_size",
            "REPO_ROOT", "UNUSED_KEYS", "KDTYPES", "LOSS_WEIGHT_KEYS", "PIPELINES", "TENSOR_INTERPOLATION",
            "FKD_INTERP_MODES"]
 
@@ -98,6 +101,7 @@ def config_parser(description: str = "", trains: bool = True) -> ArgumentParser:
     parser.add_argument("--config_file", type=nonempty, required=True, metavar="FILE",
                         help=f"YAML config file ({_CONFIG_FILE_ALIAS} also works)")
     parser.trains = trains  # (parse_args hands it on to load_config)
+    parser.twice_hints["config_file"] = "give one config file (a KEY VALUE override changes a single key)"
     return parser
 
 
@@ -112,10 +116,6 @@ def parse_args(argv: Sequence[str] | None = None, description: str = "",
         parser.usage = usage.replace("%", "%%") + " [KEY VALUE ...]"
     argv = sys.argv[1:] if argv is None else argv
     argv = [_canonical_flag(word) for word in argv]
-    given = [word for word in argv if word == "--config_file" or word.startswith("--config_file=")]
-    if len(given) > 1:  # argparse would silently take the last one
-        parser.error(f"--config_file is given {len(given)} times; give one config file (a KEY VALUE override "
-                     "changes a single key)")
     # Not a REMAINDER positional: users type the overrides before --config_file too, and a negative value
     # (BASIC.SEED -1, SOLVER.WEIGHT_DECAY -1e-4) must reach the config check rather than look like a flag.
     args, opts = parser.parse_known_args(argv)
@@ -146,6 +146,10 @@ def load_config(args: argparse.Namespace, one_run: bool = False) -> CfgNode:
     check_cfg(cfg)
     # After the check, so that a refused config stays one line.
     lines = _repeated_overrides(args.opts or [])
+    if 0 < cfg.DATA.CACHE_SIZE < cfg.DATA.CROP_SIZE:
+        lines.append(f"warning: DATA.CACHE_SIZE {cfg.DATA.CACHE_SIZE} is below DATA.CROP_SIZE {cfg.DATA.CROP_SIZE}: "
+                     "the training crops are cut from images cached smaller than a crop, and enlarged (0 caches "
+                     f"them at the larger of DATA.RESIZE_SIZE and {DEFAULT_CACHE_SIZE})")
     overridden = set((args.opts or [])[0::2])
     if one_run and "BASIC.NUM_RUNS" in overridden and cfg.BASIC.NUM_RUNS != 1:
         lines.append(f"note: BASIC.NUM_RUNS {cfg.BASIC.NUM_RUNS} is ignored: {os.path.basename(sys.argv[0])} trains "
@@ -164,7 +168,21 @@ def load_config(args: argparse.Namespace, one_run: bool = False) -> CfgNode:
         for line in lines:
             print(line, file=sys.stderr, flush=True)
     cfg.freeze()
+    global _given
+    _given = (weakref.ref(cfg), frozenset(overridden))
     return cfg
+
+
+# The config load_config returned last, and the keys its command line set.
+_given: tuple[weakref.ref, frozenset[str]] | None = None
+
+
+def given_on_the_command_line(cfg: CfgNode) -> frozenset[str]:
+    """The keys that the command line set in `cfg`, a config load_config returned (its latest; empty for another
+    config, a copy of it included): a key set there to its default value was asked for all the same."""
+    if _given is None or _given[0]() is not cfg:
+        return frozenset()
+    return _given[1]
 
 
 def _is_saved_experiment_config(config_file: str) -> bool:
@@ -265,7 +283,7 @@ def _near_config_files(filename: str) -> str:
     folder, name = os.path.split(filename)
     for base in dict.fromkeys((folder or os.curdir, resolve_path(folder or os.curdir))):
         try:
-            names = [n for n in os.listdir(base) if n.endswith((".yaml", ".yml"))]
+            names = [n for n in os.listdir(base) if n.endswith((".yaml", ".yml")) and n != name]  # (a dead link)
         except OSError:  # not there, not a folder, not readable
             continue
         near = [n for n in (name + ".yaml", name + ".yml") if n in names] or \
@@ -294,6 +312,12 @@ def merge_list(cfg: CfgNode, opts: Sequence[str]) -> None:
         key, equals, value = word.partition("=") if isinstance(word, str) else ("", "", "")
         if equals and key.strip().upper() in upper:
             raise UserError(f"write overrides as KEY VALUE with a space, {key.strip()} {value}, not {word}")
+    for at in range(2, len(opts), 2):  # `DATA.DATADIR /my data/cub` unquoted: name the split path, not "data/cub"
+        pieces = _split_string(cfg, opts, at, keys)
+        if pieces:
+            key, spaced = opts[at - 2], " ".join(pieces)
+            raise UserError(f"the shell split the value of {key} at its spaces: {spaced} came as {len(pieces)} "
+                            f"words; put it in quotes, {key} \"{spaced}\"")
     for index in range(1, len(opts), 2):
         key, word = opts[index - 1], opts[index]
         # `SOLVER.LR_STEPS [3, 6]` reaches us as three words and shifts every later pair: name the split list,
@@ -312,12 +336,35 @@ def merge_list(cfg: CfgNode, opts: Sequence[str]) -> None:
             raise UserError(f"config key {key} on the command line has no value (the next word, {word}, is a "
                             "config key); overrides come in KEY VALUE pairs")
     if len(opts) % 2:
+        lone = opts[-1]
+        hint = ""
+        if isinstance(lone, str) and lone.endswith((".pth", ".pt")):  # `eval.py --config_file c.yaml run0/x.pth`
+            hint = (f"; a checkpoint is given to a config key: TEST.CHECKPOINT {lone} (tools/eval.py), "
+                    f"MODEL.MODELDICT_T {lone} (a teacher)")
         raise UserError(
-            f"overrides come in KEY VALUE pairs; '{opts[-1]}' has no value "
-            f"(got {len(opts)} words: {' '.join(opts)})"
+            f"overrides come in KEY VALUE pairs; '{lone}' has no value "
+            f"(got {len(opts)} words: {' '.join(map(str, opts))}){hint}"
         )
     for key, raw in zip(opts[0::2], opts[1::2]):
         _set(cfg, key, _parse_literal(raw), source="on the command line")
+
+
+def _split_string(cfg: CfgNode, opts: Sequence[str], at: int, keys: set[str]) -> list[str]:
+    """The words from opts[at - 1] to the next config key, if opts[at], in a key's place, is no key nor like one
+    (a misspelled key is named as such) and follows a string key's value: the rest of a path the shell split at
+    its spaces. Else []."""
+    word, previous = opts[at], opts[at - 2]
+    if not isinstance(word, str) or previous not in keys or not isinstance(cfg_value(cfg, previous), str) \
+            or opts[at - 1] in keys:  # (a key without its value: the pairs' check names it)
+        return []
+    upper = {key.upper() for key in keys}
+    if "/" not in word and (re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", word) or word.upper() in upper
+                            or difflib.get_close_matches(word.upper(), upper, n=1, cutoff=0.6)):
+        return []  # a key misspelt, named so by the pairs' check
+    end = at
+    while end < len(opts) and opts[end] not in keys:
+        end += 1
+    return [str(piece) for piece in opts[at - 1:end]]
 
 
 def _bracket_depth(text: str) -> int:
@@ -513,13 +560,17 @@ def check_cfg(cfg: CfgNode) -> None:
     _require(len(data.IMAGE_MEAN) == 3 and len(data.IMAGE_STD) == 3, "DATA.IMAGE_MEAN and DATA.IMAGE_STD need 3 values")
     _require(min(data.IMAGE_STD) > 0, f"DATA.IMAGE_STD must be positive (the images are divided by it), got "
                                       f"{list(data.IMAGE_STD)}")
+    _require(max(map(abs, data.IMAGE_MEAN)) <= 1 and max(data.IMAGE_STD) <= 1,
+             f"DATA.IMAGE_MEAN and DATA.IMAGE_STD are on the images' 0-1 scale (ImageNet's: [0.485, 0.456, 0.406] and "
+             f"[0.229, 0.224, 0.225]), got {list(data.IMAGE_MEAN)} and {list(data.IMAGE_STD)} (the 0-255 scale?)")
     _require(data.GENERATE_PER_CLASS >= 1, f"DATA.GENERATE_PER_CLASS must be >= 1 (images per class in each split), "
                                            f"got {data.GENERATE_PER_CLASS}")
     _require(data.CACHE_SIZE >= 0, f"DATA.CACHE_SIZE must be >= 0 (0 = the larger of DATA.RESIZE_SIZE and "
                                    f"{DEFAULT_CACHE_SIZE}), got {data.CACHE_SIZE}")
-    _require(len(data.GENERATE_IMAGE_SIZE) == 2 and min(data.GENERATE_IMAGE_SIZE) >= 4,
-             f"DATA.GENERATE_IMAGE_SIZE must be [width, height], both at least 4 pixels, got "
-             f"{data.GENERATE_IMAGE_SIZE}")
+    _require(len(data.GENERATE_IMAGE_SIZE) == 2 and 4 <= min(data.GENERATE_IMAGE_SIZE)
+             and max(data.GENERATE_IMAGE_SIZE) <= 4096,
+             f"DATA.GENERATE_IMAGE_SIZE must be [width, height], both 4 to 4096 pixels (CUB's and Aircraft's images "
+             f"are about 500 x 375), got {data.GENERATE_IMAGE_SIZE}")
     _require(cfg.MODEL.KDTYPE in KDTYPES, f"MODEL.KDTYPE must be one of {', '.join(KDTYPES)}, got {cfg.MODEL.KDTYPE!r}")
     _require(cfg.BASIC.DEVICE in DEVICES, f"BASIC.DEVICE must be one of {', '.join(DEVICES)}, got {cfg.BASIC.DEVICE!r}")
     _require(cfg.BASIC.NUM_RUNS >= 1, f"BASIC.NUM_RUNS must be >= 1, got {cfg.BASIC.NUM_RUNS}")

@@ -70,7 +70,9 @@ def decode_uint8(path: str, transform: PilTransform | None = None) -> np.ndarray
         image = transform(image)
     # A numpy array crosses the worker queue by plain pickling; a tensor would hold a shared-memory file per
     # image, and thousands of those exhaust the open-file limit.
-    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))  # (3, H, W)
+    # One copy, always: a view (an image 1 pixel high is contiguous once transposed) would be PIL's read-only
+    # buffer, which torch.from_numpy warns of.
+    return np.array(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1), order="C")  # (3, H, W)
 
 
 def verify_image(path: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from yacs.config import CfgNode
 
-from lib.config import KDTYPES, resolve_path, small_crop_size
+from lib.config import KDTYPES, cfg_value, get_cfg, given_on_the_command_line, resolve_path, small_crop_size
 from lib.losses import ATLoss, DKDLoss, ICKDLoss, SPLoss
 from lib.models.model_builder import build_model, check_input_size, feature_shapes
 from lib.models.weights import load_weights
@@ -73,12 +73,34 @@ def _weights_file(path: str) -> str:
     return resolve_path(path) if path else ""
 
 
-def _build_student(cfg: CfgNode, method: str) -> nn.Module:
+# The model keys a script of the other kind reads: set, they would be ignored without a word (MODEL.PRETRAIN False
+# given to a distillation script for a from-scratch ablation trained its PRETRAIN_S student all the same).
+_BASELINE_IGNORES = ("MODEL.ARCH_T", "MODEL.MODELDICT_T", "MODEL.ARCH_A", "MODEL.MODELDICT_A", "MODEL.PRETRAIN_A",
+                     "MODEL.ARCH_S", "MODEL.MODELDICT_S", "MODEL.PRETRAIN_S", "MODEL.PRETRAIN_FILE_S")
+_DISTILLATION_IGNORES = ("MODEL.ARCH", "MODEL.PRETRAIN", "MODEL.PRETRAIN_FILE")
+
+
+def _warn_of_ignored_model_keys(cfg: CfgNode, method: str) -> None:
+    """A warning for each model key that `method`'s script does not read, set away from its default or on the
+    command line (MODEL.PRETRAIN False there is an intent too)."""
+    defaults, given = get_cfg(), given_on_the_command_line(cfg)
     if method == "single":
-        if cfg.MODEL.MODELDICT_S:
-            get_logger().warning(f"warning: MODEL.MODELDICT_S {cfg.MODEL.MODELDICT_S} is ignored: a teacher or student "
-                                 "baseline trains MODEL.ARCH from MODEL.PRETRAIN(_FILE); the distillation scripts "
-                                 "start their student from MODEL.MODELDICT_S")
+        keys = _BASELINE_IGNORES
+        reads = ("a teacher or student baseline trains MODEL.ARCH from MODEL.PRETRAIN(_FILE); the distillation "
+                 "scripts read the _T, _A and _S keys")
+    else:
+        keys = _DISTILLATION_IGNORES
+        reads = ("distillation trains the student MODEL.ARCH_S from MODEL.PRETRAIN_S (PRETRAIN_FILE_S, "
+                 "MODELDICT_S); the teacher and student baselines read MODEL.ARCH and MODEL.PRETRAIN(_FILE)")
+    for key in keys:
+        value = cfg_value(cfg, key)
+        if value != cfg_value(defaults, key) or key in given:
+            get_logger().warning(f"warning: {key} {value} is ignored: {reads}")
+
+
+def _build_student(cfg: CfgNode, method: str) -> nn.Module:
+    _warn_of_ignored_model_keys(cfg, method)
+    if method == "single":
         return build_model(cfg.MODEL.ARCH, cfg.DATA.NUM_CLASSES, cfg.MODEL.PRETRAIN,
                            _weights_file(cfg.MODEL.PRETRAIN_FILE))
     student = build_model(cfg.MODEL.ARCH_S, cfg.DATA.NUM_CLASSES, cfg.MODEL.PRETRAIN_S,

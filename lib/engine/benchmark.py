@@ -35,7 +35,16 @@ BENCHMARK_METHODS = ("auto", "single", *KDTYPES, "isrd")
 
 def benchmark_method(cfg: CfgNode, method: str = "auto") -> str:
     """The method to measure: `method`, or for "auto" the one the config describes: single (no MODEL.ARCH_T),
-    isrd (FSR.ETA > 0, as the ISRD configs set it), else MODEL.KDTYPE."""
+    isrd (FSR.ETA > 0, as the ISRD configs set it), else MODEL.KDTYPE. A teacher file named but not there is said
+    (a random-weight teacher stands in: _build)."""
+    method = _method(cfg, method)
+    if method != "single" and cfg.MODEL.MODELDICT_T and not os.path.isfile(resolve_path(cfg.MODEL.MODELDICT_T)):
+        get_logger().info(f"note: MODEL.MODELDICT_T {cfg.MODEL.MODELDICT_T} is not there; a random-weight teacher "
+                          "stands in, which runs at the same speed")
+    return method
+
+
+def _method(cfg: CfgNode, method: str) -> str:
     if method not in BENCHMARK_METHODS:
         raise UserError(f"--method must be one of {', '.join(BENCHMARK_METHODS)}, got {method!r}")
     if method != "auto":

@@ -14,6 +14,7 @@ from lib.distillers import check_archs
 from lib.distillers.methods import build_isrd_decoder
 from lib.distillers.tas import assistant_checkpoint, assistant_config, tas_config, tas_feature_layers
 from lib.models.model_builder import build_model
+from lib.models.weights import load_weights
 from lib.utils.errors import UserError
 from lib.utils.log import get_logger
 
@@ -79,6 +80,14 @@ def train_two_stages(cfg: CfgNode) -> dict:
     student = build_model(stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES, False)
     tas_feature_layers(stage2, student)
     build_isrd_decoder(stage2, student)  # FSR.POSITION in range (stage 1 reads no FSR key)
+    # The student's files, read as stage 2 reads them: a mistyped path found now, not after stage 1 has trained.
+    # (ImageNet weights through the weight APIs are fetched by stage 2 itself.)
+    if stage2.MODEL.PRETRAIN_S and stage2.MODEL.PRETRAIN_FILE_S:
+        student = build_model(stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES, True,
+                              resolve_path(stage2.MODEL.PRETRAIN_FILE_S))
+    if stage2.MODEL.MODELDICT_S:
+        load_weights(student, resolve_path(stage2.MODEL.MODELDICT_S), "student checkpoint MODEL.MODELDICT_S",
+                     stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES)
 
     if os.path.isfile(resolve_path(ckpt)) and not _unfinished_stage1(ckpt) and not cfg.BASIC.FRESH_START:
         # Stage 1's folder name holds its networks, sizes, seed and learning rate, not its teacher file or epochs:

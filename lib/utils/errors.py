@@ -181,11 +181,39 @@ def signal_safe_iter(iterable: Iterable[T]) -> Iterator[T]:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser whose mistakes (missing or unknown flags, bad values) are a UserError, not usage + error."""
+    """argparse's parser whose mistakes (missing or unknown flags, bad values) are a UserError, not usage + error,
+    and whose flags that take a value are refused when given twice (argparse keeps the last: `--root A --root B`
+    summarized B alone), however spelt (`--config X --config_file=Y`: argparse takes a flag's abbreviation).
+    `twice_hints` maps a flag's dest to what its error adds."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+        self.twice_hints: dict[str, str] = {}
+        self._given: dict[str, str] = {}
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = {}
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         """Raise the mistake as a one-line UserError that points at --help."""
         raise UserError(f"{message} (see {self.prog} --help)")
+
+
+class _StoreOnce(argparse._StoreAction):
+    """argparse's "store", refused the second time in one command line."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = getattr(parser, "_given", {})
+        words = " ".join(map(str, values)) if isinstance(values, list) else values  # (nargs="+")
+        if self.dest in given:
+            hint = getattr(parser, "twice_hints", {}).get(self.dest, f"give {self.option_strings[0]} once")
+            parser.error(f"{self.option_strings[0]} is given twice ({given[self.dest]}, then {option_string} "
+                         f"{words}); {hint}")
+        given[self.dest] = f"{option_string} {words}"
+        super().__call__(parser, namespace, values, option_string)
 
 
 def nonempty(value: str) -> str:
@@ -199,6 +227,9 @@ def nonempty(value: str) -> str:
 def require_file(path: str, what: str, hint: str = "") -> None:
     """Raise a one-line UserError `<what> not found: <path><hint>` unless `path` is a file (a folder is named so)."""
     if not os.path.isfile(path):
+        if os.path.islink(path) and not os.path.exists(path):
+            raise UserError(f"{what} {path} is a link to {os.readlink(path)}, which does not exist (moved, or on a "
+                            "disk that is not mounted?); mend the link or give the file itself")
         problem = "is a folder, not a file" if os.path.isdir(path) else "not found"
         raise UserError(f"{what} {problem}: {path}{relative_path_note(path)}{run_checkpoint_note(path)}{hint}")
 
