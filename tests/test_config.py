@@ -119,6 +119,10 @@ def test_overrides_parse_python_literals_and_accept_ints_for_floats():
     (["TEST.CHECKPOINT", "/tmp/my", "models/model_best.pth"],
      ['the shell split the value of TEST.CHECKPOINT at its spaces: /tmp/my models/model_best.pth came as 2 words']),
     (["MODEL.ARCH", "resnet18", "SOLVR.X", "1"], ["unknown config key SOLVR.X"]),  # a key misspelt, not a split value
+    # Words of their own, not a value split: a glob's files, a checkpoint without its key, a number too many.
+    (["TEST.CHECKPOINT", f"{REPO_ROOT}/README.md", f"{REPO_ROOT}/setup.py"], ["has no value"]),
+    (["BASIC.OUTPUT_ROOT", "out", "run0/model_best.pth"], ["'run0/model_best.pth' has no value", "TEST.CHECKPOINT"]),
+    (["MODEL.ARCH_S", "resnet18", "0.5"], ["'0.5' has no value"]),
     (["MODEL.ARCH", "resnet18", "solver.num_epochs", "1"], ["unknown config key solver.num_epochs",
                                                             "SOLVER.NUM_EPOCHS"]),
     # tools/eval.py's checkpoint given on its own, without TEST.CHECKPOINT.
@@ -587,6 +591,7 @@ def test_a_cache_size_below_the_crop_is_warned_of(capsys):
                                        "the larger of DATA.RESIZE_SIZE and 256)\n")
     _load("DATA.CACHE_SIZE", "64")
     _load("DATA.CACHE_SIZE", "0")
+    _load("DATA.CACHE_SIZE", "48", "DATA.PIPELINE", "pil")  # the pil pipeline caches nothing
     assert capsys.readouterr().err == ""
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.config import KDTYPES, REPO_ROOT, get_cfg, load_config
+from lib.config import KDTYPES, REPO_ROOT, get_cfg, given_on_the_command_line, load_config, pass_on_the_command_line
 from lib.distillers import ISRD, FeatureKD, build_distiller, build_teacher, check_archs
 from lib.distillers.base import check_step_output, unfinished_run
 from lib.losses import dkd_loss, ickd_loss, kd_loss, sp_loss
@@ -68,6 +68,13 @@ def test_a_model_key_only_the_other_kind_of_script_reads_is_warned_of_not_silent
     assert capsys.readouterr().out == f"warning: MODEL.PRETRAIN False is ignored: {distillation}\n"
     build_distiller(loaded.clone(), "kd")  # another config (a copy): its own command line is not known
     assert capsys.readouterr().out == ""
+    # ... unless it is made from the command's config for a stage of it: TAS's stages, the benchmark's pipelines.
+    from lib.distillers.tas import assistant_config, tas_config
+
+    for stage in (tas_config(loaded), assistant_config(loaded)):
+        assert given_on_the_command_line(stage) == given_on_the_command_line(loaded) >= {"MODEL.PRETRAIN"}
+    build_distiller(pass_on_the_command_line(loaded, loaded.clone()), "kd")
+    assert capsys.readouterr().out == f"warning: MODEL.PRETRAIN False is ignored: {distillation}\n"
 
 
 @pytest.mark.parametrize("method", [*KDTYPES, "isrd"])  # a method added to KDTYPES is checked too

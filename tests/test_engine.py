@@ -663,6 +663,30 @@ def test_an_experiments_own_config_yaml_edited_since_it_started_is_refused_not_c
     assert f"{exp} is finished; its results" in capsys.readouterr().out
 
 
+def test_an_experiments_own_config_yaml_pointed_at_a_copy_of_its_data_resumes_and_at_other_data_is_refused(
+        tiny_cub, write_config, tmp_path, monkeypatch, capsys):
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}}, tiny_cub)
+    assert run_in_process(TEACHER, config, monkeypatch=monkeypatch) == 0
+    own = tmp_path / "ckpt" / "cub" / "1runs_resnet18_64_seed0_0.01" / "config.yaml"
+    first = own.read_text()
+    copy = tmp_path / "scratch" / "cub"
+    shutil.copytree(tiny_cub, copy)  # the dataset copied to a node's local disk, the config edited to name it
+    own.write_text(first.replace(tiny_cub, str(copy)))
+    capsys.readouterr()
+    assert run_in_process(TEACHER, str(own), monkeypatch=monkeypatch) == 0
+    assert "is finished; its results" in capsys.readouterr().out
+    # Other images under the edited path: the saved runs were trained on the old ones.
+    with open(copy / "train_test_split.txt") as f:
+        lines = f.read().splitlines()
+    image, split = lines[-1].split()
+    lines[-1] = f"{image} {1 - int(split)}"  # one image moved to the other split
+    (copy / "train_test_split.txt").write_text("\n".join(lines) + "\n")
+    assert run_in_process(TEACHER, str(own), monkeypatch=monkeypatch) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {own} has been edited since the experiment started (DATA.DATADIR ("), line
+    assert f"-> '{copy}', which holds other images, labels or file sizes)" in line, line
+
+
 def test_a_last_checkpoint_written_for_another_model_shape_is_one_line(tiny_cub, write_config, tmp_path,
                                                                       monkeypatch, capsys):
     config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}}, tiny_cub)

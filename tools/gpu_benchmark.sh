@@ -59,12 +59,13 @@ exec > >(tee "$out/log.txt") 2>&1
 stamp() { echo "== $(date +%H:%M:%S) $*"; }
 failed=()
 
-bench() {  # step name, then benchmark.py options and config overrides
-  local name=$1 start=$SECONDS; shift
+bench() {  # step name, then benchmark.py options and config overrides (a step's own --repeats replaces 3)
+  local name=$1 start=$SECONDS repeats=(--repeats 3); shift
+  [[ " $* " == *" --repeats "* ]] && repeats=()  # (benchmark.py refuses a flag given twice)
   stamp "benchmark $name"
   rm -f "$work/$name/benchmark.json"
-  "$py" tools/benchmark.py --config_file configs/bench/gpu_isrd.yaml --steps 40 --warmup 5 --repeats 3 "$@" \
-    BASIC.OUTPUT_ROOT "'$work/$name'" 2>&1 | grep --line-buffered -v "^warm-up\|^bench epoch"
+  "$py" tools/benchmark.py --config_file configs/bench/gpu_isrd.yaml --steps 40 --warmup 5 \
+    ${repeats[@]+"${repeats[@]}"} "$@" BASIC.OUTPUT_ROOT "'$work/$name'" 2>&1 | grep --line-buffered -v "^warm-up\|^bench epoch"
   if (( PIPESTATUS[0] != 0 )) || [[ ! -f $work/$name/benchmark.json ]]; then
     failed+=("$name")
     return

@@ -36,8 +36,8 @@ from lib.utils.errors import (
 from .defaults import _C, UNUSED_KEYS
 
 __all__ = ["get_cfg", "load_config", "parse_args", "config_parser", "merge_file", "merge_list", "check_cfg",
-           "resolve_path", "cfg_value", "diff_cfg", "given_on_the_command_line", "small_crop_size",
-           "small_resize_size", "train_cache_size",
+           "resolve_path", "cfg_value", "diff_cfg", "given_on_the_command_line", "pass_on_the_command_line",
+           "small_crop_size", "small_resize_size", "train_cache_size",
            "REPO_ROOT", "UNUSED_KEYS", "KDTYPES", "LOSS_WEIGHT_KEYS", "PIPELINES", "TENSOR_INTERPOLATION",
            "FKD_INTERP_MODES"]
 
@@ -146,7 +146,7 @@ def load_config(args: argparse.Namespace, one_run: bool = False) -> CfgNode:
     check_cfg(cfg)
     # After the check, so that a refused config stays one line.
     lines = _repeated_overrides(args.opts or [])
-    if 0 < cfg.DATA.CACHE_SIZE < cfg.DATA.CROP_SIZE:
+    if 0 < cfg.DATA.CACHE_SIZE < cfg.DATA.CROP_SIZE and cfg.DATA.PIPELINE != "pil":  # (pil caches nothing)
         lines.append(f"warning: DATA.CACHE_SIZE {cfg.DATA.CACHE_SIZE} is below DATA.CROP_SIZE {cfg.DATA.CROP_SIZE}: "
                      "the training crops are cut from images cached smaller than a crop, and enlarged (0 caches "
                      f"them at the larger of DATA.RESIZE_SIZE and {DEFAULT_CACHE_SIZE})")
@@ -168,21 +168,33 @@ def load_config(args: argparse.Namespace, one_run: bool = False) -> CfgNode:
         for line in lines:
             print(line, file=sys.stderr, flush=True)
     cfg.freeze()
-    global _given
-    _given = (weakref.ref(cfg), frozenset(overridden))
+    _remember_command_line(cfg, frozenset(overridden))
     return cfg
 
 
-# The config load_config returned last, and the keys its command line set.
-_given: tuple[weakref.ref, frozenset[str]] | None = None
+# id(config) -> (the config, weakly; the keys its command line set): the configs load_config returned, and those
+# made from them (pass_on_the_command_line).
+_given: dict[int, tuple[weakref.ref, frozenset[str]]] = {}
+
+
+def _remember_command_line(cfg: CfgNode, keys: frozenset[str]) -> None:
+    for gone in [key for key, (ref, _) in _given.items() if ref() is None]:
+        del _given[gone]
+    _given[id(cfg)] = (weakref.ref(cfg), keys)
 
 
 def given_on_the_command_line(cfg: CfgNode) -> frozenset[str]:
-    """The keys that the command line set in `cfg`, a config load_config returned (its latest; empty for another
-    config, a copy of it included): a key set there to its default value was asked for all the same."""
-    if _given is None or _given[0]() is not cfg:
-        return frozenset()
-    return _given[1]
+    """The keys that the command line set in `cfg`, a config load_config returned or one made from it (empty for
+    any other): a key set there to its default value was asked for all the same."""
+    entry = _given.get(id(cfg))
+    return entry[1] if entry is not None and entry[0]() is cfg else frozenset()
+
+
+def pass_on_the_command_line(source: CfgNode, made: CfgNode) -> CfgNode:
+    """Let `made`, a config made from `source` (a TAS stage's, a benchmark pipeline's), say what `source`'s command
+    line set (given_on_the_command_line); returns `made`."""
+    _remember_command_line(made, given_on_the_command_line(source))
+    return made
 
 
 def _is_saved_experiment_config(config_file: str) -> bool:
@@ -364,7 +376,16 @@ def _split_string(cfg: CfgNode, opts: Sequence[str], at: int, keys: set[str]) ->
     end = at
     while end < len(opts) and opts[end] not in keys:
         end += 1
-    return [str(piece) for piece in opts[at - 1:end]]
+    pieces = [str(piece) for piece in opts[at - 1:end]]
+    if os.path.exists(resolve_path(" ".join(pieces))):
+        return pieces
+    # Words of their own: files (a shell glob's; a checkpoint given without its key, after another key's value),
+    # numbers (a value too many).
+    names_a_checkpoint = any(tag in previous for tag in ("CHECKPOINT", "MODELDICT", "PRETRAIN_FILE"))
+    if any(os.path.exists(resolve_path(piece)) or _float_or_none(piece) is not None
+           or (piece.endswith((".pth", ".pt")) and not names_a_checkpoint) for piece in pieces[1:]):
+        return []
+    return pieces
 
 
 def _bracket_depth(text: str) -> int:
@@ -542,7 +563,7 @@ def check_cfg(cfg: CfgNode) -> None:
     # An unset shell variable (BASIC.OUTPUT_ROOT "$OUT") would otherwise write beside the code.
     _require(cfg.BASIC.OUTPUT_ROOT.strip() != "",
              "BASIC.OUTPUT_ROOT is empty; set it to the folder that receives the experiments (default ckpt)")
-    _require(_is_text(cfg.BASIC.OUTPUT_ROOT),
+    _require(_is_text(resolve_path(cfg.BASIC.OUTPUT_ROOT)),  # (a relative root inside a checkout of such a name too)
              f"BASIC.OUTPUT_ROOT {cfg.BASIC.OUTPUT_ROOT!r} holds bytes that are not UTF-8 text (a name made under "
              "another encoding), where tensorboard cannot write its logs; rename that folder or choose another")
     _require(data.NUM_CLASSES > 0, f"DATA.NUM_CLASSES must be positive, got {data.NUM_CLASSES}")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from lib.config import check_cfg, get_cfg, small_crop_size
+from lib.config import check_cfg, get_cfg, pass_on_the_command_line, small_crop_size
 from lib.engine.setup import experiment_name
 from lib.losses import FKDLoss
 from lib.models.model_builder import check_input_size, feature_shapes, is_vit, parse_arch
@@ -99,7 +99,7 @@ def assistant_config(cfg: CfgNode) -> CfgNode:
     stage.BASIC.NUM_RUNS = 1
     check_cfg(stage)
     stage.freeze()
-    return stage
+    return pass_on_the_command_line(cfg, stage)
 
 
 def assistant_checkpoint(cfg: CfgNode) -> str:
@@ -128,7 +128,7 @@ def tas_config(cfg: CfgNode) -> CfgNode:
     if not stage.MODEL.ARCH_T:
         stage.MODEL.ARCH_T = stage.MODEL.ARCH_A
     stage.freeze()
-    return stage
+    return pass_on_the_command_line(cfg, stage)
 
 
 def check_tas_archs(cfg: CfgNode) -> None:

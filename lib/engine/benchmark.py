@@ -17,7 +17,7 @@ import time
 import torch
 from yacs.config import CfgNode
 
-from lib.config import KDTYPES, resolve_path
+from lib.config import KDTYPES, pass_on_the_command_line, resolve_path
 from lib.datasets import BatchPreparer, build_dataset
 from lib.distillers import Distiller, build_distiller
 from lib.models.model_builder import build_model
@@ -98,7 +98,7 @@ def _with_pipeline(cfg: CfgNode, pipeline: str) -> CfgNode:
     out.DATA.PIPELINE = pipeline
     out.BASIC.DISP_FREQ = 10**9  # no progress lines inside timed loops
     out.freeze()
-    return out
+    return pass_on_the_command_line(cfg, out)
 
 
 def _build(cfg: CfgNode, method: str) -> Distiller:

@@ -107,10 +107,12 @@ STARTED_CONFIG = "config.yaml as started"
 
 
 def _check_not_edited(exp_dir: str, saved: CfgNode, ignore: tuple[str, ...]) -> None:
-    """Refuse an experiment whose config.yaml has been edited since it started (keys of `ignore` and path keys aside:
-    what a path names is checked by content): given as the command's config, an edited file would be checked
-    against itself, and the remaining runs trained with the new values beside the runs trained with the old."""
-    started = _saved_inputs(exp_dir).get(STARTED_CONFIG)
+    """Refuse an experiment whose config.yaml has been edited since it started (keys of `ignore` aside; a path key
+    edited to name the same file, or a copy of what it named, is no edit): given as the command's config, an edited
+    file would be checked against itself, and the remaining runs trained with the new values beside the runs
+    trained with the old."""
+    inputs = _saved_inputs(exp_dir)
+    started = inputs.get(STARTED_CONFIG)
     if not isinstance(started, str):
         return  # an experiment from before the copy was kept
     try:
@@ -118,6 +120,12 @@ def _check_not_edited(exp_dir: str, saved: CfgNode, ignore: tuple[str, ...]) -> 
     except Exception:  # (yaml's errors have no common base but Exception) a damaged inputs.json is read_saved's
         return
     edited = diff_cfg(original, saved, ignore=ignore + PATH_KEYS)
+    for key in PATH_KEYS:  # a path edited to another spelling or a copy of the same content is no edit
+        then, now = str(cfg_value(original, key) or ""), str(cfg_value(saved, key) or "")
+        if not _same_path(then, now):
+            what = _moved_content(saved, key, inputs.get(key))
+            if what is not None:
+                edited.append(f"{key} ({then!r} -> {now!r}{', ' + what if what else ''})")
     if edited:
         raise UserError(f"{os.path.join(exp_dir, 'config.yaml')} has been edited since the experiment started "
                         f"({'; '.join(edited)}): its runs were trained with the first values. Undo the edit to "
