@@ -152,7 +152,12 @@ def save_checkpoint(obj: Any, path: str) -> None:
     def write(f: IO[bytes]) -> None:
         try:
             torch.save(obj, f)
-        except RuntimeError:
+        except RuntimeError as err:
+            if isinstance(err.__context__, (KeyboardInterrupt, SystemExit)):
+                # A Ctrl-C or SIGTERM raised inside f.write, which torch's C++ writer calls, comes back as a
+                # RuntimeError: the stop itself goes on (taken below for a full disk, it was lost and training went
+                # on; the previous file stays, as for any stop while saving).
+                raise err.__context__ from None
             # torch's zip writer turns a failed write (a full disk) into a RuntimeError that no longer says why:
             # written again through memory, a plain file write raises the OSError that atomic_write explains.
             f.seek(0)
