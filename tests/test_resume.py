@@ -143,17 +143,14 @@ def test_a_non_finite_test_loss_stops_the_run_before_that_epoch_can_count_as_the
     assert [json.loads(line)["epoch"] for line in stats] == [1]
 
 
-class _FullDisk:
-    """A file whose device fills after `room` bytes: write raises ENOSPC, as the OS does."""
+class _FaultyFile:
+    """A file whose write() first calls `before_write(data)`, which may raise as the OS or a signal handler would."""
 
-    def __init__(self, f, room: int):
-        self.f, self.room = f, room
+    def __init__(self, f, before_write):
+        self.f, self.before_write = f, before_write
 
     def write(self, data) -> int:
-        size = memoryview(data).nbytes
-        if size > self.room:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.room -= size
+        self.before_write(data)
         return self.f.write(data)
 
     def __getattr__(self, name):
@@ -164,6 +161,19 @@ class _FullDisk:
 
     def __exit__(self, *exc):
         self.f.close()
+
+
+def _FullDisk(f, room: int) -> _FaultyFile:  # noqa: N802 (made like a class)
+    """A file whose device fills after `room` bytes: write raises ENOSPC, as the OS does."""
+    left = [room]
+
+    def fill(data) -> None:
+        size = memoryview(data).nbytes
+        if size > left[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        left[0] -= size
+
+    return _FaultyFile(f, fill)
 
 
 def test_out_of_disk_space_while_saving_is_one_error_and_the_previous_checkpoint_survives(tmp_path, monkeypatch):
@@ -212,26 +222,12 @@ def test_a_sigterm_while_a_checkpoint_is_written_stops_the_run_and_the_previous_
     checkpoint.save_checkpoint({"epoch": 1}, path)
     fdopen, sent = os.fdopen, []  # the sizes written
 
-    class Signalled:
-        def __init__(self, f):
-            self.f = f
+    def signalled(data) -> None:
+        sent.append(len(data))
+        if len(sent) == 3:  # the SIGTERM handler, run in here (where Python happened to check for signals) as the
+            raise_terminated(signal.SIGTERM, None)  # C++ writer writes a record
 
-        def write(self, data) -> int:
-            sent.append(len(data))
-            if len(sent) == 3:  # the SIGTERM handler, run in here (where Python happened to check for signals) as
-                raise_terminated(signal.SIGTERM, None)  # the C++ writer writes a record
-            return self.f.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode: Signalled(fdopen(fd, mode)))
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode: _FaultyFile(fdopen(fd, mode), signalled))
     with pytest.raises(Terminated):
         checkpoint.save_checkpoint({"epoch": 2, "weights": torch.zeros(10_000)}, path)
     monkeypatch.undo()
