@@ -325,7 +325,7 @@ def merge_list(cfg: CfgNode, opts: Sequence[str]) -> None:
         if equals and key.strip().upper() in upper:
             raise UserError(f"write overrides as KEY VALUE with a space, {key.strip()} {value}, not {word}")
     for at in range(2, len(opts), 2):  # `DATA.DATADIR /my data/cub` unquoted: name the split path, not "data/cub"
-        pieces = _split_string(cfg, opts, at, keys)
+        pieces = _split_string(cfg, opts, at, keys, upper)
         if pieces:
             key, spaced = opts[at - 2], " ".join(pieces)
             raise UserError(f"the shell split the value of {key} at its spaces: {spaced} came as {len(pieces)} "
@@ -361,15 +361,14 @@ def merge_list(cfg: CfgNode, opts: Sequence[str]) -> None:
         _set(cfg, key, _parse_literal(raw), source="on the command line")
 
 
-def _split_string(cfg: CfgNode, opts: Sequence[str], at: int, keys: set[str]) -> list[str]:
+def _split_string(cfg: CfgNode, opts: Sequence[str], at: int, keys: set[str], upper: set[str]) -> list[str]:
     """The words from opts[at - 1] to the next config key, if opts[at], in a key's place, is no key nor like one
     (a misspelled key is named as such) and follows a string key's value: the rest of a path the shell split at
-    its spaces. Else []."""
+    its spaces (`upper`: the keys in upper case). Else []."""
     word, previous = opts[at], opts[at - 2]
     if not isinstance(word, str) or previous not in keys or not isinstance(cfg_value(cfg, previous), str) \
             or opts[at - 1] in keys:  # (a key without its value: the pairs' check names it)
         return []
-    upper = {key.upper() for key in keys}
     if "/" not in word and (re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+", word) or word.upper() in upper
                             or difflib.get_close_matches(word.upper(), upper, n=1, cutoff=0.6)):
         return []  # a key misspelt, named so by the pairs' check

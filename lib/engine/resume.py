@@ -85,12 +85,12 @@ def check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
                        "restore it, or add BASIC.FRESH_START True to start over")
     # BASIC.NUM_RUNS is in the folder's name already ("<n>runs_"), except for the teacher's script, which ignores it.
     ignore = RUNTIME_KEYS + ("BASIC.NUM_RUNS",)
-    _check_not_edited(exp_dir, saved, ignore)
+    inputs = _saved_inputs(exp_dir)
+    _check_not_edited(exp_dir, saved, inputs, ignore)
     moved = [key for key in PATH_KEYS
              if not _same_path(str(cfg_value(saved, key) or ""), str(cfg_value(cfg, key) or ""))]
     notes = {}  # what differs in a moved key's content (inputs.json records it)
     if moved and not diff_cfg(saved, cfg, ignore=ignore + tuple(moved)):  # (no other difference to name)
-        inputs = _saved_inputs(exp_dir)
         notes = {key: _moved_content(cfg, key, inputs.get(key)) for key in moved}
         moved = [key for key in moved if notes[key] is not None]
     ignore += tuple(key for key in PATH_KEYS if key not in moved)
@@ -106,12 +106,11 @@ def check_saved_config(cfg: CfgNode, exp_dir: str) -> None:
 STARTED_CONFIG = "config.yaml as started"
 
 
-def _check_not_edited(exp_dir: str, saved: CfgNode, ignore: tuple[str, ...]) -> None:
+def _check_not_edited(exp_dir: str, saved: CfgNode, inputs: dict, ignore: tuple[str, ...]) -> None:
     """Refuse an experiment whose config.yaml has been edited since it started (keys of `ignore` aside; a path key
     edited to name the same file, or a copy of what it named, is no edit): given as the command's config, an edited
     file would be checked against itself, and the remaining runs trained with the new values beside the runs
-    trained with the old."""
-    inputs = _saved_inputs(exp_dir)
+    trained with the old. `inputs`: its inputs.json."""
     started = inputs.get(STARTED_CONFIG)
     if not isinstance(started, str):
         return  # an experiment from before the copy was kept

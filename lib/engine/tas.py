@@ -77,14 +77,13 @@ def train_two_stages(cfg: CfgNode) -> dict:
     # The registry's checks of both stages, before any training.
     check_archs(stage1, stage1.MODEL.KDTYPE)
     check_archs(stage2, "tas")
-    student = build_model(stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES, False)
+    # The student, its files read as stage 2 reads them: a mistyped path found now, not after stage 1 has trained.
+    # (ImageNet weights through the weight APIs are fetched by stage 2 itself.)
+    from_file = bool(stage2.MODEL.PRETRAIN_S and stage2.MODEL.PRETRAIN_FILE_S)
+    student = build_model(stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES, from_file,
+                          resolve_path(stage2.MODEL.PRETRAIN_FILE_S) if from_file else "")
     tas_feature_layers(stage2, student)
     build_isrd_decoder(stage2, student)  # FSR.POSITION in range (stage 1 reads no FSR key)
-    # The student's files, read as stage 2 reads them: a mistyped path found now, not after stage 1 has trained.
-    # (ImageNet weights through the weight APIs are fetched by stage 2 itself.)
-    if stage2.MODEL.PRETRAIN_S and stage2.MODEL.PRETRAIN_FILE_S:
-        student = build_model(stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES, True,
-                              resolve_path(stage2.MODEL.PRETRAIN_FILE_S))
     if stage2.MODEL.MODELDICT_S:
         load_weights(student, resolve_path(stage2.MODEL.MODELDICT_S), "student checkpoint MODEL.MODELDICT_S",
                      stage2.MODEL.ARCH_S, stage2.DATA.NUM_CLASSES)
