@@ -822,3 +822,28 @@ def test_a_cnn_above_224_px_is_estimated_to_need_activation_memory_in_proportion
         cost.check_fits_in_memory("resnet18", 448, 1, 4)
     monkeypatch.setattr(cost, "available_memory_bytes", lambda: 6_500_000)
     cost.check_fits_in_memory("resnet18", 448, 1, 4)
+
+
+def test_a_tool_output_on_a_full_disk_is_one_line_naming_it_and_the_previous_file_stays(tmp_path, monkeypatch):
+    # cost.csv and the summary tables were opened, then written: a full disk left them empty, in a line that named
+    # no file.
+    import errno
+
+    from lib.analysis import write_csv
+    from lib.engine import checkpoint
+    from lib.utils.errors import UserError
+
+    path = tmp_path / "cost.csv"
+    write_csv(str(path), ["arch", "gflops"], [["resnet18", 1.8]])
+    previous = path.read_bytes()
+
+    def full(fd, mode):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", full)
+    with pytest.raises(UserError, match=f"no space left on the device while writing {path}; the previous file is "
+                                        "intact"):
+        write_csv(str(path), ["arch", "gflops"], [["resnet50", 4.1]])
+    monkeypatch.undo()
+    assert path.read_bytes() == previous == b"arch,gflops\r\nresnet18,1.8\r\n"
+    assert os.listdir(tmp_path) == ["cost.csv"]
