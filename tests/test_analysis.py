@@ -239,6 +239,7 @@ def test_cost_refuses_a_cpu_batch_larger_than_the_free_memory_before_measuring_a
     one_image = (cost.peak_activation_bytes(build_model("resnet18", 4, False).eval(), torch.zeros(1, 3, 32, 32))
                  + 3 * 32 * 32 * 4)
     monkeypatch.setattr(cost, "available_memory_bytes", lambda: 10 * one_image)
+    monkeypatch.setattr(cost, "check_weights_fit_in_memory", lambda arch, num_classes: None)  # the images' check alone
     timed = []
     monkeypatch.setattr(cost, "median_latency_ms", lambda *args: timed.append(args) or 1.0)
     args = ["--sizes", "32", "--device", "cpu", "--num-classes", "4", "--out", str(tmp_path)]
@@ -249,6 +250,27 @@ def test_cost_refuses_a_cpu_batch_larger_than_the_free_memory_before_measuring_a
     assert not timed and not os.listdir(tmp_path)
     assert _run(COST, "--archs", "resnet18", *args, "--batch-sizes", "1", "9", monkeypatch=monkeypatch) == 0
     assert _run(COST, "--archs", "resnet18", *args, "--batch-sizes", "11", monkeypatch=monkeypatch) == 2
+
+
+def test_cost_refuses_a_classifier_whose_weights_alone_exceed_the_memory_naming_num_classes(tmp_path, monkeypatch,
+                                                                                           capsys):
+    # --num-classes 100000000 died in the CPU allocator building the model (190 GiB of fc weights), with advice
+    # to lower --batch-sizes; counted on the meta device, nothing is allocated, on the CPU or for a GPU.
+    import lib.analysis.cost as cost
+
+    monkeypatch.setattr(cost, "available_memory_bytes", lambda: 100 * 2**20)
+    built = []
+    monkeypatch.setattr(cost, "measure", lambda *args: built.append(args))
+    for device in ("cpu", "cuda"):
+        monkeypatch.setattr(cost, "resolve_device", lambda name, device=device: torch.device(device))
+        # resnet18's classifier: 512 x 100,000 fp32 weights, 195 MiB
+        assert _run(COST, "--archs", "resnet18", "--sizes", "32", "--num-classes", "100000", "--device", device,
+                    "--out", str(tmp_path), monkeypatch=monkeypatch) == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert line.startswith("error: --num-classes 100000: resnet18 has 62 M parameters (0.2 GiB), more than "
+                               "the 0.1 GiB") and line.endswith("use a smaller --num-classes"), line
+    assert not built and not os.listdir(tmp_path)
+    cost.check_weights_fit_in_memory("resnet18", 10000)  # 5.1 M fc weights + 11.2 M: 62 MiB fit
 
 
 def test_the_memory_a_cpu_measurement_may_take_is_what_the_container_leaves(tmp_path, monkeypatch):

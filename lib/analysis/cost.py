@@ -237,6 +237,21 @@ def available_memory_bytes() -> int | None:
     return min(free) if free else None
 
 
+def check_weights_fit_in_memory(arch: str, num_classes: int) -> None:
+    """Refuse an architecture whose weights alone need more memory than this process can take (each model is built
+    on the CPU first, whatever the device): counted on the meta device, nothing allocated. A classifier of
+    100,000,000 classes died in the CPU allocator, with a hint at the batch sizes."""
+    available = available_memory_bytes()
+    if available is None:
+        return
+    with torch.device("meta"):
+        params = count_params(build_model(arch, num_classes, False))
+    if params * 4 > available:  # fp32
+        raise UserError(f"--num-classes {num_classes}: {arch} has {params / 1e6:,.0f} M parameters "
+                        f"({params * 4 / 2**30:.1f} GiB), more than the {available / 2**30:.1f} GiB this process "
+                        f"can take; use a smaller --num-classes")
+
+
 def check_fits_in_memory(arch: str, size: int, batch: int, num_classes: int) -> None:
     """Refuse a CPU measurement whose forward at `batch` would need more memory than this process can take (the
     kernel would kill it, no error to read): estimated as `batch` times one image's input and activations."""
@@ -401,6 +416,9 @@ def run_cost(archs: Sequence[str], sizes: Sequence[int], batch_sizes: Sequence[i
     warmup = DEFAULT_WARMUP[device.type] if warmup is None else warmup
     repeats = DEFAULT_REPEATS[device.type] if repeats is None else repeats
     batch_sizes = list(dict.fromkeys(batch_sizes))
+    # Every check before any measurement: a refusal throws no measurement away.
+    for arch in dict.fromkeys(arch for arch, _ in pairs):
+        check_weights_fit_in_memory(arch, num_classes)
     make_folder(out_dir)  # a blocked or forbidden folder fails now, not after the measurements
     meta = {
         "device": device.type,
@@ -415,7 +433,7 @@ def run_cost(archs: Sequence[str], sizes: Sequence[int], batch_sizes: Sequence[i
         "memory_method": MEMORY_METHOD[device.type],
         "input_bytes": "uint8 RGB, 3 bytes a pixel",
     }
-    if device.type == "cpu":  # every pair before any is measured: a refusal throws no measurement away
+    if device.type == "cpu":  # every pair before any is measured
         for arch, size in pairs:
             check_fits_in_memory(arch, size, max(batch_sizes), num_classes)
     rows = []
