@@ -7,6 +7,7 @@ import faulthandler
 import os
 import pathlib
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,18 @@ def hung_test_ends_the_suite():
         yield
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(autouse=True)
+def subprocesses_keep_their_temporary_folders_in_the_tests_own(tmp_path_factory, monkeypatch):
+    """The processes a test starts make their temporary folders in one of the test's own, removed after it: torchrun
+    left a /tmp/torchelastic_* folder per job, and processes the tests kill with -9 their /tmp/pymp-* folders, a few
+    more in /tmp with every run of the suite. (This process's own temporary folder is chosen once, before the tests.)
+    """
+    folder = tmp_path_factory.mktemp("tmpdir")
+    monkeypatch.setenv("TMPDIR", str(folder))
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 # Tiny but real: teacher at 64 px, student at 32 px (LESSEN_RATIO 2), 4 classes, a few images each.
