@@ -69,6 +69,12 @@ def pytest_configure(config):
     _terminal.append(os.fdopen(os.dup(2), "w"))
 
 
+def pytest_unconfigure(config):
+    for terminal in _terminal:
+        terminal.close()
+    _terminal.clear()
+
+
 @pytest.fixture(autouse=True)
 def hung_test_ends_the_suite():
     faulthandler.dump_traceback_later(TEST_TIMEOUT_S, exit=True, file=_terminal[0])

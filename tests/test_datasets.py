@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import random
 import shutil
@@ -355,6 +356,30 @@ def test_a_crop_no_try_could_fit_falls_back_to_the_centred_box_inside_the_image(
     # 90-100% of a 10:1 image's area never has an aspect ratio within 3/4..4/3: torchvision's central fallback.
     assert sample_crop(100, 1000, random.Random(0), scale=(0.9, 1.0))[:4] == (0, 433, 100, 133)
     assert sample_crop(1000, 100, random.Random(0), scale=(0.9, 1.0))[:4] == (433, 0, 133, 100)
+
+
+def test_training_crops_span_random_resized_crops_whole_range_of_area_and_aspect_and_flip_half_the_time():
+    # RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3)) + RandomHorizontalFlip, as the release trains: a narrower
+    # range would pass every test that compares the pipelines with each other, all of them drawing from sample_crop.
+    draws = [sample_crop(1000, 1000, random.Random(seed)) for seed in range(2000)]
+    areas = [h * w / 1e6 for _, _, h, w, _ in draws]
+    log_ratios = [math.log(w / h) for _, _, h, w, _ in draws]
+    assert min(areas) < 0.09 and max(areas) > 0.95
+    assert min(log_ratios) == pytest.approx(-math.log(4 / 3), abs=0.01)
+    assert max(log_ratios) == pytest.approx(math.log(4 / 3), abs=0.01)
+    assert 0.45 < sum(flip for *_, flip in draws) / len(draws) < 0.55
+    assert all(0 <= top <= 1000 - h and 0 <= left <= 1000 - w for top, left, h, w, _ in draws)
+    # Golden draws: an item's crop is a function of its generator's seed alone (resume and workers rely on it).
+    assert sample_crop(256, 341, random.Random(0)) == (1, 2, 254, 295, True)
+    assert sample_crop(256, 341, random.Random(1)) == (16, 65, 121, 147, True)
+
+
+def test_the_cache_resizes_antialiased_bilinear_not_nearest():
+    # A 1-pixel checkerboard halved: bilinear averages each 2x2 block to grey; nearest keeps black and white.
+    board = ((np.indices((30, 40)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    small = np.asarray(ShorterSideResize(15)(Image.fromarray(board).convert("RGB")))
+    assert small.shape == (15, 20, 3)
+    assert 100 <= small.min() and small.max() <= 155
 
 
 def test_the_cache_never_upscales_an_image_whose_shorter_side_is_below_its_size():

@@ -135,6 +135,9 @@ def test_a_training_step_that_returns_other_than_logits_and_named_scalar_terms_s
 
 def _expected_terms(distiller, cfg, method, image, image_large, target, epoch):
     """The loss terms of `method` recomputed from the pure loss functions and the config's weights."""
+    if method == "single":  # the teacher and student baselines: cross-entropy alone, batch-mean
+        with torch.no_grad():
+            return {"loss_ce": F.cross_entropy(distiller.student(image), target)}
     with torch.no_grad():
         pre_relu = True if method == "isrd" else cfg.MODEL.PRERELU
         logits_s, feats_s = distiller.student(image, return_feat=True, preReLU=pre_relu)
@@ -164,7 +167,7 @@ def _assert_terms_are_weighted_pure_losses(tmp_path, method, epoch, pre_relu=Fal
     teacher_path = str(tmp_path / "t.pth")
     save_network(teacher_path, "resnet18")
     cfg = _cfg(teacher_path, kdtype=method)
-    cfg.MODEL.PRERELU = pre_relu
+    cfg.MODEL.PRERELU, cfg.MODEL.ARCH = pre_relu, "resnet18"  # MODEL.ARCH: what the baselines train
     # Weights unlike their defaults and unlike each other, so a swapped or dropped one shows.
     cfg.KD.TEMP, cfg.KD.ALPHA, cfg.FSR.ETA = 3.0, 0.7, 5.0
     cfg.AT.BETA, cfg.SP.BETA, cfg.ICKD.BETA = 11.0, 13.0, 1.5
@@ -181,7 +184,7 @@ def _assert_terms_are_weighted_pure_losses(tmp_path, method, epoch, pre_relu=Fal
     return distiller, image, image_large
 
 
-@pytest.mark.parametrize("method", [*KDTYPES, "isrd"])
+@pytest.mark.parametrize("method", ["single", *KDTYPES, "isrd"])
 @pytest.mark.parametrize("epoch", [1, 30])
 def test_every_loss_term_is_its_config_weight_times_the_pure_loss_on_the_right_features(tmp_path, method, epoch):
     _assert_terms_are_weighted_pure_losses(tmp_path, method, epoch)
@@ -277,6 +280,28 @@ def test_isrd_decodes_the_vit_patch_embedding_into_the_large_image(tmp_path):
     _, losses = distiller.forward_train(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64),
                                         torch.tensor([0, 1]), 1)
     assert set(losses) == {"loss_ce", "loss_kd", "loss_isrd"}
+    # The term is the decoded patch embedding (tokens before the position embedding, no class token) against the
+    # large image: the patch embedding is the student's feature at FSR.POSITION 0.
+    torch.manual_seed(0)
+    image, image_large = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)
+    _, losses = distiller.forward_train(image, image_large, torch.tensor([0, 1]), 1)
+    with torch.no_grad():
+        _, feats_s = distiller.student(image, return_feat=True, preReLU=True)
+        assert feats_s[0].shape == (2, 192, 2, 2)
+        expected = cfg.FSR.ETA * isrd_loss(distiller.decoder(feats_s[0]), image_large)
+    torch.testing.assert_close(losses["loss_isrd"].detach(), expected)
+
+
+def test_a_distillers_teacher_is_frozen_and_in_eval_mode_as_soon_as_it_is_built(tmp_path):
+    # Not only once train() is called: a direct caller of forward_train would otherwise update its BN statistics.
+    teacher_path = str(tmp_path / "t.pth")
+    save_network(teacher_path, "resnet18")
+    teacher = build_model("resnet18", 4, False).train()
+    distiller = build_distiller(_cfg(teacher_path), "kd", teacher=teacher)
+    assert not distiller.teacher.training and not any(p.requires_grad for p in distiller.teacher.parameters())
+    before = {k: v.clone() for k, v in distiller.teacher.state_dict().items()}
+    distiller.forward_train(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64), torch.tensor([0, 1]), 1)
+    assert all(torch.equal(before[k], v) for k, v in distiller.teacher.state_dict().items())
 
 
 def test_at_pairs_a_vit_students_first_four_blocks_with_the_cnn_teachers_four_stages_as_the_release(tmp_path):

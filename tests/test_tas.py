@@ -99,16 +99,21 @@ def test_zero_feature_weights_leave_logit_kd_and_isrd(tmp_path):
     assert losses["loss_fkd"].item() == 0.0 and losses["loss_isrd"].item() > 0
 
 
-def test_each_feature_pair_is_weighted_by_its_tas_feat_weight(tmp_path):
+@pytest.mark.parametrize("interp", ["bilinear", "bilinear_align_corners", "nearest"])
+def test_each_feature_pair_is_weighted_by_its_tas_feat_weight_and_resized_as_tas_feat_interp(interp, tmp_path):
+    # TAS.FEAT_INTERP not handed to the loss left every ablation of it training with bilinear, without a word.
     cfg = _cfg(save_network(tmp_path / "a.pth", "resnet18"))
-    cfg.TAS.FEAT_WEIGHTS = [1.0, 0.0, 0.0, 2.0]
+    cfg.TAS.FEAT_WEIGHTS, cfg.TAS.FEAT_INTERP = [1.0, 0.0, 0.0, 2.0], interp
     distiller, image, image_large, losses = _stage2_step(cfg)
     with torch.no_grad():
         _, feats_s = distiller.student(image, return_feat=True, preReLU=cfg.MODEL.PRERELU)
         _, feats_a = distiller.assistant(image_large, return_feat=True, preReLU=cfg.MODEL.PRERELU)
-    expected = (feature_distillation_loss(feats_s[1], feats_a[1])
-                + 2.0 * feature_distillation_loss(feats_s[4], feats_a[4]))
+    expected = (feature_distillation_loss(feats_s[1], feats_a[1], interp)
+                + 2.0 * feature_distillation_loss(feats_s[4], feats_a[4], interp))
     torch.testing.assert_close(losses["loss_fkd"].detach(), expected)
+    if interp != "bilinear":  # the modes give different losses on these features: the check tells them apart
+        assert not torch.allclose(expected, feature_distillation_loss(feats_s[1], feats_a[1])
+                                  + 2.0 * feature_distillation_loss(feats_s[4], feats_a[4]))
 
 
 @pytest.mark.parametrize("pre_relu", [False, True])
