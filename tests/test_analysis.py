@@ -21,7 +21,7 @@ from torch import nn
 from lib.analysis import cost
 from lib.analysis.cost import LiveTensorBytes, count_flops, expand_archs, flops_of, format_markdown
 from lib.analysis.evaluate import classification_report, plot_confusion
-from lib.analysis.summary import build_rows, distill_name_pattern, find_experiments
+from lib.analysis.summary import METHOD_LABELS, build_rows, distill_name_pattern, find_experiments
 from lib.config import get_cfg
 from lib.models.model_builder import CNN_MIN_INPUT_SIZE, build_model
 from lib.utils.errors import UserError
@@ -411,6 +411,10 @@ def experiment_tree(tmp_path):
 
 def test_summarize_builds_the_paper_table_and_plots(experiment_tree, tmp_path, monkeypatch, capsys):
     out = tmp_path / "summary"
+    points = []  # what each plot draws: (method label, x, y, y error)
+    real_errorbar = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, x, y, yerr=None, **kw: points.append(
+        (kw["label"], list(x), list(y), list(yerr))) or real_errorbar(self, x, y, yerr=yerr, **kw))
     assert _run(SUMMARIZE, "--root", str(experiment_tree), "--out", str(out), monkeypatch=monkeypatch) == 0
     captured = capsys.readouterr()
     assert "sp_resnet50" in captured.err and "no config.yaml" in captured.err  # the skipped folder is named
@@ -435,6 +439,10 @@ def test_summarize_builds_the_paper_table_and_plots(experiment_tree, tmp_path, m
     assert markdown in captured.out
     for name in ("acc_vs_flops.png", "acc_vs_pixels.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    # The plots show each method's best accuracy, mean ± std, at the student's GFLOPs, then its input pixels.
+    isrd = [(x, y, err) for label, x, y, err in points if label == METHOD_LABELS["isrd"]]
+    assert [(x, y) for x, y, _ in isrd] == [([flops_of("resnet18", 32, 4) / 1e9], [59.0]), ([1024], [59.0])]
+    assert all(err == [pytest.approx(2**0.5)] for *_, err in isrd)
 
 
 def test_a_size_sweep_of_vit_students_is_tabled_by_size_not_as_text(tmp_path, monkeypatch):

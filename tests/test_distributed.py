@@ -308,6 +308,24 @@ def test_a_compiled_ddp_step_is_the_modules_compiled_forward_inside_ddp_without_
     assert seen[0]["loss"] != seen[1]["loss"] and seen[0]["grad"] == pytest.approx(seen[1]["grad"])
 
 
+def test_each_ddp_process_takes_the_gpu_of_its_rank_on_its_own_node(monkeypatch):
+    # LOCAL_RANK, not RANK: on the second node of two with 2 GPUs each, rank 3 is that node's second process.
+    from lib.engine import distributed
+
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # the group itself is not joined here
+    cfg = get_cfg()
+    cfg.BASIC.DEVICE = "auto"
+    info, device = distributed.init_distributed(cfg)
+    assert (info.rank, info.local_rank) == (3, 1) and device == torch.device("cuda", 1) and chosen == [device]
+
+
 @pytest.mark.parametrize("env, message", [
     ({"RANK": "x"}, "the environment variable RANK is 'x', not a number >= 0; torchrun sets RANK, WORLD_SIZE and "
                     "LOCAL_RANK; to train in one process, unset them (unset RANK WORLD_SIZE LOCAL_RANK)"),

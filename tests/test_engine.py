@@ -19,6 +19,7 @@ import yaml
 
 from lib.config import REPO_ROOT, get_cfg, load_config
 from lib.datasets import build_dataset
+from lib.datasets.sampler import EpochBatchSampler
 from lib.distillers import build_distiller
 from lib.distillers.base import Distiller, Vanilla
 from lib.engine import resume, trainer
@@ -120,16 +121,35 @@ def test_run_i_starts_from_the_weights_that_seed_plus_i_initialises(tiny_cub, wr
         built.append({k: v.clone() for k, v in distiller.student.state_dict().items()})
         return distiller
 
+    def expected_weights(run):
+        seed_everything(3 + run)
+        return build_distiller(load_config(argparse.Namespace(config_file=config, opts=[])), "single").student
+
     monkeypatch.setattr(trainer, "build_distiller", recording_build)
-    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 1}, "BASIC": {"SEED": 3}},
+    # Each epoch's data order and crops come from its own seed, epoch_seed(BASIC.SEED + run, epoch).
+    orders = []
+    real_set_epochs = EpochBatchSampler.set_epochs
+    monkeypatch.setattr(EpochBatchSampler, "set_epochs", lambda self, seeds: orders.append(list(seeds))
+                        or real_set_epochs(self, seeds))
+    config = write_config({"MODEL": {"ARCH": "resnet18"}, "SOLVER": {"NUM_EPOCHS": 2}, "BASIC": {"SEED": 3}},
                           tiny_cub)
     assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert orders == [[trainer.epoch_seed(3 + run, 1), trainer.epoch_seed(3 + run, 2)] for run in (0, 1)]
+    assert len(set(orders[0] + orders[1])) == 4
     assert len(built) == 2
     for run, weights in enumerate(built):
-        seed_everything(3 + run)
-        expected = build_distiller(load_config(argparse.Namespace(config_file=config, opts=[])), "single")
-        for key, value in expected.student.state_dict().items():
+        for key, value in expected_weights(run).state_dict().items():
             assert torch.equal(weights[key], value), (run, key)
+    # Run 1 killed before its first checkpoint, run 0 finished: the re-run starts run 1 from seed 4's weights, not
+    # from run 0's (which the network built before the runs once had: a near-copy, and a std too small).
+    exp = tmp_path / "ckpt" / "cub" / "2runs_resnet18_64_seed3_0.01"
+    shutil.rmtree(exp / "ckpt" / "run1")
+    (exp / "results.json").unlink()
+    built.clear()
+    assert run_in_process(STUDENT, config, monkeypatch=monkeypatch) == 0
+    assert len(built) == 1
+    for key, value in expected_weights(1).state_dict().items():
+        assert torch.equal(built[0][key], value), key
 
 
 def test_a_run_that_never_scores_still_writes_its_best_checkpoint(tiny_cub, write_config, tmp_path, monkeypatch):
@@ -996,28 +1016,33 @@ def test_loader_workers_are_forked_whatever_pythons_default_start_method(tiny_cu
 
 def test_summary_reports_mean_and_sample_std_of_best_and_last():
     rows = [{"run": 0, "seed": 0, "best_acc": 50.0, "best_epoch": 3, "last_acc": 40.0},
-            {"run": 1, "seed": 1, "best_acc": 60.0, "best_epoch": 5, "last_acc": 50.0}]
-    results = summarize_runs(rows)
-    assert results["best_acc_mean"] == 55.0 and results["last_acc_mean"] == 45.0
-    assert abs(results["best_acc_std"] - 7.0710678) < 1e-6
+            {"run": 1, "seed": 1, "best_acc": 60.0, "best_epoch": 5, "last_acc": 44.0}]
+    results = summarize_runs(rows)  # best and last spread differently, so neither std can stand for the other
+    assert results["best_acc_mean"] == 55.0 and results["last_acc_mean"] == 42.0
+    assert abs(results["best_acc_std"] - 7.0710678) < 1e-6 and abs(results["last_acc_std"] - 2.8284271) < 1e-6
     table = format_table(results)
-    assert "55.00 ± 7.07" in table and "45.00 ± 7.07" in table
+    assert "55.00 ± 7.07" in table and "42.00 ± 2.83" in table
+    assert summarize_runs(rows[:1])["best_acc_std"] == 0.0  # one run: no spread, not a division by zero
 
 
-def test_deterministic_mode_keeps_deterministic_algorithms_but_does_not_fill_every_new_tensor():
+def test_deterministic_mode_asks_for_deterministic_algorithms_without_autotuning_nor_filling_new_tensors():
     from lib.config import get_cfg
     from lib.engine.setup import configure_backends
 
     cfg = get_cfg()
     assert cfg.CUDNN.DETERMINISTIC  # the release's default
-    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    before = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
+              torch.backends.cudnn.benchmark)
     try:
+        cfg.CUDNN.BENCHMARK = True  # autotuning picks algorithms by timing: another choice on resume, other numbers
         configure_backends(cfg)
         assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
         assert not torch.utils.deterministic.fill_uninitialized_memory
+        assert not torch.backends.cudnn.benchmark
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=True)
         torch.utils.deterministic.fill_uninitialized_memory = before[1]
+        torch.backends.cudnn.benchmark = before[2]
 
 
 # Another process training an experiment: it holds the flock of the folder's lock file until it ends.

@@ -188,6 +188,19 @@ def test_stage1_is_a_one_stage_run_at_the_large_size_that_ignores_stage2_keys():
     assert tas_config(cfg).MODEL.MODELDICT_A == assistant_checkpoint(cfg)
 
 
+def test_stage2_trains_basic_num_runs_seeded_runs_and_stage1_one(monkeypatch):
+    # Every TAS script test trains one run: a stage 2 of one run would have passed them all, and the published
+    # "5runs" command would have trained one run into a 1runs_ folder.
+    calls = []
+    monkeypatch.setattr(engine_tas, "run_experiment",
+                        lambda stage, method, num_runs, multi_run: calls.append((method, num_runs, multi_run)) or {})
+    cfg = _cfg("elsewhere/assistant.pth", arch_a="resnet18")  # an assistant of its own: no stage-1 check
+    cfg.BASIC.NUM_RUNS = 3
+    engine_tas.train_tas(cfg)
+    engine_tas.train_assistant(cfg)
+    assert calls == [("tas", 3, True), ("kd", 1, False)]
+
+
 @pytest.mark.parametrize("path", TAS_CONFIGS, ids=[os.path.relpath(p, REPO_ROOT) for p in TAS_CONFIGS])
 def test_every_tas_config_names_the_folder_that_stage1_writes(path):
     cfg = load_config(argparse.Namespace(config_file=path, opts=[]))
