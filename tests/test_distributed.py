@@ -308,22 +308,25 @@ def test_a_compiled_ddp_step_is_the_modules_compiled_forward_inside_ddp_without_
     assert seen[0]["loss"] != seen[1]["loss"] and seen[0]["grad"] == pytest.approx(seen[1]["grad"])
 
 
-def test_each_ddp_process_takes_the_gpu_of_its_rank_on_its_own_node(monkeypatch):
-    # LOCAL_RANK, not RANK: on the second node of two with 2 GPUs each, rank 3 is that node's second process.
+@pytest.mark.parametrize("gpu_id, expected", [([0], 1), ([2, 3], 3)])
+def test_each_ddp_process_takes_the_gpu_of_its_rank_on_its_own_node(gpu_id, expected, monkeypatch):
+    # Two nodes of 2 processes, 4 GPUs each: rank 3 is the second node's second process (LOCAL_RANK, not RANK). A
+    # BASIC.GPU_ID of a GPU per process of the node is kept (it was compared with the whole job's 4 processes and
+    # ignored); a shorter one (the default [0]) leaves every GPU to the job.
     from lib.engine import distributed
 
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "4")
+    for name, value in {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # the group itself is not joined here
     cfg = get_cfg()
-    cfg.BASIC.DEVICE = "auto"
+    cfg.BASIC.DEVICE, cfg.BASIC.GPU_ID = "auto", gpu_id
     info, device = distributed.init_distributed(cfg)
-    assert (info.rank, info.local_rank) == (3, 1) and device == torch.device("cuda", 1) and chosen == [device]
+    assert (info.rank, info.local_rank) == (3, 1)
+    assert device == torch.device("cuda", expected) and chosen == [device]
 
 
 @pytest.mark.parametrize("env, message", [

@@ -23,7 +23,9 @@ _C.BASIC = CN()
 # Unused; the original stamped the start time here. Output directories carry no timestamps (they must chain).
 _C.BASIC.TIME = ""
 # CUDA device ids. [0] -> cuda:0; several ids spread the independent runs of an experiment over the GPUs
-# (one run per GPU at a time). Without CUDA the run falls back to the CPU after a one-line warning.
+# (one run per GPU at a time). Under torchrun, a list of one id per process of a node (--nproc_per_node) gives
+# each node's processes those GPUs, in order of LOCAL_RANK; a shorter list gives them GPUs 0, 1, ... Without CUDA
+# the run falls back to the CPU after a one-line warning.
 _C.BASIC.GPU_ID = [0]
 # new. "auto": CUDA when available (GPU_ID picks the card), else CPU. "cpu": always the CPU. "cuda": CUDA or fail.
 _C.BASIC.DEVICE = "auto"

@@ -80,10 +80,13 @@ def init_distributed(cfg: CfgNode) -> tuple[DistInfo, torch.device | None]:
         return info, None
     use_cuda = torch.cuda.is_available() and cfg.BASIC.DEVICE != "cpu"
     if use_cuda:
-        gpus = list(cfg.BASIC.GPU_ID) if len(cfg.BASIC.GPU_ID) >= info.world_size else list(
+        # BASIC.GPU_ID names this node's GPUs for its processes (torchrun's LOCAL_WORLD_SIZE, --nproc_per_node), so
+        # that a job over several nodes keeps it; a shorter list (the default [0]) leaves every GPU to the job.
+        per_node = _env_number("LOCAL_WORLD_SIZE", info.world_size, 1)
+        gpus = list(cfg.BASIC.GPU_ID) if len(cfg.BASIC.GPU_ID) >= per_node else list(
             range(torch.cuda.device_count()))
         if info.local_rank >= len(gpus):
-            raise UserError(f"torchrun started {info.world_size} processes per node but only {len(gpus)} GPUs "
+            raise UserError(f"torchrun started {per_node} processes per node but only {len(gpus)} GPUs "
                             "are available; lower --nproc_per_node")
         device = torch.device("cuda", gpus[info.local_rank])
         torch.cuda.set_device(device)
