@@ -31,14 +31,41 @@ STUDENT = "tools_0_base/train_student_5runs.py"
 EXTRA = {"MODEL": {"ARCH": "resnet18"}, "DATA": {"RESIZE_SIZE": 36, "CROP_SIZE": 32}, "BASIC": {"DEVICE": "cpu"}}
 
 
+# The student script, run by each rank, that also writes the final weights of the student it trained (rank 1 saves
+# none): DDP averages every step's gradients, so the ranks end with the same weights; without it, each rank trained
+# a replica on its own half of the images, and rank 0 saved one of them.
+_RECORDING_WEIGHTS = """
+import atexit, hashlib, os, runpy, sys
+from lib.engine import trainer
+out, built = sys.argv[1], []
+real_build = trainer.build_distiller
+trainer.build_distiller = lambda *args, **kwargs: built.append(real_build(*args, **kwargs)) or built[-1]
+def record():
+    digest = hashlib.sha256()
+    for value in built[-1].student.parameters():  # (BN statistics: each rank's last batches, broadcast next step)
+        digest.update(value.detach().contiguous().numpy().tobytes())
+    with open(os.path.join(out, "rank" + os.environ["RANK"]), "w") as f:
+        f.write(digest.hexdigest())
+atexit.register(record)
+script = sys.argv[2]
+sys.argv = sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
 def test_ddp_under_torchrun_with_gloo_trains_one_run_and_rank_0_alone_writes(tiny_cub, write_config, tmp_path):
     # The tensor pipeline; what the device pipeline does differently under DDP, its loader, is checked below.
     config = write_config({**EXTRA, "BASIC": {"DEVICE": "cpu", "NUM_RUNS": 1, "PARALLEL_RUNS": 2}}, tiny_cub)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    recording = tmp_path / "recording_weights.py"
+    recording.write_text(_RECORDING_WEIGHTS)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
+                           str(recording), str(tmp_path), os.path.join(REPO_ROOT, STUDENT), "--config_file", config],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    weights = [(tmp_path / f"rank{rank}").read_text() if (tmp_path / f"rank{rank}").exists() else None
+               for rank in (0, 1)]
+    assert weights[0] is not None and weights[0] == weights[1], (weights, proc.stderr[-3000:])
     exp = tmp_path / "ckpt" / "cub" / "1runs_resnet18_32_seed0_0.01"
     results = json.loads((exp / "results.json").read_text())
     assert [(r["seed"], r["world_size"]) for r in results["runs"]] == [(0, 2)]
