@@ -22,7 +22,7 @@ from lib.engine.distributed import parallel_slots
 from lib.engine.setup import slot_devices
 from lib.engine.trainer import autocast
 from lib.models.model_builder import build_model
-from lib.utils.errors import INTERRUPTED_MESSAGE, UserError
+from lib.utils.errors import INTERRUPTED_MESSAGE, TERMINATED_EXIT, UserError
 from lib.utils.processes import process_ended
 
 from .conftest import run_in_process, run_script
@@ -199,6 +199,30 @@ trainer._parallel_worker = _killed_holding_a_semaphore
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+# A run process's initializer called as concurrent.futures calls it, met by the SIGTERM that stops the runs while it
+# runs (the process starts with SIGTERM ignored, as the pool's are).
+_SIGTERM_IN_THE_INITIALIZER = """
+import os, signal, sys
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+from lib.engine import trainer
+trainer.stop_when_parent_dies = lambda: os.kill(os.getpid(), signal.SIGTERM)
+try:
+    trainer._stop_on_sigterm()
+except BaseException:
+    print("Exception in initializer:", file=sys.stderr)
+    raise SystemExit(1)
+print("went on to wait for a task")
+"""
+
+
+def test_a_run_process_stopped_while_it_starts_ends_quietly_with_the_terminated_status():
+    # The pool logged the SystemExit the SIGTERM raised in its initializer as a failure, in a traceback after the
+    # command's one line (seen when a run process was killed with -9 as the other started).
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_IN_THE_INITIALIZER], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (TERMINATED_EXIT, "", "")
 
 
 def test_a_killed_run_process_leaves_only_the_one_line_whatever_the_default_start_method(tiny_cub, write_config):

@@ -992,9 +992,20 @@ def _stop_run_processes(processes: Sequence) -> None:
 def _stop_on_sigterm() -> None:
     """The initializer of a run process: SIGTERM (sent by _train_in_parallel, or by the process itself once its
     parent has died) ends it at once and silently while it waits for a task; _parallel_worker makes it interrupt a
-    run as Ctrl-C would."""
-    signal.signal(signal.SIGTERM, _exit_terminated)
-    stop_when_parent_dies()
+    run as Ctrl-C would.
+
+    A SIGTERM that comes while it runs (the runs stopped as this process starts: another run process killed) raises
+    SystemExit here, which the pool takes for a failed initializer and logs in a traceback ("Exception in
+    initializer:"): the process ends here instead, as the pool's loop would have ended it.
+    """
+    try:
+        signal.signal(signal.SIGTERM, _exit_terminated)
+        stop_when_parent_dies()
+    except SystemExit as stop:
+        import multiprocessing.util
+
+        multiprocessing.util._exit_function()  # what a process of the pool runs as it ends (its finalizers)
+        os._exit(stop.code)
 
 
 def _exit_terminated(signum, frame) -> None:
