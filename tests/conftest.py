@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
+import multiprocessing.util
 import os
 import pathlib
 import runpy
@@ -67,6 +68,9 @@ _terminal: list = []  # the terminal's stderr, kept open for the tracebacks (a t
 def pytest_configure(config):
     # Called while pytest does not capture (it does while this file is imported): file descriptor 2 is the terminal.
     _terminal.append(os.fdopen(os.dup(2), "w"))
+    # This process's multiprocessing folder, made now in the usual place and removed as it exits: loader workers
+    # forked by the tests in this process use it rather than each make its own, which one killed leaves in /tmp.
+    multiprocessing.util.get_temp_dir()
 
 
 def pytest_unconfigure(config):
