@@ -216,8 +216,6 @@ def test_cost_flag_mistakes_are_one_line(tmp_path, monkeypatch, capsys):
 
 def test_cost_refuses_a_size_too_large_for_memory_without_trying_one_image_of_it(tmp_path, monkeypatch, capsys):
     # 22400 for 2240: the memory check itself ran a forward at that size and died in the CPU allocator.
-    import lib.analysis.cost as cost
-
     monkeypatch.setattr(cost, "available_memory_bytes", lambda: 2 * 2**30)
     tried = []
     real = cost.peak_activation_bytes
@@ -234,8 +232,6 @@ def test_cost_refuses_a_cpu_batch_larger_than_the_free_memory_before_measuring_a
                                                                                          capsys):
     # A forward that needs more memory than the machine has would be killed by the kernel, with nothing to read;
     # refused at the last pair only after the first was measured, the first's minutes would be lost.
-    import lib.analysis.cost as cost
-
     one_image = (cost.peak_activation_bytes(build_model("resnet18", 4, False).eval(), torch.zeros(1, 3, 32, 32))
                  + 3 * 32 * 32 * 4)
     monkeypatch.setattr(cost, "available_memory_bytes", lambda: 10 * one_image)
@@ -256,8 +252,6 @@ def test_cost_refuses_a_classifier_whose_weights_alone_exceed_the_memory_naming_
                                                                                            capsys):
     # --num-classes 100000000 died in the CPU allocator building the model (190 GiB of fc weights), with advice
     # to lower --batch-sizes; counted on the meta device, nothing is allocated, on the CPU or for a GPU.
-    import lib.analysis.cost as cost
-
     monkeypatch.setattr(cost, "available_memory_bytes", lambda: 100 * 2**20)
     built = []
     monkeypatch.setattr(cost, "measure", lambda *args: built.append(args))
@@ -274,8 +268,6 @@ def test_cost_refuses_a_classifier_whose_weights_alone_exceed_the_memory_naming_
 
 
 def test_the_memory_a_cpu_measurement_may_take_is_what_the_container_leaves(tmp_path, monkeypatch):
-    import lib.analysis.cost as cost
-
     limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
     limit.write_text("1000000\n")
     usage.write_text("400000\n")
@@ -286,8 +278,6 @@ def test_the_memory_a_cpu_measurement_may_take_is_what_the_container_leaves(tmp_
 
 
 def test_cost_says_which_measurement_ran_out_of_gpu_memory(tmp_path, monkeypatch, capsys):
-    import lib.analysis.cost as cost
-
     def out_of_memory(model, x, warmup, repeats):
         if x.shape[0] > 1:
             raise torch.cuda.OutOfMemoryError(OOM_MESSAGE)
@@ -306,8 +296,6 @@ def test_cost_says_which_measurement_ran_out_of_gpu_memory(tmp_path, monkeypatch
 
 def test_a_gpu_out_of_memory_elsewhere_in_cost_names_its_own_flag(tmp_path, monkeypatch, capsys):
     # Outside a measurement (moving a model to the card, say) the tool's own hint, not the training scripts' keys.
-    import lib.analysis.cost as cost
-
     def out_of_memory(*args):
         raise torch.cuda.OutOfMemoryError(OOM_MESSAGE)
 
